@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast venv clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU wheel of torch first (a GPU user: install the CUDA build of torch==2.13.0 instead, see README)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c requirements/constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Main job: the whole MGCC pipeline on built-in phantom data.
+demo: $(STAMP)
+	$(VENV)/bin/mgcc run --preset demo
+
+## Default test suite, then the integration tests (marked `integration`).
+test: $(STAMP)
+	$(PY) -m pytest
+	$(PY) -m pytest -m integration
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -x -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,4 @@
+from mgcc.cli import main
+
+if __name__ == "__main__":
+    main()
