@@ -1,0 +1,181 @@
+"""`mgcc run`: the two-stage MGCC method end to end, one resumable stage at a time.
+
+prepare -> autoencoder -> diffusion -> sample -> segmentation -> evaluate -> report
+
+Every bundle stage goes through the bundles' own configs via `python -m monai.bundle run`; this module only
+decides folders and overrides. A stage whose `stage.json` record and outputs exist is skipped, so a rerun after
+a crash continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from mgcc import LDM_BUNDLE, REPO_ROOT, SEG_BUNDLE
+from mgcc.presets import load_preset
+from mgcc.stages import StageResult, is_complete, run_bundle, run_python, stage_dir, write_record
+
+DEFAULT_OUT = REPO_ROOT / "outputs"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    outputs: list[str]  # paths relative to the stage folder that must exist when the stage is complete
+    execute: Callable[["Run"], StageResult]
+
+
+@dataclass
+class Run:
+    """One pipeline run: a preset, a data source and an output folder."""
+
+    preset: dict[str, Any]
+    out: Path
+    data: Path | None = None
+
+    def folder(self, stage: str) -> Path:
+        return stage_dir(self.out, stage)
+
+    @property
+    def dataset(self) -> Path:
+        return self.folder("prepare") / "dataset"
+
+    @property
+    def samples(self) -> Path:
+        return self.folder("sample") / "images"
+
+    def seg_overrides(self, section: str) -> dict[str, Any]:
+        seg = self.preset["segmentation"]
+        return {"dataset_dir": str(self.dataset), **seg.get("common", {}), **seg.get(section, {})}
+
+    def ldm_overrides(self, section: str) -> dict[str, Any]:
+        ldm = self.preset["ldm"]
+        return {"dataset_dir": str(self.dataset), **ldm.get("common", {}), **ldm.get(section, {})}
+
+
+# ----------------------------------------------------------------------------------------------- stages
+def _prepare(run: Run) -> StageResult:
+    from mgcc.data.phantom import make_phantom_dataset
+    from mgcc.data.prepare import prepare_dataset
+
+    spec = run.preset["data"]
+
+    def work(folder: Path) -> None:
+        source = run.data
+        if source is None:
+            phantom = spec["phantom"]
+            source = make_phantom_dataset(folder / "phantom", n=phantom["n"], size=phantom["size"], seed=phantom["seed"])
+        summary = prepare_dataset(Path(source), run.dataset, labeled_fraction=spec["labeled_fraction"],
+                                  seed=spec["seed"], include_normal=spec.get("include_normal", False))
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+
+    return run_python("prepare", run.out, work)
+
+
+def _ldm_folders(run: Run, stage: str) -> dict[str, str]:
+    return {"output_dir": str(run.folder(stage)), "ckpt_dir": str(run.folder("ldm_models"))}
+
+
+def _autoencoder(run: Run) -> StageResult:
+    return run_bundle("autoencoder", run.out, LDM_BUNDLE, ["train_autoencoder.json"],
+                      {**run.ldm_overrides("autoencoder"), **_ldm_folders(run, "autoencoder")})
+
+
+def _diffusion(run: Run) -> StageResult:
+    return run_bundle("diffusion", run.out, LDM_BUNDLE, ["train_autoencoder.json", "train_diffusion.json"],
+                      {**run.ldm_overrides("autoencoder"), **run.ldm_overrides("diffusion"),
+                       **_ldm_folders(run, "diffusion")})
+
+
+def _sample(run: Run) -> StageResult:
+    return run_bundle("sample", run.out, LDM_BUNDLE, ["inference.json"],
+                      {**run.ldm_overrides("autoencoder"), **run.ldm_overrides("diffusion"),
+                       **run.ldm_overrides("sample"), **_ldm_folders(run, "sample"), "sample_dir": str(run.samples)})
+
+
+def segmentation_stage(variant: str, config_files: list[str], overrides: dict[str, Any]) -> Stage:
+    """Train one segmentation variant under `segmentation[-variant]/`."""
+    name = "segmentation" if variant == "mgcc" else f"segmentation-{variant}"
+
+    def execute(run: Run) -> StageResult:
+        folder = run.folder(name)
+        return run_bundle(name, run.out, SEG_BUNDLE, config_files,
+                          {**run.seg_overrides("train"), "synthetic_dir": str(run.samples), **overrides,
+                           "output_dir": str(folder), "ckpt_dir": str(folder / "models")})
+
+    return Stage(name, ["models/model.pt", "training_history.csv"], execute)
+
+
+def evaluate_stage(variant: str) -> Stage:
+    """Evaluate one trained variant on the test split under `evaluate[-variant]/`."""
+    trained = "segmentation" if variant == "mgcc" else f"segmentation-{variant}"
+    name = "evaluate" if variant == "mgcc" else f"evaluate-{variant}"
+
+    def execute(run: Run) -> StageResult:
+        return run_bundle(name, run.out, SEG_BUNDLE, ["train.json", "evaluate.json"],
+                          {**run.seg_overrides("train"), **run.seg_overrides("evaluate"),
+                           "output_dir": str(run.folder(name)), "ckpt_dir": str(run.folder(trained) / "models")})
+
+    return Stage(name, ["evaluation/summary.json", "evaluation/per_image.csv"], execute)
+
+
+def _report(run: Run) -> StageResult:
+    from mgcc.report import write_report
+
+    return run_python("report", run.out, lambda folder: write_report(run.out, folder, run.preset))
+
+
+STAGES: list[Stage] = [
+    Stage("prepare", ["dataset/datalist.json", "summary.json"], _prepare),
+    Stage("autoencoder", ["autoencoder_history.csv"], _autoencoder),
+    Stage("diffusion", ["diffusion_history.csv"], _diffusion),
+    Stage("sample", ["images/manifest.json"], _sample),
+    segmentation_stage("mgcc", ["train.json"], {}),
+    evaluate_stage("mgcc"),
+    Stage("report", ["report.md", "report.html"], _report),
+]
+
+
+def execute_stages(run: Run, stages: list[Stage], force: bool = False) -> None:
+    """Run the stages in order, skipping complete ones (unless forced)."""
+    for stage in stages:
+        if not force and is_complete(run.out, stage.name, stage.outputs):
+            print(f"[mgcc] stage '{stage.name}' is complete: skipped ({run.folder(stage.name)})")
+            continue
+        print(f"[mgcc] stage '{stage.name}' -> {run.folder(stage.name)}", flush=True)
+        result = stage.execute(run)
+        missing = [rel for rel in stage.outputs if not (run.folder(stage.name) / rel).exists()]
+        if missing:
+            raise RuntimeError(f"stage '{stage.name}' finished without its outputs {missing} in {run.folder(stage.name)}")
+        write_record(run.out, result)
+        print(f"[mgcc] stage '{stage.name}' done in {result.seconds:.1f} s, peak RSS {result.peak_rss_mb:.0f} MB")
+
+
+def run(preset: str = "demo", data: str | None = None, out: str | None = None, stage: str | None = None) -> None:
+    """Run the MGCC pipeline.
+
+    Args:
+        preset: preset name in `configs/` (demo, busi-cpu, busi-gpu) or a path to a preset JSON file.
+        data: raw dataset folder (BUSI layout); default: the preset's built-in phantom data.
+        out: output folder; default `outputs/<preset>`.
+        stage: run only this stage (forced, even if complete): one of prepare, autoencoder, diffusion, sample,
+            segmentation, evaluate, report.
+    """
+    spec = load_preset(preset)
+    if data is None and "phantom" not in spec["data"]:
+        raise SystemExit(f"preset '{spec['name']}' has no built-in data: pass --data DIR (e.g. a BUSI folder)")
+    run_ = Run(spec, Path(out) if out else DEFAULT_OUT / spec["name"], Path(data) if data else None)
+    run_.out.mkdir(parents=True, exist_ok=True)
+    if stage is None:
+        execute_stages(run_, STAGES)
+    else:
+        chosen = [s for s in STAGES if s.name == stage]
+        if not chosen:
+            raise SystemExit(f"unknown stage '{stage}'; stages: {', '.join(s.name for s in STAGES)}")
+        execute_stages(run_, chosen, force=True)
+    report = run_.folder("report") / "report.md"
+    print(f"[mgcc] report: {report}" if report.exists() else f"[mgcc] outputs in {run_.out}")
+

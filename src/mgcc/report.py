@@ -1,0 +1,101 @@
+"""The pipeline report: `report.md` + `report.html` with PNG figures, from the files the stages wrote."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import markdown
+
+from mgcc.figures import image_grid, plot_history
+from mgcc.stages import read_record
+
+METRICS = ("dice", "iou", "hd95")
+
+
+def split_table(datalist: dict[str, list[dict]]) -> str:
+    counts = {section: Counter(e.get("class", "?") for e in entries) for section, entries in datalist.items()}
+    classes = sorted({c for counter in counts.values() for c in counter})
+    lines = ["| split | " + " | ".join(classes) + " | total |", "|---" * (len(classes) + 2) + "|"]
+    for section, counter in counts.items():
+        lines.append(f"| {section} | " + " | ".join(str(counter[c]) for c in classes) + f" | {sum(counter.values())} |")
+    return "\n".join(lines)
+
+
+def metrics_row(name: str, summary: dict[str, Any]) -> str:
+    cells = []
+    for metric in METRICS:
+        value = summary.get(metric, {})
+        cells.append(f"{value['mean']:.4f} ± {value['std']:.4f}" if isinstance(value, dict) and "mean" in value else "n/a")
+    return f"| {name} | " + " | ".join(cells) + f" | {summary.get('n', 'n/a')} |"
+
+
+def metrics_table(rows: dict[str, dict[str, Any]]) -> str:
+    head = ["| model | Dice | IoU | HD95 (px) | n |", "|---|---|---|---|---|"]
+    return "\n".join(head + [metrics_row(name, summary) for name, summary in rows.items()])
+
+
+def stage_table(out: Path) -> str:
+    lines = ["| stage | wall time (s) | peak RSS (MB) |", "|---|---|---|"]
+    for folder in sorted(p for p in out.iterdir() if (p / "stage.json").is_file()):
+        record = read_record(out, folder.name)
+        lines.append(f"| {record['name']} | {record['seconds']:.1f} | {record['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def _copy_figures(sources: list[Path], figures: Path, prefix: str) -> list[Path]:
+    copied = []
+    for src in sources:
+        dst = figures / f"{prefix}_{src.name}"
+        shutil.copyfile(src, dst)
+        copied.append(dst)
+    return copied
+
+
+def write_report(out: Path, folder: Path, preset: dict[str, Any]) -> Path:
+    """Write `<folder>/report.md`, `<folder>/report.html` and `<folder>/figures/*.png` for the run in `out`."""
+    figures = folder / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    dataset = out / "prepare" / "dataset"
+    datalist = json.loads((dataset / "datalist.json").read_text())
+    md = [f"# MGCC pipeline report — preset `{preset['name']}`", "", preset.get("description", ""), ""]
+
+    md += ["## Data and split", "", f"Prepared dataset: `{dataset}`", "", split_table(datalist), ""]
+
+    md += ["## Learning curves", ""]
+    for csv_path in sorted(out.glob("*/*_history.csv")):
+        png = plot_history(csv_path, figures / f"{csv_path.parent.name}_{csv_path.stem}.png",
+                           f"{csv_path.parent.name}: {csv_path.stem}")
+        if png:
+            md += [f"![{csv_path.parent.name} {csv_path.stem}](figures/{png.name})", ""]
+
+    real = [dataset / e["image"] for e in datalist.get("training", []) + datalist.get("unlabeled", [])]
+    synthetic = sorted((out / "sample" / "images").glob("*.png"))
+    grid = image_grid({"real (train split)": real, "synthetic (LDM)": synthetic}, figures / "real_vs_synthetic.png")
+    if grid:
+        md += ["## Real vs synthetic images", "", f"![real vs synthetic](figures/{grid.name})", ""]
+
+    evaluations = {p.parent.parent.name: json.loads(p.read_text())
+                   for p in sorted(out.glob("evaluate*/evaluation/summary.json"))}
+    md += ["## Test metrics", "", "Per image, then averaged (mean ± std); Dice/IoU at sigmoid 0.5; "
+           "HD95 in pixels of the evaluated size; an empty prediction on an empty mask scores 1.", "",
+           metrics_table(evaluations) if evaluations else "No evaluation results yet.", ""]
+    for name in evaluations:
+        overlays = sorted((out / name / "evaluation").glob("*.png"))
+        if overlays:
+            md += [f"### Overlays: {name}", ""]
+            md += [f"![{p.stem}](figures/{p.name})" for p in _copy_figures(overlays, figures, name)] + [""]
+
+    md += ["## Time and peak memory per stage", "", stage_table(out), ""]
+    text = "\n".join(md)
+    (folder / "report.md").write_text(text)
+    html = markdown.markdown(text, extensions=["tables"])
+    (folder / "report.html").write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>MGCC report</title>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>"
+        + html + "</body></html>")
+    return folder / "report.md"

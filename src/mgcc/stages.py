@@ -1,0 +1,107 @@
+"""Pipeline stages: each one writes under `<out>/<stage>/` and leaves a `stage.json` record when complete.
+
+A bundle stage runs `python -m monai.bundle run` as its own process from the bundle folder, with the overrides
+written to `<out>/<stage>/args.json` (readable, and re-runnable by hand). Running each bundle in its own process
+keeps the two bundles' `scripts` packages apart and gives each stage its own peak-memory figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+RECORD = "stage.json"
+
+
+class StageError(RuntimeError):
+    """A stage failed; the message names the stage and its log file."""
+
+
+@dataclass
+class StageResult:
+    name: str
+    seconds: float
+    peak_rss_mb: float
+    command: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "seconds": round(self.seconds, 2), "peak_rss_mb": round(self.peak_rss_mb, 1),
+                "command": self.command}
+
+
+def stage_dir(out: Path, name: str) -> Path:
+    return Path(out) / name
+
+
+def is_complete(out: Path, name: str, outputs: list[str]) -> bool:
+    """A stage is complete when its record exists and every declared output is present."""
+    folder = stage_dir(out, name)
+    return (folder / RECORD).is_file() and all((folder / rel).exists() for rel in outputs)
+
+
+def read_record(out: Path, name: str) -> dict[str, Any] | None:
+    path = stage_dir(out, name) / RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_record(out: Path, result: StageResult) -> None:
+    path = stage_dir(out, result.name) / RECORD
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result.to_json(), indent=2))
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written record
+
+
+def run_process(name: str, command: list[str], cwd: Path, log_file: Path, env: dict[str, str] | None = None
+                ) -> StageResult:
+    """Run `command`, streaming its output to the console and `log_file`; measure wall time and peak RSS."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log_file, "ab") as log:
+        log.write(f"$ (cd {cwd} && {' '.join(command)})\n".encode())
+        proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+        assert proc.stdout is not None
+        for line in iter(proc.stdout.readline, b""):
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+            log.write(line)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise StageError(f"stage '{name}' failed with exit code {proc.returncode}; see {log_file}")
+    return StageResult(name, time.perf_counter() - start, usage.ru_maxrss / 1024.0, command)
+
+
+def run_bundle(name: str, out: Path, bundle: Path, config_files: list[str], overrides: dict[str, Any]) -> StageResult:
+    """Run one bundle workflow as `python -m monai.bundle run --args_file <out>/<name>/args.json`."""
+    folder = stage_dir(out, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    args = {
+        "config_file": [str(bundle / "configs" / c) for c in config_files],
+        "meta_file": str(bundle / "configs" / "metadata.json"),
+        "logging_file": str(bundle / "configs" / "logging.conf"),
+        "bundle_root": str(bundle),
+        **overrides,
+    }
+    args_file = folder / "args.json"
+    args_file.write_text(json.dumps(args, indent=2))
+    command = [sys.executable, "-m", "monai.bundle", "run", "--args_file", str(args_file)]
+    return run_process(name, command, cwd=bundle, log_file=folder / "log.txt")
+
+
+def run_python(name: str, out: Path, function: Callable[[Path], None]) -> StageResult:
+    """Run an in-process stage (data preparation, report); peak RSS is this process's high-water mark."""
+    import resource
+
+    folder = stage_dir(out, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    function(folder)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return StageResult(name, time.perf_counter() - start, peak, [f"{function.__module__}.{function.__qualname__}"])

@@ -1,0 +1,43 @@
+"""Stage bookkeeping: records, completeness, failures, presets."""
+
+import json
+import sys
+
+import pytest
+
+from mgcc.presets import available_presets, load_preset
+from mgcc.stages import StageError, StageResult, is_complete, read_record, run_process, write_record
+
+
+def test_run_process_measures_and_logs(tmp_path):
+    code = "import numpy as np; a = np.ones(40_000_000); print('allocated', a.nbytes)"
+    result = run_process("alloc", [sys.executable, "-c", code], cwd=tmp_path, log_file=tmp_path / "log.txt")
+    assert result.peak_rss_mb > 300  # the child held 320 MB at its peak
+    assert result.seconds > 0
+    assert "allocated 320000000" in (tmp_path / "log.txt").read_text()
+
+
+def test_failing_process_names_stage_and_log(tmp_path):
+    with pytest.raises(StageError, match=r"stage 'boom' failed with exit code 3; see .*log.txt"):
+        run_process("boom", [sys.executable, "-c", "raise SystemExit(3)"], cwd=tmp_path, log_file=tmp_path / "log.txt")
+
+
+def test_complete_needs_record_and_outputs(tmp_path):
+    (tmp_path / "train").mkdir()
+    assert not is_complete(tmp_path, "train", ["model.pt"])
+    write_record(tmp_path, StageResult("train", 1.5, 10.0, ["x"]))
+    assert not is_complete(tmp_path, "train", ["model.pt"])  # record without its output: incomplete
+    (tmp_path / "train" / "model.pt").write_bytes(b"w")
+    assert is_complete(tmp_path, "train", ["model.pt"])
+    assert read_record(tmp_path, "train")["seconds"] == 1.5
+
+
+def test_presets_load_and_unknown_preset_is_named(tmp_path):
+    assert {"demo", "busi-cpu", "busi-gpu"} <= set(available_presets())
+    assert load_preset("demo")["name"] == "demo"
+    with pytest.raises(FileNotFoundError, match="preset 'nope' not found"):
+        load_preset("nope")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"data": {}}))
+    with pytest.raises(ValueError, match="lacks section"):
+        load_preset(bad)
