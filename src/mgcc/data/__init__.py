@@ -1,0 +1,1 @@
+"""Ultrasound datasets: phantom generator, ingestion of BUSI-style and generic folders, checks, split, datalist."""

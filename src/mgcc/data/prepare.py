@@ -1,0 +1,253 @@
+"""`mgcc prepare`: check a raw dataset, write a normalized copy, a manifest and a split datalist.
+
+Output (docs/architecture.md, "Prepared dataset"): `<out>/images/<id>.png` (8-bit grayscale),
+`<out>/labels/<id>.png` (0/255), `<out>/manifest.json`, `<out>/datalist.json`. Nothing is written unless
+every file passed its checks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections import Counter
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mgcc.data.busi import scan_busi
+from mgcc.data.datalist import SECTIONS, build_datalist, image_path, label_path, section_of, write_json
+from mgcc.data.folders import scan_folders
+from mgcc.data.records import DatasetError, Problem, SourceCase
+from mgcc.data.split import SplitItem, assign_splits, duplicate_groups
+from mgcc.data.validate import CheckedCase, check_case, load_case
+
+MANIFEST_FORMAT = "mgcc-prepared-dataset/1"
+OUTPUT_NAMES = ("images", "labels", "manifest.json", "datalist.json")
+LAYOUTS = ("auto", "busi", "folders")
+
+
+def _resolve_in(source: Path, folder: str | Path | None, default: str) -> Path:
+    path = Path(folder) if folder is not None else Path(default)
+    return (path if path.is_absolute() else source / path).resolve()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _pick_layout(source: Path, layout: str, folder_options: bool) -> str:
+    if layout not in LAYOUTS:
+        raise DatasetError([Problem(source, f"unknown layout '{layout}' (expected one of: {', '.join(LAYOUTS)})")])
+    if layout != "auto":
+        return layout
+    if folder_options or ((source / "images").is_dir() and (source / "masks").is_dir()):
+        return "folders"
+    return "busi"
+
+
+def _output_problems(out: Path, read_from: list[Path]) -> list[Problem]:
+    problems = [
+        Problem(out, f"output folder must not be inside or equal to the source {folder}, nor contain it")
+        for folder in read_from
+        if _inside(out, folder) or _inside(folder, out)
+    ]
+    if out.is_dir():
+        foreign = sorted(path.name for path in out.iterdir() if path.name not in OUTPUT_NAMES)
+        if foreign:
+            problems.append(Problem(out, f"output folder holds files that are not a prepared dataset ({', '.join(foreign[:5])}); choose an empty folder"))
+    elif out.exists():
+        problems.append(Problem(out, "output path exists and is not a folder"))
+    return problems
+
+
+def _scan(source: Path, layout: str, images_dir, masks_dir, image_pattern, mask_pattern, classes_csv):
+    """Cases, structural problems and the folders that are read, for the chosen layout."""
+    if layout == "busi":
+        cases, problems = scan_busi(source)
+        return cases, problems, [source]
+    images = _resolve_in(source, images_dir, "images")
+    masks = _resolve_in(source, masks_dir, "masks")
+    csv_path = _resolve_in(source, classes_csv, "") if classes_csv else None
+    cases, problems = scan_folders(images, masks, image_pattern or "{id}.png", mask_pattern or "{id}.png", csv_path)
+    return cases, problems, [source, images, masks]
+
+
+def _write_case(case: SourceCase, out: Path) -> None:
+    image, mask, _ = load_case(case)
+    Image.fromarray(image).save(out / image_path(case.id), format="PNG")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(out / label_path(case.id), format="PNG")
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.resolve().relative_to(root).as_posix() if _inside(path.resolve(), root) else str(path.resolve())
+
+
+def _record(checked: CheckedCase, source: Path, section: str) -> dict:
+    case = checked.case
+    return {
+        "id": case.id,
+        "class": case.label,
+        "section": section,
+        "image": image_path(case.id),
+        "label": label_path(case.id),
+        "source_image": _relative(case.image, source),
+        "source_masks": [_relative(mask, source) for mask in case.masks],
+        "size": {"height": checked.height, "width": checked.width},
+        "lesion_fraction": checked.lesion_fraction,
+        "sha256": checked.sha256,
+        "pixel_sha256": checked.pixel_sha256,
+    }
+
+
+def _section_counts(datalist: dict) -> dict[str, dict[str, int]]:
+    counts = {}
+    for section in SECTIONS:
+        per_class = Counter(entry["class"] for entry in datalist[section])
+        counts[section] = dict(sorted(per_class.items())) | {"total": len(datalist[section])}
+    return counts
+
+
+def prepare_dataset(
+    source: Path,
+    out: Path,
+    *,
+    layout: str = "auto",
+    labeled_fraction: float = 0.125,
+    seed: int = 0,
+    include_normal: bool = False,
+    images_dir: str | Path | None = None,
+    masks_dir: str | Path | None = None,
+    image_pattern: str | None = None,
+    mask_pattern: str | None = None,
+    classes_csv: str | Path | None = None,
+) -> dict:
+    """Check `source`, then write the prepared dataset to `out`; return a summary with counts per split/class.
+
+    Raises `DatasetError` listing every fatal problem (nothing is written then); warnings are returned in
+    the summary and recorded in the manifest.
+    """
+    source, out = Path(source).resolve(), Path(out).resolve()
+    if not source.is_dir():
+        raise DatasetError([Problem(source, "source folder not found")])
+    if not 0.0 < labeled_fraction <= 1.0:
+        raise DatasetError([Problem(source, f"labeled fraction must be in (0, 1], got {labeled_fraction}")])
+    folder_options = any(option is not None for option in (images_dir, masks_dir, image_pattern, mask_pattern, classes_csv))
+    layout = _pick_layout(source, layout, folder_options)
+    try:
+        all_cases, problems, read_from = _scan(source, layout, images_dir, masks_dir, image_pattern, mask_pattern, classes_csv)
+    except ValueError as error:  # a malformed pattern
+        raise DatasetError([Problem(source, str(error))]) from error
+    problems = _output_problems(out, read_from) + problems
+    excluded = Counter(case.label for case in all_cases if case.label == "normal" and not include_normal)
+    cases = [case for case in all_cases if include_normal or case.label != "normal"]
+    if not cases and not any(problem.fatal for problem in problems):
+        problems.append(Problem(source, "no images to prepare"))
+    checked: list[CheckedCase] = []
+    for case in cases:
+        facts, case_problems = check_case(case)
+        problems += case_problems
+        if facts is not None:
+            checked.append(facts)
+    fatal = [problem for problem in problems if problem.fatal]
+    if fatal:
+        raise DatasetError(fatal)
+    warnings = [problem for problem in problems if not problem.fatal]
+
+    items = [SplitItem(facts.case.id, facts.case.label, facts.pixel_sha256) for facts in checked]
+    assignments = assign_splits(items, seed=seed, labeled_fraction=labeled_fraction)
+    datalist = build_datalist({facts.case.id: facts.case.label for facts in checked}, assignments)
+    duplicates = [[item.id for item in group] for group in duplicate_groups(items) if len(group) > 1]
+    summary = {
+        "images": len(checked),
+        "classes": dict(sorted(Counter(facts.case.label for facts in checked).items())),
+        "excluded": dict(excluded),
+        "multi_mask_images": sum(len(facts.case.masks) > 1 for facts in checked),
+        "duplicate_groups": duplicates,
+        "sections": _section_counts(datalist),
+        "warnings": len(warnings),
+    }
+    for name in OUTPUT_NAMES:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    (out / "images").mkdir(parents=True)
+    (out / "labels").mkdir()
+    for facts in checked:
+        _write_case(facts.case, out)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "source": str(source),
+        "layout": layout,
+        "settings": {"seed": seed, "labeled_fraction": labeled_fraction, "include_normal": include_normal},
+        "summary": summary,
+        "warnings": [{"file": _relative(Path(problem.path), source), "reason": problem.reason} for problem in warnings],
+        "images": [_record(facts, source, section_of(assignments[facts.case.id])) for facts in checked],
+    }
+    write_json(out / "manifest.json", manifest)
+    write_json(out / "datalist.json", datalist)
+    return summary | {"out": str(out), "warning_list": [str(problem) for problem in warnings]}
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    by_reason: dict[str, list[str]] = {}
+    for warning in warnings:
+        path, _, reason = warning.rpartition(": ")
+        by_reason.setdefault(reason, []).append(path)
+    for reason, paths in by_reason.items():
+        examples = ", ".join(Path(path).name for path in paths[:3]) + (", ..." if len(paths) > 3 else "")
+        print(f"warning: {reason}: {len(paths)} file(s) ({examples})", file=sys.stderr)
+
+
+def print_summary(summary: dict) -> None:
+    """The split counts per section and class, as a small table."""
+    classes = list(summary["classes"])
+    print(f"prepared {summary['images']} images into {summary['out']}")
+    if summary["excluded"]:
+        print("excluded: " + ", ".join(f"{count} {label} (use --include-normal)" for label, count in summary["excluded"].items()))
+    print(f"multi-mask images merged: {summary['multi_mask_images']}; duplicate groups kept together: {summary['duplicate_groups']}")
+    print(f"{'section':<12}" + "".join(f"{label:>11}" for label in classes) + f"{'total':>8}")
+    for section, counts in summary["sections"].items():
+        print(f"{section:<12}" + "".join(f"{counts.get(label, 0):>11}" for label in classes) + f"{counts['total']:>8}")
+
+
+def prepare(
+    source: str,
+    out: str,
+    labeled_fraction: float | str = 0.125,
+    seed: int = 0,
+    include_normal: bool = False,
+    layout: str = "auto",
+    images: str | None = None,
+    masks: str | None = None,
+    image_pattern: str | None = None,
+    mask_pattern: str | None = None,
+    classes: str | None = None,
+) -> None:
+    """CLI `mgcc prepare SOURCE --out DIR`: check, normalize and split a dataset; exit 2 on invalid data.
+
+    --labeled-fraction accepts 0.125 or 1/8. Generic layout: --images/--masks folders (relative to SOURCE),
+    --image-pattern/--mask-pattern like 'case_{id}.png'/'mask_{id}.png', --classes CSV (columns image,class).
+    """
+    try:
+        summary = prepare_dataset(
+            Path(source),
+            Path(out),
+            layout=layout,
+            labeled_fraction=float(Fraction(str(labeled_fraction))),
+            seed=int(seed),
+            include_normal=bool(include_normal),
+            images_dir=images,
+            masks_dir=masks,
+            image_pattern=image_pattern,
+            mask_pattern=mask_pattern,
+            classes_csv=classes,
+        )
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _print_warnings(summary["warning_list"])
+    print_summary(summary)

@@ -1,0 +1,92 @@
+"""Deterministic, class-stratified train/validation/test split that keeps exact duplicates together.
+
+Protocol (DESIGN.md section 4):
+- images with the same pixels form one group; a group's id is its smallest image id and its stratum is the
+  class of that image;
+- per stratum, groups are ordered by sha256("<seed>/split/<group id>") - a function of names and seed only,
+  so neither file order nor the machine changes it - and filled in that order: test (20% of the stratum's
+  images, rounded half up), then validation (10%), then train (the rest);
+- the labeled part of train is chosen the same way per stratum, ordered by sha256("<seed>/labeled/<group id>"),
+  round(labeled_fraction * train images) images, at least one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+SPLIT_FRACTIONS = {"test": 0.2, "validation": 0.1}
+TRAIN = "train"
+
+
+@dataclass(frozen=True)
+class SplitItem:
+    """What the split needs to know about an image."""
+
+    id: str
+    label: str
+    pixel_sha256: str
+
+
+@dataclass(frozen=True)
+class Assignment:
+    split: str  # "train", "validation" or "test"
+    labeled: bool
+
+
+def _round_half_up(value: float) -> int:
+    return int(math.floor(value + 0.5))
+
+
+def _order(seed: int, purpose: str, group_id: str) -> str:
+    return hashlib.sha256(f"{seed}/{purpose}/{group_id}".encode()).hexdigest()
+
+
+def duplicate_groups(items: list[SplitItem]) -> list[list[SplitItem]]:
+    """Images grouped by identical pixels, each group sorted by id, groups sorted by their first id."""
+    by_pixels: dict[str, list[SplitItem]] = {}
+    for item in items:
+        by_pixels.setdefault(item.pixel_sha256, []).append(item)
+    return sorted((sorted(group, key=lambda item: item.id) for group in by_pixels.values()), key=lambda group: group[0].id)
+
+
+def _fill(groups: list[list[SplitItem]], quotas: list[tuple[str, int]], rest: str) -> dict[str, list[list[SplitItem]]]:
+    """Hand groups, in order, to each (name, image quota) in turn; what is left goes to `rest`."""
+    filled: dict[str, list[list[SplitItem]]] = {name: [] for name, _ in quotas}
+    filled[rest] = []
+    position = 0
+    for name, quota in quotas:
+        taken = 0
+        while position < len(groups) and taken < quota:
+            filled[name].append(groups[position])
+            taken += len(groups[position])
+            position += 1
+    filled[rest] += groups[position:]
+    return filled
+
+
+def assign_splits(items: list[SplitItem], seed: int = 0, labeled_fraction: float = 0.125) -> dict[str, Assignment]:
+    """Split and labeled flag per image id."""
+    if not 0.0 < labeled_fraction <= 1.0:
+        raise ValueError(f"labeled_fraction must be in (0, 1], got {labeled_fraction}")
+    strata: dict[str, list[list[SplitItem]]] = {}
+    for group in duplicate_groups(items):
+        strata.setdefault(group[0].label, []).append(group)
+    assignments: dict[str, Assignment] = {}
+    for groups in strata.values():
+        total = sum(len(group) for group in groups)
+        ordered = sorted(groups, key=lambda group: _order(seed, "split", group[0].id))
+        quotas = [(name, _round_half_up(fraction * total)) for name, fraction in SPLIT_FRACTIONS.items()]
+        parts = _fill(ordered, quotas, TRAIN)
+        train = sorted(parts.pop(TRAIN), key=lambda group: _order(seed, "labeled", group[0].id))
+        train_total = sum(len(group) for group in train)
+        labeled_quota = max(1, _round_half_up(labeled_fraction * train_total)) if train else 0
+        labeled = _fill(train, [("labeled", labeled_quota)], "unlabeled")
+        for kind, kind_groups in labeled.items():
+            for group in kind_groups:
+                assignments.update({item.id: Assignment(TRAIN, kind == "labeled") for item in group})
+        for name, name_groups in parts.items():
+            for group in name_groups:
+                assignments.update({item.id: Assignment(name, False) for item in group})
+    return assignments

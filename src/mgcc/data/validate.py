@@ -1,0 +1,163 @@
+"""Read source PNGs into 8-bit grayscale images and binary masks, and check every case.
+
+Conversion rules (each applied one is reported as a warning, except the lossless ones):
+- 1-bit image: 0/1 -> 0/255.
+- 16-bit image: v8 = round(v16 * 255 / 65535) (full range to full range).
+- palette image: expanded through its palette to RGB(A), then as below.
+- RGB with identical channels: that channel (lossless); with differing channels: ITU-R BT.601 luma,
+  round(0.299 R + 0.587 G + 0.114 B).
+- alpha channel: composited over black (colour * alpha / 255); a fully opaque alpha is dropped silently.
+- masks: a pixel is lesion where any colour channel is non-zero (and alpha, if any, is non-zero); a mask
+  with more than one non-zero level is reported as non-binary, then binarized by that rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mgcc.data.records import Problem, SourceCase
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+
+
+class UnreadableFile(ValueError):
+    """A file that cannot be decoded, or whose pixel format cannot be converted."""
+
+
+def open_png(path: Path) -> Image.Image:
+    """Decode a PNG fully (so truncation is found now); raise `UnreadableFile` with the reason."""
+    try:
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                raise UnreadableFile(f"not a PNG file (format {image.format})")
+            image.load()
+            return image
+    except UnreadableFile:
+        raise
+    except Exception as error:  # any decoder failure means the file cannot be used
+        raise UnreadableFile(f"unreadable or truncated PNG ({type(error).__name__}: {error})") from error
+
+
+def _channels(image: Image.Image) -> tuple[np.ndarray, list[str]]:
+    """Pixel values as float (H, W, C) with C in {1, 3} after palette expansion and alpha compositing."""
+    notes = []
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+        notes.append("palette image converted through its palette")
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.float64)
+        if values.min() < 0 or values.max() > 65535:
+            raise UnreadableFile(f"pixel values outside 0..65535 in mode {image.mode}")
+        notes.append("16-bit image scaled to 8 bits (v * 255 / 65535)")
+        return (values * 255.0 / 65535.0)[..., None], notes
+    if image.mode == "1":
+        return np.asarray(image, dtype=np.float64)[..., None] * 255.0, notes
+    if image.mode not in ("L", "LA", "RGB", "RGBA"):
+        raise UnreadableFile(f"unsupported pixel mode {image.mode}")
+    values = np.asarray(image, dtype=np.float64)
+    if values.ndim == 2:
+        values = values[..., None]
+    if image.mode in ("LA", "RGBA"):
+        alpha = values[..., -1:]
+        values = values[..., :-1]
+        if np.any(alpha < 255):
+            values = values * alpha / 255.0
+            notes.append("alpha channel composited over black")
+    return values, notes
+
+
+def read_image(path: Path) -> tuple[np.ndarray, list[str]]:
+    """An 8-bit grayscale image (H, W) and the notes of the conversions applied."""
+    values, notes = _channels(open_png(path))
+    if values.shape[-1] == 3:
+        if np.all(values == values[..., :1]):
+            values = values[..., :1]
+        else:
+            values = (values @ LUMA_WEIGHTS)[..., None]
+            notes.append("RGB image with differing channels converted with BT.601 luma")
+    return np.clip(np.rint(values[..., 0]), 0, 255).astype(np.uint8), notes
+
+
+def read_mask(path: Path) -> tuple[np.ndarray, list[str]]:
+    """A boolean mask (H, W): lesion where any channel is non-zero; notes report non-binary values."""
+    values, _ = _channels(open_png(path))
+    strength = values.max(axis=-1)
+    levels = np.unique(strength[strength > 0])
+    notes = []
+    if levels.size > 1:
+        notes.append(f"non-binary mask ({levels.size} non-zero levels); binarized: any non-zero pixel is lesion")
+    return strength > 0, notes
+
+
+@dataclass(frozen=True)
+class CheckedCase:
+    """A case whose files were all read and agree; the facts the manifest and the split need."""
+
+    case: SourceCase
+    height: int
+    width: int
+    lesion_fraction: float
+    sha256: str
+    pixel_sha256: str
+
+
+def load_case(case: SourceCase) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
+    """Image (uint8) and merged mask (bool) of a case, with every problem found (fatal or warning).
+
+    Raises `UnreadableFile`-free: unreadable files come back as fatal problems and empty arrays.
+    """
+    problems: list[Problem] = []
+    try:
+        image, notes = read_image(case.image)
+        problems += [Problem(case.image, note, fatal=False) for note in notes]
+    except UnreadableFile as error:
+        problems.append(Problem(case.image, str(error)))
+        image = None
+    merged = None
+    for mask_path in case.masks:
+        try:
+            mask, notes = read_mask(mask_path)
+        except UnreadableFile as error:
+            problems.append(Problem(mask_path, str(error)))
+            continue
+        problems += [Problem(mask_path, note, fatal=False) for note in notes]
+        if image is not None and mask.shape != image.shape:
+            problems.append(Problem(mask_path, f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size {image.shape[1]}x{image.shape[0]} ({case.image.name})"))
+            continue
+        merged = mask if merged is None else merged | mask
+    if image is None or merged is None or any(problem.fatal for problem in problems):
+        return np.zeros((0, 0), np.uint8), np.zeros((0, 0), bool), problems
+    return image, merged, problems
+
+
+def pixel_hash(image: np.ndarray) -> str:
+    """sha256 of an image's shape and 8-bit pixels: equal for exact pixel duplicates."""
+    digest = hashlib.sha256(f"{image.shape[0]}x{image.shape[1]}:".encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_case(case: SourceCase) -> tuple[CheckedCase | None, list[Problem]]:
+    """Read a case once; return its facts (None when a fatal problem was found) and all problems."""
+    image, mask, problems = load_case(case)
+    if any(problem.fatal for problem in problems):
+        return None, problems
+    facts = CheckedCase(
+        case=case,
+        height=int(image.shape[0]),
+        width=int(image.shape[1]),
+        lesion_fraction=round(float(mask.mean()), 6),
+        sha256=file_sha256(case.image),
+        pixel_sha256=pixel_hash(image),
+    )
+    return facts, problems
