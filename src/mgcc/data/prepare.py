@@ -26,6 +26,7 @@ from mgcc.data.validate import CheckedCase, check_case, load_case
 MANIFEST_FORMAT = "mgcc-prepared-dataset/1"
 OUTPUT_NAMES = ("images", "labels", "manifest.json", "datalist.json")
 LAYOUTS = ("auto", "busi", "folders")
+PNG_COMPRESS_LEVEL = 1  # zlib level: level 6 (Pillow default) is 5x slower for ~15% smaller files
 
 
 def _resolve_in(source: Path, folder: str | Path | None, default: str) -> Path:
@@ -76,8 +77,8 @@ def _scan(source: Path, layout: str, images_dir, masks_dir, image_pattern, mask_
 
 def _write_case(case: SourceCase, out: Path) -> None:
     image, mask, _ = load_case(case)
-    Image.fromarray(image).save(out / image_path(case.id), format="PNG")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(out / label_path(case.id), format="PNG")
+    Image.fromarray(image).save(out / image_path(case.id), format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(out / label_path(case.id), format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -110,7 +110,7 @@ class CheckedCase:
 def load_case(case: SourceCase) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
     """Image (uint8) and merged mask (bool) of a case, with every problem found (fatal or warning).
 
-    Raises `UnreadableFile`-free: unreadable files come back as fatal problems and empty arrays.
+    Unreadable files come back as fatal problems (and empty arrays), never as exceptions.
     """
     problems: list[Problem] = []
     try:
