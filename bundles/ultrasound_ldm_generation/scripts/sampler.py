@@ -1,0 +1,115 @@
+"""Sampling synthetic images as a MONAI evaluator: the dataset is the sample plan (one seed per image), the inferer
+runs DDIM with classifier-free guidance through ``LatentDiffusionInferer``, and a handler writes PNGs + manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import torch
+from ignite.engine import Engine, Events
+from monai.inferers import Inferer, LatentDiffusionInferer
+from PIL import Image
+
+from .diffusion import class_condition
+from .utils import to_uint8
+
+
+def sample_plan(
+    num_samples: int,
+    seed: int,
+    class_conditional: bool = False,
+    class_names: Sequence[str] = (),
+    sample_class: str | None = None,
+) -> list[dict]:
+    """``num_samples`` items ``{"file", "seed", "class"}``; sample ``i`` uses seed ``seed + i`` (so any batch size
+    gives the same images). Conditional: every sample of ``sample_class``, or the classes in turn when it is null."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    if sample_class is not None and not class_conditional:
+        raise ValueError(f"sample_class={sample_class!r} needs a class-conditional model (class_conditional=true)")
+    if sample_class is not None and sample_class not in class_names:
+        raise ValueError(f"sample_class={sample_class!r} is not one of class_names {list(class_names)}")
+    plan = [{"file": f"sample_{i:05d}.png", "seed": seed + i} for i in range(num_samples)]
+    if class_conditional:  # no "class" key at all otherwise: the data loader cannot collate None
+        for i, item in enumerate(plan):
+            item["class"] = sample_class or class_names[i % len(class_names)]
+    return plan
+
+
+class SamplingPrepareBatch:
+    """Batch of plan items -> ``(noise, None, (), {"conditioning": one-hot or None})``; the noise of each item is
+    drawn from its own seed on the CPU, so results do not depend on batch size or device RNG state."""
+
+    def __init__(self, latent_shape: Sequence[int], class_names: Sequence[str] | None = None) -> None:
+        self.latent_shape = list(latent_shape)
+        self.class_names = class_names
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        noise = torch.stack(
+            [
+                torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s)))
+                for s in batchdata["seed"]
+            ]
+        ).to(device)
+        conditioning = class_condition(batchdata["class"], self.class_names, device) if self.class_names else None
+        return noise, None, (), {"conditioning": conditioning}
+
+
+class LatentSamplingInferer(Inferer):
+    """Denoise latent noise with ``diffusion`` (the evaluator's network) through a ``LatentDiffusionInferer`` whose
+    ``scale_factor`` is the trained one, then decode with ``autoencoder``; guidance when conditioned."""
+
+    def __init__(
+        self,
+        ldm_inferer: LatentDiffusionInferer,
+        autoencoder: torch.nn.Module,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.ldm_inferer = ldm_inferer
+        self.autoencoder = autoencoder
+        self.guidance_scale = guidance_scale
+        ldm_inferer.scheduler.set_timesteps(num_inference_steps=num_inference_steps)
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, conditioning=None, **kwargs):
+        cfg = self.guidance_scale if conditioning is not None and self.guidance_scale != 1.0 else None
+        return self.ldm_inferer.sample(
+            input_noise=inputs,
+            autoencoder_model=self.autoencoder,
+            diffusion_model=network,
+            conditioning=conditioning,
+            cfg=cfg,
+            verbose=False,
+        )
+
+
+class SampleWriter:
+    """Write each generated image as an 8-bit grayscale PNG into ``sample_dir`` and, when the run completes,
+    ``sample_dir/manifest.json`` = ``{"settings": settings, "samples": [{"file", "seed", "class"}, ...]}``."""
+
+    def __init__(self, sample_dir: str, settings: dict) -> None:
+        self.sample_dir = sample_dir
+        self.settings = settings
+        self.samples: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._write)
+        engine.add_event_handler(Events.COMPLETED, self._finish)
+
+    def _start(self, engine: Engine) -> None:
+        os.makedirs(self.sample_dir, exist_ok=True)
+        self.samples = []
+
+    def _write(self, engine: Engine) -> None:
+        for item, output in zip(engine.state.batch, engine.state.output):
+            Image.fromarray(to_uint8(output["pred"])).save(os.path.join(self.sample_dir, item["file"]))
+            self.samples.append({"file": item["file"], "seed": int(item["seed"]), "class": item.get("class")})
+
+    def _finish(self, engine: Engine) -> None:
+        manifest = {"settings": self.settings, "samples": sorted(self.samples, key=lambda s: s["file"])}
+        with open(os.path.join(self.sample_dir, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=2)

@@ -1,0 +1,108 @@
+"""Data lists, checkpoints and image files: the bundle's small helpers, each failing with a message that names the file."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.data import load_decathlon_datalist
+from PIL import Image
+
+
+def load_sections(datalist: str, sections: Sequence[str]) -> list[dict]:
+    """Concatenate datalist sections as ``{"image", "class"}`` items (labels are dropped: the generative model
+    never sees them); image paths become absolute (they are relative to the datalist's folder)."""
+    if not os.path.isfile(datalist):
+        raise FileNotFoundError(f"datalist not found: {datalist} (run `mgcc prepare` or pass --datalist / --dataset_dir)")
+    items: list[dict] = []
+    for section in sections:
+        try:
+            items += load_decathlon_datalist(datalist, is_segmentation=True, data_list_key=section)
+        except ValueError as e:
+            raise ValueError(f"{datalist}: cannot read section '{section}': {e}") from e
+    missing = [i["image"] for i in items if not os.path.isfile(i["image"])]
+    if missing:
+        raise FileNotFoundError(f"{datalist}: {len(missing)} image(s) listed but missing, first: {missing[0]}")
+    if not items:
+        raise ValueError(f"{datalist}: sections {list(sections)} hold no images")
+    return [{k: v for k, v in i.items() if k != "label"} for i in items]
+
+
+def check_classes(items: Sequence[dict], class_names: Sequence[str], datalist: str) -> Sequence[dict]:
+    """Make sure every item carries a known ``class`` (needed for class-conditional training)."""
+    bad = [i for i in items if i.get("class") not in class_names]
+    if bad:
+        raise ValueError(
+            f"{datalist}: {len(bad)} item(s) without a class in {list(class_names)}, first: {bad[0]['image']} "
+            f"has class {bad[0].get('class')!r}"
+        )
+    return items
+
+
+def load_weights(path: str, module: torch.nn.Module, key: str | None = None, what: str = "checkpoint") -> torch.nn.Module:
+    """Load ``path`` (or its entry ``key``) into ``module`` with ``weights_only=True``; clear errors otherwise."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if key is not None:
+        if key not in state:
+            raise KeyError(f"{path}: no entry '{key}' in the {what} (entries: {sorted(state)})")
+        state = state[key]
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"{path}: the {what} does not fit the configured network; were the same width/size/class_conditional "
+            f"overrides used when it was trained? ({str(e).splitlines()[0]})"
+        ) from e
+    return module
+
+
+def latest_checkpoint(ckpt_dir: str, prefix: str) -> str | None:
+    """The resume checkpoint with the highest iteration written by ``CheckpointSaver(file_prefix=prefix)``."""
+
+    def step(path: str) -> int:
+        found = re.search(r"=(\d+)\.pt$", path)
+        return int(found.group(1)) if found else -1
+
+    paths = glob.glob(os.path.join(ckpt_dir, f"{prefix}_checkpoint_*.pt"))
+    return max(paths, key=step) if paths else None
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A (1, H, W) or (H, W) image with intensities in [0, 1] as an 8-bit (H, W) array (values clipped)."""
+    array = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
+    array = np.squeeze(array)
+    if array.ndim != 2:
+        raise ValueError(f"expected a single-channel 2D image, got shape {array.shape}")
+    return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def save_grid(rows: Sequence[Sequence[torch.Tensor | np.ndarray]], path: str, pad: int = 2) -> str:
+    """Tile rows of single-channel [0, 1] images into one 8-bit PNG (rows may differ in length)."""
+    tiles = [[to_uint8(image) for image in row] for row in rows if len(row)]
+    if not tiles:
+        raise ValueError(f"no images to write into {path}")
+    h, w = tiles[0][0].shape
+    cols = max(len(row) for row in tiles)
+    canvas = np.zeros((len(tiles) * (h + pad) + pad, cols * (w + pad) + pad), np.uint8)
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            y, x = pad + r * (h + pad), pad + c * (w + pad)
+            canvas[y : y + h, x : x + w] = tile
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(canvas).save(path)
+    return path
