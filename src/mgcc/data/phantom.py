@@ -109,7 +109,7 @@ def simulate_case(rng: np.random.Generator, size: int, label: str, second_lesion
             masks.append(extra)
     for mask in masks:
         soft = ndimage.gaussian_filter(mask.astype(float), 0.7)
-        contrast = rng.uniform(0.08, 0.2)
+        contrast = rng.uniform(0.04, 0.1)
         echo = echo * (1.0 - soft * (1.0 - contrast))
         echo = echo * _posterior_factor(mask, -0.6 if malignant else 0.7)
     return _b_mode(echo, rng), masks

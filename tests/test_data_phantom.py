@@ -1,0 +1,58 @@
+"""The phantom generator: BUSI layout, class shares, determinism, and lesions that look like lesions."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mgcc.data.phantom import class_counts, make_phantom_dataset, phantom
+
+
+def _load(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_layout_and_class_shares(phantom_raw):
+    assert class_counts(48) == {"benign": 24, "malignant": 17, "normal": 7}
+    for label, count in class_counts(48).items():
+        images = sorted(path for path in (phantom_raw / label).glob("*.png") if "_mask" not in path.name)
+        assert len(images) == count
+        for image in images:
+            assert (image.parent / f"{image.stem}_mask.png").is_file()
+            assert Image.open(image).mode == "L" and Image.open(image).size == (64, 64)
+
+
+def test_masks_are_binary_and_normal_masks_empty(phantom_raw):
+    for mask_path in phantom_raw.glob("*/*_mask*.png"):
+        mask = _load(mask_path)
+        assert set(np.unique(mask)) <= {0, 255}
+        assert (mask.any()) == (mask_path.parent.name != "normal"), mask_path
+
+
+def test_some_benign_images_have_two_mask_files(phantom_raw):
+    assert list(phantom_raw.glob("benign/*_mask_1.png"))
+
+
+def test_lesions_are_hypoechoic(phantom_raw):
+    for mask_path in phantom_raw.glob("*/*_mask.png"):
+        if mask_path.parent.name == "normal":
+            continue
+        image = _load(mask_path.with_name(mask_path.name.replace("_mask", ""))).astype(float)
+        mask = _load(mask_path) > 0
+        assert image[mask].mean() < image[~mask].mean() - 40, mask_path
+
+
+def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
+    first = make_phantom_dataset(tmp_path / "a", n=6, size=32, seed=5)
+    second = make_phantom_dataset(tmp_path / "b", n=6, size=32, seed=5)
+    other = make_phantom_dataset(tmp_path / "c", n=6, size=32, seed=6)
+    names = sorted(path.relative_to(first) for path in first.rglob("*.png"))
+    assert names == sorted(path.relative_to(second) for path in second.rglob("*.png"))
+    assert all((first / name).read_bytes() == (second / name).read_bytes() for name in names)
+    assert any((first / name).read_bytes() != (other / name).read_bytes() for name in names)
+
+
+def test_cli_writes_requested_size(tmp_path, capsys):
+    phantom(str(tmp_path / "cli"), n=4, size=40, seed=1)
+    assert "2 benign, 1 malignant, 1 normal" in capsys.readouterr().out
+    assert Image.open(tmp_path / "cli" / "malignant" / "malignant (1).png").size == (40, 40)
