@@ -47,27 +47,33 @@ def _match(paths: list[Path], pattern: str, kind: str) -> tuple[dict[str, list[P
     return matched, problems
 
 
-def read_classes(csv_path: Path) -> tuple[dict[str, str], list[Problem]]:
-    """Class per image name (file name or stem) from a CSV with columns `image` and `class`."""
+def read_classes(csv_path: Path) -> tuple[dict[str, str], dict[str, str], list[Problem]]:
+    """Class per image stem from a CSV with columns `image` (file name or stem) and `class`.
+
+    Returns the valid classes, every listed name by stem (valid or not) and the problems found.
+    """
     try:
         with open(csv_path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
-            columns = set(rows[0]) if rows else set()
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        return {}, [Problem(csv_path, f"cannot read class CSV ({error})")]
-    if not {"image", "class"} <= columns:
-        return {}, [Problem(csv_path, "class CSV needs a header with columns 'image' and 'class' and at least one row")]
+        return {}, {}, [Problem(csv_path, f"cannot read class CSV ({error})")]
+    if not rows or not {"image", "class"} <= set(rows[0]):
+        return {}, {}, [Problem(csv_path, "class CSV needs a header with columns 'image' and 'class' and at least one row")]
     classes: dict[str, str] = {}
+    listed: dict[str, str] = {}
     problems = []
     for line, row in enumerate(rows, start=2):
         name, label = (row["image"] or "").strip(), (row["class"] or "").strip()
-        if label not in KNOWN_CLASSES:
-            problems.append(Problem(f"{csv_path}:{line}", f"unknown class '{label}' (expected one of: {', '.join(KNOWN_CLASSES)})"))
-        elif Path(name).stem in classes:
+        stem = Path(name).stem
+        if stem in listed:
             problems.append(Problem(f"{csv_path}:{line}", f"image '{name}' is listed more than once"))
+            continue
+        listed[stem] = name
+        if label in KNOWN_CLASSES:
+            classes[stem] = label
         else:
-            classes[Path(name).stem] = label
-    return classes, problems
+            problems.append(Problem(f"{csv_path}:{line}", f"unknown class '{label}' (expected one of: {', '.join(KNOWN_CLASSES)})"))
+    return classes, listed, problems
 
 
 def scan_folders(
@@ -88,18 +94,18 @@ def scan_folders(
             problems.append(Problem(paths[0], f"images {', '.join(path.name for path in paths)} share the pattern id '{key}'"))
     problems += [Problem(path, "mask without image") for key in sorted(set(masks) - set(images)) for path in masks[key]]
     problems += [Problem(images[key][0], "image without mask") for key in sorted(set(images) - set(masks))]
-    classes, csv_problems = read_classes(classes_csv) if classes_csv else ({}, [])
+    classes, listed, csv_problems = read_classes(classes_csv) if classes_csv else ({}, {}, [])
     problems += csv_problems
     cases = []
     for key in sorted(set(images) & set(masks)):
         image = images[key][0]
-        label = classes.get(image.stem, DEFAULT_CLASS if classes_csv is None else "")
-        if not label:
-            if not csv_problems:
-                problems.append(Problem(image, f"no class for this image in {classes_csv}"))
-            continue
-        cases.append(SourceCase(case_id(image.stem), label, image, tuple(sorted(masks[key]))))
-    if classes_csv and not csv_problems:
-        listed = {path.stem for paths in images.values() for path in paths}
-        problems += [Problem(classes_csv, f"lists '{name}', which is not an image in {images_dir}") for name in sorted(set(classes) - listed)]
+        if classes_csv is None:
+            cases.append(SourceCase(case_id(image.stem), DEFAULT_CLASS, image, tuple(sorted(masks[key]))))
+        elif image.stem in classes:
+            cases.append(SourceCase(case_id(image.stem), classes[image.stem], image, tuple(sorted(masks[key]))))
+        elif image.stem not in listed:
+            problems.append(Problem(image, f"no class for this image in {classes_csv}"))
+    if classes_csv and listed:
+        present = {path.stem for paths in images.values() for path in paths}
+        problems += [Problem(classes_csv, f"lists '{listed[stem]}', which is not an image in {images_dir}") for stem in sorted(set(listed) - present)]
     return sorted(cases, key=lambda case: case.id), problems + duplicate_id_problems(cases)

@@ -1,0 +1,110 @@
+"""The generic layout: an images folder and a masks folder paired by name patterns, classes from a CSV."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mgcc.data.folders import pattern_regex
+from mgcc.data.prepare import prepare_dataset
+from mgcc.data.records import DatasetError
+
+
+def _save(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@pytest.fixture
+def generic(tmp_path) -> Path:
+    """Ten cases: images/case_000k.png with masks/mask_000k.png."""
+    root = tmp_path / "generic"
+    for k in range(1, 11):
+        image = np.full((20, 30), 150, np.uint8)
+        mask = np.zeros((20, 30), np.uint8)
+        mask[5 : 5 + k, 4:12] = 255
+        _save(image, root / "images" / f"case_{k:04d}.png")
+        _save(mask, root / "masks" / f"mask_{k:04d}.png")
+    return root
+
+
+def _classes_csv(root: Path, rows: list[tuple[str, str]]) -> Path:
+    path = root / "classes.csv"
+    path.write_text("image,class\n" + "".join(f"{name},{label}\n" for name, label in rows))
+    return path
+
+
+def test_pattern_pairs_images_and_masks(generic, tmp_path):
+    summary = prepare_dataset(generic, tmp_path / "out", image_pattern="case_{id}.png", mask_pattern="mask_{id}.png")
+    assert summary["images"] == 10 and summary["classes"] == {"lesion": 10}
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    record = next(record for record in manifest["images"] if record["id"] == "case_0003")
+    assert record["source_image"] == "images/case_0003.png" and record["source_masks"] == ["masks/mask_0003.png"]
+    assert record["lesion_fraction"] == round(3 * 8 / 600, 6)
+
+
+def test_same_names_need_no_pattern(tmp_path):
+    for k in range(1, 4):
+        _save(np.full((8, 8), 9 * k, np.uint8), tmp_path / "raw" / "images" / f"scan{k}.png")
+        _save(np.zeros((8, 8), np.uint8), tmp_path / "raw" / "masks" / f"scan{k}.png")
+    summary = prepare_dataset(tmp_path / "raw", tmp_path / "out")
+    assert summary["images"] == 3 and sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == [
+        "scan0001.png", "scan0002.png", "scan0003.png"]
+
+
+def test_wildcard_mask_pattern_merges_several_masks(tmp_path):
+    _save(np.full((10, 10), 100, np.uint8), tmp_path / "raw" / "img" / "a.png")
+    first, second = np.zeros((10, 10), np.uint8), np.zeros((10, 10), np.uint8)
+    first[0, 0], second[9, 9] = 255, 1
+    _save(first, tmp_path / "raw" / "gt" / "a_mask.png")
+    _save(second, tmp_path / "raw" / "gt" / "a_mask_1.png")
+    prepare_dataset(tmp_path / "raw", tmp_path / "out", images_dir="img", masks_dir="gt", mask_pattern="{id}_mask*.png")
+    label = np.asarray(Image.open(tmp_path / "out" / "labels" / "a.png"))
+    assert label[0, 0] == label[9, 9] == 255 and (label > 0).sum() == 2
+
+
+def test_classes_from_csv(generic, tmp_path):
+    rows = [(f"case_{k:04d}.png", "benign" if k <= 6 else "malignant") for k in range(1, 11)]
+    summary = prepare_dataset(generic, tmp_path / "out", image_pattern="case_{id}.png", mask_pattern="mask_{id}.png",
+                              classes_csv=_classes_csv(generic, rows))
+    assert summary["classes"] == {"benign": 6, "malignant": 4}
+
+
+def test_csv_problems_are_reported(generic, tmp_path):
+    rows = [(f"case_{k:04d}.png", "benign") for k in range(1, 9)] + [("case_0009.png", "cyst"), ("case_0042.png", "benign")]
+    csv_path = _classes_csv(generic, rows)
+    with pytest.raises(DatasetError) as caught:
+        prepare_dataset(generic, tmp_path / "out", image_pattern="case_{id}.png", mask_pattern="mask_{id}.png", classes_csv=csv_path)
+    reasons = [str(problem) for problem in caught.value.problems]
+    assert any("classes.csv:10: unknown class 'cyst'" in reason for reason in reasons)
+    assert any("'case_0042.png'" in reason and "not an image" in reason for reason in reasons)
+
+
+def test_image_missing_from_csv_is_refused(generic, tmp_path):
+    csv_path = _classes_csv(generic, [(f"case_{k:04d}.png", "benign") for k in range(1, 10)])
+    with pytest.raises(DatasetError, match="case_0010.png: no class for this image"):
+        prepare_dataset(generic, tmp_path / "out", image_pattern="case_{id}.png", mask_pattern="mask_{id}.png", classes_csv=csv_path)
+
+
+def test_names_that_do_not_match_are_reported(generic, tmp_path):
+    with pytest.raises(DatasetError) as caught:
+        prepare_dataset(generic, tmp_path / "out", image_pattern="case_{id}.png", mask_pattern="label_{id}.png")
+    reasons = [str(problem) for problem in caught.value.problems]
+    assert sum("does not match the mask pattern" in reason for reason in reasons) == 10
+    assert sum("image without mask" in reason for reason in reasons) == 10
+
+
+def test_missing_folder_and_bad_pattern(tmp_path):
+    (tmp_path / "raw").mkdir()
+    with pytest.raises(DatasetError, match="folder not found"):
+        prepare_dataset(tmp_path / "raw", tmp_path / "out", layout="folders")
+    with pytest.raises(DatasetError, match="exactly once"):
+        prepare_dataset(tmp_path / "raw", tmp_path / "out", layout="folders", mask_pattern="mask.png")
+
+
+def test_pattern_regex():
+    assert pattern_regex("case_{id}.png").fullmatch("case_0001.png")["id"] == "0001"
+    assert pattern_regex("{id}_mask*.png").fullmatch("benign (1)_mask_1.png")["id"] == "benign (1)"
+    assert pattern_regex("{id}.png").fullmatch("a+b.png")["id"] == "a+b"
