@@ -59,7 +59,8 @@ class CSVHistory:
             self._start(engine.state.epoch if self.from_metrics else engine.state.iteration)
         source = engine.state.metrics if self.from_metrics else engine.state.output
         source = source[0] if isinstance(source, list) else source  # a decollated output repeats its scalars
-        row = [engine.state.iteration, engine.state.epoch, *(float(source[k]) for k in self.keys)]
+        values = (source[k].item() if hasattr(source[k], "item") else float(source[k]) for k in self.keys)
+        row = [engine.state.iteration, engine.state.epoch, *values]
         with open(self.filename, "a", newline="") as f:
             csv.writer(f).writerow(row)
 
