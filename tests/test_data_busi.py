@@ -1,0 +1,76 @@
+"""The real BUSI copy: counts, merged multi-mask images, and the duplicate pair on one side of every split."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from mgcc.data.busi import scan_busi
+from mgcc.data.prepare import prepare_dataset
+from mgcc.data.split import SplitItem, assign_splits
+from mgcc.data.validate import check_case, read_image, read_mask
+
+DUPLICATE_PAIR = ("benign_0433", "malignant_0145")
+
+
+@pytest.fixture(scope="module")
+def busi_cases(busi_root):
+    cases, problems = scan_busi(busi_root)
+    assert not [problem for problem in problems if problem.fatal]
+    return cases
+
+
+@pytest.fixture(scope="module")
+def busi_checked(busi_cases):
+    """Every benign and malignant case read and checked once (no files written)."""
+    checked = []
+    for case in busi_cases:
+        if case.label != "normal":
+            facts, problems = check_case(case)
+            assert facts is not None, problems
+            checked.append(facts)
+    return checked
+
+
+def test_counts_and_multi_mask_images(busi_cases):
+    assert Counter(case.label for case in busi_cases) == {"benign": 437, "malignant": 210, "normal": 133}
+    multi = {case.id: len(case.masks) for case in busi_cases if len(case.masks) > 1}
+    assert len(multi) == 17 and multi["benign_0195"] == 3 and "malignant_0053" in multi
+
+
+def test_duplicate_pair_has_the_same_pixels(busi_root):
+    first, _ = read_image(busi_root / "benign" / "benign (433).png")
+    second, _ = read_image(busi_root / "malignant" / "malignant (145).png")
+    assert np.array_equal(first, second)
+
+
+def test_duplicate_pair_stays_on_one_side_for_every_seed_and_fraction(busi_checked):
+    assert len(busi_checked) == 647
+    items = [SplitItem(facts.case.id, facts.case.label, facts.pixel_sha256) for facts in busi_checked]
+    for seed in range(10):
+        for fraction in (0.125, 0.25, 0.5, 1.0):
+            assignments = assign_splits(items, seed=seed, labeled_fraction=fraction)
+            assert assignments[DUPLICATE_PAIR[0]] == assignments[DUPLICATE_PAIR[1]]
+
+
+def test_every_mask_file_counts_in_multi_mask_images(busi_checked):
+    multi = [facts for facts in busi_checked if len(facts.case.masks) > 1]
+    assert len(multi) == 17
+    for facts in multi:
+        masks = [read_mask(path)[0] for path in facts.case.masks]
+        union = np.logical_or.reduce(masks)
+        assert facts.lesion_fraction == round(float(union.mean()), 6) > max(float(mask.mean()) for mask in masks)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("include_normal", "expected"), [(False, 647), (True, 780)])
+def test_prepare_busi(busi_root, tmp_path, include_normal, expected):
+    summary = prepare_dataset(busi_root, tmp_path / "busi", include_normal=include_normal)
+    assert summary["images"] == expected and summary["multi_mask_images"] == 17
+    assert summary["duplicate_groups"] == [list(DUPLICATE_PAIR)]
+    datalist = json.loads((tmp_path / "busi" / "datalist.json").read_text())
+    section = {entry["image"]: name for name, entries in datalist.items() for entry in entries}
+    assert section[f"images/{DUPLICATE_PAIR[0]}.png"] == section[f"images/{DUPLICATE_PAIR[1]}.png"]
+    assert sum(len(entries) for entries in datalist.values()) == expected
+    assert 0.69 < (len(datalist["training"]) + len(datalist["unlabeled"])) / expected < 0.71
