@@ -1,0 +1,181 @@
+# Copyright (c) MGCC-MONAI contributors. Licensed under the Apache License, Version 2.0.
+"""Data sources of the bundle: datalist sections, synthetic sample folders, and the iteration-indexed
+semi-supervised batch stream.
+
+The training stream is a map-style dataset whose item ``i`` is the complete batch of iteration ``i``
+(labeled + unlabeled samples). Which samples and which augmentation draws go into it depend only on
+``(seed, iteration, rank)``, so a resumed run (``IterationSampler`` starts at the restored iteration) sees
+exactly the batches the uninterrupted run would have seen, and no randomness is shared with the network.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import os
+from collections.abc import Iterator
+
+import numpy as np
+from ignite.engine import Engine
+from monai.data import list_data_collate, load_decathlon_datalist
+from monai.transforms import Randomizable
+from torch.utils.data import Dataset, Sampler
+
+__all__ = [
+    "datalist_section",
+    "synthetic_datalist",
+    "unlabeled_datalist",
+    "inference_datalist",
+    "latest_checkpoint",
+    "SemiSupervisedBatches",
+    "IterationSampler",
+]
+
+IMAGE_SUFFIXES = (".png", ".nii", ".nii.gz")
+
+
+def datalist_section(datalist: str, section: str, allow_empty: bool = False) -> list[dict]:
+    """Entries of one section of a prepared ``datalist.json`` with paths made absolute."""
+    if not os.path.isfile(datalist):
+        raise FileNotFoundError(f"datalist not found: {datalist} (run `mgcc prepare` or pass --datalist).")
+    with open(datalist) as f:
+        sections = json.load(f)
+    if section not in sections:
+        raise KeyError(f"{datalist}: no section '{section}' (found {sorted(sections)}).")
+    if not sections[section]:
+        if allow_empty:
+            return []
+        raise ValueError(f"{datalist}: section '{section}' is empty.")
+    data = load_decathlon_datalist(datalist, is_segmentation=True, data_list_key=section)
+    missing = [d["image"] for d in data if not os.path.isfile(d["image"])]
+    if missing:
+        raise FileNotFoundError(f"{datalist}: {len(missing)} image(s) of '{section}' missing, e.g. {missing[0]}")
+    return data
+
+
+def synthetic_datalist(synthetic_dir: str) -> list[dict]:
+    """Synthetic unlabeled images listed by ``<synthetic_dir>/manifest.json`` (LDM bundle output)."""
+    manifest = os.path.join(synthetic_dir, "manifest.json")
+    if not os.path.isfile(manifest):
+        raise FileNotFoundError(f"synthetic samples: {manifest} not found (set synthetic_dir to an LDM sample folder).")
+    with open(manifest) as f:
+        samples = json.load(f).get("samples")
+    if not samples:
+        raise ValueError(f"{manifest}: no 'samples' listed.")
+    data = [{"image": os.path.join(synthetic_dir, s["file"]), "class": s.get("class", "synthetic")} for s in samples]
+    missing = [d["image"] for d in data if not os.path.isfile(d["image"])]
+    if missing:
+        raise FileNotFoundError(f"{manifest}: {len(missing)} listed sample(s) missing, e.g. {missing[0]}")
+    return data
+
+
+def unlabeled_datalist(source: str, datalist: str, synthetic_dir: str | None) -> list[dict]:
+    """The unlabeled set: ``"real"`` (datalist ``unlabeled`` section), ``"synthetic"`` or ``"both"``."""
+    if source not in ("real", "synthetic", "both"):
+        raise ValueError(f"unlabeled_source must be 'real', 'synthetic' or 'both', got {source!r}.")
+    data = datalist_section(datalist, "unlabeled") if source in ("real", "both") else []
+    if source in ("synthetic", "both"):
+        if not synthetic_dir:
+            raise ValueError(f"unlabeled_source={source!r} needs synthetic_dir (a folder with manifest.json).")
+        data += synthetic_datalist(synthetic_dir)
+    return data
+
+
+def inference_datalist(input_dir: str | None, datalist: str | None = None, section: str = "test") -> list[dict]:
+    """Images to segment: a datalist section if ``datalist`` is given, else every PNG / NIfTI file of
+    ``input_dir`` (sorted by name)."""
+    if datalist:
+        return [{"image": d["image"]} for d in datalist_section(datalist, section)]
+    if not input_dir or not os.path.isdir(input_dir):
+        raise FileNotFoundError(f"input_dir is not a folder: {input_dir}")
+    files = sorted(f for f in glob.glob(os.path.join(input_dir, "*")) if f.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise FileNotFoundError(f"no PNG or NIfTI images in {input_dir}")
+    return [{"image": f} for f in files]
+
+
+def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint_epoch=") -> str:
+    """Path of the newest periodic training checkpoint ``<ckpt_dir>/checkpoint_epoch=<n>.pt``."""
+    found = glob.glob(os.path.join(ckpt_dir, f"{prefix}*.pt"))
+    if not found:
+        raise FileNotFoundError(f"resume requested but no {prefix}<n>.pt checkpoint in {ckpt_dir}")
+    return max(found, key=lambda p: int(os.path.basename(p)[len(prefix) : -len(".pt")]))
+
+
+class SemiSupervisedBatches(Dataset):
+    """Item ``i`` = the training batch of iteration ``i``.
+
+    Labeled samples are drawn without replacement from a fresh seeded permutation per pass over the
+    labeled set (same for the unlabeled set); each sample's random transforms are re-seeded from
+    ``(seed, stream, position)``. With ``world_size > 1`` (DistributedDataParallel) each rank draws a
+    disjoint share of the positions.
+
+    Args:
+        labeled: dataset of ``{"image", "label"}`` samples (transforms included, e.g. a ``CacheDataset``).
+        labeled_batch_size: labeled samples per iteration (per rank).
+        unlabeled: dataset of ``{"image"}`` samples, or ``None`` for supervised-only training.
+        unlabeled_batch_size: unlabeled samples per iteration (per rank); must be 0 iff ``unlabeled`` is None.
+        seed: base seed of the sample order and the augmentation draws.
+        rank, world_size: this process's share in distributed training.
+
+    Returns per item ``{"image": (Bl,C,H,W), "label": (Bl,1,H,W), "unlabeled": (Bu,C,H,W)}`` (the last key
+    only with unlabeled data).
+    """
+
+    def __init__(
+        self,
+        labeled: Dataset,
+        labeled_batch_size: int,
+        unlabeled: Dataset | None = None,
+        unlabeled_batch_size: int = 0,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if (unlabeled is None) != (unlabeled_batch_size == 0):
+            raise ValueError("give both an unlabeled dataset and unlabeled_batch_size > 0, or neither.")
+        if len(labeled) == 0 or (unlabeled is not None and len(unlabeled) == 0):
+            raise ValueError("the labeled and unlabeled training sets must not be empty.")
+        if labeled_batch_size < 1:
+            raise ValueError("labeled_batch_size must be positive.")
+        self.streams = [(labeled, labeled_batch_size)]
+        if unlabeled is not None:
+            self.streams.append((unlabeled, unlabeled_batch_size))
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+
+    def _draw(self, stream: int, iteration: int) -> list[dict]:
+        dataset, batch_size = self.streams[stream]
+        n = len(dataset)
+        first = (iteration * self.world_size + self.rank) * batch_size
+        samples = []
+        for position in range(first, first + batch_size):
+            order = np.random.default_rng([self.seed, stream, position // n]).permutation(n)
+            transform = getattr(dataset, "transform", None)
+            if isinstance(transform, Randomizable):
+                transform.set_random_state(seed=int(np.random.SeedSequence([self.seed, stream, position]).generate_state(1)[0]))
+            samples.append(dataset[int(order[position % n])])
+        return samples
+
+    def __getitem__(self, iteration: int) -> dict:
+        batch = list_data_collate([{"image": s["image"], "label": s["label"]} for s in self._draw(0, iteration)])
+        if len(self.streams) > 1:
+            batch["unlabeled"] = list_data_collate([{"image": s["image"]} for s in self._draw(1, iteration)])["image"]
+        return batch
+
+
+class IterationSampler(Sampler[int]):
+    """Endless iteration indices, starting at the iteration of the engine it follows (0 before training,
+    the restored iteration after a ``CheckpointLoader`` resumed it). The start is read when ignite creates the
+    data iterator, i.e. after all ``STARTED`` handlers ran."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+
+    def follow(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.count(0 if self.engine is None else self.engine.state.iteration)

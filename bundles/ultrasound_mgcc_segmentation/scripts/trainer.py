@@ -1,0 +1,190 @@
+# Copyright (c) MGCC-MONAI contributors. Licensed under the Apache License, Version 2.0.
+"""Semi-supervised trainers on MONAI's ``SupervisedTrainer`` (ignite engine).
+
+``SemiSupervisedTrainer`` implements MGCC cross-consistency (and, with other network settings, the
+single-level CCT baseline and supervised-only training); ``MeanTeacherTrainer`` the mean-teacher baseline.
+Each iteration consumes one batch of ``scripts.data.SemiSupervisedBatches``:
+``{"image": labeled images, "label": masks, "unlabeled": unlabeled images}``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
+
+from .data import IterationSampler
+
+__all__ = ["iterations_to_epochs", "SigmoidRampUp", "SemiSupervisedTrainer", "MeanTeacherTrainer", "RandomStates", "KeyMetricState"]
+
+
+def iterations_to_epochs(max_iterations: int, val_interval: int) -> int:
+    """Engine epochs of ``val_interval`` iterations that make exactly ``max_iterations`` iterations."""
+    if max_iterations < 1 or val_interval < 1 or max_iterations % val_interval:
+        raise ValueError(f"max_iterations ({max_iterations}) must be a positive multiple of val_interval ({val_interval}).")
+    return max_iterations // val_interval
+
+
+class SigmoidRampUp:
+    """Consistency weight ``weight * exp(-5 * (1 - min(t, T) / T) ** 2)`` at iteration ``t``
+    (Laine & Aila, arXiv 1610.02242); ``T = 0`` gives the full weight from the start."""
+
+    def __init__(self, weight: float, rampup_iterations: int) -> None:
+        self.weight = weight
+        self.rampup_iterations = rampup_iterations
+
+    def __call__(self, iteration: int) -> float:
+        if self.rampup_iterations <= 0:
+            return self.weight
+        phase = 1.0 - min(iteration, self.rampup_iterations) / self.rampup_iterations
+        return self.weight * math.exp(-5.0 * phase * phase)
+
+
+class SemiSupervisedTrainer(SupervisedTrainer):
+    """Supervised loss on the labeled samples for every decoder output (averaged), plus
+    ``consistency_weight(iteration) * consistency`` on the unlabeled samples, where consistency is the mean
+    over auxiliary outputs of ``MSE(sigmoid(main), sigmoid(aux_k))``.
+
+    A network that returns a single tensor in training (``train_aux_decoders=False``) trains supervised-only
+    (consistency 0). Accepts every ``SupervisedTrainer`` argument; ``loss_function`` is the supervised loss.
+
+    Args:
+        consistency_weight: callable mapping the 0-based iteration to the consistency weight
+            (e.g. ``SigmoidRampUp``).
+
+    ``engine.state.output`` holds ``image``, ``label``, ``pred`` (main logits of the labeled samples), and the
+    scalars ``loss``, ``supervised_loss``, ``consistency_loss``, ``consistency_weight``, ``lr`` (the learning rate
+    of this iteration's optimizer step).
+    """
+
+    def __init__(self, *args, consistency_weight: Callable[[int], float], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.consistency_weight = consistency_weight
+        sampler = getattr(self.data_loader, "sampler", None)
+        if isinstance(sampler, IterationSampler):
+            sampler.follow(self)
+
+    def consistency(self, unlabeled: torch.Tensor, outputs: Sequence[torch.Tensor], n_labeled: int) -> torch.Tensor:
+        """Cross-consistency between the main output and each auxiliary output on the unlabeled samples."""
+        main = torch.sigmoid(outputs[0][n_labeled:])
+        return torch.stack([F.mse_loss(main, torch.sigmoid(aux[n_labeled:])) for aux in outputs[1:]]).mean()
+
+    def _iteration(self, engine: SemiSupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        device, nb = engine.state.device, engine.non_blocking
+        images = batchdata[Keys.IMAGE].to(device, non_blocking=nb, **engine.to_kwargs)
+        labels = batchdata[Keys.LABEL].to(device, non_blocking=nb, **engine.to_kwargs)
+        n_labeled = images.shape[0]
+        unlabeled = batchdata.get("unlabeled")
+        if unlabeled is not None:
+            unlabeled = unlabeled.to(device, non_blocking=nb, **engine.to_kwargs)
+            inputs = torch.cat((images, unlabeled))
+        else:
+            inputs = images
+        engine.state.output = {Keys.IMAGE: images, Keys.LABEL: labels}
+        weight = float(self.consistency_weight(engine.state.iteration - 1))
+        lr = engine.optimizer.param_groups[0]["lr"]
+
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        with torch.autocast("cuda", enabled=bool(engine.amp), **engine.amp_kwargs):
+            outputs = engine.inferer(inputs, engine.network)
+            outputs = tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+            engine.state.output[Keys.PRED] = outputs[0][:n_labeled]
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            supervised = torch.stack([engine.loss_function(out[:n_labeled], labels) for out in outputs]).mean()
+            if unlabeled is not None:
+                consistency = self.consistency(unlabeled, outputs, n_labeled)
+            else:
+                consistency = torch.zeros((), device=supervised.device)
+            loss = supervised + weight * consistency
+        engine.state.output.update(
+            {
+                Keys.LOSS: loss.detach(),
+                "supervised_loss": supervised.detach(),
+                "consistency_loss": consistency.detach(),
+                "consistency_weight": weight,
+                "lr": lr,
+            }
+        )
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if engine.amp and engine.scaler is not None:
+            engine.scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+class MeanTeacherTrainer(SemiSupervisedTrainer):
+    """Mean teacher (Tarvainen & Valpola, NeurIPS 2017) as in the SSL4MIS 2D baseline: consistency is
+    ``MSE(sigmoid(student(u)), sigmoid(teacher(u + noise)))`` with ``noise = clamp(0.1 * N(0, 1), -0.2, 0.2)``,
+    and after each step the teacher's parameters become the exponential moving average of the student's,
+    with decay ``min(1 - 1 / (iteration + 1), ema_decay)``. The student is the trained (and saved) network.
+
+    Args:
+        teacher: a network of the student's architecture (e.g. a deep copy before training); its parameters
+            are never optimised.
+        ema_decay: the EMA decay ceiling (0.99).
+    """
+
+    def __init__(self, *args, teacher: torch.nn.Module, ema_decay: float = 0.99, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.requires_grad_(False)
+        self.ema_decay = ema_decay
+        self.add_event_handler(IterationEvents.MODEL_COMPLETED, self._update_teacher)
+
+    def consistency(self, unlabeled: torch.Tensor, outputs: Sequence[torch.Tensor], n_labeled: int) -> torch.Tensor:
+        noise = torch.clamp(torch.randn_like(unlabeled) * 0.1, -0.2, 0.2)
+        self.teacher.train()
+        with torch.no_grad():
+            target = torch.sigmoid(self.teacher(unlabeled + noise))
+        return F.mse_loss(torch.sigmoid(outputs[0][n_labeled:]), target)
+
+    @torch.no_grad()
+    def _update_teacher(self, engine: MeanTeacherTrainer) -> None:
+        decay = min(1.0 - 1.0 / engine.state.iteration, self.ema_decay)
+        student = getattr(engine.network, "module", engine.network)  # unwrap DistributedDataParallel
+        for t, s in zip(self.teacher.parameters(), student.parameters()):
+            t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+
+
+class RandomStates:
+    """The torch / numpy / python global random states as a checkpointable object (for exact resume:
+    the network's training perturbations draw from torch's global generator)."""
+
+    def state_dict(self) -> dict:
+        return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["python"])
+
+
+class KeyMetricState:
+    """Checkpointable view of a ``monai.handlers.CheckpointSaver``'s best-key-metric record, so a resumed run
+    only replaces ``model.pt`` with a better model than the best one before the interruption (the saver itself
+    can restore this record, ``CheckpointSaver.load_state_dict``, but only exposes it through a private field)."""
+
+    def __init__(self, saver) -> None:
+        self.saver = saver
+
+    def state_dict(self) -> dict:
+        return self.saver._key_metric_checkpoint.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.saver.load_state_dict(state)
