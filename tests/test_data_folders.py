@@ -108,3 +108,8 @@ def test_pattern_regex():
     assert pattern_regex("case_{id}.png").fullmatch("case_0001.png")["id"] == "0001"
     assert pattern_regex("{id}_mask*.png").fullmatch("benign (1)_mask_1.png")["id"] == "benign (1)"
     assert pattern_regex("{id}.png").fullmatch("a+b.png")["id"] == "a+b"
+
+
+def test_folder_options_with_busi_layout_are_refused(generic, tmp_path):
+    with pytest.raises(DatasetError, match="'folders' layout only"):
+        prepare_dataset(generic, tmp_path / "out", layout="busi", mask_pattern="mask_{id}.png")

@@ -176,3 +176,10 @@ def test_cli_exits_with_code_2_and_names_the_file(raw, tmp_path, capsys):
     assert caught.value.code == 2
     assert "benign (4).png: image without mask" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_other_format_under_png_name_is_reported(raw, tmp_path):
+    image = raw / "benign" / "benign (1).png"
+    Image.open(image).save(image, format="JPEG")
+    problems = _problems(raw, tmp_path / "out")
+    assert problems == [f"{image}: not a PNG file (format JPEG)"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path
@@ -41,6 +42,8 @@ def _inside(path: Path, folder: Path) -> bool:
 def _pick_layout(source: Path, layout: str, folder_options: bool) -> str:
     if layout not in LAYOUTS:
         raise DatasetError([Problem(source, f"unknown layout '{layout}' (expected one of: {', '.join(LAYOUTS)})")])
+    if layout == "busi" and folder_options:
+        raise DatasetError([Problem(source, "images/masks folders, patterns and a class CSV apply to the 'folders' layout only")])
     if layout != "auto":
         return layout
     if folder_options or ((source / "images").is_dir() and (source / "masks").is_dir()):
@@ -233,6 +236,7 @@ def prepare(
     --labeled-fraction accepts 0.125 or 1/8. Generic layout: --images/--masks folders (relative to SOURCE),
     --image-pattern/--mask-pattern like 'case_{id}.png'/'mask_{id}.png', --classes CSV (columns image,class).
     """
+    started = time.perf_counter()
     try:
         summary = prepare_dataset(
             Path(source),
@@ -252,3 +256,4 @@ def prepare(
         raise SystemExit(2) from None
     _print_warnings(summary["warning_list"])
     print_summary(summary)
+    print(f"took {time.perf_counter() - started:.1f} s")
