@@ -46,6 +46,7 @@ from mgcc_operators import (
     MaskWriterOperator,
     RunManifest,
     bundle_io_names,
+    check_image_files,
     check_postprocessing_binarizes,
     classify_inputs,
     read_bundle_config,
@@ -84,6 +85,7 @@ class MGCCUltrasoundSegApp(Application):
             listed = ", ".join(p.name for p, _ in skipped[:5]) or "no files at all"
             raise InputError(f"{input_path}: no image ({', '.join(('.png', '.jpg', '.bmp', '.tif'))}) or DICOM "
                              f"file to segment (found: {listed})")
+        check_image_files(images)
         manifest = RunManifest(output_path / "predictions.json", {
             "app": f"MGCC ultrasound segmentation {APP_VERSION}",
             "bundle": str(bundle_path), "bundle_name": meta.get("name", ""),

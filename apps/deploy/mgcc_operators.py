@@ -56,27 +56,37 @@ class InputError(ValueError):
 
 def resolve_bundle_path(model_path: str | Path) -> Path:
     """The bundle the app runs: a TorchScript `model.ts` (configs embedded by `ckpt_export`), a bundle folder
-    (`configs/metadata.json` + `models/`), or a MAP model folder (`<models>/<name>/model.ts`)."""
+    (`configs/metadata.json` + `models/`), or a MAP model folder holding one of these (`<models>/<name>/...`)."""
     path = Path(model_path).expanduser().resolve()
     if path.is_file():
         return path
-    if path.is_dir():
-        if (path / "configs" / "metadata.json").is_file():
-            return path
-        found = sorted(path.glob("*/model.ts")) + sorted(path.glob("model.ts"))
-        if len(found) == 1:
-            return found[0]
-        raise InputError(
-            f"{path}: not a MONAI bundle folder (no configs/metadata.json) and not a model folder holding "
-            f"exactly one model.ts (found {len(found)})"
-        )
-    raise InputError(f"{path}: model path does not exist")
+    if not path.is_dir():
+        raise InputError(f"{path}: model path does not exist")
+    if (path / "configs" / "metadata.json").is_file():
+        return path
+    found = sorted(path.glob("model.ts")) + sorted(path.glob("*/model.ts"))
+    found += [p.parent.parent for p in sorted(path.glob("*/configs/metadata.json"))]
+    if len(found) == 1:
+        return found[0]
+    raise InputError(
+        f"{path}: not a MONAI bundle folder (no configs/metadata.json), nor a model folder holding exactly one "
+        f"model.ts or bundle (found {[str(f) for f in found]})"
+    )
+
+
+def bundle_root_of(bundle_path: Path) -> Path | None:
+    """The bundle folder whose `scripts` package the configs may import: the bundle itself, or, for a
+    TorchScript export at `<bundle>/models/model.ts`, that bundle."""
+    root = bundle_path if bundle_path.is_dir() else bundle_path.parent.parent
+    return root if (root / "scripts" / "__init__.py").is_file() else None
 
 
 def read_bundle_config(bundle_path: Path, config_names: list[str]):
     """The bundle's parsed configs, read the way `MonaiBundleInferenceOperator` reads them."""
-    if bundle_path.is_dir() and str(bundle_path) not in sys.path:
-        sys.path.insert(0, str(bundle_path))  # the bundle's own `scripts` package, as the SDK operator does
+    root = bundle_root_of(bundle_path)
+    if root is not None and str(root) not in sys.path:
+        logger.info("bundle scripts package from %s", root)
+        sys.path.insert(0, str(root))  # the bundle's own `scripts` package, as the SDK operator does for folders
     try:
         return get_bundle_config(str(bundle_path), config_names)
     except Exception as ex:
@@ -214,6 +224,21 @@ def classify_inputs(input_path: Path) -> tuple[list[Path], list[Path], list[tupl
         else:
             skipped.append((f, f"not an image ({', '.join(IMAGE_SUFFIXES)}) or DICOM file"))
     return images, dicoms, skipped
+
+
+def check_image_files(files: list[Path]) -> None:
+    """Decode-check every image before any inference, so a broken file stops the run before masks are written."""
+    from PIL import Image as PILImage
+
+    bad = []
+    for f in files:
+        try:
+            with PILImage.open(f) as im:
+                im.verify()
+        except Exception as ex:
+            bad.append(f"{f} ({type(ex).__name__}: {ex})")
+    if bad:
+        raise InputError(f"{len(bad)} input file(s) cannot be read as images: " + "; ".join(bad[:10]))
 
 
 def _has_dicm_preamble(path: Path) -> bool:
