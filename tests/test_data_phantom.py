@@ -29,8 +29,9 @@ def test_masks_are_binary_and_normal_masks_empty(phantom_raw):
         assert (mask.any()) == (mask_path.parent.name != "normal"), mask_path
 
 
-def test_some_benign_images_have_two_mask_files(phantom_raw):
-    assert list(phantom_raw.glob("benign/*_mask_1.png"))
+def test_every_sixth_benign_image_has_a_second_mask_file(phantom_raw):
+    second = sorted(path.name for path in phantom_raw.glob("*/*_mask_1.png"))
+    assert second == [f"benign ({k})_mask_1.png" for k in (12, 18, 24, 6)]
 
 
 def test_lesions_are_hypoechoic(phantom_raw):

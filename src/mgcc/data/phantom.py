@@ -48,11 +48,10 @@ def _tissue(rng: np.random.Generator, size: int) -> np.ndarray:
     return ndimage.gaussian_filter(echo, 1.0) * texture
 
 
-def _lesion_mask(rng: np.random.Generator, size: int, malignant: bool, scale: float = 1.0) -> np.ndarray:
-    """A boolean lesion mask: a star-shaped region with a random harmonic outline."""
+def _lesion_mask(rng: np.random.Generator, size: int, malignant: bool, centre: tuple[float, float], scale: float = 1.0) -> np.ndarray:
+    """A boolean lesion mask around `centre` (row, column fractions): a star shape with a random harmonic outline."""
     radius = rng.uniform(0.09, 0.17) * size * scale
-    centre_y = rng.uniform(0.35, 0.6) * size
-    centre_x = rng.uniform(0.3, 0.7) * size
+    centre_y, centre_x = centre[0] * size, centre[1] * size
     width_over_height = rng.uniform(0.8, 1.05) if malignant else rng.uniform(1.2, 1.6)
     harmonics = np.arange(2, 10 if malignant else 5)
     amplitudes = rng.uniform(0.0, 0.12 if malignant else 0.06, size=harmonics.size)
@@ -102,16 +101,18 @@ def simulate_case(rng: np.random.Generator, size: int, label: str, second_lesion
     if label == "normal":
         return _b_mode(echo, rng), [np.zeros((size, size), dtype=bool)]
     malignant = label == "malignant"
-    masks = [_lesion_mask(rng, size, malignant)]
-    if second_lesion:
-        extra = _lesion_mask(rng, size, malignant, scale=0.5) & ~ndimage.binary_dilation(masks[0], iterations=3)
+    centre = (rng.uniform(0.35, 0.6), rng.uniform(0.3, 0.7))
+    masks = [_lesion_mask(rng, size, malignant, centre)]
+    if second_lesion:  # a small lesion on the other side of the image
+        far_side = (rng.uniform(0.3, 0.5), 0.15 if centre[1] > 0.5 else 0.85)
+        extra = _lesion_mask(rng, size, malignant, far_side, scale=0.5) & ~ndimage.binary_dilation(masks[0], iterations=3)
         if extra.any():
             masks.append(extra)
     for mask in masks:
         soft = ndimage.gaussian_filter(mask.astype(float), 0.7)
         contrast = rng.uniform(0.04, 0.1)
         echo = echo * (1.0 - soft * (1.0 - contrast))
-        echo = echo * _posterior_factor(mask, -0.6 if malignant else 0.7)
+        echo = echo * _posterior_factor(mask, -0.75 if malignant else 1.2)
     return _b_mode(echo, rng), masks
 
 
