@@ -9,6 +9,7 @@ Each iteration consumes one batch of ``scripts.data.SemiSupervisedBatches``:
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -135,17 +136,20 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
     and after each step the teacher's parameters become the exponential moving average of the student's,
     with decay ``min(1 - 1 / (iteration + 1), ema_decay)``. The student is the trained (and saved) network.
 
+    The teacher (``self.teacher``) starts as a copy of the student and is never optimised.
+
     Args:
-        teacher: a network of the student's architecture (e.g. a deep copy before training); its parameters
-            are never optimised.
         ema_decay: the EMA decay ceiling (0.99).
     """
 
-    def __init__(self, *args, teacher: torch.nn.Module, ema_decay: float = 0.99, **kwargs) -> None:
+    def __init__(self, *args, ema_decay: float = 0.99, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.teacher = teacher.requires_grad_(False)
+        self.teacher = copy.deepcopy(self._student()).requires_grad_(False)
         self.ema_decay = ema_decay
         self.add_event_handler(IterationEvents.MODEL_COMPLETED, self._update_teacher)
+
+    def _student(self) -> torch.nn.Module:
+        return getattr(self.network, "module", self.network)  # unwrap DistributedDataParallel
 
     def consistency(self, unlabeled: torch.Tensor, outputs: Sequence[torch.Tensor], n_labeled: int) -> torch.Tensor:
         noise = torch.clamp(torch.randn_like(unlabeled) * 0.1, -0.2, 0.2)
@@ -157,8 +161,7 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
     @torch.no_grad()
     def _update_teacher(self, engine: MeanTeacherTrainer) -> None:
         decay = min(1.0 - 1.0 / engine.state.iteration, self.ema_decay)
-        student = getattr(engine.network, "module", engine.network)  # unwrap DistributedDataParallel
-        for t, s in zip(self.teacher.parameters(), student.parameters()):
+        for t, s in zip(self.teacher.parameters(), self._student().parameters()):
             t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
 
 
