@@ -1,0 +1,409 @@
+"""`mgcc label`: serve and train the MGCC segmentation bundle with MONAI Label, for 3D Slicer users.
+
+MONAI Label runs in its own virtual environment (default `<repo>/.venv-label`, made by
+`apps/monailabel/setup_env.sh` from a pinned lock): it needs pydicom 2, the MONAI Deploy App SDK pydicom 3.
+This module runs in the main environment; it never imports MONAI Label. It
+
+- builds the app folder MONAI Label is started with: MONAI Label's `monaibundle` sample app (wrapped by
+  `apps/monailabel/app/main.py`, which adds an input check in front of /infer) and a *copy* of the bundle
+  under `<app>/model/<bundle name>/` (training through MONAI Label rewrites `models/model.pt` there, never in
+  the repository's bundle), with optional config overrides written into the copy;
+- starts `monailabel start_server` on 127.0.0.1, offline (`--conf zoo_source github`, `--conf sam2 false`:
+  the defaults would fetch a model list and SAM2 weights from the web);
+- makes a phantom studies folder for trying it out (`mgcc label studies`), and has a small HTTP client
+  (standard library only) used by the tests and `scripts/benchmark_monailabel.py`.
+
+Command line (python-fire), e.g.:
+    mgcc label setup
+    mgcc label studies --out studies --n 24
+    mgcc label serve --studies studies [--bundle bundles/ultrasound_mgcc_segmentation] [--port 8000]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LABEL_APP_SRC = REPO_ROOT / "apps" / "monailabel"
+SETUP_SCRIPT = LABEL_APP_SRC / "setup_env.sh"
+APP_MAIN = LABEL_APP_SRC / "app" / "main.py"
+DEFAULT_BUNDLE = REPO_ROOT / "bundles" / "ultrasound_mgcc_segmentation"
+CONFIGS = ("inference.json", "train.json")
+
+#: Settings written into the served copy of the bundle: MONAI Label passes only the datastore's *labeled*
+#: images to training (`train#dataset#data`), so the semi-supervised unlabeled set is switched off there.
+LABEL_OVERRIDES: dict[str, Any] = {"unlabeled_source": "none", "show_progress": False}
+
+
+class LabelError(RuntimeError):
+    """A MONAI Label set-up or server problem, with a message saying what to do."""
+
+
+# --------------------------------------------------------------------------------------------- environment
+def label_venv() -> Path:
+    """The MONAI Label virtual environment: `$MGCC_LABEL_VENV` or `<repo>/.venv-label`."""
+    return Path(os.environ.get("MGCC_LABEL_VENV", REPO_ROOT / ".venv-label")).resolve()
+
+
+def monailabel_executable() -> Path:
+    return label_venv() / "bin" / "monailabel"
+
+
+def setup_environment(quiet: bool = False) -> Path:
+    """Create the MONAI Label environment if needed (idempotent; `apps/monailabel/setup_env.sh`)."""
+    if not SETUP_SCRIPT.is_file():
+        raise LabelError(f"setup script not found: {SETUP_SCRIPT}")
+    env = dict(os.environ, MGCC_LABEL_VENV=str(label_venv()))
+    result = subprocess.run(
+        ["bash", str(SETUP_SCRIPT)], env=env, capture_output=quiet, text=True, check=False
+    )
+    if result.returncode != 0:
+        tail = (result.stdout or "")[-2000:] + (result.stderr or "")[-2000:] if quiet else ""
+        raise LabelError(f"creating the MONAI Label environment failed (exit {result.returncode}).\n{tail}")
+    if not monailabel_executable().is_file():
+        raise LabelError(f"{monailabel_executable()} missing after setup")
+    return label_venv()
+
+
+# ------------------------------------------------------------------------------------------------ app folder
+def _set_config(config: dict, key: str, value: Any) -> None:
+    """Set `key` (MONAI bundle id, `#`-separated) in a raw bundle config dict."""
+    parts = key.split("#")
+    node = config
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def apply_overrides(bundle_dir: Path, overrides: dict[str, Any]) -> dict[str, list[str]]:
+    """Write `overrides` (bundle id -> value) into the bundle copy's inference.json and train.json.
+
+    A key goes into every one of those configs that already defines its top-level id; a key that none of
+    them defines is an error (a typo would otherwise be silently ignored). Returns key -> files changed.
+    """
+    configs = {}
+    for name in CONFIGS:
+        path = bundle_dir / "configs" / name
+        if path.is_file():
+            configs[name] = (path, json.loads(path.read_text()))
+    changed: dict[str, list[str]] = {}
+    for key, value in overrides.items():
+        root = key.split("#")[0]
+        for name, (_, config) in configs.items():
+            if root in config:
+                _set_config(config, key, value)
+                changed.setdefault(key, []).append(name)
+        if key not in changed:
+            raise LabelError(f"override '{key}': no config of {bundle_dir} defines '{root}' ({', '.join(configs)})")
+    for _, (path, config) in configs.items():
+        path.write_text(json.dumps(config, indent=4) + "\n")
+    return changed
+
+
+def prepare_app(
+    workdir: str | Path,
+    bundle: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    fresh_model: bool = False,
+) -> tuple[Path, str]:
+    """Build `<workdir>/app` for `monailabel start_server`; return (app dir, model name).
+
+    The bundle is copied to `<app>/model/<bundle folder name>/`. Configs and code are refreshed on every
+    call; `models/` is copied only when the app's copy has no `model.pt` yet (so weights retrained through
+    MONAI Label survive a restart) or when `fresh_model` is set.
+    """
+    bundle = Path(bundle or DEFAULT_BUNDLE).resolve()
+    for required in ("configs/metadata.json", "configs/inference.json"):
+        if not (bundle / required).is_file():
+            raise LabelError(f"{bundle} is not a servable bundle: {required} is missing")
+    name = bundle.name
+    app = Path(workdir).resolve() / "app"
+    target = app / "model" / name
+    app.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(APP_MAIN, app / "main.py")
+
+    keep_models = (target / "models" / "model.pt").is_file() and not fresh_model
+    if target.exists():
+        for child in target.iterdir():
+            if child.name == "models" and keep_models:
+                continue
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    ignore = shutil.ignore_patterns("__pycache__", "eval", "logs", "runs")
+    for child in bundle.iterdir():
+        if child.name in ("eval", "logs", "__pycache__") or (child.name == "models" and keep_models):
+            continue
+        dest = target / child.name
+        shutil.copytree(child, dest, ignore=ignore) if child.is_dir() else shutil.copy2(child, dest)
+    (target / "models").mkdir(exist_ok=True)
+    all_overrides = {**LABEL_OVERRIDES, **(overrides or {})}
+    apply_overrides(target, {k: v for k, v in all_overrides.items() if k not in LABEL_OVERRIDES or _defines(target, k)})
+    if not (target / "models" / "model.pt").is_file() and not (target / "models" / "model.ts").is_file():
+        raise LabelError(
+            f"{bundle}/models has no model.pt: MONAI Label's BundleInferTask ignores a bundle without weights. "
+            "Train the bundle first (mgcc run, or python -m monai.bundle run with configs/train.json)."
+        )
+    return app, name
+
+
+def _defines(bundle_dir: Path, key: str) -> bool:
+    root = key.split("#")[0]
+    return any(
+        (bundle_dir / "configs" / n).is_file() and root in json.loads((bundle_dir / "configs" / n).read_text())
+        for n in CONFIGS
+    )
+
+
+def server_command(
+    app: Path, studies: Path, model: str, host: str = "127.0.0.1", port: int = 8000, conf: dict | None = None
+) -> list[str]:
+    """The `monailabel start_server` command line serving `model` offline from `app`."""
+    settings = {"models": model, "zoo_source": "github", "sam2": "false", "preload": "false", **(conf or {})}
+    cmd = [str(monailabel_executable()), "start_server", "--app", str(app), "--studies", str(studies)]
+    cmd += ["--host", host, "--port", str(port)]
+    for key, value in settings.items():
+        cmd += ["--conf", key, str(value)]
+    return cmd
+
+
+def server_env() -> dict[str, str]:
+    """Environment for the server: the label venv first on PATH, no experiment tracking (mlflow)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{label_venv() / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(label_venv())
+    env.pop("PYTHONPATH", None)
+    env.setdefault("MONAI_LABEL_TRACKING_ENABLED", "false")
+    return env
+
+
+# --------------------------------------------------------------------------------------------- studies
+def make_studies(out: str | Path, n: int = 24, size: int = 128, seed: int = 0, labeled: int = 8) -> Path:
+    """A MONAI Label datastore folder of phantom ultrasound images: `<out>/<id>.png` (8-bit grayscale) and,
+    for the first `labeled` lesion images, `<out>/labels/final/<id>.png` (0 = background, 1 = lesion, as a
+    Slicer labelmap). Also writes `<out>/phantom_masks/<id>.png` (0/255) for every image, for checking."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from mgcc.data.phantom import make_phantom_dataset
+
+    out = Path(out)
+    labels = out / "labels" / "final"
+    masks = out / "phantom_masks"
+    labels.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = make_phantom_dataset(Path(tmp), n=int(n), size=int(size), seed=int(seed))
+        count = 0
+        for image_path in sorted(raw.glob("*/*.png")):
+            if "_mask" in image_path.stem:
+                continue
+            cls, index = image_path.parent.name, int(image_path.stem.split("(")[-1].rstrip(")"))
+            image_id = f"{cls}_{index:03d}"
+            mask = np.zeros(Image.open(image_path).size[::-1], dtype=bool)
+            for mask_path in image_path.parent.glob(f"{image_path.stem}_mask*.png"):
+                mask |= np.asarray(Image.open(mask_path)) > 0
+            shutil.copy2(image_path, out / f"{image_id}.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(masks / f"{image_id}.png")
+            if cls != "normal" and count < int(labeled):
+                Image.fromarray(mask.astype(np.uint8)).save(labels / f"{image_id}.png")
+                count += 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- client
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class HTTPResult:
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]):
+        self.status, self.body, self.headers = status, body, headers
+
+    def json(self) -> Any:
+        return json.loads(self.body.decode())
+
+    def __repr__(self) -> str:
+        return f"HTTPResult({self.status}, {self.body[:300]!r})"
+
+
+def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for key, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
+    for key, (filename, data) in files.items():
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        )
+        parts.append(head.encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+class LabelClient:
+    """Minimal MONAI Label REST client (standard library only)."""
+
+    def __init__(self, url: str, timeout: float = 300.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, query: dict | None = None, body: bytes | None = None,
+                content_type: str | None = None) -> HTTPResult:
+        url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        req = urllib.request.Request(url, data=body, method=method)
+        if content_type:
+            req.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                return HTTPResult(r.status, r.read(), dict(r.headers))
+        except urllib.error.HTTPError as e:
+            return HTTPResult(e.code, e.read(), dict(e.headers))
+
+    def info(self) -> dict:
+        r = self.request("GET", "/info/")
+        if r.status != 200:
+            raise LabelError(f"/info/ answered {r.status}: {r.body[:300]!r}")
+        return r.json()
+
+    def infer(self, model: str, image: str | None = None, file: str | Path | None = None,
+              data: bytes | None = None, filename: str | None = None, params: dict | None = None) -> HTTPResult:
+        """POST /infer/{model}: a datastore image id, or an uploaded file (path, or bytes + filename).
+        Returns the result image (output=image)."""
+        files = {}
+        if file is not None:
+            files["file"] = (Path(file).name, Path(file).read_bytes())
+        elif data is not None:
+            files["file"] = (filename or "upload.png", data)
+        body, ctype = _multipart({"params": json.dumps(params or {})}, files)
+        query = {"output": "image"}
+        if image:
+            query["image"] = image
+        return self.request("POST", f"/infer/{urllib.parse.quote(model)}", query, body, ctype)
+
+    def save_label(self, image: str, label: str | Path, tag: str = "final", params: dict | None = None) -> HTTPResult:
+        """PUT /datastore/label: store `label` (PNG or NIfTI file) for datastore image `image`."""
+        body, ctype = _multipart(
+            {"params": json.dumps(params or {})}, {"label": (Path(label).name, Path(label).read_bytes())}
+        )
+        return self.request("PUT", "/datastore/label", {"image": image, "tag": tag}, body, ctype)
+
+    def train(self, model: str, params: dict) -> HTTPResult:
+        return self.request("POST", f"/train/{urllib.parse.quote(model)}", None, json.dumps(params).encode(),
+                            "application/json")
+
+    def train_status(self) -> HTTPResult:
+        return self.request("GET", "/train/")
+
+    def wait_train(self, timeout: float = 600.0, poll: float = 2.0) -> dict:
+        """Wait until the latest training task is no longer running; return its status record."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.train_status()
+            if r.status == 200:
+                task = r.json()
+                if task.get("status") not in ("SUBMITTED", "RUNNING"):
+                    return task
+            time.sleep(poll)
+        raise LabelError(f"training still running after {timeout:.0f} s")
+
+
+def wait_for_server(url: str, process: subprocess.Popen | None = None, timeout: float = 180.0,
+                    log: Path | None = None) -> dict:
+    """Poll /info/ until the server answers; fail early (with the log's tail) if the process exits."""
+    client = LabelClient(url, timeout=10)
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            tail = log.read_text()[-4000:] if log and log.is_file() else ""
+            raise LabelError(f"MONAI Label server exited with code {process.returncode}.\n{tail}")
+        try:
+            return client.info()
+        except (OSError, LabelError) as e:
+            last = e
+        time.sleep(1.0)
+    tail = log.read_text()[-4000:] if log and log.is_file() else ""
+    raise LabelError(f"MONAI Label server at {url} did not answer within {timeout:.0f} s ({last}).\n{tail}")
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+class Label:
+    """MONAI Label for the MGCC bundle: `setup`, `studies`, `app`, `serve`."""
+
+    def setup(self) -> str:
+        """Create (or check) the MONAI Label virtual environment (.venv-label); idempotent."""
+        return str(setup_environment())
+
+    def studies(self, out: str, n: int = 24, size: int = 128, seed: int = 0, labeled: int = 8) -> str:
+        """Write a phantom studies folder (datastore) with `labeled` images already labeled."""
+        root = make_studies(out, n=n, size=size, seed=seed, labeled=labeled)
+        print(f"studies: {len(list(root.glob('*.png')))} images, "
+              f"{len(list((root / 'labels' / 'final').glob('*')))} labeled, in {root}")
+        return str(root)
+
+    def app(self, workdir: str = "outputs/monailabel", bundle: str | None = None,
+            overrides: dict | str | None = None, fresh_model: bool = False) -> str:
+        """Build the MONAI Label app folder (sample `monaibundle` app + a copy of the bundle); print it."""
+        app, name = prepare_app(workdir, bundle, _parse_overrides(overrides), fresh_model)
+        print(f"app: {app} (model '{name}': {app / 'model' / name})")
+        return str(app)
+
+    def serve(self, studies: str, bundle: str | None = None, port: int = 8000, host: str = "127.0.0.1",
+              workdir: str = "outputs/monailabel", overrides: dict | str | None = None,
+              fresh_model: bool = False, setup: bool = True) -> int:
+        """Start `monailabel start_server` with the `monaibundle` app and our bundle (blocks; Ctrl-C stops).
+
+        --studies: the datastore folder (PNG images; labels go to <studies>/labels/final).
+        --bundle: bundle folder (default: bundles/ultrasound_mgcc_segmentation); it is copied into
+          <workdir>/app/model/<name>/, and retrained weights are written there.
+        --overrides: JSON object of bundle config ids -> values written into the copy, e.g.
+          '{"base_channels": 16, "spatial_size": [128, 128]}' (must match the checkpoint).
+        """
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: serving on {host}; MONAI Label has no authentication enabled here", file=sys.stderr)
+        if setup:
+            setup_environment()
+        studies_dir = Path(studies).resolve()
+        if not studies_dir.is_dir():
+            raise LabelError(f"studies folder not found: {studies_dir} (make one with `mgcc label studies --out DIR`)")
+        app, name = prepare_app(workdir, bundle, _parse_overrides(overrides), fresh_model)
+        cmd = server_command(app, studies_dir, name, host=host, port=int(port))
+        print(f"MONAI Label: model '{name}' from {app / 'model' / name}\n  http://{host}:{port}/  (Ctrl-C stops)")
+        print("  " + " ".join(cmd), flush=True)
+        proc = subprocess.Popen(cmd, env=server_env(), cwd=str(app))
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            return proc.wait(timeout=30)
+
+
+def _parse_overrides(overrides: dict | str | None) -> dict:
+    if overrides is None or overrides == "":
+        return {}
+    if isinstance(overrides, dict):
+        return overrides
+    value = json.loads(overrides)
+    if not isinstance(value, dict):
+        raise LabelError(f"--overrides must be a JSON object, got {overrides!r}")
+    return value
