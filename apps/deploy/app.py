@@ -95,6 +95,11 @@ class MGCCUltrasoundSegApp(Application):
         for path, reason in skipped:
             manifest.skip(str(path), reason)
 
+        if bundle_path.is_dir():
+            # The SDK's ModelFactory wraps any existing folder in a generic `Model` without a predictor, and the
+            # bundle operator prefers `app_context.models` over `bundle_path`; clearing it makes the operator
+            # take its directory-bundle path (models/model.ts, else network from the config + models/model.pt).
+            app_context.models = None
         # The bundle operator: model, preprocessing (minus LoadImage), inferer and postprocessing from the bundle.
         bundle_op = MonaiBundleInferenceOperator(
             self,
