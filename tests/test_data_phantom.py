@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from mgcc.data.phantom import class_counts, make_phantom_dataset, phantom
@@ -57,3 +58,36 @@ def test_cli_writes_requested_size(tmp_path, capsys):
     phantom(str(tmp_path / "cli"), n=4, size=40, seed=1)
     assert "2 benign, 1 malignant, 1 normal" in capsys.readouterr().out
     assert Image.open(tmp_path / "cli" / "malignant" / "malignant (1).png").size == (40, 40)
+
+
+@pytest.mark.integration
+def test_a_small_network_finds_the_lesions(tmp_path):
+    """300 iterations of a tiny MONAI UNet on 40 phantom images segment 14 held-out ones (Dice > 0.7)."""
+    import torch
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    root = make_phantom_dataset(tmp_path, n=64, size=64, seed=0)
+    images = sorted(path for path in root.glob("*/*.png") if "_mask" not in path.name and path.parent.name != "normal")
+    inputs = torch.from_numpy(np.stack([_load(path) for path in images]) / 255.0).float()[:, None]
+    targets = torch.from_numpy(np.stack([_load(path.with_name(f"{path.stem}_mask.png")) > 0 for path in images])).float()[:, None]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny network: one thread is fastest on a shared CPU
+    try:
+        network = UNet(2, 1, 1, (8, 16, 32), (2, 2), num_res_units=1)
+        optimizer = torch.optim.Adam(network.parameters(), 3e-3)
+        loss = DiceCELoss(sigmoid=True)
+        for _ in range(300):
+            batch = torch.randint(0, 40, (8,))
+            optimizer.zero_grad()
+            loss(network(inputs[batch]), targets[batch]).backward()
+            optimizer.step()
+        network.eval()
+        with torch.no_grad():
+            predicted = (network(inputs[40:]).sigmoid() > 0.5).float()
+    finally:
+        torch.set_num_threads(threads)
+    overlap = (predicted * targets[40:]).sum((1, 2, 3))
+    dice = 2 * overlap / (predicted.sum((1, 2, 3)) + targets[40:].sum((1, 2, 3)))
+    assert dice.mean() > 0.7, dice
