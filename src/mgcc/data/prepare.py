@@ -27,7 +27,7 @@ from mgcc.data.validate import CheckedCase, check_case, load_case
 MANIFEST_FORMAT = "mgcc-prepared-dataset/1"
 OUTPUT_NAMES = ("images", "labels", "manifest.json", "datalist.json")
 LAYOUTS = ("auto", "busi", "folders")
-PNG_COMPRESS_LEVEL = 1  # zlib level: level 6 (Pillow default) is 5x slower for ~15% smaller files
+PNG_COMPRESS_LEVEL = 1  # zlib level; Pillow's default 6 made BUSI twice as slow to prepare for 12% smaller files
 
 
 def _resolve_in(source: Path, folder: str | Path | None, default: str) -> Path:
@@ -66,7 +66,15 @@ def _output_problems(out: Path, read_from: list[Path]) -> list[Problem]:
     return problems
 
 
-def _scan(source: Path, layout: str, images_dir, masks_dir, image_pattern, mask_pattern, classes_csv):
+def _scan(
+    source: Path,
+    layout: str,
+    images_dir: str | Path | None,
+    masks_dir: str | Path | None,
+    image_pattern: str | None,
+    mask_pattern: str | None,
+    classes_csv: str | Path | None,
+) -> tuple[list[SourceCase], list[Problem], list[Path]]:
     """Cases, structural problems and the folders that are read, for the chosen layout."""
     if layout == "busi":
         cases, problems = scan_busi(source)
