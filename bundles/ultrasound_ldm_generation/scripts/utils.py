@@ -14,6 +14,17 @@ from monai.data import load_decathlon_datalist
 from PIL import Image
 
 
+def flag(value: bool | str | int, name: str) -> bool:
+    """A boolean config value; command-line overrides may arrive as the strings "true"/"false"."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise ValueError(f"config key '{name}' must be true or false, got {value!r}")
+
+
 def load_sections(datalist: str, sections: Sequence[str]) -> list[dict]:
     """Concatenate datalist sections as ``{"image", "class"}`` items (labels are dropped: the generative model
     never sees them); image paths become absolute (they are relative to the datalist's folder)."""
