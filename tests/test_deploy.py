@@ -1,0 +1,256 @@
+"""The MONAI Deploy application (apps/deploy) against the segmentation bundle's own inference, pixel for pixel.
+
+Runs in two environments, as in production: the project's venv (this process) runs the bundle
+(`python -m monai.bundle run`, `ckpt_export`), and the deploy venv (`apps/deploy/setup_env.sh`, created on first
+use; or `MGCC_DEPLOY_PYTHON`) runs the app. Inputs are phantom images cropped to a non-square 64x48 (so a
+swapped width/height cannot pass), one of them RGB, and DICOM files written from the same images.
+
+The bundle is a temporary copy of bundles/ultrasound_mgcc_segmentation (or `MGCC_DEPLOY_TEST_BUNDLE`) with
+`base_channels` set to 8 so that a CPU run stays short; the configs are otherwise the bundle's own. Its weights
+are seeded random weights whose head bias is shifted by the median logit over the test images, so the masks
+are about half lesion and spatially irregular: an untrained net predicts all-background, which would let a
+broken app pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "apps" / "deploy"
+BUNDLE = Path(os.environ.get("MGCC_DEPLOY_TEST_BUNDLE", REPO / "bundles" / "ultrasound_mgcc_segmentation"))
+TEST_WIDTH = 8
+ROWS, COLS = 64, 48
+TIMEOUT = 600
+
+CALIBRATE = r"""
+import glob, sys, torch
+sys.path.insert(0, ".")
+from monai.bundle import ConfigParser
+parser = ConfigParser()
+parser.read_meta("configs/metadata.json")
+parser.read_config("configs/inference.json")
+torch.manual_seed(0)
+net = parser.get_parsed_content("network_def").eval()
+pre = parser.get_parsed_content("preprocessing")
+files = sorted(glob.glob(sys.argv[1] + "/*.png"))
+with torch.no_grad():
+    logits = torch.cat([net(pre({"image": f})["image"].as_tensor()[None]).flatten() for f in files])
+shift = float(logits.median())
+state = net.state_dict()
+heads = [k for k in state if k.endswith("head.bias")]
+assert heads, "no '*head.bias' parameter to calibrate"
+for k in heads:
+    state[k] = state[k] - shift
+torch.save(state, "models/model.pt")
+print(len(heads), shift)
+"""
+
+SEG_CHECK = r"""
+import json, sys
+import numpy as np
+import pydicom
+from PIL import Image
+out = []
+for f in sys.argv[2:]:
+    seg = pydicom.dcmread(f)
+    ref = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+    mask = np.array(Image.open(sys.argv[1] + "/" + ref + ".png")) > 0
+    pix = seg.pixel_array.reshape(mask.shape) if seg.pixel_array.size == mask.size else None
+    out.append({"file": f, "modality": seg.Modality, "sop_class": seg.SOPClassUID, "ref": ref,
+                "patient_id": seg.PatientID, "study": seg.StudyInstanceUID, "frames": int(seg.NumberOfFrames),
+                "equal": bool(pix is not None and np.array_equal(pix.astype(bool), mask))})
+print(json.dumps(out))
+"""
+
+
+def run(cmd, cwd=None, check=True, timeout=TIMEOUT):
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def deploy_python() -> Path:
+    if "MGCC_DEPLOY_PYTHON" in os.environ:
+        return Path(os.environ["MGCC_DEPLOY_PYTHON"])
+    run(["bash", APP / "setup_env.sh"], timeout=1200)
+    return REPO / ".venv-deploy" / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Six 64x48 phantom images (one RGB with unequal channels) and nothing else."""
+    from mgcc.data.phantom import make_phantom_dataset
+
+    raw = make_phantom_dataset(tmp_path_factory.mktemp("deploy_raw"), n=6, size=64, seed=3)
+    out = tmp_path_factory.mktemp("deploy_png")
+    sources = sorted(p for p in Path(raw).rglob("*.png") if "_mask" not in p.name)
+    for i, src in enumerate(sources):
+        gray = np.array(Image.open(src).convert("L"))[:ROWS, 8:8 + COLS]
+        if i == 1:
+            rgb = np.stack([gray, (gray * 0.8).astype(np.uint8), (gray * 0.6).astype(np.uint8)], -1)
+            Image.fromarray(rgb, "RGB").save(out / f"img_{i:02d}.png")
+        else:
+            Image.fromarray(gray).save(out / f"img_{i:02d}.png")
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, images) -> Path:
+    """A narrow copy of the segmentation bundle with calibrated seeded weights (models/model.pt)."""
+    if not (BUNDLE / "configs" / "inference.json").is_file():
+        pytest.fail(f"{BUNDLE}/configs/inference.json is missing: the Deploy app needs the bundle's inference config")
+    dst = tmp_path_factory.mktemp("deploy_bundle") / BUNDLE.name
+    shutil.copytree(BUNDLE, dst, ignore=shutil.ignore_patterns("models", "eval", "logs", "runs", "__pycache__"))
+    (dst / "models").mkdir()
+    config = json.loads((dst / "configs" / "inference.json").read_text())
+    assert "base_channels" in config, "inference.json has no base_channels to narrow the network for CPU tests"
+    config["base_channels"] = TEST_WIDTH
+    (dst / "configs" / "inference.json").write_text(json.dumps(config, indent=4))
+    run([sys.executable, "-c", CALIBRATE, images], cwd=dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def bundle_masks(bundle, images, tmp_path_factory) -> dict[str, np.ndarray]:
+    """The bundle's own inference (`python -m monai.bundle run`) on the PNG folder: {image stem: mask}."""
+    out = tmp_path_factory.mktemp("bundle_out")
+    run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+         "--input_dir", images, "--output_dir", out], cwd=bundle)
+    masks = {p.name[: -len("_seg.png")]: np.array(Image.open(p)) for p in sorted(out.glob("*_seg.png"))}
+    assert sorted(masks) == sorted(p.stem for p in images.glob("*.png")), sorted(masks)
+    stacked = np.stack([m > 0 for m in masks.values()])
+    assert 0.05 < stacked.mean() < 0.95, f"degenerate reference masks (lesion fraction {stacked.mean():.3f})"
+    return masks
+
+
+def run_app(deploy_python: Path, input_dir: Path, output_dir: Path, model: Path, check=True):
+    return run([deploy_python, APP, "-i", input_dir, "-o", output_dir, "-m", model], check=check)
+
+
+def assert_same_mask(app_png: Path, reference: np.ndarray) -> None:
+    got = np.array(Image.open(app_png))
+    assert got.dtype == np.uint8 and got.shape == (ROWS, COLS), (app_png, got.dtype, got.shape)
+    assert set(np.unique(got).tolist()) <= {0, 255}, np.unique(got)
+    assert np.array_equal(got > 0, reference > 0), f"{app_png}: {(got > 0 != reference > 0).sum()} pixels differ"
+
+
+@pytest.mark.parametrize("model_form", ["bundle_folder", "torchscript"])
+def test_png_folder_matches_bundle(deploy_python, bundle, images, bundle_masks, tmp_path, model_form):
+    if model_form == "torchscript":
+        run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", "models/model.ts",
+             "--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
+             "--config_file", "configs/inference.json"], cwd=bundle)
+        model = bundle / "models" / "model.ts"
+    else:
+        model = bundle
+    inputs = tmp_path / "in"
+    shutil.copytree(images, inputs)
+    (inputs / "notes.txt").write_text("not an image: skipped and listed in predictions.json")
+    out = tmp_path / "out"
+    run_app(deploy_python, inputs, out, model)
+
+    written = sorted((out / "masks").glob("*.png"))
+    assert [p.stem for p in written] == sorted(bundle_masks)
+    for png in written:
+        assert_same_mask(png, bundle_masks[png.stem])
+    manifest = json.loads((out / "predictions.json").read_text())
+    assert manifest["mode"] == "image" and len(manifest["results"]) == len(bundle_masks)
+    assert [Path(s["source"]).name for s in manifest["skipped"]] == ["notes.txt"]
+    for rec in manifest["results"]:
+        assert rec["lesion_pixels"] == int((bundle_masks[Path(rec["source"]).stem] > 0).sum())
+
+
+def test_dicom_matches_bundle_and_writes_seg(deploy_python, bundle, images, bundle_masks, tmp_path):
+    dicom = tmp_path / "dicom"
+    pngs = sorted(images.glob("*.png"))[:4]  # includes the RGB one
+    run([deploy_python, APP / "png_to_us_dicom.py", dicom / "study", *pngs, "--patient-id", "PT42"])
+    run([deploy_python, APP / "png_to_us_dicom.py", dicom / "ct", pngs[0], "--modality", "CT"])
+    run([deploy_python, APP / "png_to_us_dicom.py", dicom / "cine", pngs[0], "--frames", "3"])
+    out = tmp_path / "out"
+    run_app(deploy_python, dicom, out, bundle)
+
+    manifest = json.loads((out / "predictions.json").read_text())
+    assert manifest["mode"] == "dicom"
+    results = {Path(r["source"]).stem: r for r in manifest["results"] if "/study/" in r["source"]}
+    assert sorted(results) == [p.stem for p in pngs] and len(manifest["results"]) == len(pngs)
+    for stem, rec in results.items():
+        assert rec["PatientID"] == "PT42"
+        mask_png = out / "masks" / f"{rec['SOPInstanceUID']}.png"
+        assert mask_png.is_file()
+        assert_same_mask(mask_png, bundle_masks[stem])
+    reasons = {Path(s["source"]).parent.name: s["reason"] for s in manifest["skipped"]}
+    assert "multi-frame" in reasons["cine"] and "not US" in reasons["ct"], reasons
+
+    segs = sorted((out / "dicom_seg").glob("*.dcm"))
+    assert len(segs) == len(pngs)
+    checked = json.loads(run([deploy_python, "-c", SEG_CHECK, out / "masks", *segs]).stdout.strip().splitlines()[-1])
+    by_ref = {c["ref"]: c for c in checked}
+    for rec in results.values():
+        seg = by_ref[rec["SOPInstanceUID"]]
+        assert seg["modality"] == "SEG" and seg["sop_class"] == "1.2.840.10008.5.1.4.1.1.66.4"
+        assert seg["patient_id"] == "PT42" and seg["study"] == rec["StudyInstanceUID"] and seg["frames"] == 1
+        assert seg["equal"], seg
+
+
+def _bad_empty(d: Path, py: Path) -> None:
+    d.mkdir()
+
+
+def _bad_not_image(d: Path, py: Path) -> None:
+    d.mkdir()
+    (d / "report.txt").write_text("no images here")
+
+
+def _bad_corrupt_png(d: Path, py: Path, images: Path) -> None:
+    shutil.copytree(images, d)
+    (d / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but truncated")
+
+
+def _bad_no_pixel_data(d: Path, py: Path, images: Path) -> None:
+    run([py, APP / "png_to_us_dicom.py", d, sorted(images.glob("*.png"))[0], "--no-pixel-data"])
+
+
+def _bad_multiframe(d: Path, py: Path, images: Path) -> None:
+    run([py, APP / "png_to_us_dicom.py", d, sorted(images.glob("*.png"))[0], "--frames", "4"])
+
+
+@pytest.mark.parametrize("case, make, expected", [
+    ("empty", _bad_empty, "no image"),
+    ("not_image", _bad_not_image, "report.txt"),
+    ("corrupt_png", _bad_corrupt_png, "zz_broken.png"),
+    ("no_pixel_data", _bad_no_pixel_data, "has no Pixel Data"),
+    ("multiframe", _bad_multiframe, "no single-frame ultrasound"),
+])
+def test_bad_input_is_refused(deploy_python, bundle, images, tmp_path, case, make, expected):
+    inputs = tmp_path / case
+    if make in (_bad_empty, _bad_not_image):
+        make(inputs, deploy_python)
+    else:
+        make(inputs, deploy_python, images)
+    out = tmp_path / "out"
+    proc = run_app(deploy_python, inputs, out, bundle, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"{case}: the app exited 0\n{text[-3000:]}"
+    assert expected in text, f"{case}: {expected!r} not in the app's output\n{text[-3000:]}"
+    assert not list((out / "masks").glob("*.png")) if (out / "masks").exists() else True
+    assert not (out / "dicom_seg").exists() or not list((out / "dicom_seg").iterdir())
+    if case == "no_pixel_data":
+        assert "no_pixel_data/" in text or str(inputs) in text  # the message names the file
+    if case == "multiframe":
+        skipped = json.loads((out / "predictions.json").read_text())["skipped"]
+        assert len(skipped) == 1 and "multi-frame DICOM (4 frames)" in skipped[0]["reason"]
