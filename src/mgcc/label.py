@@ -42,9 +42,22 @@ APP_MAIN = LABEL_APP_SRC / "app" / "main.py"
 DEFAULT_BUNDLE = REPO_ROOT / "bundles" / "ultrasound_mgcc_segmentation"
 CONFIGS = ("inference.json", "train.json")
 
-#: Settings written into the served copy of the bundle: MONAI Label passes only the datastore's *labeled*
-#: images to training (`train#dataset#data`), so the semi-supervised unlabeled set is switched off there.
-LABEL_OVERRIDES: dict[str, Any] = {"unlabeled_source": "none", "show_progress": False}
+#: Image files of the studies folder that form the unlabeled set of MGCC training through MONAI Label.
+UNLABELED_PATTERNS = ("*.png", "*.jpg", "*.jpeg")
+
+
+def label_overrides(studies: str | Path) -> dict[str, Any]:
+    """Settings written into the served copy of the bundle (see apps/monailabel/BUNDLE_NOTES.md).
+
+    MONAI Label passes only the datastore's *labeled* images to training (`train#dataset#data`); the MGCC
+    unlabeled set becomes every image of the studies folder, listed when training starts.
+    """
+    studies = str(Path(studies).resolve())
+    listing = (
+        "$[{'image': f} for f in sorted(f for e in %r for f in glob.glob(os.path.join(%r, e)))]"
+        % (UNLABELED_PATTERNS, studies)
+    )
+    return {"train#unlabeled_dataset#data": listing, "show_progress": False}
 
 
 class LabelError(RuntimeError):
@@ -119,6 +132,7 @@ def apply_overrides(bundle_dir: Path, overrides: dict[str, Any]) -> dict[str, li
 def prepare_app(
     workdir: str | Path,
     bundle: str | Path | None = None,
+    studies: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     fresh_model: bool = False,
 ) -> tuple[Path, str]:
@@ -126,7 +140,8 @@ def prepare_app(
 
     The bundle is copied to `<app>/model/<bundle folder name>/`. Configs and code are refreshed on every
     call; `models/` is copied only when the app's copy has no `model.pt` yet (so weights retrained through
-    MONAI Label survive a restart) or when `fresh_model` is set.
+    MONAI Label survive a restart) or when `fresh_model` is set. With `studies`, the MONAI Label settings of
+    `label_overrides(studies)` are written into the copy; `overrides` (bundle id -> value) come last.
     """
     bundle = Path(bundle or DEFAULT_BUNDLE).resolve()
     for required in ("configs/metadata.json", "configs/inference.json"):
@@ -135,38 +150,37 @@ def prepare_app(
     name = bundle.name
     app = Path(workdir).resolve() / "app"
     target = app / "model" / name
+    if target.resolve() == bundle:
+        raise LabelError(f"the app folder would overwrite the bundle itself ({bundle}); choose another workdir")
     app.mkdir(parents=True, exist_ok=True)
     shutil.copy2(APP_MAIN, app / "main.py")
 
     keep_models = (target / "models" / "model.pt").is_file() and not fresh_model
+    skip = {"eval", "logs", "runs", "__pycache__"}
     if target.exists():
         for child in target.iterdir():
             if child.name == "models" and keep_models:
                 continue
             shutil.rmtree(child) if child.is_dir() else child.unlink()
-    ignore = shutil.ignore_patterns("__pycache__", "eval", "logs", "runs")
+    target.mkdir(parents=True, exist_ok=True)
     for child in bundle.iterdir():
-        if child.name in ("eval", "logs", "__pycache__") or (child.name == "models" and keep_models):
+        if child.name in skip or (child.name == "models" and keep_models):
             continue
         dest = target / child.name
-        shutil.copytree(child, dest, ignore=ignore) if child.is_dir() else shutil.copy2(child, dest)
+        if child.is_dir():
+            shutil.copytree(child, dest, ignore=shutil.ignore_patterns(*skip))
+        else:
+            shutil.copy2(child, dest)
     (target / "models").mkdir(exist_ok=True)
-    all_overrides = {**LABEL_OVERRIDES, **(overrides or {})}
-    apply_overrides(target, {k: v for k, v in all_overrides.items() if k not in LABEL_OVERRIDES or _defines(target, k)})
+    settings = {**(label_overrides(studies) if studies else {}), **(overrides or {})}
+    if settings:
+        apply_overrides(target, settings)
     if not (target / "models" / "model.pt").is_file() and not (target / "models" / "model.ts").is_file():
         raise LabelError(
             f"{bundle}/models has no model.pt: MONAI Label's BundleInferTask ignores a bundle without weights. "
             "Train the bundle first (mgcc run, or python -m monai.bundle run with configs/train.json)."
         )
     return app, name
-
-
-def _defines(bundle_dir: Path, key: str) -> bool:
-    root = key.split("#")[0]
-    return any(
-        (bundle_dir / "configs" / n).is_file() and root in json.loads((bundle_dir / "configs" / n).read_text())
-        for n in CONFIGS
-    )
 
 
 def server_command(
@@ -346,6 +360,49 @@ def wait_for_server(url: str, process: subprocess.Popen | None = None, timeout: 
     raise LabelError(f"MONAI Label server at {url} did not answer within {timeout:.0f} s ({last}).\n{tail}")
 
 
+# ------------------------------------------------------------------------------------------------ load
+def benchmark_infer(url: str, model: str, images: list[str], n: int = 100, concurrency: int = 4,
+                    timeout: float = 300.0) -> dict[str, Any]:
+    """Send `n` /infer requests (datastore image ids, round robin), `concurrency` at a time; latencies in s."""
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = LabelClient(url, timeout=timeout)
+
+    def one(i: int) -> tuple[int, float, str]:
+        start = time.perf_counter()
+        r = client.infer(model, image=images[i % len(images)])
+        ok = r.status == 200 and r.body[:8] == b"\x89PNG\r\n\x1a\n"
+        return r.status, time.perf_counter() - start, "" if ok else r.body[:200].decode(errors="replace")
+
+    wall = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(one, range(n)))
+    wall = time.perf_counter() - wall
+    latencies = sorted(t for _, t, _ in results)
+    failures = [(s, msg) for s, _, msg in results if msg or s != 200]
+
+    def pct(q: float) -> float:  # nearest-rank percentile
+        return latencies[max(0, min(len(latencies) - 1, int(-(-q * len(latencies) // 1)) - 1))]
+
+    return {
+        "requests": n,
+        "concurrency": concurrency,
+        "succeeded": n - len(failures),
+        "failed": len(failures),
+        "failures": failures[:5],
+        "latency_s": {
+            "median": statistics.median(latencies),
+            "p95": pct(0.95),
+            "mean": statistics.fmean(latencies),
+            "min": latencies[0],
+            "max": latencies[-1],
+        },
+        "wall_s": wall,
+        "throughput_rps": n / wall,
+    }
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 class Label:
     """MONAI Label for the MGCC bundle: `setup`, `studies`, `app`, `serve`."""
@@ -361,10 +418,10 @@ class Label:
               f"{len(list((root / 'labels' / 'final').glob('*')))} labeled, in {root}")
         return str(root)
 
-    def app(self, workdir: str = "outputs/monailabel", bundle: str | None = None,
+    def app(self, workdir: str = "outputs/monailabel", bundle: str | None = None, studies: str | None = None,
             overrides: dict | str | None = None, fresh_model: bool = False) -> str:
         """Build the MONAI Label app folder (sample `monaibundle` app + a copy of the bundle); print it."""
-        app, name = prepare_app(workdir, bundle, _parse_overrides(overrides), fresh_model)
+        app, name = prepare_app(workdir, bundle, studies, _parse_overrides(overrides), fresh_model)
         print(f"app: {app} (model '{name}': {app / 'model' / name})")
         return str(app)
 
@@ -386,7 +443,7 @@ class Label:
         studies_dir = Path(studies).resolve()
         if not studies_dir.is_dir():
             raise LabelError(f"studies folder not found: {studies_dir} (make one with `mgcc label studies --out DIR`)")
-        app, name = prepare_app(workdir, bundle, _parse_overrides(overrides), fresh_model)
+        app, name = prepare_app(workdir, bundle, studies_dir, _parse_overrides(overrides), fresh_model)
         cmd = server_command(app, studies_dir, name, host=host, port=int(port))
         print(f"MONAI Label: model '{name}' from {app / 'model' / name}\n  http://{host}:{port}/  (Ctrl-C stops)")
         print("  " + " ".join(cmd), flush=True)
