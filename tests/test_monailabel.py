@@ -44,7 +44,9 @@ SIZE = 64
 SMALL = {"base_channels": 8, "spatial_size": [SIZE, SIZE], "num_workers": 0}
 #: What /train through the server runs per epoch: a few iterations, so the test stays short.
 SERVED_TRAIN = {"val_interval": 4, "labeled_batch_size": 2, "unlabeled_batch_size": 2}
-MODEL = DEFAULT_BUNDLE.name
+#: The bundle under test (another checkout's bundle can be tested with MGCC_LABEL_BUNDLE=<folder>).
+BUNDLE = Path(os.environ.get("MGCC_LABEL_BUNDLE", DEFAULT_BUNDLE)).resolve()
+MODEL = BUNDLE.name
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NETWORK_ERRORS = ("No matching distribution", "Could not find a version", "Failed to establish a new connection",
                   "Network is unreachable", "Temporary failure in name resolution")
@@ -68,8 +70,8 @@ def label_env() -> Path:
 @pytest.fixture(scope="module")
 def trained_bundle(tmp_path_factory) -> Path:
     """A copy of the MGCC bundle with `models/model.pt` from a short training run on phantom data."""
-    if not (DEFAULT_BUNDLE / "configs" / "train.json").is_file():
-        pytest.fail(f"bundle not found: {DEFAULT_BUNDLE}")
+    if not (BUNDLE / "configs" / "train.json").is_file():
+        pytest.fail(f"bundle not found: {BUNDLE}")
     from mgcc.data.phantom import make_phantom_dataset
     from mgcc.data.prepare import prepare_dataset
 
@@ -78,7 +80,7 @@ def trained_bundle(tmp_path_factory) -> Path:
     prepared = root / "prepared"
     prepare_dataset(raw, prepared, labeled_fraction=0.5, seed=0)
     bundle = root / MODEL
-    shutil.copytree(DEFAULT_BUNDLE, bundle, ignore=shutil.ignore_patterns("__pycache__", "eval", "logs", "*.pt"))
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("__pycache__", "eval", "logs", "*.pt"))
     overrides = {**SMALL, "max_iterations": 80, "val_interval": 40, "show_progress": False}
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json",
            "--bundle_root", str(bundle), "--dataset_dir", str(prepared)]
