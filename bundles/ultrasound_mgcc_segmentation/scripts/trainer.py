@@ -167,15 +167,24 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
 
 class RandomStates:
     """The torch / numpy / python global random states as a checkpointable object (for exact resume:
-    the network's training perturbations draw from torch's global generator)."""
+    the network's training perturbations draw from torch's global generator). Stored as tensors and plain
+    Python values so the checkpoint loads with ``torch.load(..., weights_only=True)``."""
 
     def state_dict(self) -> dict:
-        return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        _, keys, pos, has_gauss, cached = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached},
+            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         torch.set_rng_state(state["torch"])
-        np.random.set_state(state["numpy"])
-        random.setstate(state["python"])
+        npy = state["numpy"]
+        np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"]))
+        py = state["python"]
+        random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
 
 
 class KeyMetricState:

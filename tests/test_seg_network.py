@@ -1,0 +1,158 @@
+"""MGCC network of the segmentation bundle: structure, inference path, and the three perturbations."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_mgcc_segmentation"
+
+
+def load_bundle_scripts():
+    """The bundle's ``scripts`` package under a private name (other bundles have a ``scripts`` package too)."""
+    name = "ultrasound_mgcc_segmentation_scripts"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, BUNDLE / "scripts" / "__init__.py", submodule_search_locations=[str(BUNDLE / "scripts")]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+network = load_bundle_scripts().network
+MGCCNet, dropout, feature_dropout, feature_noise = (
+    network.MGCCNet,
+    network.dropout,
+    network.feature_dropout,
+    network.feature_noise,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors on a shared 2-core machine: more intra-op threads only add contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_full_width_parameter_counts_match_the_reference_design():
+    net = MGCCNet(base_channels=64)
+    total = n_params(net)
+    inference = total - n_params(net.aux_decoders)
+    # DESIGN.md section 3: inference path ~52M, training graph ~122M at full width
+    assert 51e6 < inference < 53e6
+    assert 121e6 < total < 123e6
+    assert [m.out_channels for m in (b[0] for b in net.encoder)] == [64, 128, 256, 512, 1024]
+
+
+def test_eval_runs_main_path_only_and_training_returns_four_maps():
+    torch.manual_seed(0)
+    net = MGCCNet(base_channels=4)
+    x = torch.randn(2, 1, 32, 48)
+    net.train()
+    outputs = net(x)
+    assert isinstance(outputs, tuple) and len(outputs) == 4
+    assert all(o.shape == (2, 1, 32, 48) for o in outputs)
+    net.eval()
+    calls = []
+    for dec in net.aux_decoders:
+        dec.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        y = net(x)
+    assert isinstance(y, torch.Tensor) and y.shape == (2, 1, 32, 48)
+    assert not calls, "auxiliary decoders must not run at inference"
+    # the inference path is deterministic (no perturbation in eval mode)
+    with torch.no_grad():
+        assert torch.equal(y, net(x))
+
+
+def test_supervised_network_trains_main_path_only():
+    net = MGCCNet(base_channels=4, train_aux_decoders=False).train()
+    y = net(torch.randn(2, 1, 32, 32))
+    assert isinstance(y, torch.Tensor) and y.shape == (2, 1, 32, 32)
+
+
+def test_feature_noise_is_multiplicative_uniform_and_shared_over_the_batch():
+    torch.manual_seed(0)
+    x = torch.rand(3, 4, 8, 8) + 0.5
+    x[:, :, 0, 0] = 0.0
+    y = feature_noise(x, uniform_range=0.3)
+    ratio = (y - x) / x.clamp_min(1e-6)
+    assert ratio[:, :, 1:].abs().max() <= 0.3 + 1e-6
+    assert ratio[:, :, 1:].std() > 0.1  # really noisy, not a constant
+    assert torch.allclose(ratio[0, :, 1:], ratio[1, :, 1:], atol=1e-5)  # one noise map for the batch
+    assert torch.all(y[:, :, 0, 0] == 0)  # multiplicative: zero stays zero
+
+
+def test_dropout_zeroes_about_p_and_rescales_survivors():
+    torch.manual_seed(0)
+    x = torch.ones(4, 16, 32, 32)
+    y = dropout(x, p=0.3)
+    dropped = (y == 0).float().mean().item()
+    assert 0.27 < dropped < 0.33
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))
+
+
+def test_feature_dropout_drops_the_most_activated_positions_per_sample():
+    torch.manual_seed(0)
+    x = torch.zeros(2, 3, 10, 10)
+    ramp = torch.linspace(0.0, 1.0, 100).view(10, 10)
+    x[0] = ramp  # channel mean = ramp, max 1
+    x[1] = 5 * ramp  # another scale: the threshold is relative to each sample's max
+    for _ in range(5):
+        y = feature_dropout(x, low=0.7, high=0.9)
+        for b in range(2):
+            mean = x[b].mean(0)
+            peak = mean.max()
+            assert torch.all(y[b][:, mean >= 0.9 * peak] == 0), "positions above 0.9*max are always dropped"
+            assert torch.equal(y[b][:, mean < 0.7 * peak], x[b][:, mean < 0.7 * peak]), "below 0.7*max kept as is"
+
+
+def test_each_auxiliary_decoder_reads_its_level_with_its_perturbation():
+    net = MGCCNet(base_channels=4).train()
+    seen = {}
+    for k, dec in enumerate(net.aux_decoders):
+        dec.register_forward_pre_hook(lambda m, args, k=k: seen.__setitem__(k, [f.detach().clone() for f in args[0]]))
+    stages = []
+    for stage in net.global_context:
+        stage.register_forward_hook(lambda m, i, o: stages.append(o.detach().clone()))
+    torch.manual_seed(1)
+    net(torch.rand(2, 1, 32, 32))
+    # aux 2 (dropout, after ConvMixer 1): zeros where the clean level-1 bottleneck is non-zero
+    level1 = stages[0]
+    assert ((seen[1][-1] == 0) & (level1 != 0)).any()
+    # aux 1 (noise, before the ConvMixers) and aux 3 (feature dropout, after ConvMixer 2) differ from clean levels
+    assert not torch.allclose(seen[2][-1], stages[1])
+    assert seen[0][-1].shape == stages[0].shape
+
+
+def test_checkpointed_auxiliary_decoders_compute_the_same_loss_and_gradients():
+    x = torch.rand(2, 1, 32, 32)
+    grads, losses = [], []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        net = MGCCNet(base_channels=4, checkpoint_aux=ckpt).train()
+        torch.manual_seed(1)
+        loss = sum(o.square().mean() for o in net(x))
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    assert torch.allclose(losses[0], losses[1])
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="aux_levels"):
+        MGCCNet(aux_levels=(0, 1, 4))
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        MGCCNet(aux_perturbations=("feature_noise", "dropout", "cutout"))
