@@ -37,7 +37,6 @@ from mgcc.label import (
     wait_for_server,
 )
 
-pytestmark = pytest.mark.integration
 
 SIZE = 64
 #: Small CPU configuration of the bundle (checkpoint and served copy must agree on the network width).
@@ -152,6 +151,7 @@ def _truth(studies: Path, image_id: str) -> np.ndarray:
     return np.asarray(Image.open(studies / "phantom_masks" / f"{image_id}.png")) > 0
 
 
+@pytest.mark.integration
 def test_info_lists_2d_segmentation_model(server):
     info = server["info"]
     model = info["models"][MODEL]
@@ -163,6 +163,7 @@ def test_info_lists_2d_segmentation_model(server):
     assert info["datastore"]["total"] == 24 and info["datastore"]["completed"] == 8
 
 
+@pytest.mark.integration
 def test_infer_datastore_image(client, studies):
     dices = []
     for image_id in _unlabeled_lesion_images(studies)[:4]:
@@ -178,6 +179,7 @@ def test_infer_datastore_image(client, studies):
     assert np.mean(dices) >= 0.5, dices  # the lesion is found where the phantom put it
 
 
+@pytest.mark.integration
 def test_infer_uploaded_png_keeps_size_and_orientation(client, studies):
     image_id = _unlabeled_lesion_images(studies)[0]
     image = np.asarray(Image.open(studies / f"{image_id}.png"))
@@ -200,6 +202,7 @@ def _encode(array: np.ndarray, mode: str | None = None) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.integration
 def test_bad_inputs_get_4xx_and_server_keeps_serving(client, server, studies, tmp_path):
     import nibabel as nib
 
@@ -232,6 +235,7 @@ def test_bad_inputs_get_4xx_and_server_keeps_serving(client, server, studies, tm
     assert client.infer(MODEL, image=_unlabeled_lesion_images(studies)[0]).status == 200
 
 
+@pytest.mark.integration
 def test_save_labels_png_and_slicer_nifti(client, studies, tmp_path):
     import nibabel as nib
 
@@ -263,6 +267,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.integration
 def test_train_rewrites_model_and_next_infer_uses_it(client, server, studies):
     model_pt = server["model_dir"] / "models" / "model.pt"
     before = _sha(model_pt)
@@ -285,6 +290,7 @@ def test_train_rewrites_model_and_next_infer_uses_it(client, server, studies):
     assert "Reload model from cache" in server["log"].read_text()  # MONAI Label picked up the new weights
 
 
+@pytest.mark.integration
 def test_load_100_requests_4_concurrent(client, server, studies, tmp_path):
     images = _unlabeled_lesion_images(studies)
     result = benchmark_infer(server["url"], MODEL, images, n=100, concurrency=4)
@@ -296,3 +302,63 @@ def test_load_100_requests_4_concurrent(client, server, studies, tmp_path):
     print(f"load: {result['succeeded']}/100 ok; median {lat['median']:.3f} s, p95 {lat['p95']:.3f} s -> {out}")
     assert result["succeeded"] == 100, result["failures"]
     assert server["proc"].poll() is None
+
+
+# ---------------------------------------------------------------- fast checks of the launcher (no server)
+def _fake_bundle(root: Path) -> Path:
+    bundle = root / "ultrasound_mgcc_segmentation"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "models").mkdir()
+    (bundle / "configs" / "metadata.json").write_text("{}")
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"base_channels": 64, "spatial_size": [256, 256]}))
+    (bundle / "configs" / "train.json").write_text(json.dumps(
+        {"base_channels": 64, "show_progress": True, "train": {"unlabeled_dataset": {"data": "$x"}}}))
+    (bundle / "models" / "model.pt").write_bytes(b"weights")
+    return bundle
+
+
+def test_server_command_is_offline_and_loopback(tmp_path):
+    cmd = server_command(tmp_path / "app", tmp_path / "studies", "m", port=8123)
+    conf = {cmd[i + 1]: cmd[i + 2] for i, c in enumerate(cmd) if c == "--conf"}
+    assert cmd[1] == "start_server" and cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert conf["zoo_source"] != "monaihosting" and conf["sam2"] == "false" and conf["models"] == "m"
+
+
+def test_prepare_app_copies_bundle_and_keeps_retrained_weights(tmp_path):
+    bundle = _fake_bundle(tmp_path)
+    source_configs = {p.name: p.read_text() for p in (bundle / "configs").iterdir()}
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    app, name = prepare_app(tmp_path / "work", bundle, studies, overrides={"base_channels": 8})
+    copy = app / "model" / name
+    assert (app / "main.py").is_file() and name == bundle.name
+    assert json.loads((copy / "configs" / "inference.json").read_text())["base_channels"] == 8
+    train = json.loads((copy / "configs" / "train.json").read_text())
+    assert train["base_channels"] == 8 and train["show_progress"] is False
+    assert str(studies.resolve()) in train["train"]["unlabeled_dataset"]["data"]
+    assert {p.name: p.read_text() for p in (bundle / "configs").iterdir()} == source_configs  # source untouched
+    (copy / "models" / "model.pt").write_bytes(b"retrained")
+    prepare_app(tmp_path / "work", bundle, studies)
+    assert (copy / "models" / "model.pt").read_bytes() == b"retrained"
+    prepare_app(tmp_path / "work", bundle, studies, fresh_model=True)
+    assert (copy / "models" / "model.pt").read_bytes() == b"weights"
+
+
+def test_prepare_app_rejects_unknown_override_and_missing_weights(tmp_path):
+    bundle = _fake_bundle(tmp_path)
+    with pytest.raises(LabelError, match="no_such_key"):
+        prepare_app(tmp_path / "work", bundle, overrides={"no_such_key": 1})
+    (bundle / "models" / "model.pt").unlink()
+    with pytest.raises(LabelError, match="model.pt"):
+        prepare_app(tmp_path / "work2", bundle)
+
+
+def test_make_studies_layout(tmp_path):
+    root = make_studies(tmp_path / "s", n=8, size=32, seed=0, labeled=3)
+    images = sorted(p.stem for p in root.glob("*.png"))
+    labels = sorted((root / "labels" / "final").glob("*.png"))
+    assert len(images) == 8 and len(labels) == 3
+    for label in labels:
+        values = set(np.unique(np.asarray(Image.open(label))))
+        assert values <= {0, 1} and 1 in values  # Slicer labelmap values
+        assert np.asarray(Image.open(label)).shape == np.asarray(Image.open(root / label.name)).shape

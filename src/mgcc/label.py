@@ -407,23 +407,21 @@ def benchmark_infer(url: str, model: str, images: list[str], n: int = 100, concu
 class Label:
     """MONAI Label for the MGCC bundle: `setup`, `studies`, `app`, `serve`."""
 
-    def setup(self) -> str:
+    def setup(self) -> None:
         """Create (or check) the MONAI Label virtual environment (.venv-label); idempotent."""
-        return str(setup_environment())
+        setup_environment()
 
-    def studies(self, out: str, n: int = 24, size: int = 128, seed: int = 0, labeled: int = 8) -> str:
+    def studies(self, out: str, n: int = 24, size: int = 128, seed: int = 0, labeled: int = 8) -> None:
         """Write a phantom studies folder (datastore) with `labeled` images already labeled."""
         root = make_studies(out, n=n, size=size, seed=seed, labeled=labeled)
         print(f"studies: {len(list(root.glob('*.png')))} images, "
               f"{len(list((root / 'labels' / 'final').glob('*')))} labeled, in {root}")
-        return str(root)
 
     def app(self, workdir: str = "outputs/monailabel", bundle: str | None = None, studies: str | None = None,
-            overrides: dict | str | None = None, fresh_model: bool = False) -> str:
+            overrides: dict | str | None = None, fresh_model: bool = False) -> None:
         """Build the MONAI Label app folder (sample `monaibundle` app + a copy of the bundle); print it."""
         app, name = prepare_app(workdir, bundle, studies, _parse_overrides(overrides), fresh_model)
         print(f"app: {app} (model '{name}': {app / 'model' / name})")
-        return str(app)
 
     def serve(self, studies: str, bundle: str | None = None, port: int = 8000, host: str = "127.0.0.1",
               workdir: str = "outputs/monailabel", overrides: dict | str | None = None,
