@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_ldm_support import AE, DIFF, INFER, TINY, parse_bundle, run_bundle
+from test_ldm_support import AE, DIFF, INFER, TINY, bundle_scripts, parse_bundle, run_bundle
 
 
 def _rows(path):
@@ -102,8 +102,6 @@ def test_scale_factor_is_saved_and_used(trained, tmp_path):
 
 
 def test_scale_factor_multiplies_training_latents(trained):
-    from test_ldm_support import bundle_scripts
-
     with bundle_scripts() as scripts:
         from monai.networks.nets import AutoencoderKL
 
@@ -158,3 +156,17 @@ def _chain(exc):
     while exc is not None:
         yield exc
         exc = exc.__cause__ or exc.__context__
+
+
+@pytest.mark.parametrize(
+    "config_files, workflow_type",
+    [([AE], "train"), ([AE, DIFF], "train"), ([INFER], "infer")],
+    ids=["autoencoder", "diffusion", "inference"],
+)
+def test_check_properties(trained, config_files, workflow_type):
+    from monai.bundle import ConfigWorkflow
+
+    with bundle_scripts():
+        workflow = ConfigWorkflow(config_file=config_files, workflow_type=workflow_type, **trained["common"])
+        workflow.initialize()
+        assert workflow.check_properties() == []

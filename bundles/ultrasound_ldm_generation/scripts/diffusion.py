@@ -32,18 +32,22 @@ class ScaleFactor(torch.nn.Module):
 def compute_scale_factor(
     autoencoder: torch.nn.Module, loader: Iterable, device: torch.device | str, max_batches: int | None = None
 ) -> float:
-    """1 / std of the latents ``autoencoder.encode_stage_2_inputs`` gives for the images of ``loader``."""
-    total, total_sq, count = 0.0, 0.0, 0
+    """1 / std of the latents ``autoencoder.encode_stage_2_inputs`` gives for the images of ``loader`` (over all
+    processes when ``torch.distributed`` is initialised, so every rank trains with the same factor)."""
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # sum, sum of squares, count
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         z = getattr(autoencoder, "module", autoencoder).encode_stage_2_inputs(batch[CommonKeys.IMAGE].to(device))
         z = z.double()
-        total, total_sq, count = total + z.sum().item(), total_sq + z.pow(2).sum().item(), count + z.numel()
+        sums += torch.stack([z.sum(), z.pow(2).sum(), torch.tensor(z.numel(), dtype=torch.float64, device=z.device)])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(sums)
+    total, total_sq, count = sums.tolist()
     if count < 2:
         raise ValueError("cannot compute the latent scale factor: the training loader gave no images")
     std = ((total_sq - total * total / count) / (count - 1)) ** 0.5
-    logger.info(f"latent std {std:.6g} over {count} latent values: scale factor {1.0 / std:.6g}")
+    logger.info(f"latent std {std:.6g} over {count:.0f} latent values: scale factor {1.0 / std:.6g}")
     return 1.0 / std
 
 
