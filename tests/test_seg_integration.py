@@ -1,0 +1,104 @@
+"""Slow runs of the MGCC segmentation bundle: exact resume after a kill, torchrun (gloo, 2 processes),
+and the three baselines. Marked `integration` (run by `make test`)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_mgcc_segmentation"
+TINY = ["--spatial_size", "[64,64]", "--base_channels", "8", "--num_workers", "0", "--show_progress", "false"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+
+pytestmark = pytest.mark.integration
+
+
+def configs(*names: str) -> str:
+    return "[" + ",".join(f"'{n}'" for n in names) + "]"
+
+
+def run(cmd: list[str], expect: int = 0) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=BUNDLE, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == expect, f"{cmd[:6]} returned {proc.returncode}:\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def train_cmd(config: str, data: Path, root: Path, *extra: str, launcher=(sys.executable,)) -> list[str]:
+    return [
+        *launcher, "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(data),
+        "--output_dir", str(root / "eval"), "--ckpt_dir", str(root / "models"), *TINY, *extra,
+    ]
+
+
+def history(root: Path) -> list[dict]:
+    with open(root / "eval" / "training_history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_resume_after_a_kill_reaches_the_same_result(prepared_phantom, tmp_path):
+    schedule = ["--max_iterations", "12", "--val_interval", "4"]
+    run(train_cmd("configs/train.json", prepared_phantom, tmp_path / "straight", *schedule))
+
+    # the same run, hard-killed (os._exit, no clean-up) right after the checkpoint of epoch 2 (iteration 8)
+    kill = tmp_path / "kill.json"
+    kill.write_text(json.dumps({"run": [
+        "$[h.attach(@train#trainer) for h in @train#resume_handlers]",
+        "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=2), lambda e: os._exit(3))",
+        "$@train#trainer.run()",
+    ]}))
+    killed = tmp_path / "killed"
+    run(train_cmd(configs("configs/train.json", str(kill)), prepared_phantom, killed, *schedule), expect=3)
+    assert max(int(r["iteration"]) for r in history(killed)) == 8
+    run(train_cmd("configs/train.json", prepared_phantom, killed, *schedule, "--resume", "true"))
+
+    assert history(killed) == history(tmp_path / "straight")  # every loss, weight, lr and val Dice, bit for bit
+    for name in ("model.pt", "checkpoint_epoch=3.pt"):
+        a = torch.load(tmp_path / "straight" / "models" / name, weights_only=True)
+        b = torch.load(killed / "models" / name, weights_only=True)
+        a, b = (x.get("network", x) for x in (a, b))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_resume_without_a_checkpoint_names_the_problem(prepared_phantom, tmp_path):
+    proc = run(train_cmd("configs/train.json", prepared_phantom, tmp_path, "--max_iterations", "4",
+                         "--val_interval", "2", "--resume", "true"), expect=1)
+    assert "no checkpoint_epoch=<n>.pt checkpoint in" in proc.stderr
+
+
+def test_torchrun_gloo_two_processes(prepared_phantom, tmp_path):
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2")
+    cmd = train_cmd(configs("configs/train.json", "configs/multi_gpu_train.json"), prepared_phantom, tmp_path,
+                    "--max_iterations", "4", "--val_interval", "2", launcher=launcher)
+    run(cmd)
+    rows = history(tmp_path)
+    assert [int(r["iteration"]) for r in rows if r["loss"]] == [1, 2, 3, 4]  # written once, by rank 0
+    assert len([r for r in rows if r["val_dice"]]) == 2
+    assert (tmp_path / "models" / "model.pt").is_file()
+    state = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state["network"])  # saved unwrapped from DDP
+
+
+@pytest.mark.parametrize("baseline", ["train_supervised", "train_cct", "train_mean_teacher"])
+def test_baselines_train_with_the_shared_settings(baseline, prepared_phantom, tmp_path):
+    cmd = train_cmd(configs("configs/train.json", f"configs/{baseline}.json"), prepared_phantom, tmp_path,
+                    "--max_iterations", "4", "--val_interval", "2")
+    run(cmd)
+    rows = [r for r in history(tmp_path) if r["loss"]]
+    assert len(rows) == 4
+    consistency = [float(r["consistency_loss"]) for r in rows]
+    if baseline == "train_supervised":
+        assert all(c == 0.0 for c in consistency)
+        assert all(float(r["loss"]) == float(r["supervised_loss"]) for r in rows)
+    else:
+        assert all(c > 0.0 for c in consistency)
+    # every baseline's model.pt loads into the inference network (same weight layout)
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert "main_decoder.head.weight" in state and "aux_decoders.0.head.weight" in state
+    if baseline == "train_mean_teacher":
+        ckpt = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", weights_only=True)
+        assert "teacher" in ckpt
