@@ -1,0 +1,154 @@
+"""Data sources and the iteration-indexed batch stream of the MGCC segmentation bundle."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from monai.data import CacheDataset
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, RandAxisFlipd, Resized
+from PIL import Image
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_mgcc_segmentation"
+
+
+def load_bundle_scripts():
+    """The bundle's ``scripts`` package under a private name (other bundles have a ``scripts`` package too)."""
+    name = "ultrasound_mgcc_segmentation_scripts"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, BUNDLE / "scripts" / "__init__.py", submodule_search_locations=[str(BUNDLE / "scripts")]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+scripts = load_bundle_scripts()
+
+
+def datasets(prepared: Path):
+    datalist = str(prepared / "datalist.json")
+    keys = ["image", "label"]
+    labeled = CacheDataset(
+        scripts.data.datalist_section(datalist, "training"),
+        Compose([LoadImaged(keys), EnsureChannelFirstd(keys), Resized(keys, (32, 32)),
+                 RandAxisFlipd(keys, prob=0.5)]),
+        progress=False,
+    )
+    unlabeled = CacheDataset(
+        scripts.data.unlabeled_datalist("real", datalist, None),
+        Compose([LoadImaged("image"), EnsureChannelFirstd("image"), Resized("image", (32, 32)),
+                 RandAxisFlipd("image", prob=0.5)]),
+        progress=False,
+    )
+    return labeled, unlabeled
+
+
+def test_batches_depend_only_on_seed_and_iteration(prepared_phantom):
+    labeled, unlabeled = datasets(prepared_phantom)
+    stream = scripts.data.SemiSupervisedBatches(labeled, 4, unlabeled, 4, seed=3)
+    b7 = stream[7]
+    assert b7["image"].shape == (4, 1, 32, 32) and b7["label"].shape == (4, 1, 32, 32)
+    assert b7["unlabeled"].shape == (4, 1, 32, 32)
+    stream[2], stream[11]  # other draws in between change nothing
+    again = stream[7]
+    for key in ("image", "label", "unlabeled"):
+        assert torch.equal(b7[key], again[key])
+    assert not torch.equal(stream[8]["image"], b7["image"])
+    other_seed = scripts.data.SemiSupervisedBatches(labeled, 4, unlabeled, 4, seed=4)[7]
+    assert not torch.equal(other_seed["unlabeled"], b7["unlabeled"])
+
+
+def test_each_pass_visits_every_labeled_image_once(prepared_phantom):
+    labeled, _ = datasets(prepared_phantom)
+    n = len(labeled)
+    stream = scripts.data.SemiSupervisedBatches(labeled, 1, seed=0)
+    seen = [str(stream[i]["image"].meta["filename_or_obj"][0]) for i in range(n)]
+    assert len(set(seen)) == n
+
+
+def test_ranks_draw_disjoint_samples(prepared_phantom):
+    labeled, _ = datasets(prepared_phantom)
+    n = len(labeled)
+    names = []
+    for rank in (0, 1):
+        stream = scripts.data.SemiSupervisedBatches(labeled, 1, seed=0, rank=rank, world_size=2)
+        names += [str(stream[i]["image"].meta["filename_or_obj"][0]) for i in range(n // 2)]
+    assert len(set(names)) == 2 * (n // 2)
+
+
+def test_sampler_starts_at_the_followed_engine_iteration():
+    sampler = scripts.data.IterationSampler()
+    it = iter(sampler)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    sampler.follow(SimpleNamespace(state=SimpleNamespace(iteration=40)))
+    it = iter(sampler)
+    assert [next(it) for _ in range(2)] == [40, 41]
+
+
+def test_unlabeled_sources(prepared_phantom, tmp_path):
+    datalist = str(prepared_phantom / "datalist.json")
+    real = scripts.data.unlabeled_datalist("real", datalist, None)
+    assert real and all("label" not in d for d in real)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(samples / f"sample_{i:05d}.png")
+    manifest = {"settings": {}, "samples": [{"file": f"sample_{i:05d}.png", "seed": i} for i in range(3)]}
+    (samples / "manifest.json").write_text(json.dumps(manifest))
+    synthetic = scripts.data.unlabeled_datalist("synthetic", datalist, str(samples))
+    assert [Path(d["image"]).name for d in synthetic] == [f"sample_{i:05d}.png" for i in range(3)]
+    assert len(scripts.data.unlabeled_datalist("both", datalist, str(samples))) == len(real) + 3
+
+    with pytest.raises(ValueError, match="needs synthetic_dir"):
+        scripts.data.unlabeled_datalist("synthetic", datalist, None)
+    with pytest.raises(ValueError, match="unlabeled_source"):
+        scripts.data.unlabeled_datalist("fake", datalist, None)
+    (samples / "sample_00001.png").unlink()
+    with pytest.raises(FileNotFoundError, match="manifest.json: 1 listed sample"):
+        scripts.data.synthetic_datalist(str(samples))
+    with pytest.raises(FileNotFoundError, match="manifest.json not found"):
+        scripts.data.synthetic_datalist(str(tmp_path))
+
+
+def test_datalist_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="datalist not found"):
+        scripts.data.datalist_section(str(tmp_path / "nope.json"), "training")
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": [], "test": [{"image": "images/a.png", "label": "labels/a.png"}]}))
+    with pytest.raises(ValueError, match="'training' is empty"):
+        scripts.data.datalist_section(str(path), "training")
+    with pytest.raises(KeyError, match="no section 'validation'"):
+        scripts.data.datalist_section(str(path), "validation")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        scripts.data.datalist_section(str(path), "test")
+
+
+def test_iterations_must_be_whole_validation_intervals():
+    assert scripts.trainer.iterations_to_epochs(200, 50) == 4
+    with pytest.raises(ValueError, match="multiple of val_interval"):
+        scripts.trainer.iterations_to_epochs(210, 50)
+
+
+def test_rampup_formula():
+    ramp = scripts.trainer.SigmoidRampUp(7.0, 100)
+    assert ramp(0) == pytest.approx(7.0 * np.exp(-5.0))
+    assert ramp(50) == pytest.approx(7.0 * np.exp(-5.0 * 0.25))
+    assert ramp(100) == ramp(1000) == pytest.approx(7.0)
+    assert scripts.trainer.SigmoidRampUp(7.0, 0)(0) == 7.0
+
+
+def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    states = scripts.trainer.RandomStates()
+    torch.save(states.state_dict(), tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), __import__("random").random())
+    states.load_state_dict(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert __import__("random").random() == expected[2]
