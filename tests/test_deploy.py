@@ -245,7 +245,8 @@ def test_bad_input_is_refused(deploy_python, bundle, images, tmp_path, case, mak
     out = tmp_path / "out"
     proc = run_app(deploy_python, inputs, out, bundle, check=False)
     text = proc.stdout + proc.stderr
-    assert proc.returncode != 0, f"{case}: the app exited 0\n{text[-3000:]}"
+    assert proc.returncode == 2, f"{case}: the app exited {proc.returncode}, expected 2 (input refused)\n{text[-3000:]}"
+    assert "error: " in proc.stderr, f"{case}: no 'error: ...' line on stderr"
     assert expected in text, f"{case}: {expected!r} not in the app's output\n{text[-3000:]}"
     assert not list((out / "masks").glob("*.png")) if (out / "masks").exists() else True
     assert not (out / "dicom_seg").exists() or not list((out / "dicom_seg").iterdir())

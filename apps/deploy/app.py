@@ -5,7 +5,7 @@
 (or `HOLOSCAN_INPUT_PATH`, `HOLOSCAN_OUTPUT_PATH`, `HOLOSCAN_MODEL_PATH`, as in a MAP).
 
 Input, detected from the folder's content:
-* 2D images (PNG; also JPEG, BMP, TIFF): one mask PNG each, `<output>/masks/<same relative path>.png`.
+* 2D images (PNG; also JPEG, BMP): one mask PNG each, `<output>/masks/<same relative path>.png`.
 * ultrasound DICOM files (single-frame, Modality US): one mask PNG each, `<output>/masks/<SOPInstanceUID>.png`,
   and one DICOM Segmentation each in `<output>/dicom_seg/`, referencing the source instance and carrying its
   patient and study identifiers (the SDK's `DICOMSegmentationWriterOperator`, built on highdicom).
@@ -38,6 +38,7 @@ from monai.deploy.operators.monai_bundle_inference_operator import (
 )
 
 from mgcc_operators import (
+    IMAGE_SUFFIXES,
     US_SELECTION_RULES,
     BundleImageReader,
     DICOMInstanceSourceOperator,
@@ -83,8 +84,8 @@ class MGCCUltrasoundSegApp(Application):
                              f"({len(dicoms)}); run the app once per kind")
         if not images and not dicoms:
             listed = ", ".join(p.name for p, _ in skipped[:5]) or "no files at all"
-            raise InputError(f"{input_path}: no image ({', '.join(('.png', '.jpg', '.bmp', '.tif'))}) or DICOM "
-                             f"file to segment (found: {listed})")
+            raise InputError(f"{input_path}: no image ({', '.join(IMAGE_SUFFIXES)}) or DICOM file to segment "
+                             f"(found: {listed})")
         check_image_files(images)
         manifest = RunManifest(output_path / "predictions.json", {
             "app": f"MGCC ultrasound segmentation {APP_VERSION}",
@@ -129,7 +130,7 @@ class MGCCUltrasoundSegApp(Application):
         selector = DICOMSeriesSelectorOperator(self, rules=US_SELECTION_RULES, all_matched=True,
                                                name="us_series_selector")
         source = DICOMInstanceSourceOperator(self, reader=reader, manifest=manifest, input_root=input_path,
-                                             image_port=input_key, name="dicom_instance_source")
+                                             dicom_files=dicoms, image_port=input_key, name="dicom_instance_source")
         seg_writer = DICOMSegmentationWriterOperator(
             self,
             segment_descriptions=[

@@ -7,7 +7,7 @@ operators. What it lacks for 2D ultrasound, and what lives here:
   `preprocessing` config). `MonaiBundleInferenceOperator` drops `LoadImage*` from the bundle's
   preprocessing because its input arrives in memory; this puts exactly that loader in front of it, so the
   app's arrays are bit-for-bit what `python -m monai.bundle run` would feed the network.
-* `ImageFileSourceOperator`: emits one 2D image file (PNG, JPEG, BMP, TIFF) per tick.
+* `ImageFileSourceOperator`: emits one 2D image file (PNG, JPEG, BMP) per tick.
 * `DICOMInstanceSourceOperator`: takes the SDK loader's studies and the selector's ultrasound series and
   emits one single-frame DICOM instance per tick, plus a one-instance `StudySelectedSeries` for the SDK's
   `DICOMSegmentationWriterOperator`.
@@ -39,8 +39,8 @@ from monai.deploy.operators.monai_bundle_inference_operator import get_bundle_co
 
 logger = logging.getLogger(__name__)
 
-#: File name suffixes read as 2D images (by the bundle's own reader).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: File name suffixes read as 2D images (by the bundle's own reader; MONAI's PILReader takes these four).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 #: Ultrasound modality, as selected from DICOM input.
 US_SELECTION_RULES = json.dumps(
     {"selections": [{"name": "Ultrasound", "conditions": {"Modality": "(?i)^US$"}}]}
@@ -300,7 +300,7 @@ def dicom_to_pixels(ds, source: str) -> np.ndarray:
     if frames != 1:
         raise InputError(f"{source}: multi-frame DICOM ({frames} frames); the model segments single 2D frames")
     try:
-        arr = ds.pixel_array
+        arr = ds.pixel_array  # pydicom 3 returns YBR_* colour data as RGB (as_rgb=True by default)
     except Exception as ex:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?")
         raise InputError(f"{source}: cannot decode pixel data (transfer syntax {syntax}): {ex}") from ex
@@ -311,10 +311,6 @@ def dicom_to_pixels(ds, source: str) -> np.ndarray:
         arr = apply_color_lut(arr, ds)
     elif photometric == "MONOCHROME1":  # 0 is white: invert so brighter means more echo, as in MONOCHROME2
         arr = np.iinfo(arr.dtype).max - arr if arr.dtype.kind == "u" else arr.max() - arr
-    elif photometric.startswith("YBR") and not getattr(ds, "_pixel_array_opts", {}).get("as_rgb", True):
-        from pydicom.pixels import convert_color_space
-
-        arr = convert_color_space(arr, photometric, "RGB")
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
@@ -348,9 +344,10 @@ class DICOMInstanceSourceOperator(Operator):
     """
 
     def __init__(self, fragment: Fragment, *args, reader: BundleImageReader, manifest: RunManifest,
-                 input_root: Path, image_port: str = "image", **kwargs):
+                 input_root: Path, dicom_files: list[Path] = (), image_port: str = "image", **kwargs):
         from holoscan.conditions import BooleanCondition
 
+        self._dicom_files = [Path(f).resolve() for f in dicom_files]
         self._reader = reader
         self._manifest = manifest
         self._root = Path(input_root)
@@ -439,6 +436,13 @@ class DICOMInstanceSourceOperator(Operator):
                     ds = sop.get_native_sop_instance()
                     self._manifest.skip(str(getattr(ds, "filename", "") or ds.SOPInstanceUID),
                                         f"modality {ds.get('Modality', '?')} is not US (ultrasound)")
+        loaded = {Path(str(getattr(sop.get_native_sop_instance(), "filename", ""))).resolve()
+                  for study in self._studies or [] for series in study.get_all_series()
+                  for sop in series.get_sop_instances()}
+        for path in self._dicom_files:
+            if path not in loaded:
+                self._manifest.skip(str(path), "not loaded by the SDK's DICOM loader (not valid DICOM, or no "
+                                               "Study/Series/SOP Instance UID: see the log)")
         if not queue:
             raise InputError(f"{self._root}: no single-frame ultrasound (Modality US) DICOM image to segment "
                              f"(see {self._manifest.path} for skipped files)")
