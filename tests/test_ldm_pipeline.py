@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_ldm_support import AE, DIFF, INFER, TINY, bundle_scripts, parse_bundle, run_bundle
+from test_ldm_support import AE, DIFF, EVAL, INFER, TINY, bundle_scripts, parse_bundle, run_bundle
 
 
 def _rows(path):
@@ -170,3 +170,43 @@ def test_check_properties(trained, config_files, workflow_type):
         workflow = ConfigWorkflow(config_file=config_files, workflow_type=workflow_type, **trained["common"])
         workflow.initialize()
         assert workflow.check_properties() == []
+
+
+def test_quality_metrics(trained, tmp_path):
+    settings = dict(trained["common"], output_dir=str(tmp_path / "q"))
+    sample(settings, tmp_path / "q" / "samples", num_samples=6, num_inference_steps=4)
+
+    class Features(torch.nn.Module):  # a stand-in feature network, exported as FID expects (TorchScript)
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x))
+
+    torch.jit.save(torch.jit.script(Features()), str(tmp_path / "fid.ts"))
+    run_bundle([AE, EVAL], **settings, fid_network_path=str(tmp_path / "fid.ts"), num_pairs=20)
+    quality = json.loads((tmp_path / "q" / "quality.json").read_text())
+    assert quality["num_samples"] == 6
+    assert quality["reconstruction_validation"]["val_psnr"] > 0
+    assert -1 <= quality["reconstruction_validation"]["val_ssim"] <= 1
+    for key in ("generated", "real_train"):
+        assert 0 < quality["diversity_msssim"][key]["mean"] <= 1 and quality["diversity_msssim"][key]["scales"] >= 2
+    nn = quality["nearest_neighbour_rmse"]
+    assert nn["sample_to_train"]["min"] > 0 and "validation_to_train" in nn
+    assert np.isfinite(quality["fid"]["value"]) and quality["fid"]["value"] >= 0
+    grid = Image.open(tmp_path / "q" / "real_vs_generated.png")
+    assert grid.mode == "L" and grid.size[1] > 2 * 32
+    run_bundle([AE, EVAL], **settings, num_pairs=20)
+    assert "skipped" in json.loads((tmp_path / "q" / "quality.json").read_text())["fid"]
+
+
+def test_memorisation_check_flags_copies():
+    with bundle_scripts() as scripts:
+        check = scripts.quality.memorisation_check
+        generator = torch.Generator().manual_seed(0)
+        train = torch.rand(10, 1, 16, 16, generator=generator)
+        validation = torch.rand(4, 1, 16, 16, generator=generator)
+        copies = torch.cat([train[:3], torch.rand(2, 1, 16, 16, generator=generator)])
+        assert check(copies, train, validation)["possible_copies"] == 3
+        assert check(torch.rand(5, 1, 16, 16, generator=generator), train, validation)["possible_copies"] == 0

@@ -1,3 +1,3 @@
 """Code of the ultrasound latent diffusion bundle, imported by its configs as ``scripts.*``."""
 
-from . import diffusion, handlers, losses, sampler, trainer, utils
+from . import diffusion, handlers, losses, quality, sampler, trainer, utils
