@@ -52,6 +52,7 @@ def test_inference_networks_match_training():
         assert train[key] == infer[key], f"default of '{key}' differs between the training configs and inference.json"
 
 
+@pytest.mark.integration
 def test_perceptual_loss_needs_weights_and_uses_them(prepared_phantom, tmp_path):
     import torch
 
