@@ -3,7 +3,7 @@
 Runs in two environments, as in production: the project's venv (this process) runs the bundle
 (`python -m monai.bundle run`, `ckpt_export`), and the deploy venv (`apps/deploy/setup_env.sh`, created on first
 use; or `MGCC_DEPLOY_PYTHON`) runs the app. Inputs are phantom images cropped to a non-square 64x48 (so a
-swapped width/height cannot pass), one of them RGB, and DICOM files written from the same images.
+swapped width/height cannot pass; one is square 64x64), one of them RGB, and DICOM files written from them.
 
 The bundle is a temporary copy of bundles/ultrasound_mgcc_segmentation (or `MGCC_DEPLOY_TEST_BUNDLE`) with
 `base_channels` set to 8 so that a CPU run stays short; the configs are otherwise the bundle's own. Its weights
@@ -93,14 +93,15 @@ def deploy_python() -> Path:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    """Six 64x48 phantom images (one RGB with unequal channels) and nothing else."""
+    """Six phantom images, 64x48 except one 64x64 (one RGB with unequal channels), and nothing else."""
     from mgcc.data.phantom import make_phantom_dataset
 
     raw = make_phantom_dataset(tmp_path_factory.mktemp("deploy_raw"), n=6, size=64, seed=3)
     out = tmp_path_factory.mktemp("deploy_png")
     sources = sorted(p for p in Path(raw).rglob("*.png") if "_mask" not in p.name)
     for i, src in enumerate(sources):
-        gray = np.array(Image.open(src).convert("L"))[:ROWS, 8:8 + COLS]
+        gray = np.array(Image.open(src).convert("L"))
+        gray = gray[:ROWS, :ROWS] if i == 2 else gray[:ROWS, 8:8 + COLS]  # one square image
         if i == 1:
             rgb = np.stack([gray, (gray * 0.8).astype(np.uint8), (gray * 0.6).astype(np.uint8)], -1)
             Image.fromarray(rgb, "RGB").save(out / f"img_{i:02d}.png")
@@ -144,9 +145,10 @@ def run_app(deploy_python: Path, input_dir: Path, output_dir: Path, model: Path,
 
 def assert_same_mask(app_png: Path, reference: np.ndarray) -> None:
     got = np.array(Image.open(app_png))
-    assert got.dtype == np.uint8 and got.shape == (ROWS, COLS), (app_png, got.dtype, got.shape)
+    assert got.dtype == np.uint8 and got.shape == reference.shape, (app_png, got.dtype, got.shape)
+    assert got.shape in ((ROWS, COLS), (ROWS, ROWS)), got.shape
     assert set(np.unique(got).tolist()) <= {0, 255}, np.unique(got)
-    assert np.array_equal(got > 0, reference > 0), f"{app_png}: {(got > 0 != reference > 0).sum()} pixels differ"
+    assert np.array_equal(got > 0, reference > 0), f"{app_png}: {((got > 0) != (reference > 0)).sum()} pixels differ"
 
 
 @pytest.mark.parametrize("model_form", ["bundle_folder", "torchscript"])

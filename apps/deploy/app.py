@@ -78,7 +78,7 @@ class MGCCUltrasoundSegApp(Application):
         reader = BundleImageReader(parser, key=input_key)
         meta = parser["_meta_"]
 
-        images, dicoms, skipped = classify_inputs(input_path)
+        images, dicoms, skipped = classify_inputs(input_path, exclude=output_path)
         if images and dicoms:
             raise InputError(f"{input_path}: holds both image files ({len(images)}) and DICOM files "
                              f"({len(dicoms)}); run the app once per kind")

@@ -207,12 +207,15 @@ class RunManifest:
 # ----------------------------------------------------------------------------------------------- image files
 
 
-def classify_inputs(input_path: Path) -> tuple[list[Path], list[Path], list[tuple[Path, str]]]:
-    """Splits the input into image files, DICOM files and skipped files (with the reason), sorted by path."""
+def classify_inputs(input_path: Path, exclude: Path | None = None) -> tuple[list[Path], list[Path], list[tuple[Path, str]]]:
+    """Splits the input into image files, DICOM files and skipped files (with the reason), sorted by path.
+    Files under `exclude` (the output folder, when it lies inside the input folder) are left out."""
     input_path = Path(input_path)
     if not input_path.exists():
         raise InputError(f"{input_path}: input path does not exist")
     files = [input_path] if input_path.is_file() else sorted(p for p in input_path.rglob("*") if p.is_file())
+    if exclude is not None:
+        files = [f for f in files if not f.resolve().is_relative_to(Path(exclude).resolve())]
     images, dicoms, skipped = [], [], []
     for f in files:
         if f.name.startswith("."):
