@@ -111,14 +111,33 @@ def bundle_io_names(parser) -> tuple[str, str]:
     return inputs[0], outputs[0]
 
 
-def check_postprocessing_binarizes(parser, name: str = "postprocessing") -> list[str]:
-    """Refuse a bundle whose postprocessing does not discretize: the SDK casts the prediction to uint8, so
-    probabilities in [0, 1] would silently become an all-zero mask."""
+#: Bundle config item the app uses instead of `postprocessing` when the bundle defines it (see BUNDLE_NOTES.md).
+DEPLOY_POSTPROCESSING = "postprocessing_deploy"
+
+
+def postprocessing_name(parser) -> str:
+    """`postprocessing_deploy` if the bundle defines it, else `postprocessing`."""
+    return DEPLOY_POSTPROCESSING if parser.get(DEPLOY_POSTPROCESSING) is not None else "postprocessing"
+
+
+def check_postprocessing(parser, name: str = "postprocessing") -> list[str]:
+    """Refuse, at start-up, a bundle postprocessing the SDK bundle operator cannot turn into correct masks:
+    * without a discretization: the operator casts the prediction to uint8, so probabilities in [0, 1] would
+      silently become an all-zero mask;
+    * with a channel squeeze: the operator squeezes the channel axis itself (`np.squeeze(value, 0)`), which
+      fails on an already squeezed (W, H) prediction."""
     names = [type(t).__name__ for t in _flatten(parser.get_parsed_content(name))]
     if not any("Discret" in n or "Threshold" in n for n in names):
         raise InputError(
             f"bundle `{name}` ({names}) has no AsDiscrete/threshold transform; the MONAI Deploy bundle operator "
             "casts predictions to uint8, so the masks would be wrong"
+        )
+    squeezes = [n for n in names if n.startswith("SqueezeDim")]
+    if squeezes:
+        raise InputError(
+            f"bundle `{name}` ends channel-less ({squeezes} in {names}); MonaiBundleInferenceOperator squeezes "
+            f"the channel itself and needs a channel-first (1, W, H) prediction: drop {squeezes[0]} from "
+            f"`{name}`, or define `{DEPLOY_POSTPROCESSING}` without it (apps/deploy/BUNDLE_NOTES.md)"
         )
     return names
 
