@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-fast venv label-env deploy-env clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mgcc run --preset demo
 
-## Default test suite, then the integration tests (marked `integration`).
-test: $(STAMP)
+## Separate environments for the integrations (MONAI Label needs pydicom 2, the Deploy SDK pydicom 3).
+label-env:
+	apps/monailabel/setup_env.sh
+
+deploy-env:
+	apps/deploy/setup_env.sh
+
+## Default test suite, then the integration tests (marked `integration`), which use the two extra environments.
+test: $(STAMP) label-env deploy-env
 	$(PY) -m pytest
 	$(PY) -m pytest -m integration
 

@@ -38,9 +38,8 @@ def compare(preset: str = "busi-cpu", data: str | None = None, out: str | None =
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     spec = load_preset(preset)
-    if data is None and "phantom" not in spec["data"]:
-        raise SystemExit(f"preset '{spec['name']}' has no built-in data: pass --data DIR (e.g. a BUSI folder)")
-    run = Run(spec, Path(out) if out else DEFAULT_OUT / spec["name"], Path(data) if data else None)
+    run = Run(spec, (Path(out) if out else DEFAULT_OUT / spec["name"]).resolve(),
+               Path(data).resolve() if data else None)
     run.out.mkdir(parents=True, exist_ok=True)
 
     needs_samples = any(VARIANTS[n][1].get("unlabeled_source") in ("synthetic", "both") for n in names)

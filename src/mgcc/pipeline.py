@@ -62,6 +62,8 @@ def _prepare(run: Run) -> StageResult:
     from mgcc.data.prepare import prepare_dataset
 
     spec = run.preset["data"]
+    if run.data is None and "phantom" not in spec:
+        raise SystemExit(f"preset '{run.preset['name']}' has no built-in data: pass --data DIR (e.g. a BUSI folder)")
 
     def work(folder: Path) -> None:
         source = run.data
@@ -165,9 +167,8 @@ def run(preset: str = "demo", data: str | None = None, out: str | None = None, s
             segmentation, evaluate, report.
     """
     spec = load_preset(preset)
-    if data is None and "phantom" not in spec["data"]:
-        raise SystemExit(f"preset '{spec['name']}' has no built-in data: pass --data DIR (e.g. a BUSI folder)")
-    run_ = Run(spec, Path(out) if out else DEFAULT_OUT / spec["name"], Path(data) if data else None)
+    run_ = Run(spec, (Path(out) if out else DEFAULT_OUT / spec["name"]).resolve(),
+               Path(data).resolve() if data else None)
     run_.out.mkdir(parents=True, exist_ok=True)
     if stage is None:
         execute_stages(run_, STAGES)
