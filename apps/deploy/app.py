@@ -24,7 +24,7 @@ from pathlib import Path
 from pydicom.sr.codedict import codes
 
 from monai.deploy.conditions import CountCondition
-from monai.deploy.core import AppContext, Application
+from monai.deploy.core import AppContext, Application, ModelFactory
 from monai.deploy.core.domain import Image
 from monai.deploy.core.io_type import IOType
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
@@ -98,11 +98,13 @@ class MGCCUltrasoundSegApp(Application):
         for path, reason in skipped:
             manifest.skip(str(path), reason)
 
+        # The bundle operator takes `app_context.models` over `bundle_path`. The SDK's ModelFactory made it from
+        # `-m` as given, which for a folder is a generic `Model` without a predictor: point it at what runs.
         if bundle_path.is_dir():
-            # The SDK's ModelFactory wraps any existing folder in a generic `Model` without a predictor, and the
-            # bundle operator prefers `app_context.models` over `bundle_path`; clearing it makes the operator
-            # take its directory-bundle path (models/model.ts, else network from the config + models/model.pt).
+            # directory bundle: the operator builds the network from the config and loads models/model.pt
             app_context.models = None
+        else:
+            app_context.models = ModelFactory.create(str(bundle_path))  # TorchScript, loaded once
         # The bundle operator: model, preprocessing (minus LoadImage), inferer and postprocessing from the bundle.
         bundle_op = MonaiBundleInferenceOperator(
             self,

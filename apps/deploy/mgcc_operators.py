@@ -56,22 +56,35 @@ class InputError(ValueError):
 
 def resolve_bundle_path(model_path: str | Path) -> Path:
     """The bundle the app runs: a TorchScript `model.ts` (configs embedded by `ckpt_export`), a bundle folder
-    (`configs/metadata.json` + `models/`), or a MAP model folder holding one of these (`<models>/<name>/...`)."""
+    (`configs/metadata.json` + `models/`), or a MAP model folder holding one of these (`<models>/<name>/...`).
+
+    A bundle folder with a `models/model.ts` resolves to that file, as the SDK's own directory loader prefers
+    it; the app then loads it once (the SDK operator re-instantiates a directory bundle's network for every
+    image). A `model.ts` older than the folder's `models/model.pt` is refused: it would silently run stale
+    weights."""
     path = Path(model_path).expanduser().resolve()
     if path.is_file():
         return path
     if not path.is_dir():
         raise InputError(f"{path}: model path does not exist")
-    if (path / "configs" / "metadata.json").is_file():
-        return path
-    found = sorted(path.glob("model.ts")) + sorted(path.glob("*/model.ts"))
-    found += [p.parent.parent for p in sorted(path.glob("*/configs/metadata.json"))]
-    if len(found) == 1:
-        return found[0]
-    raise InputError(
-        f"{path}: not a MONAI bundle folder (no configs/metadata.json), nor a model folder holding exactly one "
-        f"model.ts or bundle (found {[str(f) for f in found]})"
-    )
+    if not (path / "configs" / "metadata.json").is_file():
+        found = sorted(path.glob("model.ts")) + sorted(path.glob("*/model.ts"))
+        found += [p.parent.parent for p in sorted(path.glob("*/configs/metadata.json"))]
+        if len(found) != 1:
+            raise InputError(
+                f"{path}: not a MONAI bundle folder (no configs/metadata.json), nor a model folder holding exactly "
+                f"one model.ts or bundle (found {[str(f) for f in found]})"
+            )
+        path = found[0]
+        if path.is_file():
+            return path
+    ts, pt = path / "models" / "model.ts", path / "models" / "model.pt"
+    if ts.is_file():
+        if pt.is_file() and pt.stat().st_mtime > ts.stat().st_mtime:
+            raise InputError(f"{ts} is older than {pt}: re-export it (python -m monai.bundle ckpt_export ...) or "
+                             "remove it to run the checkpoint")
+        return ts
+    return path
 
 
 def bundle_root_of(bundle_path: Path) -> Path | None:
