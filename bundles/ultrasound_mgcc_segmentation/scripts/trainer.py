@@ -59,15 +59,20 @@ class SemiSupervisedTrainer(SupervisedTrainer):
     Args:
         consistency_weight: callable mapping the 0-based iteration to the consistency weight
             (e.g. ``SigmoidRampUp``).
+        channels_last: feed the network NHWC (``torch.channels_last``) inputs; use with a network moved to
+            that memory format. The same computation, faster on GPUs.
 
     ``engine.state.output`` holds ``image``, ``label``, ``pred`` (main logits of the labeled samples), and the
     scalars ``loss``, ``supervised_loss``, ``consistency_loss``, ``consistency_weight``, ``lr`` (the learning rate
     of this iteration's optimizer step).
     """
 
-    def __init__(self, *args, consistency_weight: Callable[[int], float], **kwargs) -> None:
+    def __init__(
+        self, *args, consistency_weight: Callable[[int], float], channels_last: bool = False, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.consistency_weight = consistency_weight
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         sampler = getattr(self.data_loader, "sampler", None)
         if isinstance(sampler, IterationSampler):
             sampler.follow(self)
@@ -90,6 +95,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             inputs = torch.cat((images, unlabeled))
         else:
             inputs = images
+        inputs = inputs.contiguous(memory_format=self.memory_format)
         engine.state.output = {Keys.IMAGE: images, Keys.LABEL: labels}
         weight = float(self.consistency_weight(engine.state.iteration - 1))
         lr = engine.optimizer.param_groups[0]["lr"]
