@@ -152,3 +152,44 @@ def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert __import__("random").random() == expected[2]
+
+
+def test_evaluation_report_applies_the_empty_mask_rules(tmp_path):
+    from monai.data import MetaTensor
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU
+
+    size = 16
+    label = torch.zeros(3, 1, size, size)
+    pred = torch.zeros(3, 1, size, size)
+    label[1, :, 4:8, 4:8] = 1  # lesion missed: one mask empty
+    label[2, :, 4:8, 4:8] = 1
+    pred[2, :, 4:8, 5:9] = 1  # partial overlap
+    # sample 0: both empty
+    details = {
+        "dice": DiceMetric(include_background=True, ignore_empty=False, reduction="none")(pred, label),
+        "iou": MeanIoU(include_background=True, ignore_empty=False, reduction="none")(pred, label),
+        "hd95": HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(pred, label),
+    }
+    outputs = [
+        {"image": MetaTensor(torch.rand(1, size, size), meta={"filename_or_obj": f"/x/img_{i}.png"}),
+         "label": label[i], "pred": pred[i]}
+        for i in range(3)
+    ]
+    engine = SimpleNamespace(
+        state=SimpleNamespace(output=outputs, metric_details=details), logger=__import__("logging").getLogger("t")
+    )
+    report = scripts.handlers.EvaluationReport(str(tmp_path), {"dice": "dice", "iou": "iou", "hd95": "hd95"},
+                                               classes={"/x/img_0.png": "normal"})
+    report._collect(engine)
+    report._write(engine)
+    with open(tmp_path / "per_image.csv") as f:
+        rows = list(__import__("csv").DictReader(f))
+    assert [r["image"] for r in rows] == ["img_0.png", "img_1.png", "img_2.png"]
+    assert rows[0]["class"] == "normal"
+    assert float(rows[0]["dice"]) == 1.0 and float(rows[0]["iou"]) == 1.0 and float(rows[0]["hd95"]) == 0.0
+    assert float(rows[1]["dice"]) == 0.0 and float(rows[1]["hd95"]) == pytest.approx(np.hypot(size, size))
+    assert float(rows[2]["dice"]) == pytest.approx(2 * 12 / 32) and float(rows[2]["hd95"]) == pytest.approx(1.0)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["n"] == 3
+    assert summary["dice"]["mean"] == pytest.approx((1.0 + 0.0 + 0.75) / 3)
+    assert (tmp_path / "overlay_worst.png").is_file()
