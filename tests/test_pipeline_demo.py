@@ -1,0 +1,101 @@
+"""The demo pipeline end to end through the real CLI, cut to a minimal budget: artefacts, rerun, kill + resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mgcc.presets import load_preset
+
+pytestmark = pytest.mark.integration
+
+STAGES = ["prepare", "autoencoder", "diffusion", "sample", "segmentation", "evaluate", "report"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def tiny_preset(tmp_path_factory) -> Path:
+    """The demo preset with every budget cut to seconds (same stages, same bundles)."""
+    preset = load_preset("demo")
+    preset.pop("name")
+    preset["data"]["phantom"].update(n=24, size=48)
+    preset["ldm"]["common"].update(spatial_size=[32, 32], latent_channels=2, ae_channels=[8, 16], ae_norm_num_groups=8,
+                                   ae_nonlocal_attn=False, disc_channels=8, disc_num_layers=2, dm_channels=[16, 32],
+                                   dm_attention_levels=[False, True], dm_num_head_channels=[0, 16],
+                                   dm_norm_num_groups=8, batch_size=4)
+    preset["ldm"]["autoencoder"] = {"autoencoder_max_epochs": 1}
+    preset["ldm"]["diffusion"] = {"diffusion_max_epochs": 1}
+    preset["ldm"]["sample"].update(num_samples=6, num_inference_steps=3)
+    preset["segmentation"]["common"].update(spatial_size=[32, 32], base_channels=4, num_workers=0, show_progress=False)
+    preset["segmentation"]["train"].update(max_iterations=6, val_interval=3)
+    path = tmp_path_factory.mktemp("preset") / "tiny-demo.json"
+    path.write_text(json.dumps(preset))
+    return path
+
+
+def mgcc_run(preset: Path, out: Path, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mgcc", "run", "--preset", str(preset), "--out", str(out)],
+                          capture_output=True, text=True, env=ENV, **kwargs)
+
+
+def record_times(out: Path) -> dict[str, float]:
+    return {s: (out / s / "stage.json").stat().st_mtime for s in STAGES if (out / s / "stage.json").exists()}
+
+
+def test_demo_runs_end_to_end_and_rerun_skips(tiny_preset, tmp_path):
+    out = tmp_path / "run"
+    first = mgcc_run(tiny_preset, out)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert f"[mgcc] report: {out / 'report' / 'report.md'}" in first.stdout
+
+    for stage in STAGES:
+        record = json.loads((out / stage / "stage.json").read_text())
+        assert record["seconds"] > 0 and record["peak_rss_mb"] > 0
+    samples = sorted((out / "sample" / "images").glob("*.png"))
+    assert len(samples) == 6
+    summary = json.loads((out / "evaluate" / "evaluation" / "summary.json").read_text())
+    assert 0.0 <= summary["dice"]["mean"] <= 1.0
+    report = (out / "report" / "report.md").read_text()
+    for section in ("Data and split", "Learning curves", "Real vs synthetic", "Test metrics", "peak memory"):
+        assert section in report
+    figures = sorted((out / "report" / "figures").glob("*.png"))
+    assert len(figures) >= 4  # learning curves of 3 trainings + the real-vs-synthetic grid (+ overlays)
+    for figure in figures:
+        with Image.open(figure) as image:
+            image.verify()
+        assert f"figures/{figure.name}" in report
+    assert "<table>" in (out / "report" / "report.html").read_text()
+
+    before = record_times(out)
+    second = mgcc_run(tiny_preset, out)
+    assert second.returncode == 0, second.stderr[-3000:]
+    for stage in STAGES:
+        assert f"stage '{stage}' is complete: skipped" in second.stdout
+    assert record_times(out) == before
+
+
+def test_killed_run_resumes_without_redoing_finished_stages(tiny_preset, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mgcc", "run", "--preset", str(tiny_preset), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (out / "diffusion" / "args.json").exists():  # the diffusion stage has started
+        assert proc.poll() is None, "the run ended before the diffusion stage started"
+        assert time.monotonic() < deadline, "the diffusion stage did not start in time"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = record_times(out)
+    assert set(done) == {"prepare", "autoencoder"}
+
+    resumed = mgcc_run(tiny_preset, out)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "stage 'autoencoder' is complete: skipped" in resumed.stdout
+    assert {s: t for s, t in record_times(out).items() if s in done} == done
+    assert (out / "report" / "report.md").is_file()
