@@ -11,7 +11,7 @@ A U-shaped network for 2D binary segmentation:
 * multi-level perturbation (training only): auxiliary decoder ``k`` reads the bottleneck after
   ``aux_levels[k]`` ConvMixer stages, with every feature map it reads (skips and bottleneck) perturbed
   by ``aux_perturbations[k]``. The reference setting is levels ``(0, 1, 2)`` with perturbations
-  ``("feature_noise", "dropout", "feature_dropout")``; the single-level cross-consistency baseline (CCT)
+  ``("feature_dropout", "dropout", "feature_noise")``; the single-level cross-consistency baseline (CCT)
   uses levels ``(3, 3, 3)``.
 
 In ``eval()`` mode (and in training with ``train_aux_decoders=False``) only the encoder, the three
@@ -164,7 +164,7 @@ class MGCCNet(nn.Module):
         convmixer_depth: int = 3,
         kernel_size: int = 7,
         aux_levels: Sequence[int] = (0, 1, 2),
-        aux_perturbations: Sequence[str] = ("feature_noise", "dropout", "feature_dropout"),
+        aux_perturbations: Sequence[str] = ("feature_dropout", "dropout", "feature_noise"),
         train_aux_decoders: bool = True,
         checkpoint_aux: bool = False,
     ) -> None:
