@@ -122,18 +122,27 @@ def test_each_auxiliary_decoder_reads_its_level_with_its_perturbation():
     net = MGCCNet(base_channels=4).train()
     seen = {}
     for k, dec in enumerate(net.aux_decoders):
-        dec.register_forward_pre_hook(lambda m, args, k=k: seen.__setitem__(k, [f.detach().clone() for f in args[0]]))
-    stages = []
+        dec.register_forward_pre_hook(lambda m, args, k=k: seen.__setitem__(k, args[0][-1].detach().clone()))
+    clean = []  # the bottleneck at levels 0..3
+    net.encoder[-1].register_forward_hook(lambda m, i, o: clean.append(o.detach().clone()))
     for stage in net.global_context:
-        stage.register_forward_hook(lambda m, i, o: stages.append(o.detach().clone()))
+        stage.register_forward_hook(lambda m, i, o: clean.append(o.detach().clone()))
     torch.manual_seed(1)
     net(torch.rand(2, 1, 32, 32))
-    # aux 2 (dropout, after ConvMixer 1): zeros where the clean level-1 bottleneck is non-zero
-    level1 = stages[0]
-    assert ((seen[1][-1] == 0) & (level1 != 0)).any()
-    # aux 1 (noise, before the ConvMixers) and aux 3 (feature dropout, after ConvMixer 2) differ from clean levels
-    assert not torch.allclose(seen[2][-1], stages[1])
-    assert seen[0][-1].shape == stages[0].shape
+    assert len(clean) == 4
+    for k, (level, kind) in enumerate(zip(net.aux_levels, net.aux_perturbations)):
+        x, y = clean[level], seen[k]
+        if kind == "dropout":  # single elements zeroed, survivors scaled by 1/(1-p)
+            kept = y != 0
+            assert ((~kept) & (x != 0)).any()
+            assert torch.allclose(y[kept], x[kept] / 0.7, atol=1e-5)
+        elif kind == "feature_dropout":  # whole spatial positions zeroed in every channel, the rest unchanged
+            dropped = (y == 0).all(dim=1)
+            assert dropped.any() and not dropped.all()
+            assert torch.equal(y.permute(0, 2, 3, 1)[~dropped], x.permute(0, 2, 3, 1)[~dropped])
+        else:  # feature noise: x + x*n with |n| <= 0.3
+            assert not torch.allclose(y, x)
+            assert torch.all((y - x).abs() <= 0.3 * x.abs() + 1e-6)
 
 
 def test_checkpointed_auxiliary_decoders_compute_the_same_loss_and_gradients():
