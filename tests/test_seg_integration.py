@@ -102,3 +102,16 @@ def test_baselines_train_with_the_shared_settings(baseline, prepared_phantom, tm
     if baseline == "train_mean_teacher":
         ckpt = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", weights_only=True)
         assert "teacher" in ckpt
+
+
+def test_benchmark_script_writes_json_and_markdown(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_segmentation.py"
+    out = tmp_path / "bench" / "seg"
+    run([sys.executable, str(script), "--out", str(out), "--sizes", "32", "--widths", "4", "--modes", "eager",
+         "checkpoint_aux", "--iterations", "1", "--warmup", "1", "--infer_iterations", "2", "--threads", "1"])
+    report = json.loads(Path(f"{out}.json").read_text())
+    assert [r["mode"] for r in report["training"]] == ["eager", "checkpoint_aux"]
+    assert all("error" not in r and r["seconds_per_iteration"] > 0 and r["peak_memory_mib"] > 0
+               for r in report["training"])
+    assert [r["mode"] for r in report["inference"]] == ["eager", "torchscript"]
+    assert "| 32 | 4 | checkpoint_aux |" in Path(f"{out}.md").read_text()
