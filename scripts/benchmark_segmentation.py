@@ -26,7 +26,6 @@ writes ``<out>.json`` and ``<out>.md``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import platform
@@ -36,21 +35,15 @@ import sys
 import time
 from pathlib import Path
 
+from mgcc.bundles import import_bundle_scripts
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_mgcc_segmentation"
 TRAIN_MODES = ("eager", "channels_last", "checkpoint_aux")
 
 
 def load_bundle_scripts():
-    """The bundle's ``scripts`` package, imported under a private name."""
-    name = "ultrasound_mgcc_segmentation_scripts"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, BUNDLE / "scripts" / "__init__.py", submodule_search_locations=[str(BUNDLE / "scripts")]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """The bundle's ``scripts`` package under a private name (the other bundle has a ``scripts`` package too)."""
+    return import_bundle_scripts(BUNDLE)
 
 
 def peak_memory_mib(device) -> float:

@@ -1,7 +1,6 @@
 """The MGCC segmentation bundle run as processes (`python -m monai.bundle ...`) on the phantom dataset."""
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -14,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from mgcc.bundles import import_bundle_scripts
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_mgcc_segmentation"
 # tiny settings shared by every run: 64x64 phantom images, width 8
 TINY = ["--spatial_size", "[64,64]", "--base_channels", "8", "--num_workers", "0", "--show_progress", "false"]
@@ -21,16 +22,8 @@ ITERATIONS, VAL_INTERVAL = 40, 20
 
 
 def load_bundle_scripts():
-    """The bundle's ``scripts`` package under a private name (other bundles have a ``scripts`` package too)."""
-    name = "ultrasound_mgcc_segmentation_scripts"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, BUNDLE / "scripts" / "__init__.py", submodule_search_locations=[str(BUNDLE / "scripts")]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """The bundle's ``scripts`` package under a private name (the other bundle has a ``scripts`` package too)."""
+    return import_bundle_scripts(BUNDLE)
 
 
 def bundle(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -1,8 +1,6 @@
 """Data sources and the iteration-indexed batch stream of the MGCC segmentation bundle."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,20 +11,14 @@ from monai.data import CacheDataset
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, RandAxisFlipd, Resized
 from PIL import Image
 
+from mgcc.bundles import import_bundle_scripts
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_mgcc_segmentation"
 
 
 def load_bundle_scripts():
-    """The bundle's ``scripts`` package under a private name (other bundles have a ``scripts`` package too)."""
-    name = "ultrasound_mgcc_segmentation_scripts"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, BUNDLE / "scripts" / "__init__.py", submodule_search_locations=[str(BUNDLE / "scripts")]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """The bundle's ``scripts`` package under a private name (the other bundle has a ``scripts`` package too)."""
+    return import_bundle_scripts(BUNDLE)
 
 
 scripts = load_bundle_scripts()

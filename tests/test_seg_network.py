@@ -1,26 +1,18 @@
 """MGCC network of the segmentation bundle: structure, inference path, and the three perturbations."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from mgcc.bundles import import_bundle_scripts
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_mgcc_segmentation"
 
 
 def load_bundle_scripts():
-    """The bundle's ``scripts`` package under a private name (other bundles have a ``scripts`` package too)."""
-    name = "ultrasound_mgcc_segmentation_scripts"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, BUNDLE / "scripts" / "__init__.py", submodule_search_locations=[str(BUNDLE / "scripts")]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """The bundle's ``scripts`` package under a private name (the other bundle has a ``scripts`` package too)."""
+    return import_bundle_scripts(BUNDLE)
 
 
 network = load_bundle_scripts().network
