@@ -74,10 +74,13 @@ def test_sampler_writes_n_readable_pngs_and_manifest(trained, tmp_path):
     for name in pngs:
         image = Image.open(folder / name)
         assert image.mode == "L" and image.size == (32, 32)
-    # same seed, different batch size: the same images
+    # same seed, different batch size: the same images, up to one gray level where float sums over a
+    # different batch shape round the other way
     again = sample(trained["common"], tmp_path / "b", num_samples=5, batch_size=3, num_inference_steps=4, seed=7)
     first, second = _pixels(folder), _pixels(again)
-    assert all(np.array_equal(first[k], second[k]) for k in first)
+    diffs = [np.abs(first[k].astype(int) - second[k].astype(int)) for k in first]
+    assert max(d.max() for d in diffs) <= 1 and np.mean([d.mean() for d in diffs]) < 0.05
+    assert all(first[k].std() > 1 for k in first)  # real images, not saturated blanks
     other = _pixels(sample(trained["common"], tmp_path / "c", num_samples=5, num_inference_steps=4, seed=8))
     assert not np.array_equal(first["sample_00000.png"], other["sample_00000.png"])
 
