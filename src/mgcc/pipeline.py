@@ -47,13 +47,13 @@ class Run:
     def samples(self) -> Path:
         return self.folder("sample") / "images"
 
-    def seg_overrides(self, section: str) -> dict[str, Any]:
-        seg = self.preset["segmentation"]
-        return {"dataset_dir": str(self.dataset), **seg.get("common", {}), **seg.get(section, {})}
-
-    def ldm_overrides(self, section: str) -> dict[str, Any]:
-        ldm = self.preset["ldm"]
-        return {"dataset_dir": str(self.dataset), **ldm.get("common", {}), **ldm.get(section, {})}
+    def overrides(self, bundle: str, *sections: str) -> dict[str, Any]:
+        """Bundle overrides from the preset: `<bundle>.common`, then each named section, on top of `dataset_dir`."""
+        spec = self.preset[bundle]
+        merged: dict[str, Any] = {"dataset_dir": str(self.dataset), **spec.get("common", {})}
+        for section in sections:
+            merged.update(spec.get(section, {}))
+        return merged
 
 
 # ----------------------------------------------------------------------------------------------- stages
@@ -83,19 +83,18 @@ def _ldm_folders(run: Run, stage: str) -> dict[str, str]:
 
 def _autoencoder(run: Run) -> StageResult:
     return run_bundle("autoencoder", run.out, LDM_BUNDLE, ["train_autoencoder.json"],
-                      {**run.ldm_overrides("autoencoder"), **_ldm_folders(run, "autoencoder")})
+                      {**run.overrides("ldm", "autoencoder"), **_ldm_folders(run, "autoencoder")})
 
 
 def _diffusion(run: Run) -> StageResult:
     return run_bundle("diffusion", run.out, LDM_BUNDLE, ["train_autoencoder.json", "train_diffusion.json"],
-                      {**run.ldm_overrides("autoencoder"), **run.ldm_overrides("diffusion"),
-                       **_ldm_folders(run, "diffusion")})
+                      {**run.overrides("ldm", "autoencoder", "diffusion"), **_ldm_folders(run, "diffusion")})
 
 
 def _sample(run: Run) -> StageResult:
     return run_bundle("sample", run.out, LDM_BUNDLE, ["inference.json"],
-                      {**run.ldm_overrides("autoencoder"), **run.ldm_overrides("diffusion"),
-                       **run.ldm_overrides("sample"), **_ldm_folders(run, "sample"), "sample_dir": str(run.samples)})
+                      {**run.overrides("ldm", "autoencoder", "diffusion", "sample"), **_ldm_folders(run, "sample"),
+                       "sample_dir": str(run.samples)})
 
 
 def segmentation_stage(variant: str, config_files: list[str], overrides: dict[str, Any]) -> Stage:
@@ -105,7 +104,7 @@ def segmentation_stage(variant: str, config_files: list[str], overrides: dict[st
     def execute(run: Run) -> StageResult:
         folder = run.folder(name)
         return run_bundle(name, run.out, SEG_BUNDLE, config_files,
-                          {**run.seg_overrides("train"), "synthetic_dir": str(run.samples), **overrides,
+                          {**run.overrides("segmentation", "train"), "synthetic_dir": str(run.samples), **overrides,
                            "output_dir": str(folder), "ckpt_dir": str(folder / "models")})
 
     return Stage(name, ["models/model.pt", "training_history.csv"], execute)
@@ -118,7 +117,7 @@ def evaluate_stage(variant: str) -> Stage:
 
     def execute(run: Run) -> StageResult:
         return run_bundle(name, run.out, SEG_BUNDLE, ["train.json", "evaluate.json"],
-                          {**run.seg_overrides("train"), **run.seg_overrides("evaluate"),
+                          {**run.overrides("segmentation", "train", "evaluate"),
                            "output_dir": str(run.folder(name)), "ckpt_dir": str(run.folder(trained) / "models")})
 
     return Stage(name, ["evaluation/summary.json", "evaluation/per_image.csv"], execute)
