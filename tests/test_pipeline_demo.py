@@ -15,7 +15,7 @@ from mgcc.presets import load_preset
 
 pytestmark = pytest.mark.integration
 
-STAGES = ["prepare", "autoencoder", "diffusion", "sample", "segmentation", "evaluate", "report"]
+STAGES = ["prepare", "autoencoder", "diffusion", "sample", "quality", "segmentation", "evaluate", "report"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -62,7 +62,7 @@ def test_demo_runs_end_to_end_and_rerun_skips(tiny_preset, tmp_path):
     summary = json.loads((out / "evaluate" / "evaluation" / "summary.json").read_text())
     assert 0.0 <= summary["dice"]["mean"] <= 1.0
     report = (out / "report" / "report.md").read_text()
-    for section in ("Data and split", "Learning curves", "Real vs synthetic", "Test metrics", "peak memory"):
+    for section in ("Data and split", "Learning curves", "Real vs synthetic", "Generator quality", "Test metrics", "peak memory"):
         assert section in report
     figures = sorted((out / "report" / "figures").glob("*.png"))
     assert len(figures) >= 4  # learning curves of 3 trainings + the real-vs-synthetic grid (+ overlays)

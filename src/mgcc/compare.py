@@ -20,7 +20,7 @@ VARIANTS: dict[str, tuple[list[str], dict]] = {
     "mgcc-synthetic": (["train.json"], {"unlabeled_source": "synthetic"}),
     "mgcc-both": (["train.json"], {"unlabeled_source": "both"}),
 }
-GENERATOR_STAGES = ("prepare", "autoencoder", "diffusion", "sample")
+GENERATOR_STAGES = ("prepare", "autoencoder", "diffusion", "sample", "quality")
 
 
 def compare(preset: str = "busi-cpu", data: str | None = None, out: str | None = None,

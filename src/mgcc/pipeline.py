@@ -97,6 +97,13 @@ def _sample(run: Run) -> StageResult:
                        "sample_dir": str(run.samples)})
 
 
+def _quality(run: Run) -> StageResult:
+    """Generator quality (the LDM bundle's evaluate.json): reconstruction PSNR/SSIM, diversity, copy check."""
+    return run_bundle("quality", run.out, LDM_BUNDLE, ["train_autoencoder.json", "evaluate.json"],
+                      {**run.overrides("ldm", "autoencoder"), **_ldm_folders(run, "quality"),
+                       "sample_dir": str(run.samples)})
+
+
 def segmentation_stage(variant: str, config_files: list[str], overrides: dict[str, Any]) -> Stage:
     """Train one segmentation variant under `segmentation[-variant]/`."""
     name = "segmentation" if variant == "mgcc" else f"segmentation-{variant}"
@@ -134,6 +141,7 @@ STAGES: list[Stage] = [
     Stage("autoencoder", ["autoencoder_history.csv"], _autoencoder),
     Stage("diffusion", ["diffusion_history.csv"], _diffusion),
     Stage("sample", ["images/manifest.json"], _sample),
+    Stage("quality", ["quality.json"], _quality),
     segmentation_stage("mgcc", ["train.json"], {}),
     evaluate_stage("mgcc"),
     Stage("report", ["report.md", "report.html"], _report),
@@ -163,7 +171,7 @@ def run(preset: str = "demo", data: str | None = None, out: str | None = None, s
         data: raw dataset folder (BUSI layout); default: the preset's built-in phantom data.
         out: output folder; default `outputs/<preset>`.
         stage: run only this stage (forced, even if complete): one of prepare, autoencoder, diffusion, sample,
-            segmentation, evaluate, report.
+            quality, segmentation, evaluate, report.
     """
     spec = load_preset(preset)
     run_ = Run(spec, (Path(out) if out else DEFAULT_OUT / spec["name"]).resolve(),

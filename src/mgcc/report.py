@@ -38,6 +38,25 @@ def metrics_table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(head + [metrics_row(name, summary) for name, summary in rows.items()])
 
 
+def quality_table(quality: dict[str, Any]) -> str:
+    """The generator's quality figures (LDM bundle `evaluate.json`) as a two-column table."""
+    recon = quality.get("reconstruction_validation", {})
+    diversity = quality["diversity_msssim"]
+    nearest = quality["nearest_neighbour_rmse"]
+    real_nn = nearest.get("validation_to_train", nearest["train_to_train"])
+    rows = [(f"autoencoder reconstruction on validation: {k}", f"{v:.3f}") for k, v in sorted(recon.items())]
+    rows += [
+        ("MS-SSIM between random pairs, generated (lower = more diverse)", f"{diversity['generated']['mean']:.3f}"),
+        ("MS-SSIM between random pairs, real train images", f"{diversity['real_train']['mean']:.3f}"),
+        ("nearest training image, median RMSE: generated", f"{nearest['sample_to_train']['median']:.3f}"),
+        ("nearest training image, median RMSE: held-out real", f"{real_nn['median']:.3f}"),
+        ("possible copies (closer than any held-out real image)",
+         f"{nearest['possible_copies']} of {quality['num_samples']}"),
+        ("FID", f"{quality['fid']['value']:.2f}" if "value" in quality["fid"] else "skipped (no local feature network)"),
+    ]
+    return "\n".join(["| figure | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
+
+
 def stage_table(out: Path) -> str:
     lines = ["| stage | wall time (s) | peak RSS (MB) |", "|---|---|---|"]
     for folder in sorted(p for p in out.iterdir() if (p / "stage.json").is_file()):
@@ -77,6 +96,9 @@ def write_report(out: Path, folder: Path, preset: dict[str, Any]) -> Path:
     grid = image_grid({"real (train split)": real, "synthetic (LDM)": synthetic}, figures / "real_vs_synthetic.png")
     if grid:
         md += ["## Real vs synthetic images", "", f"![real vs synthetic](figures/{grid.name})", ""]
+    quality = out / "quality" / "quality.json"
+    if quality.is_file():
+        md += ["## Generator quality", "", quality_table(json.loads(quality.read_text())), ""]
 
     evaluations = {p.parent.parent.name: json.loads(p.read_text())
                    for p in sorted(out.glob("evaluate*/evaluation/summary.json"))}
