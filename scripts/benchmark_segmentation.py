@@ -8,7 +8,18 @@ decoders, BCE+Dice, consistency, SGD) on a fixed in-memory batch, in these varia
 * ``channels_last``: the same network and step with NHWC (``torch.channels_last``) tensors
   (bundle key ``channels_last``);
 * ``checkpoint_aux``: ``channels_last`` plus activation checkpointing of the auxiliary decoders
-  (``network_def#checkpoint_aux``), which trades one extra auxiliary forward pass for memory.
+  (``network_def#checkpoint_aux``), which trades one extra auxiliary forward pass for memory;
+* ``compile``: NCHW with the training forward through ``torch.compile`` (bundle key ``compile``); the warm-up
+  iteration pays the compilation, reported as ``first_iteration_seconds``;
+* ``reference`` (with ``--reference DIR``): the authors' own network and training step, imported from a local
+  checkout of https://github.com/FengheTan9/Multi-Level-Global-Context-Cross-Consistency (nothing of it is
+  copied here). The step follows their ``train.py``: one forward of the 8-image batch, their ``BCEDiceLoss`` on
+  the labeled half of all four outputs, consistency MSE of sigmoid outputs on the unlabeled half, SGD, poly LR.
+  Their per-iteration training IoU (a metric, not part of the update) is left out, which favours the reference.
+  Their ``dim_mult`` is our ``width / 16``; both networks have the same parameter count (checked per case).
+
+``--rounds N`` runs the whole list of training cases N times, interleaved, and reports each case's median, so a
+change in background load hits every case alike.
 
 Inference times the main path at batch 1, eager against TorchScript (traced, frozen).
 
@@ -19,6 +30,7 @@ Usage::
 
     python scripts/benchmark_segmentation.py --out results/benchmark_segmentation \
         [--device cpu|cuda] [--sizes 128 256] [--widths 64 16] [--batch 8] [--iterations 3] [--threads N]
+        [--reference PATH_TO_AUTHORS_CHECKOUT] [--rounds N]
 
 writes ``<out>.json`` and ``<out>.md``.
 """
@@ -38,7 +50,8 @@ from pathlib import Path
 from mgcc.bundles import import_bundle_scripts
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_mgcc_segmentation"
-TRAIN_MODES = ("eager", "channels_last", "checkpoint_aux")
+TRAIN_MODES = ("eager", "channels_last", "checkpoint_aux", "compile")
+REFERENCE_URL = "https://github.com/FengheTan9/Multi-Level-Global-Context-Cross-Consistency"
 
 
 def load_bundle_scripts():
@@ -69,7 +82,7 @@ def train_case(case: dict) -> dict:
     scripts = load_bundle_scripts()
     device = torch.device(case["device"])
     torch.manual_seed(0)
-    channels_last = case["mode"] != "eager"
+    channels_last = case["mode"] in ("channels_last", "checkpoint_aux")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = scripts.network.MGCCNet(base_channels=case["width"], checkpoint_aux=case["mode"] == "checkpoint_aux")
     net = net.to(device, memory_format=fmt)
@@ -91,6 +104,7 @@ def train_case(case: dict) -> dict:
         loss_function=DiceCELoss(sigmoid=True, lambda_ce=0.5, lambda_dice=1.0),
         consistency_weight=scripts.trainer.SigmoidRampUp(7.0, 100),
         channels_last=channels_last,
+        compile=case["mode"] == "compile",
         decollate=False,
     )
     from ignite.engine import Events
@@ -109,7 +123,65 @@ def train_case(case: dict) -> dict:
     timed = times[case["warmup"] :]
     seconds = sum(timed) / len(timed)
     return {**case, "seconds_per_iteration": seconds, "iterations_per_second": 1.0 / seconds,
-            "peak_memory_mib": peak_memory_mib(device), "loss": float(trainer.state.output["loss"])}
+            "first_iteration_seconds": times[0], "peak_memory_mib": peak_memory_mib(device),
+            "loss": float(trainer.state.output["loss"])}
+
+
+def load_reference(checkout: str, module: str):
+    """A module of the authors' checkout (``src/network/MGCC.py``, ``src/utils/losses.py``), imported by path."""
+    import importlib.util
+
+    path = Path(checkout) / "src" / Path(*module.split("."))
+    path = path.with_suffix(".py")
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: --reference must be a checkout of {REFERENCE_URL}")
+    spec = importlib.util.spec_from_file_location(f"mgcc_reference_{path.stem}", path)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+def reference_case(case: dict) -> dict:
+    """Seconds per iteration of the authors' training step (their network and loss, their ``train.py`` logic)."""
+    import torch
+
+    device = torch.device(case["device"])
+    torch.manual_seed(0)
+    net = load_reference(case["reference"], "network.MGCC").MGCC(img_ch=1, dim_mult=case["width"] // 16)
+    ours = load_bundle_scripts().network.MGCCNet(base_channels=case["width"])
+    count = sum(p.numel() for p in net.parameters())
+    if count != sum(p.numel() for p in ours.parameters()):
+        raise SystemExit(f"width {case['width']}: reference has {count} parameters, the bundle's network "
+                         f"{sum(p.numel() for p in ours.parameters())}: not the same computation")
+    del ours
+    net = net.to(device).train()
+    criterion = load_reference(case["reference"], "utils.losses").BCEDiceLoss()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    half, size = case["batch"] // 2, case["size"]
+    images = torch.rand(case["batch"], 1, size, size, device=device)  # labeled half first, as their sampler does
+    labels = (torch.rand(half, 1, size, size) > 0.7).float().to(device)
+    n = case["warmup"] + case["iterations"]
+    times: list[float] = []
+    for iteration in range(n):
+        synchronize(device)
+        tic = time.perf_counter()
+        outputs = net(images)
+        supervised = sum(criterion(o[:half], labels) for o in outputs) / len(outputs)
+        soft = [torch.sigmoid(o[half:]) for o in outputs]
+        consistency = sum(torch.mean((soft[0] - aux) ** 2) for aux in soft[1:]) / (len(soft) - 1)
+        weight = 7.0 * float(torch.exp(torch.tensor(-5.0 * (1.0 - min(iteration / 100, 1.0)) ** 2)))
+        loss = supervised + weight * consistency
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        for group in optimizer.param_groups:
+            group["lr"] = 0.01 * (1.0 - iteration / n) ** 0.9
+        synchronize(device)
+        times.append(time.perf_counter() - tic)
+    timed = times[case["warmup"] :]
+    seconds = sum(timed) / len(timed)
+    return {**case, "seconds_per_iteration": seconds, "iterations_per_second": 1.0 / seconds,
+            "peak_memory_mib": peak_memory_mib(device), "loss": float(loss), "parameters": count}
 
 
 def infer_case(case: dict) -> dict:
@@ -148,6 +220,25 @@ def run_case(case: dict, threads: int | None, timeout: int) -> dict:
     return result
 
 
+def median_of(results: list[dict]) -> dict:
+    """One case over several rounds: the median time, the highest peak memory, every round's time."""
+    import statistics
+
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return results[0]
+    seconds = statistics.median(r["seconds_per_iteration"] for r in ok)
+    return {**ok[0], "seconds_per_iteration": seconds, "iterations_per_second": 1.0 / seconds,
+            "peak_memory_mib": max(r["peak_memory_mib"] for r in ok),
+            "rounds_seconds_per_iteration": [r["seconds_per_iteration"] for r in ok]}
+
+
+def reference_commit(checkout: str) -> str:
+    """The checkout's commit, so the result names exactly what was measured."""
+    proc = subprocess.run(["git", "-C", checkout, "rev-parse", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() or f"{checkout} (not a git checkout)"
+
+
 def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [
@@ -156,21 +247,25 @@ def markdown(report: dict) -> str:
         f"Device: {env['device']} ({env['device_name']}), torch {env['torch']}, MONAI {env['monai']}, "
         f"{env['threads']} CPU threads, batch {report['batch']} (half labeled, half unlabeled).",
         "",
-        "## Training (MGCC step of the bundle's trainer)",
+        "## Training (one MGCC step: the bundle's trainer, or the authors' step for `reference`)",
         "",
-        "| size | width | mode | s/iteration | iterations/s | peak memory (MiB) | speed-up vs eager |",
-        "|---|---|---|---|---|---|---|",
+        "| size | width | mode | s/iteration | iterations/s | peak memory (MiB) | speed-up vs eager | speed-up vs reference |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    eager = {(r["size"], r["width"]): r for r in report["training"] if r["mode"] == "eager" and "error" not in r}
+    ok = {(r["size"], r["width"], r["mode"]): r for r in report["training"] if "error" not in r}
+
+    def speedup(r: dict, mode: str) -> str:
+        base = ok.get((r["size"], r["width"], mode))
+        return f"{base['seconds_per_iteration'] / r['seconds_per_iteration']:.2f}x" if base else "-"
+
     for r in report["training"]:
         if "error" in r:
-            lines.append(f"| {r['size']} | {r['width']} | {r['mode']} | failed: {r['error']} | | | |")
+            lines.append(f"| {r['size']} | {r['width']} | {r['mode']} | failed: {r['error']} | | | | |")
             continue
-        base = eager.get((r["size"], r["width"]))
-        speedup = f"{base['seconds_per_iteration'] / r['seconds_per_iteration']:.2f}x" if base else "-"
         lines.append(
             f"| {r['size']} | {r['width']} | {r['mode']} | {r['seconds_per_iteration']:.3f} | "
-            f"{r['iterations_per_second']:.3f} | {r['peak_memory_mib']:.0f} | {speedup} |"
+            f"{r['iterations_per_second']:.3f} | {r['peak_memory_mib']:.0f} | {speedup(r, 'eager')} | "
+            f"{speedup(r, 'reference')} |"
         )
     lines += ["", "## Inference (main path, batch 1)", "", "| size | width | mode | ms/image |", "|---|---|---|---|"]
     for r in report["inference"]:
@@ -179,7 +274,9 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         "Peak memory: peak resident set size of the case's process on CPU; `torch.cuda.max_memory_allocated` on CUDA.",
-        f"Timed iterations per training case: {report['iterations']} after {report['warmup']} warm-up.",
+        f"Timed iterations per training case: {report['iterations']} after {report['warmup']} warm-up; "
+        f"median over {report['rounds']} interleaved round(s).",
+        f"Reference: {report['reference'] or 'not run (no --reference checkout given)'}.",
         "",
     ]
     return "\n".join(lines)
@@ -192,6 +289,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 16])
     parser.add_argument("--modes", nargs="+", default=list(TRAIN_MODES), choices=TRAIN_MODES)
+    parser.add_argument("--reference", help=f"local checkout of {REFERENCE_URL}: adds the authors' training step")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repeats of the training cases")
+    parser.add_argument("--no_inference", action="store_true", help="skip the inference cases")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=3, help="timed training iterations per case")
     parser.add_argument("--warmup", type=int, default=1)
@@ -207,7 +307,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.worker:
         case = json.loads(args.worker)
-        print(json.dumps(train_case(case) if case["kind"] == "train" else infer_case(case)))
+        work = {"train": train_case, "reference": reference_case, "infer": infer_case}[case["kind"]]
+        print(json.dumps(work(case)))
         return
     if not args.out:
         parser.error("--out is required")
@@ -227,15 +328,23 @@ def main() -> None:
         "batch": args.batch,
         "iterations": args.iterations,
         "warmup": args.warmup,
+        "rounds": args.rounds,
+        "reference": f"{REFERENCE_URL} at {reference_commit(args.reference)}" if args.reference else None,
         "training": [],
         "inference": [],
     }
-    for size, width in itertools.product(args.sizes, args.widths):
-        for mode in args.modes:
-            case = {"kind": "train", "device": args.device, "size": size, "width": width, "mode": mode,
-                    "batch": args.batch, "iterations": args.iterations, "warmup": args.warmup}
-            report["training"].append(run_case(case, args.threads, args.timeout))
-        for mode in ("eager", "torchscript"):
+    shapes = list(itertools.product(args.sizes, args.widths))
+    modes = (["reference"] if args.reference else []) + args.modes
+    train_cases = [
+        {"kind": "reference" if mode == "reference" else "train", "device": args.device, "size": size,
+         "width": width, "mode": mode, "batch": args.batch, "iterations": args.iterations, "warmup": args.warmup,
+         **({"reference": str(Path(args.reference).resolve())} if mode == "reference" else {})}
+        for size, width in shapes for mode in modes
+    ]
+    rounds = [[run_case(case, args.threads, args.timeout) for case in train_cases] for _ in range(args.rounds)]
+    report["training"] = [median_of(list(results)) for results in zip(*rounds)]
+    if not args.no_inference:
+        for (size, width), mode in itertools.product(shapes, ("eager", "torchscript")):
             case = {"kind": "infer", "device": args.device, "size": size, "width": width, "mode": mode,
                     "iterations": args.infer_iterations, "warmup": 2}
             report["inference"].append(run_case(case, args.threads, args.timeout))

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
@@ -62,6 +63,9 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         channels_last: feed the network NHWC (``torch.channels_last``) inputs; use with a network moved to
             that memory format. The same computation, faster on GPUs.
 
+    ``compile=True`` (a ``SupervisedTrainer`` argument) runs the training forward through ``torch.compile``:
+    the same computation with fused kernels; the first iteration pays the compilation.
+
     ``engine.state.output`` holds ``image``, ``label``, ``pred`` (main logits of the labeled samples), and the
     scalars ``loss``, ``supervised_loss``, ``consistency_loss``, ``consistency_weight``, ``lr`` (the learning rate
     of this iteration's optimizer step).
@@ -96,6 +100,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         else:
             inputs = images
         inputs = inputs.contiguous(memory_format=self.memory_format)
+        if engine.compile and isinstance(inputs, MetaTensor):
+            inputs = inputs.as_tensor()  # compiled graphs take plain tensors
         engine.state.output = {Keys.IMAGE: images, Keys.LABEL: labels}
         weight = float(self.consistency_weight(engine.state.iteration - 1))
         lr = engine.optimizer.param_groups[0]["lr"]
