@@ -1,6 +1,6 @@
 """`mgcc run`: the two-stage MGCC method end to end, one resumable stage at a time.
 
-prepare -> autoencoder -> diffusion -> sample -> segmentation -> evaluate -> report
+prepare -> autoencoder -> diffusion -> sample -> quality -> segmentation -> evaluate -> report
 
 Every bundle stage goes through the bundles' own configs via `python -m monai.bundle run`; this module only
 decides folders and overrides. A stage whose `stage.json` record and outputs exist is skipped, so a rerun after
