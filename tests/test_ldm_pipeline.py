@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +218,28 @@ def test_memorisation_check_flags_copies():
         copies = torch.cat([train[:3], torch.rand(2, 1, 16, 16, generator=generator)])
         assert check(copies, train, validation)["possible_copies"] == 3
         assert check(torch.rand(5, 1, 16, 16, generator=generator), train, validation)["possible_copies"] == 0
+
+
+def test_conditional_generation_check(trained, tmp_path):
+    """scripts/check_conditional_generation.py: classifier on real train-split images, applied to the samples."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_conditional_generation.py"
+    classes = ["benign", "malignant", "normal"]
+
+    def check(samples, out):
+        return subprocess.run([sys.executable, str(script), "--dataset", trained["cond"]["dataset_dir"], "--samples",
+                               str(samples), "--out", str(out), "--epochs", "2", "--classes", *classes],
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    conditional = sample(dict(trained["cond"], num_samples=6, num_inference_steps=3), tmp_path / "cond")
+    proc = check(conditional, tmp_path / "check")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "check.json").read_text())
+    assert report["num_samples"] == 6 and report["train_images"] > 0
+    for part in ("real_validation", "conditional_samples"):
+        assert 0.0 <= report[part]["overall"] <= 1.0
+    assert {k: v["n"] for k, v in report["conditional_samples"]["per_class"].items()} == {c: 2 for c in classes}
+    assert "| conditional samples | 6 |" in (tmp_path / "check.md").read_text()
+
+    unconditional = sample(dict(trained["common"], num_samples=2, num_inference_steps=3), tmp_path / "uncond")
+    refused = check(unconditional, tmp_path / "refused")
+    assert refused.returncode != 0 and "manifest.json" in refused.stderr and "class-conditional" in refused.stderr

@@ -107,14 +107,19 @@ def test_baselines_train_with_the_shared_settings(baseline, prepared_phantom, tm
 def test_benchmark_script_writes_json_and_markdown(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_segmentation.py"
     out = tmp_path / "bench" / "seg"
-    run([sys.executable, str(script), "--out", str(out), "--sizes", "32", "--widths", "4", "--modes", "eager",
-         "checkpoint_aux", "--iterations", "1", "--warmup", "1", "--infer_iterations", "2", "--threads", "1"])
+    not_a_checkout = tmp_path / "not-a-checkout"
+    not_a_checkout.mkdir()
+    run([sys.executable, str(script), "--out", str(out), "--sizes", "32", "--widths", "16", "--modes", "eager",
+         "checkpoint_aux", "--iterations", "1", "--warmup", "1", "--infer_iterations", "2", "--threads", "1",
+         "--rounds", "2", "--reference", str(not_a_checkout)])
     report = json.loads(Path(f"{out}.json").read_text())
-    assert [r["mode"] for r in report["training"]] == ["eager", "checkpoint_aux"]
-    assert all("error" not in r and r["seconds_per_iteration"] > 0 and r["peak_memory_mib"] > 0
-               for r in report["training"])
+    assert [r["mode"] for r in report["training"]] == ["reference", "eager", "checkpoint_aux"]
+    reference, *ours = report["training"]
+    assert "not found" in reference["error"] and str(not_a_checkout) in reference["error"]
+    assert all("error" not in r and r["seconds_per_iteration"] > 0 and r["peak_memory_mib"] > 0 for r in ours)
+    assert all(len(r["rounds_seconds_per_iteration"]) == 2 for r in ours)
     assert [r["mode"] for r in report["inference"]] == ["eager", "torchscript"]
-    assert "| 32 | 4 | checkpoint_aux |" in Path(f"{out}.md").read_text()
+    assert "| 32 | 16 | checkpoint_aux |" in Path(f"{out}.md").read_text()
 
 
 def test_compiled_training_computes_what_eager_computes(prepared_phantom, tmp_path):
