@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import platform
 import resource
 import subprocess
@@ -169,7 +170,7 @@ def reference_case(case: dict) -> dict:
         supervised = sum(criterion(o[:half], labels) for o in outputs) / len(outputs)
         soft = [torch.sigmoid(o[half:]) for o in outputs]
         consistency = sum(torch.mean((soft[0] - aux) ** 2) for aux in soft[1:]) / (len(soft) - 1)
-        weight = 7.0 * float(torch.exp(torch.tensor(-5.0 * (1.0 - min(iteration / 100, 1.0)) ** 2)))
+        weight = 7.0 * math.exp(-5.0 * (1.0 - min(iteration // 150, 200) / 200) ** 2)  # their ramp-up
         loss = supervised + weight * consistency
         optimizer.zero_grad()
         loss.backward()
