@@ -99,3 +99,21 @@ def test_killed_run_resumes_without_redoing_finished_stages(tiny_preset, tmp_pat
     assert "stage 'autoencoder' is complete: skipped" in resumed.stdout
     assert {s: t for s, t in record_times(out).items() if s in done} == done
     assert (out / "report" / "report.md").is_file()
+
+
+def test_compare_trains_each_variant_and_tabulates(tiny_preset, tmp_path):
+    out = tmp_path / "compare"
+    proc = subprocess.run([sys.executable, "-m", "mgcc", "compare", "--preset", str(tiny_preset), "--out", str(out),
+                           "--variants", "supervised,mgcc-synthetic"], capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = (out / "compare" / "compare.md").read_text()
+    assert "| supervised |" in table and "| mgcc-synthetic |" in table and "Dice minus supervised" in table
+    report = json.loads((out / "compare" / "compare.json").read_text())
+    assert set(report["results"]) == {"supervised", "mgcc-synthetic"}
+    assert report["paired_dice_differences"]["mgcc-synthetic"]["n"] == report["results"]["supervised"]["n"]
+    for stage in ("quality", "segmentation-supervised", "evaluate-mgcc-synthetic"):
+        assert (out / stage / "stage.json").is_file()
+
+    unknown = subprocess.run([sys.executable, "-m", "mgcc", "compare", "--preset", str(tiny_preset), "--out", str(out),
+                              "--variants", "mgcc-imaginary"], capture_output=True, text=True, env=ENV)
+    assert unknown.returncode != 0 and "mgcc-imaginary" in unknown.stderr + unknown.stdout
