@@ -5,7 +5,7 @@ A small CNN classifier (MONAI ``Classifier``) is trained on the real train-split
 (``training`` + ``unlabeled``, the images the generator saw), checked on the real ``validation`` images, and then
 applied to the conditional samples. For each requested class the script reports how often the classifier agrees
 with the class the sample was generated for. The classifier's accuracy on held-out real images is the ceiling to
-read that agreement against; a generator that ignores its class scores about the share of the majority class.
+read that agreement against; a generator that ignores its class scores a balanced agreement of 1 / classes.
 
 Images go through the LDM bundle's own preprocessing (``preprocessing_transforms`` at the samples' size).
 
