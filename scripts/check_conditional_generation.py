@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.networks.nets import Classifier
+from monai.transforms import Compose
 from monai.utils import set_determinism
 
 from mgcc.bundles import import_bundle_scripts
@@ -37,21 +38,15 @@ def real_images(dataset: Path, sections: list[str], classes: list[str], size: li
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train_autoencoder.json"))
     parser["spatial_size"] = size
-    transform = parser.get_parsed_content("preprocessing_transforms")
+    transform = Compose(parser.get_parsed_content("preprocessing_transforms"))
     datalist = json.loads((dataset / "datalist.json").read_text())
     items = [dict(e, image=str(dataset / e["image"])) for s in sections for e in datalist.get(s, [])
              if e.get("class") in classes]
     if not items:
         raise SystemExit(f"{dataset / 'datalist.json'}: no {sections} images of the classes {classes}")
-    images = torch.stack([torch.as_tensor(_apply(transform, item)) for item in items]).float()
+    images = torch.stack([torch.as_tensor(transform(item)["image"]) for item in items]).float()
     labels = torch.tensor([classes.index(e["class"]) for e in items])
     return images, labels
-
-
-def _apply(transforms: list, item: dict):
-    for t in transforms:
-        item = t(item)
-    return item["image"]
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, n_classes: int, epochs: int, seed: int) -> torch.nn.Module:
