@@ -108,9 +108,24 @@ def test_scale_factor_is_saved_and_used(trained, tmp_path):
     assert any(not np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_scale_factor_multiplies_training_latents(trained):
+def test_ema_weights_are_saved_and_sampled_by_default(trained, tmp_path):
+    stored = torch.load(trained["root"] / "ckpt" / "diffusion.pt", weights_only=True)
+    raw, ema = stored["diffusion"], stored["diffusion_ema"]
+    assert raw.keys() == ema.keys() and any(not torch.equal(raw[k], ema[k]) for k in raw)
+    settings = dict(trained["common"], num_samples=2, num_inference_steps=4)
+    by_default = sample(settings, tmp_path / "default")
+    assert json.loads((by_default / "manifest.json").read_text())["settings"]["diffusion_weights"] == "ema"
+    a, b = _pixels(by_default), _pixels(sample(settings, tmp_path / "raw", diffusion_weights="raw"))
+    assert any(not np.array_equal(a[k], b[k]) for k in a)
+    with pytest.raises(Exception) as err:
+        sample(settings, tmp_path / "bad", diffusion_weights="average")
+    assert "'diffusion_weights' must be 'ema' or 'raw'" in "".join(str(e) for e in _chain(err.value))
+
+
+def test_latents_are_encoded_once_with_mirrors_and_scaled(trained):
     with bundle_scripts() as scripts:
         from monai.networks.nets import AutoencoderKL
+        from torch.utils.data import default_collate
 
         autoencoder = AutoencoderKL(
             spatial_dims=2, in_channels=1, out_channels=1, latent_channels=2, channels=[8, 16], num_res_blocks=1,
@@ -118,13 +133,25 @@ def test_scale_factor_multiplies_training_latents(trained):
             with_decoder_nonlocal_attn=False, include_fc=False,
         )
         scripts.utils.load_weights(str(trained["root"] / "ckpt" / "autoencoder.pt"), autoencoder)
-        prepare = scripts.diffusion.LatentDiffusionPrepareBatch(autoencoder, scripts.diffusion.ScaleFactor(0.25), 1000)
-        images = torch.rand(2, 1, 32, 32)
+        images = torch.rand(3, 1, 32, 32)
+        items = scripts.diffusion.encode_latents(autoencoder.eval(), [{"image": i, "class": "benign"} for i in images],
+                                                 "cpu", batch_size=2)
+        z_mu, z_sigma = autoencoder.encode(images)
+        mirrored_mu, _ = autoencoder.encode(images.flip(-1))
+        assert len(items) == 3 and items[0]["class"] == "benign" and items[0]["z_mu"].shape == (2, 2, 16, 16)
+        assert torch.allclose(torch.stack([i["z_mu"][0] for i in items]), z_mu, atol=1e-5)
+        assert torch.allclose(torch.stack([i["z_mu"][1] for i in items]), mirrored_mu, atol=1e-5)
+        assert torch.allclose(torch.stack([i["z_sigma"][0] for i in items]), z_sigma, atol=1e-5)
+        batch = default_collate(items)
+        prepare = scripts.diffusion.LatentDiffusionPrepareBatch(scripts.diffusion.ScaleFactor(0.25), 1000)
         torch.manual_seed(0)
-        latents = prepare({"image": images})[0]
+        latents = prepare(batch)[0]
         torch.manual_seed(0)
-        expected = autoencoder.encode_stage_2_inputs(images) * 0.25
+        expected = scripts.diffusion.draw_latents(batch) * 0.25
     assert torch.allclose(latents, expected)
+    # each latent is a posterior sample of the image as is or mirrored, scaled
+    for latent, item in zip(latents / 0.25, items):
+        assert min(((latent - item["z_mu"][k]).abs() / item["z_sigma"][k]).max() for k in (0, 1)) < 6
 
 
 def test_conditional_sampling_honours_the_class(trained, tmp_path):
@@ -202,11 +229,14 @@ def test_quality_metrics(trained, tmp_path):
         assert 0 < quality["diversity_msssim"][key]["mean"] <= 1 and quality["diversity_msssim"][key]["scales"] >= 2
     nn = quality["nearest_neighbour_rmse"]
     assert nn["sample_to_train"]["min"] > 0 and "validation_to_train" in nn
-    assert np.isfinite(quality["fid"]["value"]) and quality["fid"]["value"] >= 0
+    for key in ("generated_vs_train", "validation_vs_train", "generated_vs_train_at_validation_size"):
+        assert np.isfinite(quality["fid"][key])
+    for key in ("generated_vs_train", "validation_vs_train"):
+        assert np.isfinite(quality["kid"][key]["mean"]) and quality["kid"][key]["std"] >= 0
+    assert quality["fid"]["network"] == "fid.ts" and quality["frame_intensity_ratio"] > 0
+    assert quality["frame_intensity_ratio_reconstruction"] > 0
     grid = Image.open(tmp_path / "q" / "real_vs_generated.png")
     assert grid.mode == "L" and grid.size[1] > 2 * 32
-    with bundle_scripts() as scripts:
-        assert "skipped" in scripts.quality.fid(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32), None, 3, "cpu")
 
 
 def test_memorisation_check_flags_copies():

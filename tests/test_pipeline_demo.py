@@ -15,7 +15,7 @@ from mgcc.presets import load_preset
 
 pytestmark = pytest.mark.integration
 
-STAGES = ["prepare", "autoencoder", "diffusion", "sample", "quality", "segmentation", "evaluate", "report"]
+STAGES = ["prepare", "autoencoder", "diffusion", "sample", "quality", "segmentation", "evaluate", "lesions", "report"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -62,7 +62,8 @@ def test_demo_runs_end_to_end_and_rerun_skips(tiny_preset, tmp_path):
     summary = json.loads((out / "evaluate" / "evaluation" / "summary.json").read_text())
     assert 0.0 <= summary["dice"]["mean"] <= 1.0
     report = (out / "report" / "report.md").read_text()
-    for section in ("Data and split", "Learning curves", "Real vs synthetic", "Generator quality", "Test metrics", "peak memory"):
+    for section in ("Data and split", "Learning curves", "Real vs synthetic", "Generator quality", "Test metrics", "Lesions found",
+                    "peak memory"):
         assert section in report
     figures = sorted((out / "report" / "figures").glob("*.png"))
     assert len(figures) >= 4  # learning curves of 3 trainings + the real-vs-synthetic grid (+ overlays)
@@ -71,6 +72,11 @@ def test_demo_runs_end_to_end_and_rerun_skips(tiny_preset, tmp_path):
             image.verify()
         assert f"figures/{figure.name}" in report
     assert "<table>" in (out / "report" / "report.html").read_text()
+    numbers = json.loads((out / "report" / "summary.json").read_text())
+    rates = json.loads((out / "lesions" / "lesion_rate.json").read_text())
+    assert numbers["synthetic_lesion_rate"] == rates["synthetic"]["rate"] and rates["synthetic"]["images"] == 6
+    assert 0.0 <= numbers["real_test_lesion_rate"] <= 1.0 and numbers["test"]["evaluate"]["n"] == summary["n"]
+    assert numbers["generator"]["fid"]["num_generated"] == 6 and "kid" in numbers["generator"]
 
     before = record_times(out)
     second = mgcc_run(tiny_preset, out)

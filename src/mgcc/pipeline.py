@@ -1,6 +1,6 @@
 """`mgcc run`: the two-stage MGCC method end to end, one resumable stage at a time.
 
-prepare -> autoencoder -> diffusion -> sample -> quality -> segmentation -> evaluate -> report
+prepare -> autoencoder -> diffusion -> sample -> quality -> segmentation -> evaluate -> lesions -> report
 
 Every bundle stage goes through the bundles' own configs via `python -m monai.bundle run`; this module only
 decides folders and overrides. A stage whose `stage.json` record and outputs exist is skipped, so a rerun after
@@ -10,6 +10,7 @@ a crash continues where it stopped.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -130,6 +131,23 @@ def evaluate_stage(variant: str) -> Stage:
     return Stage(name, ["evaluation/summary.json", "evaluation/per_image.csv"], execute)
 
 
+def _lesions(run: Run) -> StageResult:
+    """The trained MGCC model segments the synthetic images and the real test images (the segmentation bundle's
+    inference.json); the share of each set with one clear lesion goes to `lesions/lesion_rate.json`."""
+    from mgcc.lesions import lesion_rate
+
+    folder = run.folder("lesions")
+    common = {**run.overrides("segmentation"), "ckpt_dir": str(run.folder("segmentation") / "models")}
+    sets = {"synthetic": {"input_dir": str(run.samples), "datalist": None},
+            "real_test": {"datalist": str(run.dataset / "datalist.json"), "datalist_section": "test"}}
+    start = time.perf_counter()
+    results = [run_bundle("lesions", run.out, SEG_BUNDLE, ["inference.json"],
+                          {**common, **source, "output_dir": str(folder / name)}) for name, source in sets.items()]
+    rates = {name: lesion_rate((folder / name).glob("*_seg.png")) for name in sets}
+    (folder / "lesion_rate.json").write_text(json.dumps(rates, indent=2))
+    return StageResult("lesions", time.perf_counter() - start, max(r.peak_rss_mb for r in results), results[-1].command)
+
+
 def _report(run: Run) -> StageResult:
     from mgcc.report import write_report
 
@@ -144,7 +162,8 @@ STAGES: list[Stage] = [
     Stage("quality", ["quality.json"], _quality),
     segmentation_stage("mgcc", ["train.json"], {}),
     evaluate_stage("mgcc"),
-    Stage("report", ["report.md", "report.html"], _report),
+    Stage("lesions", ["lesion_rate.json"], _lesions),
+    Stage("report", ["report.md", "report.html", "summary.json"], _report),
 ]
 
 
@@ -171,7 +190,7 @@ def run(preset: str = "demo", data: str | None = None, out: str | None = None, s
         data: raw dataset folder (BUSI layout); default: the preset's built-in phantom data.
         out: output folder; default `outputs/<preset>`.
         stage: run only this stage (forced, even if complete): one of prepare, autoencoder, diffusion, sample,
-            quality, segmentation, evaluate, report.
+            quality, segmentation, evaluate, lesions, report.
     """
     spec = load_preset(preset)
     run_ = Run(spec, (Path(out) if out else DEFAULT_OUT / spec["name"]).resolve(),

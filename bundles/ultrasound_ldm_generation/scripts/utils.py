@@ -117,3 +117,11 @@ def save_grid(rows: Sequence[Sequence[torch.Tensor | np.ndarray]], path: str, pa
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(canvas).save(path)
     return path
+
+
+def diffusion_key(weights: str) -> str:
+    """Entry of the diffusion checkpoint to sample with: ``"ema"`` (the weights' moving average) or ``"raw"``."""
+    keys = {"ema": "diffusion_ema", "raw": "diffusion"}
+    if weights not in keys:
+        raise ValueError(f"config key 'diffusion_weights' must be 'ema' or 'raw', got {weights!r}")
+    return keys[weights]

@@ -1,0 +1,42 @@
+"""The lesion-rate rule of the pipeline report."""
+
+import numpy as np
+from PIL import Image
+
+from mgcc.lesions import has_clear_lesion, lesion_rate
+
+
+def _disc(size: int, cy: int, cx: int, r: int) -> np.ndarray:
+    y, x = np.mgrid[:size, :size]
+    return ((y - cy) ** 2 + (x - cx) ** 2 <= r * r).astype(np.uint8)
+
+
+def test_one_blob_counts():
+    assert has_clear_lesion(_disc(100, 50, 50, 8))
+    # a lesion with a few specks around it still counts (specks < 30% of the predicted pixels)
+    mask = _disc(100, 50, 50, 8)
+    mask[5, 5] = mask[90, 90] = mask[10, 80] = 1
+    assert has_clear_lesion(mask)
+
+
+def test_scattered_blobs_empty_and_tiny_masks_do_not_count():
+    scattered = np.zeros((100, 100), np.uint8)
+    for cy, cx in [(15, 15), (15, 80), (80, 15), (80, 80), (50, 50)]:
+        scattered |= _disc(100, cy, cx, 4)
+    assert not has_clear_lesion(scattered)  # the largest blob is 20% of the predicted pixels
+    assert not has_clear_lesion(np.zeros((100, 100), np.uint8))
+    assert not has_clear_lesion(_disc(100, 50, 50, 3))  # 29 px < 0.5% of 10,000
+
+
+def test_diagonal_pixels_are_one_component():
+    mask = np.zeros((20, 20), np.uint8)
+    for i in range(20):
+        mask[i, i] = 1  # 8-connected line: one component of 20 px = 5% of the image
+    assert has_clear_lesion(mask)
+
+
+def test_lesion_rate_over_png_files(tmp_path):
+    Image.fromarray(_disc(64, 32, 32, 10) * 255).save(tmp_path / "a_seg.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "b_seg.png")
+    rate = lesion_rate(tmp_path.glob("*_seg.png"))
+    assert rate["rate"] == 0.5 and rate["images"] == 2 and rate["with_clear_lesion"] == 1

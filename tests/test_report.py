@@ -1,0 +1,52 @@
+"""The pipeline report reads the stages' files and writes every number to `report/summary.json`."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from mgcc.report import write_report
+from mgcc.stages import StageResult, write_record
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_report_writes_generator_lesion_and_test_numbers(tmp_path):
+    out = tmp_path / "run"
+    _write(out / "prepare" / "dataset" / "datalist.json",
+           {"training": [{"image": "images/a.png", "label": "labels/a.png", "class": "benign"}], "test": []})
+    (out / "prepare" / "dataset" / "images").mkdir()
+    Image.fromarray(np.full((16, 16), 128, np.uint8)).save(out / "prepare" / "dataset" / "images" / "a.png")
+    kid = {"mean": 0.012, "std": 0.001, "subsets": 100, "subset_size": 50}
+    _write(out / "quality" / "quality.json", {
+        "reconstruction_validation": {"val_psnr": 25.0}, "num_samples": 50,
+        "fid": {"generated_vs_train": 61.5, "validation_vs_train": 40.0, "generated_vs_train_at_validation_size": 70.0,
+                "num_generated": 50, "num_validation": 10},
+        "kid": {"generated_vs_train": kid, "validation_vs_train": dict(kid, mean=0.002)},
+        "frame_intensity_ratio": 1.04,
+        "diversity_msssim": {"generated": {"mean": 0.2}, "real_train": {"mean": 0.18}},
+        "nearest_neighbour_rmse": {"sample_to_train": {"median": 0.14}, "train_to_train": {"median": 0.12},
+                                   "possible_copies": 0}})
+    rule = {"min_area": 0.005, "min_share": 0.7, "connectivity": 8}
+    _write(out / "lesions" / "lesion_rate.json",
+           {"synthetic": {"rate": 0.625, "with_clear_lesion": 5, "images": 8, "rule": rule},
+            "real_test": {"rate": 0.9, "with_clear_lesion": 9, "images": 10, "rule": rule}})
+    _write(out / "evaluate" / "evaluation" / "summary.json", {"dice": {"mean": 0.7, "std": 0.2}, "n": 10})
+    for name in ("prepare", "quality"):
+        write_record(out, StageResult(name, 1.5, 100.0))
+
+    write_report(out, out / "report", {"name": "test"})
+
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["synthetic_lesion_rate"] == 0.625 and summary["real_test_lesion_rate"] == 0.9
+    assert summary["generator"]["fid"]["generated_vs_train"] == 61.5
+    assert summary["generator"]["kid"]["validation_vs_train"]["mean"] == 0.002
+    assert summary["generator"]["frame_intensity_ratio"] == 1.04
+    assert summary["test"]["evaluate"]["dice"]["mean"] == 0.7
+    assert summary["stages"]["quality"]["seconds"] == 1.5
+    report = (out / "report" / "report.md").read_text()
+    assert "| synthetic | 5 of 8 | 0.62 |" in report and "| real test | 9 of 10 | 0.90 |" in report
+    assert "| 61.50 |" in report and "12.00 ± 1.00" in report  # FID, KID x 1000
