@@ -136,7 +136,7 @@ def bench_preset(preset: str, device: torch.device, batch_size: int, iterations:
         loss_function=torch.nn.MSELoss(),
         inferer=DiffusionInferer(parts["noise_scheduler"]),
         prepare_batch=scripts.diffusion.LatentDiffusionPrepareBatch(
-            scripts.diffusion.ScaleFactor(1.0), parts["noise_scheduler"].num_train_timesteps
+            scripts.diffusion.ScaleFactor(parts["latent_channels"]), parts["noise_scheduler"].num_train_timesteps
         ),
         decollate=False,
     )
@@ -145,7 +145,9 @@ def bench_preset(preset: str, device: torch.device, batch_size: int, iterations:
 
     diffusion.eval()
     scheduler = DDIMScheduler(num_train_timesteps=1000, schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195, clip_sample=False)
-    sampler = scripts.sampler.LatentSamplingInferer(LatentDiffusionInferer(scheduler, scale_factor=1.0), autoencoder, steps)
+    sampler = scripts.sampler.LatentSamplingInferer(
+        LatentDiffusionInferer(scheduler, scale_factor=1.0), autoencoder, scripts.diffusion.ScaleFactor(parts["latent_channels"]), steps
+    )
     down = 2 ** (len(parts["ae_channels"]) - 1)
     noise = torch.randn(sample_batch, parts["latent_channels"], *[s // down for s in parts["spatial_size"]], device=device)
     reset_peak(device)

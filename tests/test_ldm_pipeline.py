@@ -89,23 +89,42 @@ def test_sampler_writes_n_readable_pngs_and_manifest(trained, tmp_path):
     assert not np.array_equal(first["sample_00000.png"], other["sample_00000.png"])
 
 
-def test_scale_factor_is_saved_and_used(trained, tmp_path):
+def test_latent_normalisation_is_saved_and_used(trained, tmp_path):
     ckpt = trained["root"] / "ckpt"
     stored = torch.load(ckpt / "diffusion.pt", weights_only=True)
-    factor = stored["scale_factor"]["value"].item()
-    assert np.isfinite(factor) and factor > 0 and factor != 1.0
+    scale, shift = stored["scale_factor"]["value"], stored["scale_factor"]["shift"]
+    assert scale.shape == shift.shape == (2,)  # one per latent channel
+    assert torch.isfinite(scale).all() and (scale > 0).all() and not torch.equal(scale, torch.ones(2))
+    assert (shift != 0).all()
     settings = dict(trained["common"], num_samples=2, num_inference_steps=4)
     base = sample(settings, tmp_path / "base")
-    assert json.loads((base / "manifest.json").read_text())["settings"]["scale_factor"] == pytest.approx(factor)
-    # the same weights with another stored factor must give other images
-    changed = tmp_path / "ckpt"
-    changed.mkdir()
-    shutil.copy(ckpt / "autoencoder.pt", changed / "autoencoder.pt")
-    stored["scale_factor"]["value"] = torch.tensor(factor * 3.0)
-    torch.save(stored, changed / "diffusion.pt")
-    other = sample(dict(settings, ckpt_dir=str(changed)), tmp_path / "other")
-    a, b = _pixels(base), _pixels(other)
-    assert any(not np.array_equal(a[k], b[k]) for k in a)
+    recorded = json.loads((base / "manifest.json").read_text())["settings"]
+    assert recorded["scale_factor"] == pytest.approx(scale.tolist()) and recorded["latent_shift"] == pytest.approx(shift.tolist())
+    # the same weights with another stored normalisation must give other images
+    for name, entry in (("scale", "value"), ("shift", "shift")):
+        changed = tmp_path / f"ckpt_{name}"
+        changed.mkdir()
+        shutil.copy(ckpt / "autoencoder.pt", changed / "autoencoder.pt")
+        modified = {**stored, "scale_factor": dict(stored["scale_factor"])}
+        modified["scale_factor"][entry] = stored["scale_factor"][entry] * 3.0 + 0.5
+        torch.save(modified, changed / "diffusion.pt")
+        other = sample(dict(settings, ckpt_dir=str(changed)), tmp_path / f"other_{name}")
+        a, b = _pixels(base), _pixels(other)
+        assert any(not np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_global_normalisation_is_one_scale_without_shift(trained):
+    with bundle_scripts() as scripts:
+        z_mu = torch.randn(6, 2, 2, 4, 4) * torch.tensor([1.0, 3.0]).view(1, 1, 2, 1, 1) + torch.tensor([5.0, -1.0]).view(1, 1, 2, 1, 1)
+        batches = [{"z_mu": z_mu, "z_sigma": torch.zeros_like(z_mu)}]
+        channel = scripts.diffusion.fit_scale_factor(batches, "cpu", "channel")
+        normalised = channel.normalise(z_mu[:, 0])
+        assert torch.allclose(normalised.mean((0, 2, 3)), torch.zeros(2), atol=0.35)
+        assert torch.allclose(channel.denormalise(normalised), z_mu[:, 0], atol=1e-5)
+        single = scripts.diffusion.fit_scale_factor(batches, "cpu", "global")
+        assert torch.equal(single.shift, torch.zeros(2)) and single.value[0] == single.value[1]
+        with pytest.raises(ValueError, match="'latent_normalisation' must be 'channel' or 'global'"):
+            scripts.diffusion.fit_scale_factor(batches, "cpu", "per-pixel")
 
 
 def test_ema_weights_are_saved_and_sampled_by_default(trained, tmp_path):
@@ -122,7 +141,7 @@ def test_ema_weights_are_saved_and_sampled_by_default(trained, tmp_path):
     assert "'diffusion_weights' must be 'ema' or 'raw'" in "".join(str(e) for e in _chain(err.value))
 
 
-def test_latents_are_encoded_once_with_mirrors_and_scaled(trained):
+def test_latents_are_encoded_once_with_mirrors_and_normalised(trained):
     with bundle_scripts() as scripts:
         from monai.networks.nets import AutoencoderKL
         from torch.utils.data import default_collate
@@ -143,14 +162,17 @@ def test_latents_are_encoded_once_with_mirrors_and_scaled(trained):
         assert torch.allclose(torch.stack([i["z_mu"][1] for i in items]), mirrored_mu, atol=1e-5)
         assert torch.allclose(torch.stack([i["z_sigma"][0] for i in items]), z_sigma, atol=1e-5)
         batch = default_collate(items)
-        prepare = scripts.diffusion.LatentDiffusionPrepareBatch(scripts.diffusion.ScaleFactor(0.25), 1000)
+        scale = scripts.diffusion.ScaleFactor(2)
+        scale.value.fill_(0.25)
+        scale.shift.fill_(0.5)
+        prepare = scripts.diffusion.LatentDiffusionPrepareBatch(scale, 1000)
         torch.manual_seed(0)
         latents = prepare(batch)[0]
         torch.manual_seed(0)
-        expected = scripts.diffusion.draw_latents(batch) * 0.25
+        expected = (scripts.diffusion.draw_latents(batch) - 0.5) * 0.25
     assert torch.allclose(latents, expected)
-    # each latent is a posterior sample of the image as is or mirrored, scaled
-    for latent, item in zip(latents / 0.25, items):
+    # each latent is a posterior sample of the image as is or mirrored, normalised
+    for latent, item in zip(latents / 0.25 + 0.5, items):
         assert min(((latent - item["z_mu"][k]).abs() / item["z_sigma"][k]).max() for k in (0, 1)) < 6
 
 

@@ -1,4 +1,4 @@
-"""Latent diffusion training pieces: latents of the frozen autoencoder computed once, the stored latent scale factor,
+"""Latent diffusion training pieces: latents of the frozen autoencoder computed once, their stored normalisation,
 class conditioning, and the batch preparation that feeds them to MONAI's ``SupervisedTrainer`` + ``DiffusionInferer``."""
 
 from __future__ import annotations
@@ -17,15 +17,41 @@ logger = logging.getLogger(__name__)
 
 
 class ScaleFactor(torch.nn.Module):
-    """The latent scale factor (1 / std of the training latents) as a buffer, so that ``CheckpointSaver`` writes it
-    into the diffusion checkpoint (entry ``scale_factor``) and resuming or sampling restores the same value."""
+    """How training latents are normalised before diffusion: ``(z - shift) * value``, per latent channel.
 
-    def __init__(self, value: float = 1.0) -> None:
+    ``channel`` normalisation (the default) fits each channel's mean and std; ``global`` is the classic LDM scale
+    factor (no shift, one 1 / std over all channels), kept to compare with. The buffers go into the diffusion
+    checkpoint (entry ``scale_factor``), so resuming and sampling use the trained values. The sampler decodes
+    ``z / value + shift``.
+    """
+
+    def __init__(self, channels: int = 1) -> None:
         super().__init__()
-        self.register_buffer("value", torch.tensor(float(value)))
+        self.register_buffer("value", torch.ones(channels))
+        self.register_buffer("shift", torch.zeros(channels))
+
+    def normalise(self, z: torch.Tensor) -> torch.Tensor:
+        view = (1, -1) + (1,) * (z.ndim - 2)
+        return (z - self.shift.view(view).to(z)) * self.value.view(view).to(z)
+
+    def denormalise(self, z: torch.Tensor) -> torch.Tensor:
+        view = (1, -1) + (1,) * (z.ndim - 2)
+        return z / self.value.view(view).to(z) + self.shift.view(view).to(z)
 
     def extra_repr(self) -> str:
-        return f"value={self.value.item():.6g}"
+        return f"value={self.value.tolist()}, shift={self.shift.tolist()}"
+
+
+class NormalisedLatentAutoencoder(torch.nn.Module):
+    """The autoencoder as ``LatentDiffusionInferer`` sees it at sampling: it decodes normalised latents."""
+
+    def __init__(self, autoencoder: torch.nn.Module, scale_factor: ScaleFactor) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.scale_factor = scale_factor
+
+    def decode_stage_2_outputs(self, z: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode_stage_2_outputs(self.scale_factor.denormalise(z))
 
 
 @torch.no_grad()
@@ -62,23 +88,36 @@ def draw_latents(batch: dict, device: torch.device | str | None = None) -> torch
 
 
 @torch.no_grad()
-def compute_scale_factor(loader: Iterable, device: torch.device | str, max_batches: int | None = None) -> float:
-    """1 / std of the training latents (posterior samples of ``encode_latents`` items) over all processes when
-    ``torch.distributed`` is initialised, so every rank trains with the same factor."""
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # sum, sum of squares, count
+def fit_scale_factor(
+    loader: Iterable, device: torch.device | str, mode: str = "channel", max_batches: int | None = None
+) -> ScaleFactor:
+    """Fit the latent normalisation to posterior samples of the training latents (``encode_latents`` items), over
+    all processes when ``torch.distributed`` is initialised so every rank trains with the same values.
+    ``mode``: ``"channel"`` (each channel's mean and std) or ``"global"`` (no shift, 1 / std over all channels)."""
+    if mode not in ("channel", "global"):
+        raise ValueError(f"config key 'latent_normalisation' must be 'channel' or 'global', got {mode!r}")
+    sums = None  # per channel: sum, sum of squares, count
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        z = draw_latents(batch, device).double()
-        sums += torch.stack([z.sum(), z.pow(2).sum(), torch.tensor(z.numel(), dtype=torch.float64, device=z.device)])
+        z = draw_latents(batch, device).double().transpose(0, 1).flatten(1)
+        part = torch.stack([z.sum(1), z.pow(2).sum(1), torch.full_like(z[:, 0], z.shape[1])])
+        sums = part if sums is None else sums + part
+    if sums is None:
+        raise ValueError("cannot fit the latent scale factor: the training loader gave no images")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(sums)
-    total, total_sq, count = sums.tolist()
-    if count < 2:
-        raise ValueError("cannot compute the latent scale factor: the training loader gave no images")
-    std = ((total_sq - total * total / count) / (count - 1)) ** 0.5
-    logger.info(f"latent std {std:.6g} over {count:.0f} latent values: scale factor {1.0 / std:.6g}")
-    return 1.0 / std
+    if mode == "global":
+        sums = sums.sum(1, keepdim=True).expand(-1, sums.shape[1])
+    total, total_sq, count = sums
+    mean = total / count
+    std = ((total_sq - total * mean) / (count - 1)).sqrt()
+    scale = ScaleFactor(len(mean))
+    scale.value.copy_(1.0 / std)
+    if mode == "channel":
+        scale.shift.copy_(mean)
+    logger.info(f"latent normalisation ({mode}): {scale.extra_repr()}")
+    return scale
 
 
 def class_condition(classes: Sequence[str], class_names: Sequence[str], device: torch.device | str | None = None):
@@ -91,7 +130,7 @@ def class_condition(classes: Sequence[str], class_names: Sequence[str], device: 
 
 
 class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
-    """Draw latents from a batch of ``encode_latents`` items, multiply by the scale factor, and return
+    """Draw latents from a batch of ``encode_latents`` items, normalise them with the scale factor, and return
     ``(latents, noise, (), {"noise", "timesteps"[, "condition"]})`` for ``DiffusionInferer`` (noise prediction).
 
     With ``class_names`` the batch's ``class`` entries become one-hot contexts, each replaced by the "no class"
@@ -111,8 +150,7 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         self.uncond_prob = uncond_prob
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
-        latents = draw_latents(batchdata, device)
-        batch = {CommonKeys.IMAGE: latents * self.scale_factor.value.to(latents.device)}
+        batch = {CommonKeys.IMAGE: self.scale_factor.normalise(draw_latents(batchdata, device))}
         if self.class_names:
             condition = class_condition(batchdata["class"], self.class_names, device)
             drop = torch.rand(condition.shape[0], device=condition.device) < self.uncond_prob

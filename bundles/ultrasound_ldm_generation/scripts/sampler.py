@@ -12,7 +12,7 @@ from ignite.engine import Engine, Events
 from monai.inferers import Inferer, LatentDiffusionInferer
 from PIL import Image
 
-from .diffusion import class_condition
+from .diffusion import NormalisedLatentAutoencoder, ScaleFactor, class_condition
 from .utils import to_uint8
 
 
@@ -58,19 +58,22 @@ class SamplingPrepareBatch:
 
 
 class LatentSamplingInferer(Inferer):
-    """Denoise latent noise with ``diffusion`` (the evaluator's network) through a ``LatentDiffusionInferer`` whose
-    ``scale_factor`` is the trained one, then decode with ``autoencoder``; guidance when conditioned."""
+    """Denoise latent noise with ``diffusion`` (the evaluator's network) through a ``LatentDiffusionInferer``, undo
+    the trained latent normalisation ``scale_factor`` and decode with ``autoencoder``; guidance when conditioned."""
 
     def __init__(
         self,
         ldm_inferer: LatentDiffusionInferer,
         autoencoder: torch.nn.Module,
+        scale_factor: ScaleFactor,
         num_inference_steps: int = 50,
         guidance_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if ldm_inferer.scale_factor != 1.0:
+            raise ValueError("the latent normalisation is applied through scale_factor; set the inferer's to 1.0")
         self.ldm_inferer = ldm_inferer
-        self.autoencoder = autoencoder
+        self.autoencoder = NormalisedLatentAutoencoder(autoencoder, scale_factor)
         self.guidance_scale = guidance_scale
         ldm_inferer.scheduler.set_timesteps(num_inference_steps=num_inference_steps)
 
