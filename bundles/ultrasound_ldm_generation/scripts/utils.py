@@ -125,3 +125,15 @@ def diffusion_key(weights: str) -> str:
     if weights not in keys:
         raise ValueError(f"config key 'diffusion_weights' must be 'ema' or 'raw', got {weights!r}")
     return keys[weights]
+
+
+def set_padding_mode(module: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """Pad every padded convolution of ``module`` with ``mode`` (``zeros``, ``reflect``, ``replicate``); the weights
+    are unchanged, so a checkpoint loads either way. Zero padding lets a network tell the image border from the
+    inside, which shows up as a frame around generated images."""
+    if mode not in ("zeros", "reflect", "replicate"):
+        raise ValueError(f"padding mode must be 'zeros', 'reflect' or 'replicate', got {mode!r}")
+    for conv in module.modules():
+        if isinstance(conv, torch.nn.modules.conv._ConvNd) and any(p > 0 for p in conv.padding if isinstance(p, int)):
+            conv.padding_mode = mode
+    return module
