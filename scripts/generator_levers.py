@@ -1,6 +1,6 @@
 """One table of generator levers: each row samples with one trained diffusion checkpoint and sampler setting, then
 scores the samples with the LDM bundle's evaluate.json (FID, KID, frame intensity ratio, diversity, copies), all with
-the same autoencoder, sample count, seed and feature network. Real-image features are cached and shared by the rows.
+the same autoencoder, sample count, seed and feature network. Real-image features are cached (in the run's quality stage folder) and shared by the rows.
 
     python scripts/generator_levers.py --run outputs/busi-cpu --out docs/results/generator-levers \\
         --row "old: diffusion=outputs/gen-old/ldm_models/diffusion.pt, diffusion_weights=raw" \\
@@ -9,7 +9,9 @@ the same autoencoder, sample count, seed and feature network. Real-image feature
 ``--run`` is a pipeline output folder (its `prepare/dataset` and the `ldm` overrides of its `autoencoder` stage are
 used); a row is ``name: key=value, ...`` where ``diffusion`` is the checkpoint and every other key is a bundle
 override (values are JSON, or plain strings). ``train_seconds=...`` adds the training time the row's checkpoint
-cost. Writes ``<out>.json`` and ``<out>.md``; rows already in ``<out>.json`` are kept (rerun to resume).
+cost. A row ``name: pipeline=DIR`` takes a pipeline run's own sample and quality stages instead of sampling again
+(same settings, so the same images). Writes ``<out>.json`` and ``<out>.md``; rows already in ``<out>.json`` are
+kept (rerun to resume).
 """
 
 from __future__ import annotations
@@ -34,9 +36,26 @@ def parse_row(text: str) -> tuple[str, dict]:
             settings[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             settings[key.strip()] = value.strip()
-    if "diffusion" not in settings:
-        raise SystemExit(f"row '{name}' names no diffusion checkpoint (diffusion=PATH)")
+    if "diffusion" not in settings and "pipeline" not in settings:
+        raise SystemExit(f"row '{name}' names no diffusion checkpoint (diffusion=PATH) or pipeline run (pipeline=DIR)")
     return name.strip(), settings
+
+
+def summarise(quality: dict, settings: dict, train_seconds: float | None, sampling_seconds: float) -> dict:
+    return {"settings": settings, "train_seconds": train_seconds, "sampling_seconds": sampling_seconds,
+            "fid": quality["fid"], "kid": quality["kid"], "frame_intensity_ratio": quality["frame_intensity_ratio"],
+            "msssim": quality["diversity_msssim"]["generated"]["mean"],
+            "possible_copies": quality["nearest_neighbour_rmse"]["possible_copies"],
+            "num_samples": quality["num_samples"], "floor": {"fid": quality["fid"].get("validation_vs_train"),
+                                                             "kid": quality["kid"].get("validation_vs_train")}}
+
+
+def pipeline_row(folder: Path) -> dict:
+    """The sample and quality stages of a pipeline run, as a row."""
+    seconds = {s: json.loads((folder / s / "stage.json").read_text())["seconds"] for s in ("diffusion", "sample")}
+    settings = json.loads((folder / "sample" / "images" / "manifest.json").read_text())["settings"]
+    quality = json.loads((folder / "quality" / "quality.json").read_text())
+    return summarise(quality, {"pipeline": str(folder), **settings}, seconds["diffusion"], seconds["sample"])
 
 
 def score_row(run: Path, work: Path, settings: dict) -> dict:
@@ -53,15 +72,9 @@ def score_row(run: Path, work: Path, settings: dict) -> dict:
                {**ldm, **settings, "diffusion_path": diffusion, "sample_dir": str(samples)})
     sampling = time.perf_counter() - start
     run_bundle(f"{work.name}-quality", work.parent, LDM_BUNDLE, ["train_autoencoder.json", "evaluate.json"],
-               {**ldm, "sample_dir": str(samples), "feature_cache_dir": str(work.parent / "feature_cache")})
+               {**ldm, "sample_dir": str(samples), "feature_cache_dir": str(run / "quality" / "feature_cache")})
     quality = json.loads((work / "quality.json").read_text())
-    return {"settings": {"diffusion": diffusion, **settings}, "train_seconds": train_seconds,
-            "sampling_seconds": sampling, "fid": quality["fid"], "kid": quality["kid"],
-            "frame_intensity_ratio": quality["frame_intensity_ratio"],
-            "msssim": quality["diversity_msssim"]["generated"]["mean"],
-            "possible_copies": quality["nearest_neighbour_rmse"]["possible_copies"],
-            "num_samples": quality["num_samples"], "floor": {"fid": quality["fid"].get("validation_vs_train"),
-                                                             "kid": quality["kid"].get("validation_vs_train")}}
+    return summarise(quality, {"diffusion": diffusion, **settings}, train_seconds, sampling)
 
 
 def table(rows: dict) -> str:
@@ -93,7 +106,10 @@ def main() -> None:
     for index, text in enumerate(args.row):
         name, settings = parse_row(text)
         if name not in rows:
-            rows[name] = score_row(args.run.resolve(), work_root.resolve() / f"row{index:02d}", settings)
+            if "pipeline" in settings:
+                rows[name] = pipeline_row(Path(settings["pipeline"]).resolve())
+            else:
+                rows[name] = score_row(args.run.resolve(), work_root.resolve() / f"row{index:02d}", settings)
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps({"run": str(args.run), "rows": rows}, indent=2))
         print(f"[levers] {name}: FID {rows[name]['fid']['generated_vs_train']:.1f}", flush=True)
