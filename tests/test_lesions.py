@@ -22,7 +22,7 @@ def test_one_blob_counts():
 def test_scattered_blobs_empty_and_tiny_masks_do_not_count():
     scattered = np.zeros((100, 100), np.uint8)
     for cy, cx in [(15, 15), (15, 80), (80, 15), (80, 80), (50, 50)]:
-        scattered |= _disc(100, cy, cx, 4)
+        scattered |= _disc(100, cy, cx, 6)  # each blob > 0.5% of the image, none >= 70% of the blobs
     assert not has_clear_lesion(scattered)  # the largest blob is 20% of the predicted pixels
     assert not has_clear_lesion(np.zeros((100, 100), np.uint8))
     assert not has_clear_lesion(_disc(100, 50, 50, 3))  # 29 px < 0.5% of 10,000
