@@ -60,8 +60,9 @@ def pipeline_row(folder: Path) -> dict:
 
 def score_row(run: Path, work: Path, settings: dict) -> dict:
     """Sample with the row's settings, then evaluate; returns the quality figures and the sampling time."""
-    base = json.loads((run / "autoencoder" / "args.json").read_text())
-    ldm = {k: v for k, v in base.items() if k not in ("config_file", "meta_file", "logging_file", "bundle_root")}
+    base = json.loads((run / "sample" / "args.json").read_text())  # the run's own sampler settings (sample count...)
+    ldm = {k: v for k, v in base.items()
+           if k not in ("config_file", "meta_file", "logging_file", "bundle_root", "sample_dir")}
     ldm.update(ckpt_dir=str(run / "ldm_models"), output_dir=str(work))
     settings = dict(settings)
     train_seconds = settings.pop("train_seconds", None)
