@@ -88,6 +88,7 @@ def test_perceptual_loss_needs_weights_and_uses_them(prepared_phantom, tmp_path)
     assert rows and all(float(r["perceptual_loss"]) > 0 for r in rows)
 
 
+@pytest.mark.integration
 def test_killed_training_resumes(prepared_phantom, tmp_path):
     overrides = dict(
         dataset_dir=str(prepared_phantom),
@@ -99,8 +100,8 @@ def test_killed_training_resumes(prepared_phantom, tmp_path):
     )
     process = subprocess.Popen(cli_args([AE], **overrides), cwd=BUNDLE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
-    try:
-        while not list((tmp_path / "ckpt").glob("autoencoder_resume_checkpoint_epoch=*.pt")):
+    try:  # once epoch 2's checkpoint appears, epoch 1's is complete; kill wherever the run is then
+        while not list((tmp_path / "ckpt").glob("autoencoder_resume_checkpoint_epoch=[2-9].pt")):
             assert process.poll() is None, process.stdout.read().decode()[-3000:]
             assert time.time() < deadline, "no resume checkpoint written"
             time.sleep(0.2)
@@ -108,9 +109,11 @@ def test_killed_training_resumes(prepared_phantom, tmp_path):
     finally:
         process.wait()
     assert not (tmp_path / "ckpt" / "autoencoder.pt").exists(), "the first run finished before it was killed"
-    with bundle_scripts() as scripts:
-        saved = scripts.utils.latest_checkpoint(str(tmp_path / "ckpt"), "autoencoder_resume")
-    resumed_from = int(re.search(r"=(\d+)\.pt$", saved).group(1))
+    # the newest checkpoint cut short, as a kill while saving leaves it: the one before must be used
+    saved = sorted((tmp_path / "ckpt").glob("autoencoder_resume_checkpoint_epoch=*.pt"))
+    assert len(saved) == 2, saved
+    saved[-1].write_bytes(saved[-1].read_bytes()[:1000])
+    resumed_from = int(re.search(r"=(\d+)\.pt$", saved[0].name).group(1))
     assert resumed_from < 4
 
     result = run_cli([AE], **overrides)

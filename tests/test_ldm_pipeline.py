@@ -272,6 +272,7 @@ def test_memorisation_check_flags_copies():
         assert check(torch.rand(5, 1, 16, 16, generator=generator), train, validation)["possible_copies"] == 0
 
 
+@pytest.mark.integration
 def test_conditional_generation_check(trained, tmp_path):
     """scripts/check_conditional_generation.py: classifier on real train-split images, applied to the samples."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "check_conditional_generation.py"

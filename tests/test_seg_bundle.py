@@ -20,6 +20,9 @@ BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_mgcc_segm
 TINY = ["--spatial_size", "[64,64]", "--base_channels", "8", "--num_workers", "0", "--show_progress", "false"]
 ITERATIONS, VAL_INTERVAL = 40, 20
 
+# whole trainings and exports as processes (about 2 minutes on 2 cores): part of `make test`, not the default run
+pytestmark = pytest.mark.integration
+
 
 def load_bundle_scripts():
     """The bundle's ``scripts`` package under a private name (the other bundle has a ``scripts`` package too)."""

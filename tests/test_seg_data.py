@@ -122,6 +122,18 @@ def test_datalist_errors_name_the_file(tmp_path):
         scripts.data.datalist_section(str(path), "test")
 
 
+def test_resume_skips_a_checkpoint_cut_short(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint_epoch="):
+        scripts.data.latest_checkpoint(str(tmp_path))
+    for epoch in (2, 10):
+        torch.save({"epoch": epoch}, tmp_path / f"checkpoint_epoch={epoch}.pt")
+    assert scripts.data.latest_checkpoint(str(tmp_path)).endswith("checkpoint_epoch=10.pt")
+    newest = tmp_path / "checkpoint_epoch=10.pt"
+    newest.write_bytes(newest.read_bytes()[:200])  # a run killed while saving
+    with pytest.warns(UserWarning, match="incomplete checkpoint"):
+        assert scripts.data.latest_checkpoint(str(tmp_path)).endswith("checkpoint_epoch=2.pt")
+
+
 def test_iterations_must_be_whole_validation_intervals():
     assert scripts.trainer.iterations_to_epochs(200, 50) == 4
     with pytest.raises(ValueError, match="multiple of val_interval"):

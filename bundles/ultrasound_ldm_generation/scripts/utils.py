@@ -6,6 +6,8 @@ import glob
 import hashlib
 import os
 import re
+import warnings
+import zipfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -75,14 +77,21 @@ def load_weights(path: str, module: torch.nn.Module, key: str | None = None, wha
 
 
 def latest_checkpoint(ckpt_dir: str, prefix: str) -> str | None:
-    """The resume checkpoint with the highest iteration written by ``CheckpointSaver(file_prefix=prefix)``."""
+    """The complete resume checkpoint with the highest epoch written by ``CheckpointSaver(file_prefix=prefix)``.
+
+    MONAI's ``CheckpointSaver`` writes in place, so a run killed while saving leaves a truncated file: it is
+    skipped (with a warning) for the one before it, which the savers keep (``n_saved`` 2)."""
 
     def step(path: str) -> int:
         found = re.search(r"=(\d+)\.pt$", path)
         return int(found.group(1)) if found else -1
 
-    paths = glob.glob(os.path.join(ckpt_dir, f"{prefix}_checkpoint_*.pt"))
-    return max(paths, key=step) if paths else None
+    paths = sorted(glob.glob(os.path.join(ckpt_dir, f"{prefix}_checkpoint_*.pt")), key=step, reverse=True)
+    for path in paths:
+        if zipfile.is_zipfile(path):  # torch.save writes a zip archive; one cut short lacks its end record
+            return path
+        warnings.warn(f"{path}: incomplete checkpoint (the run was stopped while saving it), skipped")
+    return None
 
 
 def sha256_of(path: str) -> str:

@@ -14,6 +14,8 @@ import glob
 import itertools
 import json
 import os
+import warnings
+import zipfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -96,11 +98,17 @@ def inference_datalist(input_dir: str | None, datalist: str | None = None, secti
 
 
 def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint_epoch=") -> str:
-    """Path of the newest periodic training checkpoint ``<ckpt_dir>/checkpoint_epoch=<n>.pt``."""
+    """Path of the newest complete periodic training checkpoint ``<ckpt_dir>/checkpoint_epoch=<n>.pt``.
+
+    MONAI's ``CheckpointSaver`` writes in place, so a run killed while saving leaves a truncated file: it is
+    skipped (with a warning) for the one before it, which the saver keeps (``n_saved`` 2)."""
     found = glob.glob(os.path.join(ckpt_dir, f"{prefix}*.pt"))
-    if not found:
-        raise FileNotFoundError(f"resume requested but no {prefix}<n>.pt checkpoint in {ckpt_dir}")
-    return max(found, key=lambda p: int(os.path.basename(p)[len(prefix) : -len(".pt")]))
+    found.sort(key=lambda p: int(os.path.basename(p)[len(prefix) : -len(".pt")]), reverse=True)
+    for path in found:
+        if zipfile.is_zipfile(path):  # torch.save writes a zip archive; one cut short lacks its end record
+            return path
+        warnings.warn(f"{path}: incomplete checkpoint (the run was stopped while saving it), skipped")
+    raise FileNotFoundError(f"resume requested but no complete {prefix}<n>.pt checkpoint in {ckpt_dir}")
 
 
 class SemiSupervisedBatches(Dataset):
