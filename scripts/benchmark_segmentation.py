@@ -11,6 +11,8 @@ decoders, BCE+Dice, consistency, SGD) on a fixed in-memory batch, in these varia
   (``network_def#checkpoint_aux``), which trades one extra auxiliary forward pass for memory;
 * ``compile``: NCHW with the training forward through ``torch.compile`` (bundle key ``compile``); the warm-up
   iteration pays the compilation, reported as ``first_iteration_seconds``;
+* ``bf16``, ``bf16_channels_last``, ``bf16_compile``: the same under mixed precision (bundle key ``amp``:
+  ``torch.autocast`` with bfloat16 on CPU, float16 on CUDA, through the bundle's ``AutocastInferer``);
 * ``reference`` (with ``--reference DIR``): the authors' own network and training step, imported from a local
   checkout of https://github.com/FengheTan9/Multi-Level-Global-Context-Cross-Consistency (nothing of it is
   copied here). The step follows their ``train.py``: one forward of the 8-image batch, their ``BCEDiceLoss`` on
@@ -21,7 +23,16 @@ decoders, BCE+Dice, consistency, SGD) on a fixed in-memory batch, in these varia
 ``--rounds N`` runs the whole list of training cases N times, interleaved, and reports each case's median, so a
 change in background load hits every case alike.
 
-Inference times the main path at batch 1, eager against TorchScript (traced, frozen).
+Inference times the main path at batch 1: ``eager``; ``torchscript`` (traced, frozen); ``bf16`` (eager under the
+bundle's ``AutocastInferer`` with channels-last, what ``inference.json --amp true --channels_last true`` runs);
+``torchscript_bf16`` (bfloat16 weights, channels-last, traced and frozen); ``reference`` (the authors' network in
+eval mode, with ``--reference``); ``onnxruntime`` and ``openvino`` (the network exported with MONAI's
+``convert_to_onnx``, traced, as ``python -m monai.bundle onnx_export`` does, then run by ONNX Runtime's CPU provider
+or OpenVINO's CPU plugin in float32 with its latency hint; OpenVINO is not a dependency of the project: install it
+to measure it).
+
+Every mode's ``speedup_vs_reference`` (the authors' seconds over the mode's, same size and width, same run) is in
+the JSON when ``--reference`` is given.
 
 Every case runs in its own process, so each peak-memory figure is that case's own: peak resident set size
 on CPU (``ru_maxrss``, includes the interpreter and libraries), ``torch.cuda.max_memory_allocated`` on CUDA.
@@ -51,7 +62,8 @@ from pathlib import Path
 from mgcc.bundles import import_bundle_scripts
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_mgcc_segmentation"
-TRAIN_MODES = ("eager", "channels_last", "checkpoint_aux", "compile")
+TRAIN_MODES = ("eager", "channels_last", "checkpoint_aux", "compile", "bf16", "bf16_channels_last", "bf16_compile")
+INFER_MODES = ("eager", "torchscript", "bf16", "torchscript_bf16", "onnxruntime", "openvino")
 REFERENCE_URL = "https://github.com/FengheTan9/Multi-Level-Global-Context-Cross-Consistency"
 
 
@@ -83,7 +95,7 @@ def train_case(case: dict) -> dict:
     scripts = load_bundle_scripts()
     device = torch.device(case["device"])
     torch.manual_seed(0)
-    channels_last = case["mode"] in ("channels_last", "checkpoint_aux")
+    channels_last = "channels_last" in case["mode"] or case["mode"] == "checkpoint_aux"
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = scripts.network.MGCCNet(base_channels=case["width"], checkpoint_aux=case["mode"] == "checkpoint_aux")
     net = net.to(device, memory_format=fmt)
@@ -104,8 +116,8 @@ def train_case(case: dict) -> dict:
         optimizer=torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4),
         loss_function=DiceCELoss(sigmoid=True, lambda_ce=0.5, lambda_dice=1.0),
         consistency_weight=scripts.trainer.SigmoidRampUp(7.0, 100),
-        channels_last=channels_last,
-        compile=case["mode"] == "compile",
+        inferer=scripts.inferer.AutocastInferer(case["mode"].startswith("bf16"), device, channels_last=channels_last),
+        compile=case["mode"].endswith("compile"),
         decollate=False,
     )
     from ignite.engine import Events
@@ -186,26 +198,62 @@ def reference_case(case: dict) -> dict:
 
 
 def infer_case(case: dict) -> dict:
-    """Milliseconds per image of the inference path, eager or TorchScript."""
+    """Milliseconds per image of the inference path (modes: see the module's docstring)."""
     import torch
 
     scripts = load_bundle_scripts()
     device = torch.device(case["device"])
     torch.manual_seed(0)
-    net = scripts.network.MGCCNet(base_channels=case["width"]).to(device).eval()
+    mode = case["mode"]
+    if mode == "reference":
+        net = load_reference(case["reference"], "network.MGCC").MGCC(img_ch=1, dim_mult=case["width"] // 16)
+    else:
+        net = scripts.network.MGCCNet(base_channels=case["width"])
+    net = net.to(device).eval()
     x = torch.rand(1, 1, case["size"], case["size"], device=device)
+    forward = net
+    if mode == "bf16":
+        net = net.to(memory_format=torch.channels_last)
+        inferer = scripts.inferer.AutocastInferer(True, device, channels_last=True)
+        forward = lambda image: inferer(image, net)  # noqa: E731
     with torch.no_grad():
-        if case["mode"] == "torchscript":
-            net = torch.jit.freeze(torch.jit.trace(net, x))
+        if mode == "torchscript":
+            forward = torch.jit.freeze(torch.jit.trace(net, x))
+        if mode == "torchscript_bf16":
+            x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+            net = net.to(torch.bfloat16, memory_format=torch.channels_last)
+            forward = torch.jit.freeze(torch.jit.trace(net, x))
+        if mode in ("onnxruntime", "openvino"):
+            forward = exported(net, x, mode, torch.get_num_threads())
         for _ in range(case["warmup"]):
-            net(x)
+            forward(x)
         synchronize(device)
         tic = time.perf_counter()
         for _ in range(case["iterations"]):
-            net(x)
+            forward(x)
         synchronize(device)
     ms = 1000.0 * (time.perf_counter() - tic) / case["iterations"]
     return {**case, "ms_per_image": ms, "peak_memory_mib": peak_memory_mib(device)}
+
+
+def exported(net, x, runtime: str, threads: int):
+    """``forward(x)`` of the network exported to ONNX and run by ONNX Runtime or OpenVINO (float32)."""
+    import tempfile
+
+    from monai.networks.utils import convert_to_onnx
+
+    path = str(Path(tempfile.mkdtemp()) / "model.onnx")
+    convert_to_onnx(net, [x], input_names=["image"], output_names=["pred"], filename=path, use_trace=True, dynamo=False)
+    array = x.numpy()
+    if runtime == "onnxruntime":
+        network = load_bundle_scripts().onnx_network.OnnxRuntimeNetwork(path, threads)
+        return lambda _: network(x)  # the bundle's own module: the tensor conversions are timed too
+    import openvino
+
+    compiled = openvino.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                                          "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    return lambda _: request.infer({0: array})
 
 
 def run_case(case: dict, threads: int | None, timeout: int) -> dict:
@@ -240,6 +288,16 @@ def reference_commit(checkout: str) -> str:
     return proc.stdout.strip() or f"{checkout} (not a git checkout)"
 
 
+def add_speedups(report: dict) -> None:
+    """``speedup_vs_reference`` of every case: the authors' time over the case's, same size and width."""
+    for section, key in (("training", "seconds_per_iteration"), ("inference", "ms_per_image")):
+        reference = {(r["size"], r["width"]): r[key] for r in report[section] if r["mode"] == "reference" and key in r}
+        for r in report[section]:
+            base = reference.get((r["size"], r["width"]))
+            if base is not None and key in r:
+                r["speedup_vs_reference"] = base / r[key]
+
+
 def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [
@@ -268,10 +326,12 @@ def markdown(report: dict) -> str:
             f"{r['iterations_per_second']:.3f} | {r['peak_memory_mib']:.0f} | {speedup(r, 'eager')} | "
             f"{speedup(r, 'reference')} |"
         )
-    lines += ["", "## Inference (main path, batch 1)", "", "| size | width | mode | ms/image |", "|---|---|---|---|"]
+    lines += ["", "## Inference (main path, batch 1)", "", "| size | width | mode | ms/image | speed-up vs reference |",
+              "|---|---|---|---|---|"]
     for r in report["inference"]:
         value = f"failed: {r['error']}" if "error" in r else f"{r['ms_per_image']:.1f}"
-        lines.append(f"| {r['size']} | {r['width']} | {r['mode']} | {value} |")
+        vs = f"{r['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in r else "-"
+        lines.append(f"| {r['size']} | {r['width']} | {r['mode']} | {value} | {vs} |")
     lines += [
         "",
         "Peak memory: peak resident set size of the case's process on CPU; `torch.cuda.max_memory_allocated` on CUDA.",
@@ -293,6 +353,8 @@ def main() -> None:
     parser.add_argument("--reference", help=f"local checkout of {REFERENCE_URL}: adds the authors' training step")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repeats of the training cases")
     parser.add_argument("--no_inference", action="store_true", help="skip the inference cases")
+    parser.add_argument("--no_training", action="store_true", help="skip the training cases")
+    parser.add_argument("--infer_modes", nargs="+", default=list(INFER_MODES), choices=INFER_MODES)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=3, help="timed training iterations per case")
     parser.add_argument("--warmup", type=int, default=1)
@@ -335,7 +397,7 @@ def main() -> None:
         "inference": [],
     }
     shapes = list(itertools.product(args.sizes, args.widths))
-    modes = (["reference"] if args.reference else []) + args.modes
+    modes = [] if args.no_training else (["reference"] if args.reference else []) + args.modes
     train_cases = [
         {"kind": "reference" if mode == "reference" else "train", "device": args.device, "size": size,
          "width": width, "mode": mode, "batch": args.batch, "iterations": args.iterations, "warmup": args.warmup,
@@ -345,10 +407,13 @@ def main() -> None:
     rounds = [[run_case(case, args.threads, args.timeout) for case in train_cases] for _ in range(args.rounds)]
     report["training"] = [median_of(list(results)) for results in zip(*rounds)]
     if not args.no_inference:
-        for (size, width), mode in itertools.product(shapes, ("eager", "torchscript")):
+        infer_modes = (["reference"] if args.reference else []) + args.infer_modes
+        for (size, width), mode in itertools.product(shapes, infer_modes):
             case = {"kind": "infer", "device": args.device, "size": size, "width": width, "mode": mode,
-                    "iterations": args.infer_iterations, "warmup": 2}
+                    "iterations": args.infer_iterations, "warmup": 2,
+                    **({"reference": str(Path(args.reference).resolve())} if mode == "reference" else {})}
             report["inference"].append(run_case(case, args.threads, args.timeout))
+    add_speedups(report)
 
     json_path, md_path = Path(f"{args.out}.json"), Path(f"{args.out}.md")
     json_path.parent.mkdir(parents=True, exist_ok=True)

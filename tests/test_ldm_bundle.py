@@ -147,8 +147,8 @@ def test_multi_gpu_configs_under_torchrun_gloo(prepared_phantom, tmp_path):
         args = cli_args(configs, **overrides, **extra)
         result = subprocess.run(torchrun + args[1:], cwd=BUNDLE, capture_output=True, text=True, timeout=400, env=env)
         assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    factors = re.findall(r"scale factor ([0-9.e+-]+)", result.stdout + result.stderr)
-    assert len(factors) == 2 and factors[0] == factors[1], "both ranks must train with the same scale factor"
+    factors = re.findall(r"latent normalisation \(channel\): (.+)", result.stdout + result.stderr)
+    assert len(factors) == 2 and factors[0] == factors[1], f"both ranks must train with the same normalisation: {factors}"
     for name in ("autoencoder.pt", "diffusion.pt"):
         assert (tmp_path / "ckpt" / name).is_file()
     with open(tmp_path / "out" / "autoencoder_validation.csv", newline="") as f:

@@ -207,3 +207,22 @@ def test_bundle_checks_and_torchscript_export(trained, prepared_phantom, tmp_pat
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         assert torch.allclose(scripted(x), net(x), atol=1e-5)
+
+
+def test_onnx_export_runs_in_onnx_runtime_with_the_checkpoints_masks(trained, prepared_phantom, tmp_path):
+    """`onnx_export` + `configs/inference_onnx.json` (ONNX Runtime) give the masks of the PyTorch checkpoint."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "model.pt").write_bytes((trained / "models" / "model.pt").read_bytes())
+    bundle("onnx_export", "network_def", "--filepath", str(models / "model.onnx"), "--ckpt_file",
+           str(models / "model.pt"), "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json",
+           "--base_channels", "8", "--use_trace", "True", "--input_shape", "[1,1,64,64]",
+           "--converter_kwargs", "{'dynamo': False}")
+    common = dict(dataset_dir=prepared_phantom, datalist=prepared_phantom / "datalist.json", ckpt_dir=models)
+    run_config("configs/inference.json", output_dir=tmp_path / "torch", **common)
+    run_config(["configs/inference.json", "configs/inference_onnx.json"], output_dir=tmp_path / "onnx", **common)
+    masks = sorted((tmp_path / "torch").glob("*_seg.png"))
+    assert len(masks) == len(json.loads((prepared_phantom / "datalist.json").read_text())["test"])
+    same = [np.mean(np.asarray(Image.open(m)) == np.asarray(Image.open(tmp_path / "onnx" / m.name))) for m in masks]
+    assert min(same) > 0.999, f"ONNX Runtime masks differ from the checkpoint's: pixel agreement {min(same):.4f}"
+    assert any(np.asarray(Image.open(m)).any() for m in masks), "no lesion found at all: nothing was compared"

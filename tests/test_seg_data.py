@@ -123,7 +123,7 @@ def test_datalist_errors_name_the_file(tmp_path):
 
 
 def test_resume_skips_a_checkpoint_cut_short(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint_epoch="):
+    with pytest.raises(FileNotFoundError, match="no checkpoint_epoch=<n>.pt checkpoint in"):
         scripts.data.latest_checkpoint(str(tmp_path))
     for epoch in (2, 10):
         torch.save({"epoch": epoch}, tmp_path / f"checkpoint_epoch={epoch}.pt")

@@ -110,15 +110,16 @@ def test_benchmark_script_writes_json_and_markdown(tmp_path):
     not_a_checkout = tmp_path / "not-a-checkout"
     not_a_checkout.mkdir()
     run([sys.executable, str(script), "--out", str(out), "--sizes", "32", "--widths", "16", "--modes", "eager",
-         "checkpoint_aux", "--iterations", "1", "--warmup", "1", "--infer_iterations", "2", "--threads", "1",
-         "--rounds", "2", "--reference", str(not_a_checkout)])
+         "checkpoint_aux", "bf16", "--iterations", "1", "--warmup", "1", "--infer_iterations", "2", "--threads", "1",
+         "--rounds", "2", "--reference", str(not_a_checkout), "--infer_modes", "eager", "bf16"])
     report = json.loads(Path(f"{out}.json").read_text())
-    assert [r["mode"] for r in report["training"]] == ["reference", "eager", "checkpoint_aux"]
+    assert [r["mode"] for r in report["training"]] == ["reference", "eager", "checkpoint_aux", "bf16"]
     reference, *ours = report["training"]
     assert "not found" in reference["error"] and str(not_a_checkout) in reference["error"]
     assert all("error" not in r and r["seconds_per_iteration"] > 0 and r["peak_memory_mib"] > 0 for r in ours)
     assert all(len(r["rounds_seconds_per_iteration"]) == 2 for r in ours)
-    assert [r["mode"] for r in report["inference"]] == ["eager", "torchscript"]
+    assert [r["mode"] for r in report["inference"]] == ["reference", "eager", "bf16"]
+    assert all("error" not in r and r["ms_per_image"] > 0 for r in report["inference"][1:])
     assert "| 32 | 16 | checkpoint_aux |" in Path(f"{out}.md").read_text()
 
 
@@ -128,6 +129,7 @@ def test_compiled_training_computes_what_eager_computes(prepared_phantom, tmp_pa
     same_random = tmp_path / "same_random.json"
     same_random.write_text(json.dumps({"initialize": [
         "$setattr(torch._inductor.config, 'fallback_random', True)",
+        "$scripts.config.use_compile_cache(@compile_cache_dir) if scripts.config.flag(@compile, 'compile') else None",
         "$monai.utils.set_determinism(seed=@seed)",
     ]}))
     schedule = ["--max_iterations", "4", "--val_interval", "2"]
@@ -143,3 +145,6 @@ def test_compiled_training_computes_what_eager_computes(prepared_phantom, tmp_pa
     state = torch.load(tmp_path / "compiled" / "models" / "model.pt", weights_only=True)
     reference = torch.load(tmp_path / "eager" / "models" / "model.pt", weights_only=True)
     assert state.keys() == reference.keys()  # saved from the plain module: no `_orig_mod.` prefixes
+    # the compiled code is kept with the run (`compile_cache_dir`, default <output_dir>/inductor_cache)
+    assert any(p.is_file() for p in (tmp_path / "compiled" / "eval" / "inductor_cache").rglob("*"))
+    assert not (tmp_path / "eager" / "eval" / "inductor_cache").exists()

@@ -106,14 +106,16 @@ def _quality(run: Run) -> StageResult:
 
 
 def segmentation_stage(variant: str, config_files: list[str], overrides: dict[str, Any]) -> Stage:
-    """Train one segmentation variant under `segmentation[-variant]/`."""
+    """Train one segmentation variant under `segmentation[-variant]/` (with `compile`, every variant of the run shares
+    one compilation cache, `<out>/inductor_cache`: only the first compiles)."""
     name = "segmentation" if variant == "mgcc" else f"segmentation-{variant}"
 
     def execute(run: Run) -> StageResult:
         folder = run.folder(name)
         return run_bundle(name, run.out, SEG_BUNDLE, config_files,
                           {**run.overrides("segmentation", "train"), "synthetic_dir": str(run.samples), **overrides,
-                           "output_dir": str(folder), "ckpt_dir": str(folder / "models")})
+                           "output_dir": str(folder), "ckpt_dir": str(folder / "models"),
+                           "compile_cache_dir": str(run.out / "inductor_cache")})
 
     return Stage(name, ["models/model.pt", "training_history.csv"], execute)
 

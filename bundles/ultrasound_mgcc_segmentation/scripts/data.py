@@ -108,7 +108,8 @@ def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint_epoch=") -> str:
         if zipfile.is_zipfile(path):  # torch.save writes a zip archive; one cut short lacks its end record
             return path
         warnings.warn(f"{path}: incomplete checkpoint (the run was stopped while saving it), skipped")
-    raise FileNotFoundError(f"resume requested but no complete {prefix}<n>.pt checkpoint in {ckpt_dir}")
+    incomplete = f" ({len(found)} incomplete)" if found else ""
+    raise FileNotFoundError(f"resume requested but no {prefix}<n>.pt checkpoint in {ckpt_dir}{incomplete}")
 
 
 class SemiSupervisedBatches(Dataset):

@@ -60,8 +60,10 @@ class SemiSupervisedTrainer(SupervisedTrainer):
     Args:
         consistency_weight: callable mapping the 0-based iteration to the consistency weight
             (e.g. ``SigmoidRampUp``).
-        channels_last: feed the network NHWC (``torch.channels_last``) inputs; use with a network moved to
-            that memory format. The same computation, faster on GPUs.
+
+Mixed precision and the memory format belong to the ``inferer`` (``scripts.inferer.AutocastInferer``, CPU and CUDA);
+``amp`` (a ``SupervisedTrainer`` argument) only switches on gradient scaling, which float16 needs
+(``AutocastInferer.needs_grad_scaler``). Losses are computed in float32.
 
     ``compile=True`` (a ``SupervisedTrainer`` argument) runs the training forward through ``torch.compile``:
     the same computation with fused kernels; the first iteration pays the compilation.
@@ -71,12 +73,9 @@ class SemiSupervisedTrainer(SupervisedTrainer):
     of this iteration's optimizer step).
     """
 
-    def __init__(
-        self, *args, consistency_weight: Callable[[int], float], channels_last: bool = False, **kwargs
-    ) -> None:
+    def __init__(self, *args, consistency_weight: Callable[[int], float], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.consistency_weight = consistency_weight
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         sampler = getattr(self.data_loader, "sampler", None)
         if isinstance(sampler, IterationSampler):
             sampler.follow(self)
@@ -99,7 +98,6 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             inputs = torch.cat((images, unlabeled))
         else:
             inputs = images
-        inputs = inputs.contiguous(memory_format=self.memory_format)
         if engine.compile and isinstance(inputs, MetaTensor):
             inputs = inputs.as_tensor()  # compiled graphs take plain tensors
         engine.state.output = {Keys.IMAGE: images, Keys.LABEL: labels}
@@ -108,17 +106,16 @@ class SemiSupervisedTrainer(SupervisedTrainer):
 
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        with torch.autocast("cuda", enabled=bool(engine.amp), **engine.amp_kwargs):
-            outputs = engine.inferer(inputs, engine.network)
-            outputs = tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
-            engine.state.output[Keys.PRED] = outputs[0][:n_labeled]
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            supervised = torch.stack([engine.loss_function(out[:n_labeled], labels) for out in outputs]).mean()
-            if unlabeled is not None:
-                consistency = self.consistency(unlabeled, outputs, n_labeled)
-            else:
-                consistency = torch.zeros((), device=supervised.device)
-            loss = supervised + weight * consistency
+        outputs = engine.inferer(inputs, engine.network)
+        outputs = tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+        engine.state.output[Keys.PRED] = outputs[0][:n_labeled]
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        supervised = torch.stack([engine.loss_function(out[:n_labeled], labels) for out in outputs]).mean()
+        if unlabeled is not None:
+            consistency = self.consistency(unlabeled, outputs, n_labeled)
+        else:
+            consistency = torch.zeros((), device=supervised.device)
+        loss = supervised + weight * consistency
         engine.state.output.update(
             {
                 Keys.LOSS: loss.detach(),
@@ -167,7 +164,7 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
         noise = torch.clamp(torch.randn_like(unlabeled) * 0.1, -0.2, 0.2)
         self.teacher.train()
         with torch.no_grad():
-            target = torch.sigmoid(self.teacher(unlabeled + noise))
+            target = torch.sigmoid(self.inferer(unlabeled + noise, self.teacher))
         return F.mse_loss(torch.sigmoid(outputs[0][n_labeled:]), target)
 
     @torch.no_grad()
