@@ -263,7 +263,8 @@ def run_case(case: dict, threads: int | None, timeout: int) -> dict:
     print(f"[benchmark] {case}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        return {**case, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+        return {**case, "error": f"exit {proc.returncode}" + (f": {last}" if last else "")}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"[benchmark]   -> {result}", flush=True)
     return result

@@ -1,6 +1,7 @@
 """`mgcc` command line (python-fire). Each sub-command lives in the module that owns its job."""
 
 import importlib
+import inspect
 
 import fire
 
@@ -12,11 +13,42 @@ COMMANDS = {
     "compare": "mgcc.compare:compare",
     "label": "mgcc.label:Label",
 }
+BOOLEAN_WORDS = {"true": "True", "false": "False"}
 
 
 def _load(target: str):
     module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def checked_arguments(function, args: list[str], name: str) -> list[str]:
+    """The arguments for fire, after two checks fire does not make before it runs the command.
+
+    A misspelled option (``--dta``) is refused with a one-line error: fire would run the command with the
+    defaults first and complain after. ``--flag true`` / ``--flag false`` for a boolean option become Python's
+    ``True`` / ``False``: fire passes the word as a string, and the string ``'false'`` is true."""
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return args
+    booleans = {n for n, p in parameters.items() if isinstance(p.default, bool) or p.annotation in (bool, "bool")}
+    checked = []
+    for i, arg in enumerate(args):
+        previous = args[i - 1] if i else ""
+        if arg == "--" or arg in ("-h", "--help"):
+            return checked + args[i:]  # fire's own flags follow
+        if arg.startswith("--"):
+            option, _, value = arg[2:].partition("=")
+            option = option.replace("-", "_")
+            if option not in parameters and not (option.startswith("no") and option[2:] in booleans):
+                raise SystemExit(f"{name}: unknown option '--{arg[2:].partition('=')[0]}' "
+                                 f"(options: {', '.join('--' + p for p in parameters)})")
+            if value.lower() in BOOLEAN_WORDS and option in booleans:
+                arg = f"--{option}={BOOLEAN_WORDS[value.lower()]}"
+        elif arg.lower() in BOOLEAN_WORDS and previous.startswith("--") and "=" not in previous:
+            if previous[2:].replace("-", "_") in booleans:
+                arg = BOOLEAN_WORDS[arg.lower()]
+        checked.append(arg)
+    return checked
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +58,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args or args[0] not in COMMANDS:
         print("usage: mgcc {" + ",".join(COMMANDS) + "} [--help]")
         raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
-    fire.Fire(_load(COMMANDS[args[0]]), command=args[1:], name=f"mgcc {args[0]}")
+    target, name, rest = _load(COMMANDS[args[0]]), f"mgcc {args[0]}", args[1:]
+    if inspect.isclass(target):  # a group of sub-commands (`mgcc label serve ...`): check the method's options
+        method = getattr(target, rest[0], None) if rest and not rest[0].startswith("-") else None
+        if callable(method):
+            rest = rest[:1] + checked_arguments(method, rest[1:], f"{name} {rest[0]}")
+    else:
+        rest = checked_arguments(target, rest, name)
+    fire.Fire(target, command=rest, name=name)
 
 
 if __name__ == "__main__":
