@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from monai.data import load_decathlon_datalist
 from PIL import Image
 
@@ -85,6 +86,31 @@ def test_rerun_replaces_a_previous_preparation(phantom_raw, tmp_path):
     prepare_dataset(phantom_raw, out, include_normal=True)
     prepare_dataset(phantom_raw, out)
     assert not list((out / "images").glob("normal_*.png"))
+
+
+def test_an_interrupted_rerun_keeps_the_previous_dataset(phantom_raw, tmp_path, monkeypatch):
+    import mgcc.data.prepare as prepare_module
+
+    out = tmp_path / "out"
+    prepare_dataset(phantom_raw, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    written = []
+
+    def write_then_stop(case, folder):
+        if len(written) == 5:
+            raise KeyboardInterrupt  # the user stops the rerun midway
+        written.append(case.id)
+        real_write(case, folder)
+
+    real_write = prepare_module._write_case
+    monkeypatch.setattr(prepare_module, "_write_case", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(phantom_raw, out, include_normal=True, seed=3)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    monkeypatch.setattr(prepare_module, "_write_case", real_write)
+    prepare_dataset(phantom_raw, out, include_normal=True)  # the next run cleans up and replaces it
+    assert list((out / "images").glob("normal_*.png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_cli_prints_split_counts(phantom_raw, tmp_path, capsys):

@@ -134,6 +134,23 @@ def test_resume_skips_a_checkpoint_cut_short(tmp_path):
         assert scripts.data.latest_checkpoint(str(tmp_path)).endswith("checkpoint_epoch=2.pt")
 
 
+def test_inference_inputs_that_would_lose_or_mix_up_results_are_refused(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    gray = np.zeros((40, 40), np.uint8)
+    for name in ("a.png", "b.jpg", "c.bmp"):
+        Image.fromarray(gray).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    with pytest.warns(UserWarning, match=r"skipped 1 file\(s\) that are not .*: notes.txt"):
+        found = scripts.data.inference_datalist(str(folder), output_dir=str(tmp_path / "out"))
+    assert [Path(d["image"]).name for d in found] == ["a.png", "b.jpg", "c.bmp"]
+    with pytest.raises(ValueError, match="output_dir is the input folder"):
+        scripts.data.inference_datalist(str(folder), output_dir=str(folder) + "/")
+    Image.fromarray(gray).save(folder / "a.bmp")
+    with pytest.raises(ValueError, match=r"a.bmp and .*a.png would both be written as a_seg.png"):
+        scripts.data.inference_datalist(str(folder), output_dir=str(tmp_path / "out"))
+
+
 def test_iterations_must_be_whole_validation_intervals():
     assert scripts.trainer.iterations_to_epochs(200, 50) == 4
     with pytest.raises(ValueError, match="multiple of val_interval"):

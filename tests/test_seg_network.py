@@ -157,3 +157,22 @@ def test_bad_arguments_are_named():
         MGCCNet(aux_levels=(0, 1, 4))
     with pytest.raises(ValueError, match="unknown perturbation"):
         MGCCNet(aux_perturbations=("feature_noise", "dropout", "cutout"))
+
+
+def test_checkpoint_of_another_width_or_unreadable_is_named(tmp_path):
+    checked = network.checked_checkpoint
+    path = tmp_path / "model.pt"
+    with pytest.raises(FileNotFoundError, match="model.pt: no trained model"):
+        checked(str(path), 8)
+    torch.save(MGCCNet(base_channels=4).state_dict(), path)
+    assert checked(str(path), 4) == str(path)
+    with pytest.raises(ValueError, match="trained with base_channels 4, the config says 8: run with --base_channels 4"):
+        checked(str(path), 8)
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(ValueError, match="model.pt: not a readable PyTorch checkpoint"):
+        checked(str(path), 4)
+
+
+def test_input_size_not_divisible_by_16_is_named():
+    with pytest.raises(ValueError, match=r"divisible by 16 .* got \(40, 48\): set spatial_size"):
+        MGCCNet(base_channels=4).eval()(torch.rand(1, 1, 40, 48))

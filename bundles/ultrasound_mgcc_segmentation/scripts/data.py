@@ -34,7 +34,7 @@ __all__ = [
     "IterationSampler",
 ]
 
-IMAGE_SUFFIXES = (".png", ".nii", ".nii.gz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".nii", ".nii.gz")
 
 
 def datalist_section(datalist: str, section: str, allow_empty: bool = False) -> list[dict]:
@@ -84,16 +84,39 @@ def unlabeled_datalist(source: str, datalist: str, synthetic_dir: str | None) ->
     return data
 
 
-def inference_datalist(input_dir: str | None, datalist: str | None = None, section: str = "test") -> list[dict]:
-    """Images to segment: a datalist section if ``datalist`` is given, else every PNG / NIfTI file of
-    ``input_dir`` (sorted by name)."""
+def inference_datalist(
+    input_dir: str | None, datalist: str | None = None, section: str = "test", output_dir: str | None = None
+) -> list[dict]:
+    """Images to segment: a datalist section if ``datalist`` is given, else every image file of ``input_dir``
+    (PNG, JPEG, BMP, NIfTI; sorted by name; other files are skipped with a warning that lists them).
+
+    With ``output_dir``, refuses what would lose or mix up results: an output folder that is the input folder
+    (a rerun would segment the masks), and two inputs that would write the same ``<name>_seg.png``."""
     if datalist:
-        return [{"image": d["image"]} for d in datalist_section(datalist, section)]
-    if not input_dir or not os.path.isdir(input_dir):
-        raise FileNotFoundError(f"input_dir is not a folder: {input_dir}")
-    files = sorted(f for f in glob.glob(os.path.join(input_dir, "*")) if f.lower().endswith(IMAGE_SUFFIXES))
-    if not files:
-        raise FileNotFoundError(f"no PNG or NIfTI images in {input_dir}")
+        files = [d["image"] for d in datalist_section(datalist, section)]
+    else:
+        if not input_dir or not os.path.isdir(input_dir):
+            raise FileNotFoundError(f"input_dir is not a folder: {input_dir}")
+        found = sorted(f for f in glob.glob(os.path.join(input_dir, "*")) if os.path.isfile(f))
+        files = [f for f in found if f.lower().endswith(IMAGE_SUFFIXES)]
+        skipped = [os.path.basename(f) for f in found if f not in files]
+        if skipped:
+            warnings.warn(f"{input_dir}: skipped {len(skipped)} file(s) that are not PNG, JPEG, BMP or NIfTI images: "
+                          f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
+        if not files:
+            raise FileNotFoundError(f"no PNG, JPEG, BMP or NIfTI images in {input_dir}")
+    if output_dir is not None:
+        if input_dir and not datalist and os.path.realpath(output_dir) == os.path.realpath(input_dir):
+            raise ValueError(f"output_dir is the input folder {input_dir}: a rerun would segment the masks; "
+                             "choose another output_dir")
+        writes: dict[str, str] = {}
+        for f in files:
+            name = os.path.basename(f)
+            stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else os.path.splitext(name)[0]
+            if stem in writes:
+                raise ValueError(f"{writes[stem]} and {f} would both be written as {stem}_seg.png in {output_dir}; "
+                                 "rename one of them")
+            writes[stem] = f
     return [{"image": f} for f in files]
 
 

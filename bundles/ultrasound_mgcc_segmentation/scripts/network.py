@@ -21,6 +21,8 @@ In training mode with auxiliary decoders it returns ``(main, aux_1, aux_2, aux_3
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable, Sequence
 
 import torch
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["MGCCNet", "feature_noise", "dropout", "feature_dropout", "PERTURBATIONS"]
+__all__ = ["MGCCNet", "checked_checkpoint", "feature_noise", "dropout", "feature_dropout", "PERTURBATIONS"]
 
 
 def feature_noise(x: torch.Tensor, uniform_range: float = 0.3) -> torch.Tensor:
@@ -194,6 +196,9 @@ class MGCCNet(nn.Module):
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features ``[x1, x2, x3, x4, x5]`` (x5: the 1/16 bottleneck before the ConvMixers)."""
+        if not torch.jit.is_tracing() and (x.shape[-2] % 16 or x.shape[-1] % 16):
+            raise ValueError(f"MGCCNet needs input sizes divisible by 16 (four 2x poolings), got {tuple(x.shape[-2:])}: "
+                             "set spatial_size to multiples of 16")
         features = [self.encoder[0](x)]
         for block in self.encoder[1:]:
             features.append(block(F.max_pool2d(features[-1], 2)))
@@ -220,3 +225,22 @@ class MGCCNet(nn.Module):
             if level < len(self.global_context):
                 bottleneck = self.global_context[level](bottleneck)
         return (self.main_decoder([*skips, bottleneck]), *aux_outputs)
+
+
+def checked_checkpoint(path: str, base_channels: int) -> str:
+    """``path`` after checking that it is a readable MGCCNet checkpoint of width ``base_channels``; otherwise one
+    line that names the file and, for another width, the ``base_channels`` it was trained with."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no trained model (train first, or set ckpt_dir)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    state = state.get("model", state) if isinstance(state, dict) else state
+    first = state.get("encoder.0.0.weight") if isinstance(state, dict) else None
+    if first is None:
+        raise ValueError(f"{path}: not an MGCCNet checkpoint (no 'encoder.0.0.weight' entry)")
+    if first.shape[0] != int(base_channels):
+        raise ValueError(f"{path}: trained with base_channels {first.shape[0]}, the config says {base_channels}: "
+                         f"run with --base_channels {first.shape[0]}")
+    return path

@@ -180,16 +180,14 @@ def prepare_dataset(
         "sections": _section_counts(datalist),
         "warnings": len(warnings),
     }
-    for name in OUTPUT_NAMES:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    (out / "images").mkdir(parents=True)
-    (out / "labels").mkdir()
+    # written next to `out` first and moved into place when complete: a run stopped midway keeps the previous dataset
+    staging, replaced = out.parent / f".{out.name}.incoming", out.parent / f".{out.name}.replaced"
+    for folder in (staging, replaced):
+        shutil.rmtree(folder, ignore_errors=True)
+    (staging / "images").mkdir(parents=True)
+    (staging / "labels").mkdir()
     for facts in checked:
-        _write_case(facts.case, out)
+        _write_case(facts.case, staging)
     manifest = {
         "format": MANIFEST_FORMAT,
         "source": str(source),
@@ -199,8 +197,16 @@ def prepare_dataset(
         "warnings": [{"file": _relative(Path(problem.path), source), "reason": problem.reason} for problem in warnings],
         "images": [_record(facts, source, section_of(assignments[facts.case.id])) for facts in checked],
     }
-    write_json(out / "manifest.json", manifest)
-    write_json(out / "datalist.json", datalist)
+    write_json(staging / "manifest.json", manifest)
+    write_json(staging / "datalist.json", datalist)
+    out.mkdir(parents=True, exist_ok=True)
+    replaced.mkdir()
+    for name in OUTPUT_NAMES:
+        if (out / name).exists():
+            (out / name).rename(replaced / name)
+        (staging / name).rename(out / name)
+    shutil.rmtree(staging)
+    shutil.rmtree(replaced)
     return summary | {"out": str(out), "warning_list": [str(problem) for problem in warnings]}
 
 
