@@ -41,3 +41,39 @@ def test_presets_load_and_unknown_preset_is_named(tmp_path):
     bad.write_text(json.dumps({"data": {}}))
     with pytest.raises(ValueError, match="lacks section"):
         load_preset(bad)
+
+
+def test_a_changed_preset_value_reruns_exactly_the_stages_that_depend_on_it(tmp_path, capsys):
+    from mgcc.pipeline import Run, Stage, execute_stages
+
+    runs = []
+
+    def stage(name, reads, after=()):
+        def execute(run):
+            (run.folder(name)).mkdir(parents=True, exist_ok=True)
+            (run.folder(name) / "done").write_text(name)
+            runs.append(name)
+            return StageResult(name, 0.1, 1.0)
+
+        return Stage(name, ["done"], execute, reads, after)
+
+    # a <- b (reads a's result); c independent; report reads everything
+    stages = [stage("a", ("x.a",)), stage("b", ("x.b",), ("a",)), stage("c", ("x.c",)),
+              stage("report", ("",), ("b", "c"))]
+    preset = {"x": {"a": 1, "b": 2, "c": 3}}
+    execute_stages(Run(preset, tmp_path), stages)
+    assert runs == ["a", "b", "c", "report"]
+
+    def rerun(change):
+        runs.clear()
+        preset["x"].update(change)
+        execute_stages(Run(preset, tmp_path), stages)
+        return list(runs)
+
+    assert rerun({}) == []
+    assert rerun({"b": 20}) == ["b", "report"]
+    assert "stage 'b' ran with other settings (changed: preset x.b): running it again" in capsys.readouterr().out
+    assert rerun({"a": 10}) == ["a", "b", "report"]
+    assert rerun({"c": 30}) == ["c", "report"]
+    record = read_record(tmp_path, "b")
+    assert set(record["inputs"]) == {"preset x.b", "stage a"} and len(record["fingerprint"]) == 16

@@ -4,20 +4,24 @@ prepare -> autoencoder -> diffusion -> sample -> quality -> segmentation -> eval
 
 Every bundle stage goes through the bundles' own configs via `python -m monai.bundle run`; this module only
 decides folders and overrides. A stage whose `stage.json` record and outputs exist is skipped, so a rerun after
-a crash continues where it stopped.
+a crash continues where it stopped, unless what the stage would run with changed since: each record keeps a
+fingerprint of the stage's preset entries, its bundle's configs and the fingerprints of the stages it reads from,
+and a stage whose fingerprint changed runs again (and with it every stage that reads from it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from mgcc import LDM_BUNDLE, REPO_ROOT, SEG_BUNDLE
 from mgcc.presets import load_preset
-from mgcc.stages import StageResult, is_complete, run_bundle, run_python, stage_dir, write_record
+from mgcc.stages import (StageResult, fingerprint, is_complete, read_record, run_bundle, run_python, stage_dir,
+                         write_record)
 
 DEFAULT_OUT = REPO_ROOT / "outputs"
 
@@ -27,6 +31,10 @@ class Stage:
     name: str
     outputs: list[str]  # paths relative to the stage folder that must exist when the stage is complete
     execute: Callable[["Run"], StageResult]
+    reads: tuple[str, ...] = ()  # preset entries it runs with ("ldm.common"; "data" includes the --data folder)
+    after: tuple[str, ...] = ()  # stages whose results it reads
+    bundle: Path | None = None  # the bundle whose configs it runs
+    settings: dict[str, Any] = field(default_factory=dict)  # anything else it runs with (a variant's overrides)
 
 
 @dataclass
@@ -117,7 +125,8 @@ def segmentation_stage(variant: str, config_files: list[str], overrides: dict[st
                            "output_dir": str(folder), "ckpt_dir": str(folder / "models"),
                            "compile_cache_dir": str(run.out / "inductor_cache")})
 
-    return Stage(name, ["models/model.pt", "training_history.csv"], execute)
+    return Stage(name, ["models/model.pt", "training_history.csv"], execute, ("segmentation.common", "segmentation.train"),
+                 ("prepare", "sample"), SEG_BUNDLE, {"configs": config_files, "overrides": overrides})
 
 
 def evaluate_stage(variant: str) -> Stage:
@@ -130,7 +139,8 @@ def evaluate_stage(variant: str) -> Stage:
                           {**run.overrides("segmentation", "train", "evaluate"),
                            "output_dir": str(run.folder(name)), "ckpt_dir": str(run.folder(trained) / "models")})
 
-    return Stage(name, ["evaluation/summary.json", "evaluation/per_image.csv"], execute)
+    return Stage(name, ["evaluation/summary.json", "evaluation/per_image.csv"], execute,
+                 ("segmentation.common", "segmentation.train", "segmentation.evaluate"), (trained,), SEG_BUNDLE)
 
 
 def _lesions(run: Run) -> StageResult:
@@ -156,30 +166,66 @@ def _report(run: Run) -> StageResult:
     return run_python("report", run.out, lambda folder: write_report(run.out, folder, run.preset))
 
 
+LDM_READS = ("ldm.common", "ldm.autoencoder")
 STAGES: list[Stage] = [
-    Stage("prepare", ["dataset/datalist.json", "summary.json"], _prepare),
-    Stage("autoencoder", ["autoencoder_history.csv"], _autoencoder),
-    Stage("diffusion", ["diffusion_history.csv"], _diffusion),
-    Stage("sample", ["images/manifest.json"], _sample),
-    Stage("quality", ["quality.json"], _quality),
+    Stage("prepare", ["dataset/datalist.json", "summary.json"], _prepare, reads=("data",)),
+    Stage("autoencoder", ["autoencoder_history.csv"], _autoencoder, LDM_READS, ("prepare",), LDM_BUNDLE),
+    Stage("diffusion", ["diffusion_history.csv"], _diffusion, (*LDM_READS, "ldm.diffusion"), ("autoencoder",), LDM_BUNDLE),
+    Stage("sample", ["images/manifest.json"], _sample, (*LDM_READS, "ldm.diffusion", "ldm.sample"), ("diffusion",),
+          LDM_BUNDLE),
+    Stage("quality", ["quality.json"], _quality, LDM_READS, ("sample",), LDM_BUNDLE),
     segmentation_stage("mgcc", ["train.json"], {}),
     evaluate_stage("mgcc"),
-    Stage("lesions", ["lesion_rate.json"], _lesions),
-    Stage("report", ["report.md", "report.html", "summary.json"], _report),
+    Stage("lesions", ["lesion_rate.json"], _lesions, ("segmentation.common",), ("segmentation", "sample"), SEG_BUNDLE),
+    Stage("report", ["report.md", "report.html", "summary.json"], _report, ("",),
+          ("quality", "evaluate", "lesions")),
 ]
 
 
+def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
+    """What the stage runs with, each part hashed: its preset entries, its bundle's configs, its own settings, and
+    the fingerprints recorded by the stages it reads from."""
+
+    def digest(value: Any) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    parts = {}
+    for key in stage.reads:
+        value: Any = run.preset
+        for step in filter(None, key.split(".")):
+            value = value.get(step, {}) if isinstance(value, dict) else {}
+        if key == "data":
+            value = {"preset": value, "folder": str(run.data) if run.data else None}
+        parts[f"preset {key or '(all)'}"] = digest(value)
+    if stage.bundle is not None:
+        configs = sorted((stage.bundle / "configs").glob("*.json"))
+        parts["bundle configs"] = digest({c.name: c.read_text() for c in configs})
+    if stage.settings:
+        parts["settings"] = digest(stage.settings)
+    for name in stage.after:
+        record = read_record(run.out, name)
+        parts[f"stage {name}"] = (record or {}).get("fingerprint") or "absent"
+    return parts
+
+
 def execute_stages(run: Run, stages: list[Stage], force: bool = False) -> None:
-    """Run the stages in order, skipping complete ones (unless forced)."""
+    """Run the stages in order, skipping complete ones whose fingerprint is unchanged (unless forced)."""
     for stage in stages:
+        parts = fingerprint_parts(run, stage)
         if not force and is_complete(run.out, stage.name, stage.outputs):
-            print(f"[mgcc] stage '{stage.name}' is complete: skipped ({run.folder(stage.name)})")
-            continue
+            record = read_record(run.out, stage.name) or {}
+            if record.get("fingerprint") in (None, fingerprint(parts)):  # None: recorded before fingerprints
+                print(f"[mgcc] stage '{stage.name}' is complete: skipped ({run.folder(stage.name)})")
+                continue
+            changed = sorted(k for k in parts if record.get("inputs", {}).get(k) != parts[k])
+            print(f"[mgcc] stage '{stage.name}' ran with other settings (changed: {', '.join(changed)}): "
+                  "running it again", flush=True)
         print(f"[mgcc] stage '{stage.name}' -> {run.folder(stage.name)}", flush=True)
         result = stage.execute(run)
         missing = [rel for rel in stage.outputs if not (run.folder(stage.name) / rel).exists()]
         if missing:
             raise RuntimeError(f"stage '{stage.name}' finished without its outputs {missing} in {run.folder(stage.name)}")
+        result.inputs = parts
         write_record(run.out, result)
         print(f"[mgcc] stage '{stage.name}' done in {result.seconds:.1f} s, peak RSS {result.peak_rss_mb:.0f} MB")
 

@@ -7,6 +7,7 @@ keeps the two bundles' `scripts` packages apart and gives each stage its own pea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -29,10 +30,20 @@ class StageResult:
     seconds: float
     peak_rss_mb: float
     command: list[str] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)  # the hashed parts of what the stage ran with
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "seconds": round(self.seconds, 2), "peak_rss_mb": round(self.peak_rss_mb, 1),
-                "command": self.command}
+        record = {"name": self.name, "seconds": round(self.seconds, 2), "peak_rss_mb": round(self.peak_rss_mb, 1),
+                  "command": self.command}
+        if self.inputs:
+            record["inputs"] = self.inputs
+            record["fingerprint"] = fingerprint(self.inputs)
+        return record
+
+
+def fingerprint(parts: dict[str, str]) -> str:
+    """One hash of the hashed parts of what a stage ran with (`StageResult.inputs`)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def stage_dir(out: Path, name: str) -> Path:
