@@ -7,7 +7,7 @@ report the pixel agreement of the two sets of masks, each set's Dice against the
     python scripts/check_onnx_export.py --ckpt_dir outputs/busi-cpu/segmentation/models \\
         --dataset outputs/busi-cpu/prepare/dataset --spatial_size 128 --base_channels 16 --out docs/results/onnx_agreement
 
-writes ``<out>.json``. The masks go to ``<out>_masks/{torch,onnx}/``.
+writes ``<out>.json``; the export and both sets of masks go to ``--work`` (default ``outputs/check_onnx_export``).
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ def main() -> None:
     parser.add_argument("--base_channels", type=int, required=True)
     parser.add_argument("--section", default="test")
     parser.add_argument("--out", required=True, help="output path without suffix")
+    parser.add_argument("--work", default="outputs/check_onnx_export", help="folder for the export and the masks")
     args = parser.parse_args()
 
     out = Path(args.out).resolve()
-    work = Path(f"{out}_masks")
+    work = Path(args.work).resolve()
     shutil.rmtree(work, ignore_errors=True)
     models = work / "models"
     models.mkdir(parents=True)
