@@ -162,8 +162,7 @@ def test_bad_arguments_are_named():
 def test_checkpoint_of_another_width_or_unreadable_is_named(tmp_path):
     checked = network.checked_checkpoint
     path = tmp_path / "model.pt"
-    with pytest.raises(FileNotFoundError, match="model.pt: no trained model"):
-        checked(str(path), 8)
+    assert checked(str(path), 8) == str(path)  # not trained yet: the configs still parse
     torch.save(MGCCNet(base_channels=4).state_dict(), path)
     assert checked(str(path), 4) == str(path)
     with pytest.raises(ValueError, match="trained with base_channels 4, the config says 8: run with --base_channels 4"):

@@ -61,9 +61,9 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         consistency_weight: callable mapping the 0-based iteration to the consistency weight
             (e.g. ``SigmoidRampUp``).
 
-Mixed precision and the memory format belong to the ``inferer`` (``scripts.inferer.AutocastInferer``, CPU and CUDA);
-``amp`` (a ``SupervisedTrainer`` argument) only switches on gradient scaling, which float16 needs
-(``AutocastInferer.needs_grad_scaler``). Losses are computed in float32.
+    Mixed precision and the memory format belong to the ``inferer`` (``scripts.inferer.AutocastInferer``, on CPU
+    and CUDA); ``amp`` (a ``SupervisedTrainer`` argument) only switches on gradient scaling, which float16 needs
+    (``AutocastInferer.needs_grad_scaler``). Losses are computed in float32.
 
     ``compile=True`` (a ``SupervisedTrainer`` argument) runs the training forward through ``torch.compile``:
     the same computation with fused kernels; the first iteration pays the compilation.
