@@ -11,7 +11,6 @@ and a stage whose fingerprint changed runs again (and with it every stage that r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -185,10 +184,6 @@ STAGES: list[Stage] = [
 def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
     """What the stage runs with, each part hashed: its preset entries, its bundle's configs, its own settings, and
     the fingerprints recorded by the stages it reads from."""
-
-    def digest(value: Any) -> str:
-        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
     parts = {}
     for key in stage.reads:
         value: Any = run.preset
@@ -196,12 +191,12 @@ def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
             value = value.get(step, {}) if isinstance(value, dict) else {}
         if key == "data":
             value = {"preset": value, "folder": str(run.data) if run.data else None}
-        parts[f"preset {key or '(all)'}"] = digest(value)
+        parts[f"preset {key or '(all)'}"] = fingerprint(value)
     if stage.bundle is not None:
         configs = sorted((stage.bundle / "configs").glob("*.json"))
-        parts["bundle configs"] = digest({c.name: c.read_text() for c in configs})
+        parts["bundle configs"] = fingerprint({c.name: c.read_text() for c in configs})
     if stage.settings:
-        parts["settings"] = digest(stage.settings)
+        parts["settings"] = fingerprint(stage.settings)
     for name in stage.after:
         record = read_record(run.out, name)
         parts[f"stage {name}"] = (record or {}).get("fingerprint") or "absent"

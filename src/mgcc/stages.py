@@ -41,9 +41,9 @@ class StageResult:
         return record
 
 
-def fingerprint(parts: dict[str, str]) -> str:
-    """One hash of the hashed parts of what a stage ran with (`StageResult.inputs`)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+def fingerprint(value: Any) -> str:
+    """A short hash of a JSON-able value: a part of what a stage runs with, or all parts (`StageResult.inputs`)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def stage_dir(out: Path, name: str) -> Path:

@@ -99,7 +99,7 @@ def inference_datalist(
             raise FileNotFoundError(f"input_dir is not a folder: {input_dir}")
         found = sorted(f for f in glob.glob(os.path.join(input_dir, "*")) if os.path.isfile(f))
         files = [f for f in found if f.lower().endswith(IMAGE_SUFFIXES)]
-        skipped = [os.path.basename(f) for f in found if f not in files]
+        skipped = [os.path.basename(f) for f in found if not f.lower().endswith(IMAGE_SUFFIXES)]
         if skipped:
             warnings.warn(f"{input_dir}: skipped {len(skipped)} file(s) that are not PNG, JPEG, BMP or NIfTI images: "
                           f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")

@@ -22,7 +22,6 @@ In training mode with auxiliary decoders it returns ``(main, aux_1, aux_2, aux_3
 from __future__ import annotations
 
 import os
-
 from collections.abc import Callable, Sequence
 
 import torch

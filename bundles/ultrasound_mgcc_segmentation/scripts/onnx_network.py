@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 
 __all__ = ["OnnxRuntimeNetwork"]
@@ -47,5 +46,5 @@ class OnnxRuntimeNetwork(torch.nn.Module):
                 f"{self.path}: exported for inputs of shape {self.input_shape}, got {list(array.shape)}; "
                 "export again with this spatial_size, or run inference with the one it was exported for"
             )
-        (output,) = self.session.run(None, {self.input_name: np.ascontiguousarray(array)})
+        (output,) = self.session.run(None, {self.input_name: array})
         return torch.from_numpy(output).to(image.device)
