@@ -1,10 +1,15 @@
-"""`mgcc compare` bookkeeping: paired per-image Dice differences between variants."""
+"""`mgcc compare` bookkeeping: seeds, paired per-image Dice differences pooled over seeds, the summary over seeds."""
 
 import csv
 
 import pytest
 
-from mgcc.compare import differences_table, paired_dice_differences
+from pathlib import Path
+
+from mgcc.compare import (differences_table, over_seeds, paired_dice_differences, parse_seeds, seed_run,
+                          seeded_preset, seeds_table)
+from mgcc.pipeline import Run
+from mgcc.presets import load_preset
 
 
 def write_scores(path, scores: dict[str, float]):
@@ -22,7 +27,7 @@ def test_paired_differences_are_per_image_with_an_interval(tmp_path):
     # better on 40 images by 0.2, worse on 20 by 0.1: mean +0.1
     better = write_scores(tmp_path / "better.csv", {k: 0.7 if i < 40 else 0.4 for i, k in enumerate(images)})
     same = write_scores(tmp_path / "same.csv", {k: 0.5 for k in reversed(images)})  # row order does not matter
-    result = paired_dice_differences({"base": base, "better": better, "same": same}, "base")
+    result = paired_dice_differences({"base": [base], "better": [better], "same": [same]}, "base")
     assert set(result) == {"better", "same"}
     assert result["better"]["mean"] == pytest.approx(0.1)
     assert result["better"]["ci95"][0] < 0.1 < result["better"]["ci95"][1] and result["better"]["ci95"][0] > 0
@@ -35,4 +40,45 @@ def test_different_test_sets_are_refused(tmp_path):
     base = write_scores(tmp_path / "base.csv", {"a.png": 0.5, "b.png": 0.5})
     other = write_scores(tmp_path / "other.csv", {"a.png": 0.5, "c.png": 0.5})
     with pytest.raises(ValueError, match="other.csv and .*base.csv do not score the same test images"):
-        paired_dice_differences({"base": base, "other": other}, "base")
+        paired_dice_differences({"base": [base], "other": [other]}, "base")
+
+
+def test_differences_pool_seeds_and_resample_within_each(tmp_path):
+    images = [f"img_{i:02d}.png" for i in range(20)]
+    base = [write_scores(tmp_path / f"base{s}.csv", {k: 0.5 for k in images}) for s in range(2)]
+    # seed 0: +0.2 on every image; seed 1: no change. Pooled mean +0.1; a bootstrap within seeds keeps
+    # each seed's share, so the interval is a point; one that pooled images across seeds would not be.
+    ours = [write_scores(tmp_path / "ours0.csv", {k: 0.7 for k in images}),
+            write_scores(tmp_path / "ours1.csv", {k: 0.5 for k in images})]
+    result = paired_dice_differences({"base": base, "ours": ours}, "base")["ours"]
+    assert result["mean"] == pytest.approx(0.1) and result["n"] == 40
+    assert result["ci95"] == pytest.approx([0.1, 0.1])
+    assert (result["better"], result["worse"]) == (20, 0)
+
+
+def test_seeds_parse_and_set_split_generator_and_training():
+    assert parse_seeds(None, 0) == [0]
+    assert parse_seeds("0,1,2", 0) == parse_seeds((0, 1, 2), 0) == [0, 1, 2]
+    assert parse_seeds(3, 0) == [3]
+    for bad in ("0,x", "1,1", "-1"):
+        with pytest.raises(SystemExit, match="--seeds"):
+            parse_seeds(bad, 0)
+    preset = load_preset("demo")
+    spec = seeded_preset(preset, 2)
+    assert (spec["data"]["seed"], spec["ldm"]["sample"]["seed"], spec["segmentation"]["common"]["seed"]) == (2, 2, 2)
+    assert preset["data"]["seed"] == 0  # the preset itself is not changed
+    base = Run(preset, Path("/tmp/out"))
+    assert seed_run(base, 0).out == Path("/tmp/out") and seed_run(base, 2).out == Path("/tmp/out/seed-2")
+
+
+def test_summary_over_seeds_is_the_mean_and_sample_std_of_the_seed_means():
+    def result(dice):
+        return {"dice": {"mean": dice, "std": 0.3}, "iou": {"mean": dice - 0.1, "std": 0.3}, "hd95": {"mean": 9.0, "std": 1.0}, "n": 10}
+
+    per_seed = {0: {"a": result(0.6)}, 1: {"a": result(0.7)}, 2: {"a": result(0.8)}}
+    summary = over_seeds(per_seed, {0: {"a": 10.0}, 1: {"a": 20.0}, 2: {"a": 30.0}})
+    assert summary["a"]["dice"]["mean"] == pytest.approx(0.7) and summary["a"]["dice"]["std"] == pytest.approx(0.1)
+    assert summary["a"]["training_seconds"] == pytest.approx(20.0)
+    assert "| a | 0.7000 ± 0.1000 |" in seeds_table(summary, [0, 1, 2])
+    single = over_seeds({0: {"a": result(0.6)}}, {0: {"a": 10.0}})
+    assert single["a"]["dice"]["std"] is None and "| a | 0.6000 |" in seeds_table(single, [0])

@@ -113,3 +113,95 @@ def test_pattern_regex():
 def test_folder_options_with_busi_layout_are_refused(generic, tmp_path):
     with pytest.raises(DatasetError, match="'folders' layout only"):
         prepare_dataset(generic, tmp_path / "out", layout="busi", mask_pattern="mask_{id}.png")
+
+
+PATIENT_COLUMNS = {"id_column": "filename", "class_column": "diagnosis", "group_column": "patient_id"}
+
+
+@pytest.fixture
+def patients(tmp_path) -> tuple[Path, Path]:
+    """30 images of 12 patients (2 or 3 each, one class per patient) and 2 with an empty patient cell; a CSV
+    with columns filename, diagnosis, patient_id."""
+    root, rows = tmp_path / "patients", []
+    for patient in range(12):
+        for _ in range(2 + patient % 2):
+            rows.append((f"us{len(rows):03d}.png", "benign" if patient % 3 else "malignant", f"P{patient:02d}"))
+    rows += [(f"us{len(rows) + k:03d}.png", "benign", "") for k in range(2)]
+    for k, (name, _, _) in enumerate(rows):
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:9, 3:3 + k % 10 + 1] = 255
+        _save(np.full((16, 16), 20 + 7 * k, np.uint8), root / "images" / name)  # every image has its own pixels
+        _save(mask, root / "masks" / name)
+    csv_path = root / "patients.csv"
+    csv_path.write_text("filename,diagnosis,age,patient_id\n" + "".join(f"{n},{c},50,{p}\n" for n, c, p in rows))
+    return root, csv_path
+
+
+def _sections_by_group(out: Path) -> dict[str, set[str]]:
+    by_group: dict[str, set[str]] = {}
+    for record in json.loads((out / "manifest.json").read_text())["images"]:
+        by_group.setdefault(record["group"], set()).add(record["section"])
+    return by_group
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_patient_never_straddles_a_split(patients, tmp_path, seed):
+    root, csv_path = patients
+    summary = prepare_dataset(root, tmp_path / "out", seed=seed, labeled_fraction=0.25, classes_csv=csv_path, **PATIENT_COLUMNS)
+    by_group = _sections_by_group(tmp_path / "out")
+    assert len(by_group) == 13 and len(by_group.pop(None)) <= 2  # the 2 images without a patient
+    assert all(len(sections) == 1 for sections in by_group.values()), by_group  # training/unlabeled/validation/test
+    assert set().union(*by_group.values()) == {"training", "unlabeled", "validation", "test"}
+    assert summary["multi_image_groups"] == 12 and summary["images_in_multi_image_groups"] == 30
+
+
+def test_the_manifest_records_the_group(patients, tmp_path):
+    root, csv_path = patients
+    summary = prepare_dataset(root, tmp_path / "out", classes_csv=csv_path, **PATIENT_COLUMNS)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    groups = {record["id"]: record["group"] for record in manifest["images"]}
+    assert groups["us0000"] == groups["us0001"] == "P00" and groups["us0002"] == "P01" and groups["us0031"] is None
+    assert manifest["settings"]["group_column"] == summary["group_column"] == "patient_id"
+    assert summary["classes"] == {"benign": 22, "malignant": 10}
+
+
+def test_without_a_group_column_the_record_has_no_group(patients, tmp_path):
+    root, csv_path = patients
+    summary = prepare_dataset(root, tmp_path / "out", classes_csv=csv_path, id_column="filename", class_column="diagnosis")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert {record["group"] for record in manifest["images"]} == {None} and manifest["settings"]["group_column"] is None
+    assert summary["multi_image_groups"] == 0
+
+
+@pytest.mark.parametrize(("columns", "missing"), [
+    ({"id_column": "filename", "class_column": "diagnosis", "group_column": "patient"}, "'patient'"),
+    ({"class_column": "label", "group_column": "patient_id"}, "'image', 'label'"),
+])
+def test_a_missing_column_is_one_line_naming_the_csv(patients, tmp_path, columns, missing):
+    root, csv_path = patients
+    with pytest.raises(DatasetError) as caught:
+        prepare_dataset(root, tmp_path / "out", classes_csv=csv_path, **columns)
+    assert [str(problem) for problem in caught.value.problems] == [
+        f"{csv_path}: no column {missing} (columns: filename, diagnosis, age, patient_id)"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_column_options_need_a_class_csv(patients, tmp_path):
+    root, csv_path = patients
+    with pytest.raises(DatasetError, match="--group-column names a column of the class CSV: give the CSV with --classes"):
+        prepare_dataset(root, tmp_path / "out", group_column="patient_id")
+    with pytest.raises(DatasetError, match="must differ from the id and class columns"):
+        prepare_dataset(root, tmp_path / "out", classes_csv=csv_path, id_column="filename", class_column="diagnosis",
+                        group_column="diagnosis")
+
+
+def test_cli_group_column(patients, tmp_path, capsys):
+    from mgcc import cli
+
+    root, csv_path = patients
+    cli.main(["prepare", str(root), str(tmp_path / "out"), "--classes", str(csv_path), "--id-column", "filename",
+              "--class-column", "diagnosis", "--group-column", "patient_id"])
+    assert "groups by column 'patient_id' (merged with duplicates): 12 multi-image groups (30 images) kept together" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["prepare", str(root), str(tmp_path / "other"), "--classes", str(csv_path), "--group-column", "patient"])
+    assert stopped.value.code == 2 and f"{csv_path}: no column 'image', 'class', 'patient' (columns:" in capsys.readouterr().err

@@ -118,3 +118,16 @@ def test_cli_prints_split_counts(phantom_raw, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "prepared 41 images" in printed and "excluded: 7 normal" in printed
     assert [line.split()[-1] for line in printed.splitlines() if line.split()[0] in SECTIONS] == ["7", "22", "4", "8"]
+
+
+def test_without_a_group_column_nothing_is_grouped(prepared_phantom):
+    manifest = json.loads((prepared_phantom / "manifest.json").read_text())
+    assert manifest["settings"]["group_column"] is None and {record["group"] for record in manifest["images"]} == {None}
+    assert manifest["summary"]["multi_image_groups"] == len(manifest["summary"]["duplicate_groups"])
+
+
+def test_a_group_column_needs_a_class_csv(phantom_raw, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        prepare(str(phantom_raw), str(tmp_path / "out"), group_column="patient")
+    assert stopped.value.code == 2 and "--group-column names a column of the class CSV" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from mgcc.data.split import SplitItem, assign_splits
+from mgcc.data.split import SplitItem, assign_splits, duplicate_groups, split_groups
 
 
 def _items(benign: int = 140, malignant: int = 60) -> list[SplitItem]:
@@ -79,3 +79,51 @@ def test_a_tiny_class_keeps_one_labeled_image():
 def test_labeled_fraction_out_of_range_is_refused(fraction):
     with pytest.raises(ValueError, match="labeled_fraction"):
         assign_splits(_items(), labeled_fraction=fraction)
+
+
+def _grouped_items() -> list[SplitItem]:
+    """90 images of 36 patients (2 or 3 images each, one class per patient) and 6 images without a patient."""
+    items = []
+    for patient in range(36):
+        label = "benign" if patient % 3 else "malignant"
+        items += [SplitItem(f"img_{len(items) + k:04d}", label, f"px{len(items) + k}", f"P{patient}") for k in range(2 + patient % 2)]
+    return items + [SplitItem(f"img_{len(items) + k:04d}", "benign", f"px{len(items) + k}") for k in range(6)]
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("fraction", [0.125, 0.5])
+def test_groups_never_straddle_splits_nor_labeled(seed, fraction):
+    items = _grouped_items()
+    items[0] = SplitItem(items[0].id, items[0].label, items[-1].pixel_sha256, items[0].group)  # joins P0 and the last image
+    assignments = assign_splits(items, seed=seed, labeled_fraction=fraction)
+    by_group: dict[str, set] = {}
+    for item in items:
+        by_group.setdefault(item.group, set()).add(assignments[item.id])
+    assert all(len(sides) == 1 for group, sides in by_group.items() if group is not None)
+    assert assignments[items[-1].id] == assignments[items[0].id]
+    assert {value.split for value in assignments.values()} == {"train", "validation", "test"}
+    assert any(value.labeled for value in assignments.values())
+
+
+def test_split_groups_merge_same_pixels_or_same_group():
+    items = [SplitItem("d", "malignant", "x", "P1"), SplitItem("c", "benign", "y", "P1"), SplitItem("b", "benign", "x"),
+             SplitItem("e", "benign", "z", "P2"), SplitItem("a", "benign", "w", "")]
+    assert [[item.id for item in group] for group in split_groups(items)] == [["a"], ["b", "c", "d"], ["e"]]
+    assert [[item.id for item in group] for group in duplicate_groups(items)] == [["a"], ["b", "d"], ["c"], ["e"]]
+
+
+def test_images_in_groups_of_their_own_split_as_without_groups():
+    items = _items()
+    alone = [SplitItem(item.id, item.label, item.pixel_sha256, f"patient-{item.id}") for item in items]
+    for seed in range(3):
+        assert assign_splits(alone, seed=seed) == assign_splits(items, seed=seed)
+
+
+def test_a_group_is_in_the_stratum_of_its_smallest_id():
+    patient = {"benign_0000"} | {f"malignant_{k:04d}" for k in range(10)}  # one benign and ten malignant images
+    items = [SplitItem(item.id, item.label, item.pixel_sha256, "P" if item.id in patient else None) for item in _items(20, 20)]
+    assignments = assign_splits(items, seed=0, labeled_fraction=1.0)
+    assert len({assignments[key] for key in patient}) == 1
+    # the malignant stratum is the ten other malignant images: 2 test, 1 validation, 7 train
+    rest = Counter(assignments[item.id].split for item in items if item.label == "malignant" and item.id not in patient)
+    assert rest == {"test": 2, "validation": 1, "train": 7}

@@ -107,18 +107,39 @@ def test_killed_run_resumes_without_redoing_finished_stages(tiny_preset, tmp_pat
     assert (out / "report" / "report.md").is_file()
 
 
-def test_compare_trains_each_variant_and_tabulates(tiny_preset, tmp_path):
+def test_compare_over_two_seeds_then_an_external_test(tiny_preset, tmp_path):
     out = tmp_path / "compare"
     proc = subprocess.run([sys.executable, "-m", "mgcc", "compare", "--preset", str(tiny_preset), "--out", str(out),
-                           "--variants", "supervised,mgcc-synthetic"], capture_output=True, text=True, env=ENV)
+                           "--variants", "supervised,mgcc-labeled", "--seeds", "0,1"],
+                          capture_output=True, text=True, env=ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = (out / "compare" / "compare.md").read_text()
-    assert "| supervised |" in table and "| mgcc-synthetic |" in table and "Dice minus supervised" in table
+    assert "| supervised |" in table and "| mgcc-labeled |" in table and "Dice minus supervised" in table
     report = json.loads((out / "compare" / "compare.json").read_text())
-    assert set(report["results"]) == {"supervised", "mgcc-synthetic"}
-    assert report["paired_dice_differences"]["mgcc-synthetic"]["n"] == report["results"]["supervised"]["n"]
-    for stage in ("quality", "segmentation-supervised", "evaluate-mgcc-synthetic"):
-        assert (out / stage / "stage.json").is_file()
+    assert report["seeds"] == [0, 1] and set(report["per_seed"]) == {"0", "1"}
+    assert set(report["summary"]) == {"supervised", "mgcc-labeled"}
+    n = sum(report["per_seed"][s]["results"]["supervised"]["n"] for s in ("0", "1"))
+    assert report["paired_dice_differences"]["mgcc-labeled"]["n"] == n
+    for folder in (out, out / "seed-1"):  # seed 0 is the preset's: it runs in OUT itself
+        for stage in ("segmentation-supervised", "evaluate-mgcc-labeled"):
+            assert (folder / stage / "stage.json").is_file()
+        assert not (folder / "sample").exists()  # no variant needs synthetic images
+    splits = [json.loads((f / "prepare" / "dataset" / "datalist.json").read_text()) for f in (out, out / "seed-1")]
+    assert splits[0]["test"] != splits[1]["test"]  # the seed sets the split
+
+    # the trained model scored on another phantom dataset, at the model's own size, listed in a report
+    other = tmp_path / "other"
+    subprocess.run([sys.executable, "-m", "mgcc", "phantom", "--out", str(other), "--n", "10", "--size", "40",
+                    "--seed", "7"], check=True, capture_output=True, env=ENV)
+    external = subprocess.run([sys.executable, "-m", "mgcc", "evaluate", "--model", str(out / "segmentation-mgcc-labeled"),
+                               "--data", str(other), "--section", "all", "--include-normal"], capture_output=True, text=True, env=ENV)
+    assert external.returncode == 0, external.stdout[-3000:] + external.stderr[-3000:]
+    result = out / "external" / "other-all" / "evaluate" / "evaluation"
+    summary = json.loads((result / "summary.json").read_text())
+    assert summary["n"] == 10 and (result / "per_image.csv").is_file() and (result / "overlay_worst.png").is_file()
+    args = json.loads((out / "external" / "other-all" / "evaluate" / "args.json").read_text())
+    assert args["spatial_size"] == [32, 32] and args["base_channels"] == 4
+    assert args["config_file"][1].endswith("train_labeled_only.json")
 
     unknown = subprocess.run([sys.executable, "-m", "mgcc", "compare", "--preset", str(tiny_preset), "--out", str(out),
                               "--variants", "mgcc-imaginary"], capture_output=True, text=True, env=ENV)

@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,51 @@ def test_a_changed_preset_value_reruns_exactly_the_stages_that_depend_on_it(tmp_
     assert rerun({"c": 30}) == ["c", "report"]
     record = read_record(tmp_path, "b")
     assert set(record["inputs"]) == {"preset x.b", "stage a"} and len(record["fingerprint"]) == 16
+
+
+def _generic_copy(busi: Path, root: Path) -> Path:
+    """The phantom's images as a generic-layout dataset: `images/case_<k>.png`, `masks/case_<k>_mask.png` and a CSV
+    with the dataset's own column names, two images per patient."""
+    import shutil
+
+    rows = ["filename,diagnosis,patient"]
+    images = sorted(p for p in busi.glob("*/*.png") if "_mask" not in p.name)
+    for k, image in enumerate(images):
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(exist_ok=True)
+        shutil.copy(image, root / "images" / f"case_{k:03d}.png")
+        shutil.copy(image.with_name(image.stem + "_mask.png"), root / "masks" / f"case_{k:03d}_mask.png")
+        rows.append(f"case_{k:03d}.png,{image.parent.name},P{k // 2}")
+    (root / "classes.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_data_in_each_form_runs_the_prepare_stage(tmp_path):
+    """--data as a BUSI-layout folder, a generic-layout folder with `mgcc prepare`'s options, and a prepared folder
+    (split again with the run's seed); a misspelled data option is refused before anything runs."""
+    from mgcc.cli import main
+    from mgcc.data.phantom import make_phantom_dataset
+
+    busi = make_phantom_dataset(tmp_path / "busi", n=16, size=32, seed=3)
+    generic = _generic_copy(busi, tmp_path / "generic")
+    forms = {
+        "busi": [str(busi)],
+        "generic": [str(generic), "--image-pattern", "case_{id}.png", "--mask-pattern", "case_{id}_mask.png",
+                    "--classes", "classes.csv", "--id-column", "filename", "--class-column", "diagnosis",
+                    "--group-column", "patient"],
+        "prepared": [str(tmp_path / "busi-run" / "prepare" / "dataset")],
+    }
+    manifests = {}
+    for name, data in forms.items():
+        main(["run", "--preset", "demo", "--out", str(tmp_path / f"{name}-run"), "--stage", "prepare", "--data", *data])
+        manifests[name] = json.loads((tmp_path / f"{name}-run" / "prepare" / "dataset" / "manifest.json").read_text())
+        assert len(manifests[name]["images"]) == 14  # the two `normal` images are left out, as the preset says
+    groups = {}
+    for record in manifests["generic"]["images"]:
+        groups.setdefault(record["group"], set()).add(record["section"])
+    assert all(len(sections) == 1 for sections in groups.values())  # a patient never straddles a split
+    sections = [{r["id"]: r["section"] for r in manifests[name]["images"]} for name in ("busi", "prepared")]
+    assert sections[0] == sections[1]  # the same seed and fraction split a prepared folder the same way
+    with pytest.raises(SystemExit, match="unknown option '--group-colum'"):
+        main(["run", "--preset", "demo", "--out", str(tmp_path / "x"), "--data", str(generic), "--group-colum", "p"])
+    assert not (tmp_path / "x").exists()

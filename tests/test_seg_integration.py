@@ -104,6 +104,21 @@ def test_baselines_train_with_the_shared_settings(baseline, prepared_phantom, tm
         assert "teacher" in ckpt
 
 
+def test_labeled_only_ablation_trains_the_auxiliary_decoders_without_unlabeled_images(prepared_phantom, tmp_path):
+    """`train_labeled_only.json` (the `mgcc-labeled` variant): no unlabeled batch and no consistency, but the
+    auxiliary decoders learn from the labeled images, where supervised-only leaves them at their initial weights."""
+    schedule = ["--max_iterations", "4", "--val_interval", "2"]
+    for name in ("train_supervised", "train_labeled_only"):
+        run(train_cmd(configs("configs/train.json", f"configs/{name}.json"), prepared_phantom, tmp_path / name, *schedule))
+        rows = [r for r in history(tmp_path / name) if r["loss"]]
+        assert len(rows) == 4
+        assert all(float(r["consistency_loss"]) == 0.0 and r["loss"] == r["supervised_loss"] for r in rows)
+    supervised, ablation = (torch.load(tmp_path / n / "models" / "model.pt", weights_only=True)
+                            for n in ("train_supervised", "train_labeled_only"))
+    aux = [k for k in supervised if k.startswith("aux_decoders.")]
+    assert aux and all(not torch.equal(supervised[k], ablation[k]) for k in aux if k.endswith("head.weight"))
+
+
 def test_benchmark_script_writes_json_and_markdown(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_segmentation.py"
     out = tmp_path / "bench" / "seg"

@@ -11,6 +11,7 @@ COMMANDS = {
     "prepare": "mgcc.data.prepare:prepare",
     "run": "mgcc.pipeline:run",
     "compare": "mgcc.compare:compare",
+    "evaluate": "mgcc.external:evaluate",
     "label": "mgcc.label:Label",
 }
 BOOLEAN_WORDS = {"true": "True", "false": "False"}
@@ -27,9 +28,13 @@ def checked_arguments(function, args: list[str], name: str) -> list[str]:
     A misspelled option (``--dta``) is refused with a one-line error: fire would run the command with the
     defaults first and complain after. ``--flag true`` / ``--flag false`` for a boolean option become Python's
     ``True`` / ``False``: fire passes the word as a string, and the string ``'false'`` is true."""
-    parameters = inspect.signature(function).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return args
+    parameters = dict(inspect.signature(function).parameters)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):  # `**data_options`
+        from mgcc.data.sources import DATA_OPTIONS
+
+        parameters = {n: p for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        parameters |= {option: inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=None)
+                       for option in DATA_OPTIONS}
     booleans = {n for n, p in parameters.items() if isinstance(p.default, bool) or p.annotation in (bool, "bool")}
     checked = []
     for i, arg in enumerate(args):
@@ -65,7 +70,14 @@ def main(argv: list[str] | None = None) -> None:
             rest = rest[:1] + checked_arguments(method, rest[1:], f"{name} {rest[0]}")
     else:
         rest = checked_arguments(target, rest, name)
-    fire.Fire(target, command=rest, name=name)
+    from mgcc.data.records import DatasetError
+    from mgcc.stages import StageError
+
+    try:
+        fire.Fire(target, command=rest, name=name)
+    except (DatasetError, StageError) as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,24 +1,32 @@
-"""`mgcc compare`: supervised-only vs MGCC with real, synthetic, or both kinds of unlabeled images.
+"""`mgcc compare`: supervised-only, the auxiliary decoders alone, and MGCC with real, synthetic or both kinds of
+unlabeled images, over one or more seeds.
 
-All variants share the preset's data, generator and training budget; only the unlabeled set (or its absence)
-changes. The result is one table, `<out>/compare/compare.md` (+ `compare.json`).
+All variants of a seed share its data split, generator and training budget; only the decoders trained and the
+unlabeled set (or its absence) change. A seed sets the split, the generator's sampling and the segmentation
+training; each seed's generator sees only that split's train images. The preset's own seed runs in `OUT`
+itself (so it shares the generator of a `mgcc run` there), any other seed in `OUT/seed-<n>/`. Every stage resumes,
+so a comparison can span several sittings. The result is one table, `<out>/compare/compare.md` (+ `compare.json`).
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mgcc.pipeline import DEFAULT_OUT, STAGES, Run, evaluate_stage, execute_stages, segmentation_stage
+from mgcc.pipeline import STAGES, Run, evaluate_stage, execute_stages, make_run, segmentation_stage
 from mgcc.presets import load_preset
-from mgcc.report import metrics_table
+from mgcc.report import METRICS, metrics_table
+from mgcc.stages import read_record
 
-#: variant -> (bundle config files, overrides)
+#: variant -> (bundle config files, overrides); the table reads top to bottom as the ablation does
 VARIANTS: dict[str, tuple[list[str], dict]] = {
     "supervised": (["train.json", "train_supervised.json"], {}),
+    "mgcc-labeled": (["train.json", "train_labeled_only.json"], {}),
     "mgcc-real": (["train.json"], {"unlabeled_source": "real"}),
     "mgcc-synthetic": (["train.json"], {"unlabeled_source": "synthetic"}),
     "mgcc-both": (["train.json"], {"unlabeled_source": "both"}),
@@ -26,26 +34,56 @@ VARIANTS: dict[str, tuple[list[str], dict]] = {
 GENERATOR_STAGES = ("prepare", "autoencoder", "diffusion", "sample", "quality")
 
 
-def paired_dice_differences(per_image: dict[str, Path], baseline: str, resamples: int = 2000, seed: int = 0) -> dict:
-    """Each variant's per-image Dice minus the baseline's on the same test images: mean, 95% bootstrap interval,
-    and how many images got better / worse. A difference whose interval spans 0 is not resolved by this test set."""
-    scores = {}
-    for name, path in per_image.items():
-        with open(path, newline="") as f:
-            scores[name] = {row["image"]: float(row["dice"]) for row in csv.DictReader(f)}
-    base = scores[baseline]
+def seeded_preset(preset: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The preset with every seed set to `seed`: the split, the generator's sampling, the segmentation training."""
+    spec = copy.deepcopy(preset)
+    spec["data"]["seed"] = seed
+    spec["ldm"].setdefault("sample", {})["seed"] = seed
+    spec["segmentation"].setdefault("common", {})["seed"] = seed
+    return spec
+
+
+def parse_seeds(seeds: int | str | tuple | list | None, default: int) -> list[int]:
+    """`--seeds 0,1,2` (fire gives a tuple), `--seeds 3` or nothing (the preset's seed)."""
+    if seeds is None:
+        return [default]
+    items = seeds if isinstance(seeds, (tuple, list)) else str(seeds).split(",")
+    try:
+        parsed = [int(str(item).strip()) for item in items]
+    except ValueError:
+        raise SystemExit(f"--seeds {seeds}: expected whole numbers separated by commas, e.g. 0,1,2") from None
+    if len(set(parsed)) != len(parsed) or any(s < 0 for s in parsed):
+        raise SystemExit(f"--seeds {seeds}: seeds must be distinct and not negative")
+    return parsed
+
+
+def read_scores(path: Path) -> dict[str, float]:
+    with open(path, newline="") as f:
+        return {row["image"]: float(row["dice"]) for row in csv.DictReader(f)}
+
+
+def paired_dice_differences(per_image: dict[str, list[Path]], baseline: str, resamples: int = 2000,
+                            seed: int = 0) -> dict:
+    """Each variant's per-image Dice minus the baseline's on the same test images, pooled over seeds (one
+    `per_image.csv` per seed, in the same seed order for every variant): mean, 95% bootstrap interval (images are
+    resampled within each seed, so every resample keeps each seed's test set size), and how many images got
+    better / worse. A difference whose interval spans 0 is not resolved by these test sets."""
+    scores = {name: [read_scores(path) for path in paths] for name, paths in per_image.items()}
     rng = np.random.default_rng(seed)
     result = {}
-    for name, values in scores.items():
+    for name, per_seed in scores.items():
         if name == baseline:
             continue
-        if values.keys() != base.keys():
-            raise ValueError(f"{per_image[name]} and {per_image[baseline]} do not score the same test images")
-        diff = np.array([values[k] - base[k] for k in sorted(base)])
-        means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(1)
-        low, high = np.percentile(means, [2.5, 97.5])
-        result[name] = {"mean": float(diff.mean()), "ci95": [float(low), float(high)], "n": len(diff),
-                        "better": int((diff > 0).sum()), "worse": int((diff < 0).sum())}
+        diffs = []
+        for i, (values, base) in enumerate(zip(per_seed, scores[baseline], strict=True)):
+            if values.keys() != base.keys():
+                raise ValueError(f"{per_image[name][i]} and {per_image[baseline][i]} do not score the same test images")
+            diffs.append(np.array([values[k] - base[k] for k in sorted(base)]))
+        pooled = np.concatenate(diffs)
+        sums = sum(d[rng.integers(0, len(d), (resamples, len(d)))].sum(1) for d in diffs)
+        low, high = np.percentile(sums / len(pooled), [2.5, 97.5])
+        result[name] = {"mean": float(pooled.mean()), "ci95": [float(low), float(high)], "n": len(pooled),
+                        "better": int((pooled > 0).sum()), "worse": int((pooled < 0).sum())}
     return result
 
 
@@ -57,43 +95,94 @@ def differences_table(differences: dict, baseline: str) -> str:
     return "\n".join(lines)
 
 
+def over_seeds(per_seed: dict[int, dict[str, dict]], seconds: dict[int, dict[str, float]]) -> dict[str, dict]:
+    """Per variant: mean and std over seeds of each seed's mean test metric, and the mean training wall time."""
+    names = next(iter(per_seed.values()))
+    summary = {}
+    for name in names:
+        row: dict[str, Any] = {}
+        for metric in METRICS:
+            values = np.array([per_seed[s][name][metric]["mean"] for s in per_seed])
+            row[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+                           "per_seed": values.tolist()}
+        row["training_seconds"] = float(np.mean([seconds[s][name] for s in seconds]))
+        summary[name] = row
+    return summary
+
+
+def seeds_table(summary: dict[str, dict], seeds: list[int]) -> str:
+    """Mean ± std over seeds (sample std; one seed: the mean alone)."""
+    def cell(value: dict) -> str:
+        return f"{value['mean']:.4f}" + (f" ± {value['std']:.4f}" if value["std"] is not None else "")
+
+    lines = ["| model | Dice | IoU | HD95 (px) | per-seed Dice | training wall time (s, mean) |", "|---|---|---|---|---|---|"]
+    for name, row in summary.items():
+        per_seed = ", ".join(f"{v:.3f}" for v in row["dice"]["per_seed"])
+        lines.append(f"| {name} | " + " | ".join(cell(row[m]) for m in METRICS) + f" | {per_seed} | "
+                     f"{row['training_seconds']:.0f} |")
+    return "\n".join(lines) + f"\n\nSeeds: {', '.join(map(str, seeds))}; std is the sample standard deviation over seeds."
+
+
+def seed_run(base: Run, seed: int) -> Run:
+    """The run of one seed: the base run itself when the seed changes nothing, else `<out>/seed-<seed>`."""
+    spec = seeded_preset(base.preset, seed)
+    out = base.out if spec == base.preset else base.out / f"seed-{seed}"
+    return Run(spec, out, base.data, base.data_options)
+
+
 def compare(preset: str = "busi-cpu", data: str | None = None, out: str | None = None,
-            variants: str | list[str] = tuple(VARIANTS)) -> None:
-    """Train and evaluate each variant at the same labeled fraction and budget, then tabulate test metrics.
+            variants: str | list[str] = tuple(VARIANTS), seeds: str | None = None, **data_options: Any) -> None:
+    """Train and evaluate each variant at the same labeled fraction and budget, for each seed, then tabulate.
 
     Args:
         preset: preset name or path (see `mgcc run`).
-        data: raw dataset folder; default: the preset's built-in phantom data.
+        data: the dataset in any form `mgcc run` takes; default: the preset's built-in phantom data.
         out: output folder; default `outputs/<preset>`.
-        variants: comma-separated subset of supervised, mgcc-real, mgcc-synthetic, mgcc-both.
+        variants: comma-separated subset of supervised, mgcc-labeled, mgcc-real, mgcc-synthetic, mgcc-both; the
+            first is the baseline of the paired differences.
+        seeds: comma-separated seeds (e.g. 0,1,2); default: the preset's seed.
+        data_options: `mgcc prepare`'s options for a generic-layout dataset (see `mgcc run`).
     """
     names = variants.split(",") if isinstance(variants, str) else list(variants)
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    spec = load_preset(preset)
-    run = Run(spec, (Path(out) if out else DEFAULT_OUT / spec["name"]).resolve(),
-               Path(data).resolve() if data else None)
-    run.out.mkdir(parents=True, exist_ok=True)
+    base = make_run(load_preset(preset), data, out, data_options)
+    chosen_seeds = parse_seeds(seeds, base.preset["data"]["seed"])
 
     needs_samples = any(VARIANTS[n][1].get("unlabeled_source") in ("synthetic", "both") for n in names)
     stages = [s for s in STAGES if s.name in GENERATOR_STAGES and (needs_samples or s.name == "prepare")]
     for name in names:
         files, overrides = VARIANTS[name]
         stages += [segmentation_stage(name, files, overrides), evaluate_stage(name)]
-    execute_stages(run, stages)
+    runs = {seed: seed_run(base, seed) for seed in chosen_seeds}
+    for seed, run in runs.items():
+        print(f"[mgcc] seed {seed} -> {run.out}", flush=True)
+        execute_stages(run, stages)
 
-    rows = {name: json.loads((run.folder(f"evaluate-{name}") / "evaluation" / "summary.json").read_text())
-            for name in names}
-    table = metrics_table(rows)
-    report = {"preset": spec["name"], "results": rows}
+    per_seed = {seed: {name: json.loads((run.folder(f"evaluate-{name}") / "evaluation" / "summary.json").read_text())
+                       for name in names} for seed, run in runs.items()}
+    seconds = {seed: {name: read_record(run.out, f"segmentation-{name}")["seconds"] for name in names}
+               for seed, run in runs.items()}
+    summary = over_seeds(per_seed, seconds)
+    report: dict[str, Any] = {"preset": base.preset["name"], "seeds": chosen_seeds, "variants": names,
+                              "summary": summary,
+                              "per_seed": {str(seed): {"folder": str(run.out), "results": per_seed[seed],
+                                                       "training_seconds": seconds[seed]}
+                                           for seed, run in runs.items()}}
+    md = [f"# MGCC comparison — preset `{base.preset['name']}`", "", "## Test metrics over seeds", "",
+          seeds_table(summary, chosen_seeds), ""]
     if len(names) > 1:
-        per_image = {name: run.folder(f"evaluate-{name}") / "evaluation" / "per_image.csv" for name in names}
+        per_image = {name: [run.folder(f"evaluate-{name}") / "evaluation" / "per_image.csv" for run in runs.values()]
+                     for name in names}
         report["paired_dice_differences"] = paired_dice_differences(per_image, names[0])
-        table += "\n\nPaired per test image:\n\n" + differences_table(report["paired_dice_differences"], names[0])
-    folder = run.folder("compare")
+        md += ["## Paired per test image, pooled over seeds (bootstrap within seeds)", "",
+               differences_table(report["paired_dice_differences"], names[0]), ""]
+    for seed, run in runs.items():
+        md += [f"## Seed {seed} (`{run.out}`): per image, mean ± std", "", metrics_table(per_seed[seed]), ""]
+    folder = base.folder("compare")
     folder.mkdir(exist_ok=True)
     (folder / "compare.json").write_text(json.dumps(report, indent=2))
-    (folder / "compare.md").write_text(f"# MGCC comparison — preset `{spec['name']}`\n\n{table}\n")
-    print(table)
+    (folder / "compare.md").write_text("\n".join(md))
+    print("\n".join(md))
     print(f"[mgcc] comparison: {folder / 'compare.md'}")

@@ -43,6 +43,7 @@ class Run:
     preset: dict[str, Any]
     out: Path
     data: Path | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)  # `mgcc prepare` options for a raw generic dataset
 
     def folder(self, stage: str) -> Path:
         return stage_dir(self.out, stage)
@@ -67,7 +68,7 @@ class Run:
 # ----------------------------------------------------------------------------------------------- stages
 def _prepare(run: Run) -> StageResult:
     from mgcc.data.phantom import make_phantom_dataset
-    from mgcc.data.prepare import prepare_dataset
+    from mgcc.data.sources import prepare_any
 
     spec = run.preset["data"]
     if run.data is None and "phantom" not in spec:
@@ -78,8 +79,8 @@ def _prepare(run: Run) -> StageResult:
         if source is None:
             phantom = spec["phantom"]
             source = make_phantom_dataset(folder / "phantom", n=phantom["n"], size=phantom["size"], seed=phantom["seed"])
-        summary = prepare_dataset(Path(source), run.dataset, labeled_fraction=spec["labeled_fraction"],
-                                  seed=spec["seed"], include_normal=spec.get("include_normal", False))
+        summary = prepare_any(Path(source), run.dataset, labeled_fraction=spec["labeled_fraction"], seed=spec["seed"],
+                              include_normal=spec.get("include_normal", False), options=run.data_options)
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
 
     return run_python("prepare", run.out, work)
@@ -190,7 +191,7 @@ def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
         for step in filter(None, key.split(".")):
             value = value.get(step, {}) if isinstance(value, dict) else {}
         if key == "data":
-            value = {"preset": value, "folder": str(run.data) if run.data else None}
+            value = {"preset": value, "folder": str(run.data) if run.data else None, **run.data_options}
         parts[f"preset {key or '(all)'}"] = fingerprint(value)
     if stage.bundle is not None:
         configs = sorted((stage.bundle / "configs").glob("*.json"))
@@ -225,20 +226,36 @@ def execute_stages(run: Run, stages: list[Stage], force: bool = False) -> None:
         print(f"[mgcc] stage '{stage.name}' done in {result.seconds:.1f} s, peak RSS {result.peak_rss_mb:.0f} MB")
 
 
-def run(preset: str = "demo", data: str | None = None, out: str | None = None, stage: str | None = None) -> None:
+def make_run(preset: str | dict[str, Any], data: str | None, out: str | None, data_options: dict[str, Any]) -> Run:
+    """A run of `preset` (a name, path or loaded preset) on `data` in `out` (default `outputs/<preset>`)."""
+    from mgcc.data.sources import checked_options
+
+    spec = preset if isinstance(preset, dict) else load_preset(preset)
+    run_ = Run(spec, (Path(out) if out else DEFAULT_OUT / spec["name"]).resolve(),
+               Path(data).resolve() if data else None, checked_options(data_options))
+    if run_.data is not None and not run_.data.is_dir():
+        raise SystemExit(f"--data {data}: not a folder")
+    if run_.data_options and run_.data is None:
+        raise SystemExit(f"{', '.join('--' + k for k in run_.data_options)} need(s) --data (a raw dataset folder)")
+    run_.out.mkdir(parents=True, exist_ok=True)
+    return run_
+
+
+def run(preset: str = "demo", data: str | None = None, out: str | None = None, stage: str | None = None,
+        **data_options: Any) -> None:
     """Run the MGCC pipeline.
 
     Args:
         preset: preset name in `configs/` (demo, busi-cpu, busi-gpu) or a path to a preset JSON file.
-        data: raw dataset folder (BUSI layout); default: the preset's built-in phantom data.
+        data: the dataset: a BUSI-layout folder, a generic-layout folder (with the data options below) or a folder
+            prepared by `mgcc prepare` (split again with the preset's seed); default: the preset's phantom data.
         out: output folder; default `outputs/<preset>`.
         stage: run only this stage (forced, even if complete): one of prepare, autoencoder, diffusion, sample,
             quality, segmentation, evaluate, lesions, report.
+        data_options: `mgcc prepare`'s options for a generic-layout dataset: --layout, --images, --masks,
+            --image-pattern, --mask-pattern, --classes, --id-column, --class-column, --group-column.
     """
-    spec = load_preset(preset)
-    run_ = Run(spec, (Path(out) if out else DEFAULT_OUT / spec["name"]).resolve(),
-               Path(data).resolve() if data else None)
-    run_.out.mkdir(parents=True, exist_ok=True)
+    run_ = make_run(preset, data, out, data_options)
     if stage is None:
         execute_stages(run_, STAGES)
     else:
@@ -248,4 +265,3 @@ def run(preset: str = "demo", data: str | None = None, out: str | None = None, s
         execute_stages(run_, chosen, force=True)
     report = run_.folder("report") / "report.md"
     print(f"[mgcc] report: {report}" if report.exists() else f"[mgcc] outputs in {run_.out}")
-

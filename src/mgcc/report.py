@@ -157,6 +157,13 @@ def write_report(out: Path, folder: Path, preset: dict[str, Any]) -> Path:
             md += [f"### Overlays: {name}", ""]
             md += [f"![{p.stem}](figures/{p.name})" for p in _copy_figures(overlays, figures, name)] + [""]
 
+    external = {p.parents[2].name: json.loads(p.read_text())
+                for p in sorted(out.glob("external/*/evaluate/evaluation/summary.json"))}
+    if external:
+        md += ["## External tests (`mgcc evaluate`)", "", "The trained model scored on other datasets, "
+               "at its own input size.", "", metrics_table(external), ""]
+        evaluations = {**evaluations, **{f"external/{name}": summary for name, summary in external.items()}}
+
     md += ["## Time and peak memory per stage", "", stage_table(out), ""]
     (folder / "summary.json").write_text(json.dumps(report_summary(out, evaluations, quality, rates), indent=2))
     text = "\n".join(md)

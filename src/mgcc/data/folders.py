@@ -3,12 +3,14 @@
 A pattern is a file name with one `{id}` (the part that pairs an image with its masks) and optional `*`
 wildcards: images `case_{id}.png` with masks `mask_{id}.png` pair `case_0001.png` with `mask_0001.png`;
 masks `{id}_mask*.png` gives an image all its `<name>_mask*.png` files (their union is the mask).
+The class CSV names each image's class and, optionally, its group (e.g. the patient) in named columns.
 """
 
 from __future__ import annotations
 
 import csv
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from mgcc.data.busi import is_png
@@ -47,33 +49,73 @@ def _match(paths: list[Path], pattern: str, kind: str) -> tuple[dict[str, list[P
     return matched, problems
 
 
-def read_classes(csv_path: Path) -> tuple[dict[str, str], dict[str, str], list[Problem]]:
-    """Class per image stem from a CSV with columns `image` (file name or stem) and `class`.
+@dataclass(frozen=True)
+class ClassColumns:
+    """Names of the class CSV's columns: the image (file name or stem), its class and, optionally, its group."""
 
-    Returns the valid classes, every listed name by stem (valid or not) and the problems found.
-    """
+    image: str = "image"
+    label: str = "class"
+    group: str | None = None
+
+    def wanted(self) -> list[str]:
+        return [self.image, self.label] + ([self.group] if self.group is not None else [])
+
+
+@dataclass(frozen=True)
+class ClassTable:
+    """What a class CSV says, by image stem: the valid classes, the non-empty groups, every listed name."""
+
+    classes: dict[str, str]
+    groups: dict[str, str]
+    listed: dict[str, str]
+
+
+def _read_rows(csv_path: Path, columns: ClassColumns) -> tuple[list[dict[str, str]], Problem | None]:
+    """The CSV's rows (header names stripped, a byte-order mark ignored), or the one problem that makes it unusable."""
     try:
-        with open(csv_path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = [(name or "").strip() for name in reader.fieldnames or []]
+            reader.fieldnames = header
+            rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        return {}, {}, [Problem(csv_path, f"cannot read class CSV ({error})")]
-    if not rows or not {"image", "class"} <= set(rows[0]):
-        return {}, {}, [Problem(csv_path, "class CSV needs a header with columns 'image' and 'class' and at least one row")]
-    classes: dict[str, str] = {}
-    listed: dict[str, str] = {}
+        return [], Problem(csv_path, f"cannot read class CSV ({error})")
+    if not header:
+        return [], Problem(csv_path, "class CSV is empty: no header")
+    missing = [name for name in columns.wanted() if name not in header]
+    if missing:
+        names = ", ".join(f"'{name}'" for name in missing)
+        return [], Problem(csv_path, f"no column {names} (columns: {', '.join(header)})")
+    if not rows:
+        return [], Problem(csv_path, "class CSV has a header but no rows")
+    return rows, None
+
+
+def read_classes(csv_path: Path, columns: ClassColumns = ClassColumns()) -> tuple[ClassTable | None, list[Problem]]:
+    """Class (and group) per image stem from a CSV with the given columns; `None` when the CSV cannot be used.
+
+    An empty group cell leaves the image in a group of its own.
+    """
+    rows, unusable = _read_rows(csv_path, columns)
+    if unusable is not None:
+        return None, [unusable]
+    table = ClassTable({}, {}, {})
     problems = []
     for line, row in enumerate(rows, start=2):
-        name, label = (row["image"] or "").strip(), (row["class"] or "").strip()
+        name, label = (row[columns.image] or "").strip(), (row[columns.label] or "").strip()
         stem = Path(name).stem
-        if stem in listed:
+        if stem in table.listed:
             problems.append(Problem(f"{csv_path}:{line}", f"image '{name}' is listed more than once"))
             continue
-        listed[stem] = name
+        table.listed[stem] = name
+        group = (row[columns.group] or "").strip() if columns.group is not None else ""
+        if group:
+            table.groups[stem] = group
         if label in KNOWN_CLASSES:
-            classes[stem] = label
+            table.classes[stem] = label
         else:
             problems.append(Problem(f"{csv_path}:{line}", f"unknown class '{label}' (expected one of: {', '.join(KNOWN_CLASSES)})"))
-    return classes, listed, problems
+    return table, problems
 
 
 def scan_folders(
@@ -82,6 +124,7 @@ def scan_folders(
     image_pattern: str = "{id}.png",
     mask_pattern: str = "{id}.png",
     classes_csv: Path | None = None,
+    columns: ClassColumns = ClassColumns(),
 ) -> tuple[list[SourceCase], list[Problem]]:
     """All cases of a generic dataset (sorted by id) and the problems found in its files and CSV."""
     image_files, problems = _pngs(images_dir)
@@ -94,18 +137,20 @@ def scan_folders(
             problems.append(Problem(paths[0], f"images {', '.join(path.name for path in paths)} share the pattern id '{key}'"))
     problems += [Problem(path, "mask without image") for key in sorted(set(masks) - set(images)) for path in masks[key]]
     problems += [Problem(images[key][0], "image without mask") for key in sorted(set(images) - set(masks))]
-    classes, listed, csv_problems = read_classes(classes_csv) if classes_csv else ({}, {}, [])
+    table, csv_problems = read_classes(classes_csv, columns) if classes_csv else (None, [])
     problems += csv_problems
+    if classes_csv and table is None:
+        return [], problems  # the CSV cannot be used: its one problem says why, rather than one per image
     cases = []
     for key in sorted(set(images) & set(masks)):
-        image = images[key][0]
-        if classes_csv is None:
-            cases.append(SourceCase(case_id(image.stem), DEFAULT_CLASS, image, tuple(sorted(masks[key]))))
-        elif image.stem in classes:
-            cases.append(SourceCase(case_id(image.stem), classes[image.stem], image, tuple(sorted(masks[key]))))
-        elif image.stem not in listed:
+        image, image_masks = images[key][0], tuple(sorted(masks[key]))
+        if table is None:
+            cases.append(SourceCase(case_id(image.stem), DEFAULT_CLASS, image, image_masks))
+        elif image.stem in table.classes:
+            cases.append(SourceCase(case_id(image.stem), table.classes[image.stem], image, image_masks, table.groups.get(image.stem)))
+        elif image.stem not in table.listed:
             problems.append(Problem(image, f"no class for this image in {classes_csv}"))
-    if classes_csv and listed:
+    if table is not None:
         present = {path.stem for paths in images.values() for path in paths}
-        problems += [Problem(classes_csv, f"lists '{listed[stem]}', which is not an image in {images_dir}") for stem in sorted(set(listed) - present)]
+        problems += [Problem(classes_csv, f"lists '{table.listed[stem]}', which is not an image in {images_dir}") for stem in sorted(set(table.listed) - present)]
     return sorted(cases, key=lambda case: case.id), problems + duplicate_id_problems(cases)

@@ -19,9 +19,9 @@ from PIL import Image
 
 from mgcc.data.busi import scan_busi
 from mgcc.data.datalist import SECTIONS, build_datalist, image_path, label_path, section_of, write_json
-from mgcc.data.folders import scan_folders
+from mgcc.data.folders import ClassColumns, scan_folders
 from mgcc.data.records import DatasetError, Problem, SourceCase
-from mgcc.data.split import SplitItem, assign_splits, duplicate_groups
+from mgcc.data.split import SplitItem, assign_splits, duplicate_groups, split_groups
 from mgcc.data.validate import CheckedCase, check_case, load_case
 
 MANIFEST_FORMAT = "mgcc-prepared-dataset/1"
@@ -51,6 +51,22 @@ def _pick_layout(source: Path, layout: str, folder_options: bool) -> str:
     return "busi"
 
 
+def _class_columns(source: Path, classes_csv: str | Path | None, id_column: str, class_column: str,
+                   group_column: str | None) -> ClassColumns:
+    """The class CSV's column names; naming a column without a CSV, or grouping by the id or class column, is refused."""
+    columns = ClassColumns(str(id_column), str(class_column), None if group_column is None else str(group_column))
+    if not classes_csv:
+        named = [option for option, given in (("--id-column", columns.image != ClassColumns.image),
+                                              ("--class-column", columns.label != ClassColumns.label),
+                                              ("--group-column", columns.group is not None)) if given]
+        if named:
+            verb = "names a column" if len(named) == 1 else "name columns"
+            raise DatasetError([Problem(source, f"{', '.join(named)} {verb} of the class CSV: give the CSV with --classes")])
+    elif columns.group in (columns.image, columns.label):
+        raise DatasetError([Problem(source, f"the group column '{columns.group}' must differ from the id and class columns")])
+    return columns
+
+
 def _output_problems(out: Path, read_from: list[Path]) -> list[Problem]:
     problems = [
         Problem(out, f"output folder must not be inside or equal to the source {folder}, nor contain it")
@@ -74,6 +90,7 @@ def _scan(
     image_pattern: str | None,
     mask_pattern: str | None,
     classes_csv: str | Path | None,
+    columns: ClassColumns,
 ) -> tuple[list[SourceCase], list[Problem], list[Path]]:
     """Cases, structural problems and the folders that are read, for the chosen layout."""
     if layout == "busi":
@@ -82,7 +99,7 @@ def _scan(
     images = _resolve_in(source, images_dir, "images")
     masks = _resolve_in(source, masks_dir, "masks")
     csv_path = _resolve_in(source, classes_csv, "") if classes_csv else None
-    cases, problems = scan_folders(images, masks, image_pattern or "{id}.png", mask_pattern or "{id}.png", csv_path)
+    cases, problems = scan_folders(images, masks, image_pattern or "{id}.png", mask_pattern or "{id}.png", csv_path, columns)
     return cases, problems, [source, images, masks]
 
 
@@ -110,6 +127,7 @@ def _record(checked: CheckedCase, source: Path, section: str) -> dict:
         "lesion_fraction": checked.lesion_fraction,
         "sha256": checked.sha256,
         "pixel_sha256": checked.pixel_sha256,
+        "group": case.group,
     }
 
 
@@ -134,9 +152,14 @@ def prepare_dataset(
     image_pattern: str | None = None,
     mask_pattern: str | None = None,
     classes_csv: str | Path | None = None,
+    id_column: str = "image",
+    class_column: str = "class",
+    group_column: str | None = None,
 ) -> dict:
     """Check `source`, then write the prepared dataset to `out`; return a summary with counts per split/class.
 
+    `classes_csv` names each image's class in columns `id_column` and `class_column`; with `group_column`
+    (e.g. the patient) every group stays on one side of every split, merged with the exact-duplicate groups.
     Raises `DatasetError` listing every fatal problem (nothing is written then); warnings are returned in
     the summary and recorded in the manifest.
     """
@@ -147,8 +170,9 @@ def prepare_dataset(
         raise DatasetError([Problem(source, f"labeled fraction must be in (0, 1], got {labeled_fraction}")])
     folder_options = any(option is not None for option in (images_dir, masks_dir, image_pattern, mask_pattern, classes_csv))
     layout = _pick_layout(source, layout, folder_options)
+    columns = _class_columns(source, classes_csv, id_column, class_column, group_column)
     try:
-        all_cases, problems, read_from = _scan(source, layout, images_dir, masks_dir, image_pattern, mask_pattern, classes_csv)
+        all_cases, problems, read_from = _scan(source, layout, images_dir, masks_dir, image_pattern, mask_pattern, classes_csv, columns)
     except ValueError as error:  # a malformed pattern
         raise DatasetError([Problem(source, str(error))]) from error
     problems = _output_problems(out, read_from) + problems
@@ -167,16 +191,20 @@ def prepare_dataset(
         raise DatasetError(fatal)
     warnings = [problem for problem in problems if not problem.fatal]
 
-    items = [SplitItem(facts.case.id, facts.case.label, facts.pixel_sha256) for facts in checked]
+    items = [SplitItem(facts.case.id, facts.case.label, facts.pixel_sha256, facts.case.group) for facts in checked]
     assignments = assign_splits(items, seed=seed, labeled_fraction=labeled_fraction)
     datalist = build_datalist({facts.case.id: facts.case.label for facts in checked}, assignments)
     duplicates = [[item.id for item in group] for group in duplicate_groups(items) if len(group) > 1]
+    together = [group for group in split_groups(items) if len(group) > 1]
     summary = {
         "images": len(checked),
         "classes": dict(sorted(Counter(facts.case.label for facts in checked).items())),
         "excluded": dict(excluded),
         "multi_mask_images": sum(len(facts.case.masks) > 1 for facts in checked),
         "duplicate_groups": duplicates,
+        "group_column": columns.group,
+        "multi_image_groups": len(together),
+        "images_in_multi_image_groups": sum(len(group) for group in together),
         "sections": _section_counts(datalist),
         "warnings": len(warnings),
     }
@@ -192,7 +220,8 @@ def prepare_dataset(
         "format": MANIFEST_FORMAT,
         "source": str(source),
         "layout": layout,
-        "settings": {"seed": seed, "labeled_fraction": labeled_fraction, "include_normal": include_normal},
+        "settings": {"seed": seed, "labeled_fraction": labeled_fraction, "include_normal": include_normal,
+                     "group_column": columns.group},
         "summary": summary,
         "warnings": [{"file": _relative(Path(problem.path), source), "reason": problem.reason} for problem in warnings],
         "images": [_record(facts, source, section_of(assignments[facts.case.id])) for facts in checked],
@@ -227,6 +256,9 @@ def print_summary(summary: dict) -> None:
     if summary["excluded"]:
         print("excluded: " + ", ".join(f"{count} {label} (use --include-normal)" for label, count in summary["excluded"].items()))
     print(f"multi-mask images merged: {summary['multi_mask_images']}; duplicate groups kept together: {summary['duplicate_groups']}")
+    if summary["group_column"] is not None:
+        print(f"groups by column '{summary['group_column']}' (merged with duplicates): {summary['multi_image_groups']} "
+              f"multi-image groups ({summary['images_in_multi_image_groups']} images) kept together")
     print(f"{'section':<12}" + "".join(f"{label:>11}" for label in classes) + f"{'total':>8}")
     for section, counts in summary["sections"].items():
         print(f"{section:<12}" + "".join(f"{counts.get(label, 0):>11}" for label in classes) + f"{counts['total']:>8}")
@@ -244,11 +276,16 @@ def prepare(
     image_pattern: str | None = None,
     mask_pattern: str | None = None,
     classes: str | None = None,
+    id_column: str = "image",
+    class_column: str = "class",
+    group_column: str | None = None,
 ) -> None:
     """CLI `mgcc prepare SOURCE --out DIR`: check, normalize and split a dataset; exit 2 on invalid data.
 
     --labeled-fraction accepts 0.125 or 1/8. Generic layout: --images/--masks folders (relative to SOURCE),
-    --image-pattern/--mask-pattern like 'case_{id}.png'/'mask_{id}.png', --classes CSV (columns image,class).
+    --image-pattern/--mask-pattern like 'case_{id}.png'/'mask_{id}.png', --classes CSV (columns named by
+    --id-column, default image, and --class-column, default class). --group-column NAME (a column of that CSV,
+    e.g. the patient): images with the same value stay on one side of every split.
     """
     started = time.perf_counter()
     try:
@@ -264,6 +301,9 @@ def prepare(
             image_pattern=image_pattern,
             mask_pattern=mask_pattern,
             classes_csv=classes,
+            id_column=id_column,
+            class_column=class_column,
+            group_column=group_column,
         )
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -20,6 +20,7 @@ class SourceCase:
     label: str
     image: Path
     masks: tuple[Path, ...]
+    group: str | None = None  # e.g. the patient (a class CSV column): same group, same side of every split
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""Deterministic, class-stratified train/validation/test split that keeps exact duplicates together.
+"""Deterministic, class-stratified train/validation/test split that keeps exact duplicates and groups together.
 
 Protocol (DESIGN.md section 4):
-- images with the same pixels form one group; a group's id is its smallest image id and its stratum is the
-  class of that image;
+- images with the same pixels form one group, and so do images with the same group value (e.g. one patient,
+  from a CSV column); groups that share an image are merged. A group's id is its smallest image id and its
+  stratum is the class of that image;
 - per stratum, groups are ordered by sha256("<seed>/split/<group id>") - a function of names and seed only,
   so neither file order nor the machine changes it - and filled in that order: test (20% of the stratum's
   images, rounded half up), then validation (10%), then train (the rest);
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 SPLIT_FRACTIONS = {"test": 0.2, "validation": 0.1}
@@ -27,6 +29,7 @@ class SplitItem:
     id: str
     label: str
     pixel_sha256: str
+    group: str | None = None  # e.g. the patient; images with the same value stay on one side of every split
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,41 @@ def _order(seed: int, purpose: str, group_id: str) -> str:
     return hashlib.sha256(f"{seed}/{purpose}/{group_id}".encode()).hexdigest()
 
 
+def _sorted_groups(groups: Iterable[list[SplitItem]]) -> list[list[SplitItem]]:
+    """Each group sorted by id, groups sorted by their first id."""
+    return sorted((sorted(group, key=lambda item: item.id) for group in groups), key=lambda group: group[0].id)
+
+
 def duplicate_groups(items: list[SplitItem]) -> list[list[SplitItem]]:
     """Images grouped by identical pixels, each group sorted by id, groups sorted by their first id."""
     by_pixels: dict[str, list[SplitItem]] = {}
     for item in items:
         by_pixels.setdefault(item.pixel_sha256, []).append(item)
-    return sorted((sorted(group, key=lambda item: item.id) for group in by_pixels.values()), key=lambda group: group[0].id)
+    return _sorted_groups(by_pixels.values())
+
+
+def _root(parent: list[int], index: int) -> int:
+    while parent[index] != index:
+        parent[index] = parent[parent[index]]
+        index = parent[index]
+    return index
+
+
+def split_groups(items: list[SplitItem]) -> list[list[SplitItem]]:
+    """The units of the split: images joined by identical pixels or by the same group value (union-find).
+
+    Sorted like `duplicate_groups`, which it equals when no item has a group.
+    """
+    parent = list(range(len(items)))
+    first: dict[tuple[str, str], int] = {}  # ("pixels", sha256) or ("group", value) -> first image holding it
+    for index, item in enumerate(items):
+        keys = [("pixels", item.pixel_sha256)] + ([("group", item.group)] if item.group else [])
+        for key in keys:
+            parent[_root(parent, index)] = _root(parent, first.setdefault(key, index))
+    merged: dict[int, list[SplitItem]] = {}
+    for index, item in enumerate(items):
+        merged.setdefault(_root(parent, index), []).append(item)
+    return _sorted_groups(merged.values())
 
 
 def _fill(groups: list[list[SplitItem]], quotas: list[tuple[str, int]], rest: str) -> dict[str, list[list[SplitItem]]]:
@@ -71,7 +103,7 @@ def assign_splits(items: list[SplitItem], seed: int = 0, labeled_fraction: float
     if not 0.0 < labeled_fraction <= 1.0:
         raise ValueError(f"labeled_fraction must be in (0, 1], got {labeled_fraction}")
     strata: dict[str, list[list[SplitItem]]] = {}
-    for group in duplicate_groups(items):
+    for group in split_groups(items):
         strata.setdefault(group[0].label, []).append(group)
     assignments: dict[str, Assignment] = {}
     for groups in strata.values():

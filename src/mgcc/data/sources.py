@@ -1,0 +1,67 @@
+"""A dataset in any of its three forms becomes a prepared dataset (what `mgcc run`, `compare` and `evaluate` read).
+
+- the BUSI layout (`benign/`, `malignant/`, `normal/` with `<name>_mask*.png`);
+- the generic layout: an images folder and a masks folder, with `mgcc prepare`'s options (`images`, `masks`,
+  `image_pattern`, `mask_pattern`, `classes`, `id_column`, `class_column`, `group_column`, `layout`);
+- an already prepared folder (`manifest.json` + `datalist.json`, written by `mgcc prepare`): its images are split
+  again with the run's seed and labeled fraction, keeping the classes and groups its manifest records, so a seed
+  means the same thing for every form.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mgcc.data.prepare import prepare_dataset
+from mgcc.data.records import DatasetError, Problem
+
+#: `mgcc prepare` options for a raw dataset, as `mgcc run/compare/evaluate` accept them.
+DATA_OPTIONS = ("layout", "images", "masks", "image_pattern", "mask_pattern", "classes", "id_column", "class_column",
+                "group_column")
+#: option name -> `prepare_dataset` keyword
+_KEYWORDS = {"images": "images_dir", "masks": "masks_dir", "classes": "classes_csv"}
+
+
+def is_prepared(folder: Path) -> bool:
+    return (folder / "manifest.json").is_file() and (folder / "datalist.json").is_file()
+
+
+def checked_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The data options that are set, after refusing unknown names (one line naming them)."""
+    unknown = sorted(set(options) - set(DATA_OPTIONS))
+    if unknown:
+        raise SystemExit(f"unknown data option(s) {', '.join('--' + u for u in unknown)} "
+                         f"(options: {', '.join('--' + o for o in DATA_OPTIONS)})")
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _resplit(source: Path, out: Path, options: dict[str, Any], **settings: Any) -> dict:
+    """Prepare a prepared folder again as a generic-layout dataset whose classes and groups come from its manifest."""
+    if options:
+        raise DatasetError([Problem(source, f"is a prepared dataset: the options {sorted(options)} apply to raw datasets only")])
+    try:
+        records = json.loads((source / "manifest.json").read_text())["images"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DatasetError([Problem(source / "manifest.json", f"not a prepared dataset's manifest ({error})")]) from None
+    with tempfile.TemporaryDirectory() as scratch:
+        classes = Path(scratch) / "classes.csv"
+        with open(classes, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "class", "group"])
+            writer.writerows([Path(r["image"]).name, r["class"], r.get("group") or ""] for r in records)
+        return prepare_dataset(source, out, layout="folders", images_dir="images", masks_dir="labels",
+                               classes_csv=classes, group_column="group", **settings)
+
+
+def prepare_any(source: Path, out: Path, *, labeled_fraction: float, seed: int, include_normal: bool,
+                options: dict[str, Any] | None = None) -> dict:
+    """Prepare `source` (any of the three forms) into `out`; return `prepare_dataset`'s summary."""
+    source, options = Path(source).resolve(), checked_options(options or {})
+    settings = {"labeled_fraction": labeled_fraction, "seed": seed, "include_normal": include_normal}
+    if is_prepared(source):
+        return _resplit(source, out, options, **settings)
+    return prepare_dataset(source, out, **settings, **{_KEYWORDS.get(k, k): v for k, v in options.items()})

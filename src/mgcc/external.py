@@ -1,0 +1,102 @@
+"""`mgcc evaluate`: score a trained MGCC model on another dataset (an external test).
+
+The model is a training stage folder of a run (`<run>/segmentation[-variant]/`, holding `args.json` and
+`models/model.pt`), its run folder (its `segmentation/` stage), or the `model.pt` in such a folder. The dataset is
+any form `mgcc run` takes. It is prepared under `<out>/prepare/dataset`, and the segmentation bundle's
+`evaluate.json` runs with the model's own configs and settings (width, input size, perturbations) on its test
+split or on all its images, writing the same per-image CSV, summary and overlays as a run's evaluation, under
+`<out>/evaluate/evaluation/`. Without `--out`, the results go to `<run>/external/<dataset name>-<section>/`, where
+the run's report lists them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mgcc import SEG_BUNDLE
+from mgcc.data.datalist import SECTIONS, label_path
+from mgcc.pipeline import STAGES, Run, Stage, execute_stages, make_run
+from mgcc.stages import StageResult, run_bundle
+
+#: what a training stage ran with that is not a property of the model
+RUN_ONLY = ("config_file", "meta_file", "logging_file", "bundle_root", "dataset_dir", "datalist", "output_dir",
+            "ckpt_dir", "synthetic_dir", "unlabeled_source", "compile_cache_dir", "resume", "max_iterations",
+            "val_interval")
+
+
+def training_stage(model: Path) -> Path:
+    """The training stage folder of `model` (a run folder, a training stage folder, or its `models/model.pt`)."""
+    model = model.resolve()
+    for candidate in (model / "segmentation", model, model.parent.parent if model.suffix == ".pt" else None):
+        if candidate is not None and (candidate / "args.json").is_file() and (candidate / "models" / "model.pt").is_file():
+            return candidate
+    raise SystemExit(f"--model {model}: not a run, a training stage folder (args.json + models/model.pt) "
+                     "or the model.pt of one")
+
+
+def model_settings(stage: Path) -> tuple[list[str], dict[str, Any]]:
+    """The bundle config files (without evaluate.json) and overrides that define the trained model."""
+    args = json.loads((stage / "args.json").read_text())
+    configs = [Path(c).name for c in args["config_file"] if Path(c).name != "evaluate.json"]
+    return configs, {k: v for k, v in args.items() if k not in RUN_ONLY}
+
+
+def section_datalist(dataset: Path, section: str, only_class: str | None, out: Path) -> Path:
+    """A datalist whose `test` section holds the chosen images (absolute paths): one section or all of them."""
+    datalist = json.loads((dataset / "datalist.json").read_text())
+    entries = [e for s in (SECTIONS if section == "all" else (section,)) for e in datalist[s]]
+    if only_class is not None:
+        entries = [e for e in entries if e["class"] in only_class.split(",")]
+    if not entries:
+        raise SystemExit(f"{dataset}: no images in section '{section}'"
+                         + (f" of class {only_class}" if only_class else ""))
+    for entry in entries:  # the train split's unlabeled part has masks on disk too
+        entry.update(image=str(dataset / entry["image"]), label=str(dataset / label_path(Path(entry["image"]).stem)))
+    path = out / "datalist.json"
+    path.write_text(json.dumps({"test": entries}, indent=2))
+    return path
+
+
+def evaluate(model: str, data: str, section: str = "test", out: str | None = None, seed: int = 0,
+             include_normal: bool = False, only_class: str | None = None, **data_options: Any) -> None:
+    """Score a trained MGCC model on a dataset: per-image CSV, summary JSON and overlays.
+
+    Args:
+        model: a run folder, a training stage folder (`<run>/segmentation-mgcc-real`) or its `models/model.pt`.
+        data: the dataset: BUSI layout, generic layout (with the data options) or a prepared folder.
+        section: `test` (the test split of the dataset, split with --seed) or `all` (every image).
+        out: output folder; default `<run>/external/<dataset name>-<section>`.
+        seed: the split seed of the dataset (for --section test).
+        include_normal: keep images of class `normal` (BUSI's lesion-free images).
+        only_class: comma-separated classes to score (e.g. `normal`); default: every class.
+        data_options: `mgcc prepare`'s options for a generic-layout dataset (see `mgcc run`).
+    """
+    if section not in ("test", "all"):
+        raise SystemExit(f"--section {section}: expected 'test' or 'all'")
+    stage = training_stage(Path(model))
+    configs, settings = model_settings(stage)
+    name = f"{Path(data).resolve().name}-{section}" + (f"-{only_class.replace(',', '+')}" if only_class else "")
+    preset = {"name": f"external test of {stage}",
+              "data": {"labeled_fraction": 0.125, "seed": int(seed), "include_normal": bool(include_normal)}}
+    run = make_run(preset, data, out or str(stage.parent / "external" / name), data_options)
+
+    def execute(run_: Run) -> StageResult:
+        folder = run_.folder("evaluate")
+        folder.mkdir(parents=True, exist_ok=True)
+        return run_bundle("evaluate", run_.out, SEG_BUNDLE, [*configs, "evaluate.json"],
+                          {**settings, "dataset_dir": str(run_.dataset), "output_dir": str(folder),
+                           "datalist": str(section_datalist(run_.dataset, section, only_class, folder)),
+                           "ckpt_dir": str(stage / "models")})
+
+    scoring = Stage("evaluate", ["evaluation/summary.json", "evaluation/per_image.csv"], execute, ("data",),
+                    ("prepare",), SEG_BUNDLE, {"model": str(stage), "model_settings": settings, "configs": configs,
+                                               "section": section, "only_class": only_class,
+                                               "weights_mtime_ns": (stage / "models" / "model.pt").stat().st_mtime_ns})
+    execute_stages(run, [STAGES[0], scoring])
+    summary = json.loads((run.folder("evaluate") / "evaluation" / "summary.json").read_text())
+    print(f"[mgcc] {stage.name} on {data} ({section}): Dice {summary['dice']['mean']:.4f} ± {summary['dice']['std']:.4f}"
+          f", n {summary['n']} -> {run.folder('evaluate') / 'evaluation'}")
+    if (stage.parent / "report" / "report.md").is_file() and run.out.parent == stage.parent / "external":
+        print(f"[mgcc] to list it in the run's report: mgcc run --preset PRESET --out {stage.parent} --stage report")
