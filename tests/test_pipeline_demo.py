@@ -85,6 +85,17 @@ def test_demo_runs_end_to_end_and_rerun_skips(tiny_preset, tmp_path):
         assert f"stage '{stage}' is complete: skipped" in second.stdout
     assert record_times(out) == before
 
+    # the training stage as a kill after its last validation, before its last checkpoint, leaves it: the rerun
+    # resumes from the checkpoint before
+    models = out / "segmentation" / "models"
+    (models / "checkpoint_epoch=2.pt").unlink()
+    (out / "segmentation" / "stage.json").unlink()
+    third = mgcc_run(tiny_preset, out)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert f"Restored all variables from {models / 'checkpoint_epoch=1.pt'}" in third.stdout
+    assert "Epoch: 2/2, Iter: 1/3" in third.stdout and "Epoch: 1/2" not in third.stdout
+    assert (models / "checkpoint_epoch=2.pt").is_file() and not list(out.glob("segmentation.stale-*"))
+
 
 def test_killed_run_resumes_without_redoing_finished_stages(tiny_preset, tmp_path):
     out = tmp_path / "run"

@@ -80,6 +80,41 @@ def test_a_changed_preset_value_reruns_exactly_the_stages_that_depend_on_it(tmp_
     assert set(record["inputs"]) == {"preset x.b", "stage a"} and len(record["fingerprint"]) == 16
 
 
+def test_an_interrupted_stage_resumes_only_with_the_same_settings(tmp_path):
+    """What an interrupted stage left (its checkpoints) stays for a rerun with the same settings; with other
+    settings, or when a complete stage runs again, the earlier folder is kept aside as `<name>.stale-<k>`."""
+    from mgcc.pipeline import Run, Stage, execute_stages
+
+    seen = []
+
+    def execute(run):
+        folder = run.folder("train")
+        seen.append((folder / "checkpoint").is_file())
+        (folder / "checkpoint").write_text("half way")
+        if run.preset["stop"]:
+            raise KeyboardInterrupt
+        (folder / "done").write_text("")
+        return StageResult("train", 0.1, 1.0)
+
+    stages = [Stage("train", ["done"], execute, ("lr",))]
+    preset = {"lr": 1, "stop": True}
+    with pytest.raises(KeyboardInterrupt):
+        execute_stages(Run(preset, tmp_path), stages)
+    preset["stop"] = False
+    execute_stages(Run(preset, tmp_path), stages)
+    assert seen == [False, True]  # the rerun found the checkpoint: it resumes
+    assert not list(tmp_path.glob("train.stale-*"))
+
+    preset.update(lr=2, stop=True)  # other settings, interrupted again
+    with pytest.raises(KeyboardInterrupt):
+        execute_stages(Run(preset, tmp_path), stages)
+    assert (tmp_path / "train.stale-1" / "done").is_file()  # the complete earlier run, kept
+    preset.update(lr=3, stop=False)
+    execute_stages(Run(preset, tmp_path), stages)
+    assert seen[2:] == [False, False]  # neither started from a checkpoint of other settings
+    assert (tmp_path / "train.stale-2" / "checkpoint").is_file() and read_record(tmp_path, "train") is not None
+
+
 def _generic_copy(busi: Path, root: Path) -> Path:
     """The phantom's images as a generic-layout dataset: `images/case_<k>.png`, `masks/case_<k>_mask.png` and a CSV
     with the dataset's own column names, two images per patient."""

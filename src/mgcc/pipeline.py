@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 from mgcc import LDM_BUNDLE, REPO_ROOT, SEG_BUNDLE
 from mgcc.presets import load_preset
-from mgcc.stages import (StageResult, fingerprint, is_complete, read_record, run_bundle, run_python, stage_dir,
-                         write_record)
+from mgcc.stages import (StageResult, fingerprint, is_complete, read_record, read_started, run_bundle, run_python,
+                         stage_dir, write_record, write_started)
 
 DEFAULT_OUT = REPO_ROOT / "outputs"
 
@@ -115,15 +115,17 @@ def _quality(run: Run) -> StageResult:
 
 def segmentation_stage(variant: str, config_files: list[str], overrides: dict[str, Any]) -> Stage:
     """Train one segmentation variant under `segmentation[-variant]/` (with `compile`, every variant of the run shares
-    one compilation cache, `<out>/inductor_cache`: only the first compiles)."""
+    one compilation cache, `<out>/inductor_cache`: only the first compiles). A run stopped midway resumes from its
+    last checkpoint (every `val_interval` iterations)."""
     name = "segmentation" if variant == "mgcc" else f"segmentation-{variant}"
 
     def execute(run: Run) -> StageResult:
         folder = run.folder(name)
+        resume = any((folder / "models").glob("checkpoint_epoch=*.pt"))  # an interrupted run of the same settings
         return run_bundle(name, run.out, SEG_BUNDLE, config_files,
                           {**run.overrides("segmentation", "train"), "synthetic_dir": str(run.samples), **overrides,
                            "output_dir": str(folder), "ckpt_dir": str(folder / "models"),
-                           "compile_cache_dir": str(run.out / "inductor_cache")})
+                           "compile_cache_dir": str(run.out / "inductor_cache"), "resume": resume})
 
     return Stage(name, ["models/model.pt", "training_history.csv"], execute, ("segmentation.common", "segmentation.train"),
                  ("prepare", "sample"), SEG_BUNDLE, {"configs": config_files, "overrides": overrides})
@@ -204,6 +206,20 @@ def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
     return parts
 
 
+def set_aside(folder: Path, current: str) -> None:
+    """Before a stage runs, a folder of its earlier run is renamed `<name>.stale-<k>` (kept, not deleted) when that
+    run completed (the stage runs again: forced, or with other settings) or was interrupted with other settings; so
+    a stage resumes only from checkpoints of an interrupted run with the same settings, and never mixes files."""
+    started = read_started(folder)
+    if not (folder / "stage.json").is_file() and (started is None or started.get("fingerprint") == current):
+        return
+    k = 1
+    while folder.with_name(f"{folder.name}.stale-{k}").exists():
+        k += 1
+    folder.rename(folder.with_name(f"{folder.name}.stale-{k}"))
+    print(f"[mgcc] the earlier run of this stage is kept as {folder.name}.stale-{k}", flush=True)
+
+
 def execute_stages(run: Run, stages: list[Stage], force: bool = False) -> None:
     """Run the stages in order, skipping complete ones whose fingerprint is unchanged (unless forced)."""
     for stage in stages:
@@ -216,6 +232,8 @@ def execute_stages(run: Run, stages: list[Stage], force: bool = False) -> None:
             changed = sorted(k for k in parts if record.get("inputs", {}).get(k) != parts[k])
             print(f"[mgcc] stage '{stage.name}' ran with other settings (changed: {', '.join(changed)}): "
                   "running it again", flush=True)
+        set_aside(run.folder(stage.name), fingerprint(parts))
+        write_started(run.out, stage.name, parts)
         print(f"[mgcc] stage '{stage.name}' -> {run.folder(stage.name)}", flush=True)
         result = stage.execute(run)
         missing = [rel for rel in stage.outputs if not (run.folder(stage.name) / rel).exists()]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 RECORD = "stage.json"
+STARTED = "started.json"
 
 
 class StageError(RuntimeError):
@@ -58,6 +59,18 @@ def is_complete(out: Path, name: str, outputs: list[str]) -> bool:
 
 def read_record(out: Path, name: str) -> dict[str, Any] | None:
     path = stage_dir(out, name) / RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_started(out: Path, name: str, inputs: dict[str, str]) -> None:
+    """`started.json`: what a stage was started with, so a rerun after an interruption knows whether it may resume."""
+    folder = stage_dir(out, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / STARTED).write_text(json.dumps({"inputs": inputs, "fingerprint": fingerprint(inputs)}, indent=2))
+
+
+def read_started(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / STARTED
     return json.loads(path.read_text()) if path.is_file() else None
 
 
