@@ -82,3 +82,12 @@ def test_summary_over_seeds_is_the_mean_and_sample_std_of_the_seed_means():
     assert "| a | 0.7000 ± 0.1000 |" in seeds_table(summary, [0, 1, 2])
     single = over_seeds({0: {"a": result(0.6)}}, {0: {"a": 10.0}})
     assert single["a"]["dice"]["std"] is None and "| a | 0.6000 |" in seeds_table(single, [0])
+
+
+def test_the_variant_that_mgcc_run_trains_is_the_runs_own_stage():
+    from mgcc.compare import stage_names
+
+    preset = load_preset("busi-cpu")  # trains MGCC with synthetic unlabeled images
+    assert stage_names("mgcc-synthetic", preset) == ("segmentation", "evaluate")
+    assert stage_names("mgcc-real", preset) == ("segmentation-mgcc-real", "evaluate-mgcc-real")
+    assert stage_names("mgcc-labeled", preset) == ("segmentation-mgcc-labeled", "evaluate-mgcc-labeled")

@@ -161,3 +161,18 @@ def test_data_in_each_form_runs_the_prepare_stage(tmp_path):
     with pytest.raises(SystemExit, match="unknown option '--group-colum'"):
         main(["run", "--preset", "demo", "--out", str(tmp_path / "x"), "--data", str(generic), "--group-colum", "p"])
     assert not (tmp_path / "x").exists()
+
+
+def test_a_stage_fingerprint_reads_only_the_config_files_it_runs(tmp_path):
+    from mgcc.pipeline import Run, Stage, fingerprint_parts
+
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "train.json").write_text("{}")
+    stage = Stage("train", ["done"], lambda run: None, (), (), bundle, ("train.json",))
+    run = Run({}, tmp_path / "out")
+    before = fingerprint_parts(run, stage)
+    (bundle / "configs" / "another_variant.json").write_text('{"x": 1}')  # a new config the stage does not run
+    assert fingerprint_parts(run, stage) == before
+    (bundle / "configs" / "train.json").write_text('{"lr": 2}')
+    assert fingerprint_parts(run, stage)["bundle configs"] != before["bundle configs"]

@@ -123,6 +123,17 @@ def seeds_table(summary: dict[str, dict], seeds: list[int]) -> str:
     return "\n".join(lines) + f"\n\nSeeds: {', '.join(map(str, seeds))}; std is the sample standard deviation over seeds."
 
 
+def stage_names(variant: str, preset: dict[str, Any]) -> tuple[str, str]:
+    """The training and evaluation stages of a variant. The variant that trains what `mgcc run` trains (MGCC with
+    the preset's unlabeled source) is the run's own `segmentation` / `evaluate`, so a comparison next to a run
+    does not train that model twice."""
+    files, overrides = VARIANTS[variant]
+    source = preset["segmentation"].get("train", {}).get("unlabeled_source", "real")  # train.json's default
+    if files == ["train.json"] and overrides == {"unlabeled_source": source}:
+        return "segmentation", "evaluate"
+    return f"segmentation-{variant}", f"evaluate-{variant}"
+
+
 def seed_run(base: Run, seed: int) -> Run:
     """The run of one seed: the base run itself when the seed changes nothing, else `<out>/seed-<seed>`."""
     spec = seeded_preset(base.preset, seed)
@@ -152,17 +163,19 @@ def compare(preset: str = "busi-cpu", data: str | None = None, out: str | None =
 
     needs_samples = any(VARIANTS[n][1].get("unlabeled_source") in ("synthetic", "both") for n in names)
     stages = [s for s in STAGES if s.name in GENERATOR_STAGES and (needs_samples or s.name == "prepare")]
+    folders = {name: stage_names(name, base.preset) for name in names}
     for name in names:
         files, overrides = VARIANTS[name]
-        stages += [segmentation_stage(name, files, overrides), evaluate_stage(name)]
+        variant = "mgcc" if folders[name][0] == "segmentation" else name
+        stages += [segmentation_stage(variant, files, {} if variant == "mgcc" else overrides), evaluate_stage(variant)]
     runs = {seed: seed_run(base, seed) for seed in chosen_seeds}
     for seed, run in runs.items():
         print(f"[mgcc] seed {seed} -> {run.out}", flush=True)
         execute_stages(run, stages)
 
-    per_seed = {seed: {name: json.loads((run.folder(f"evaluate-{name}") / "evaluation" / "summary.json").read_text())
+    per_seed = {seed: {name: json.loads((run.folder(folders[name][1]) / "evaluation" / "summary.json").read_text())
                        for name in names} for seed, run in runs.items()}
-    seconds = {seed: {name: read_record(run.out, f"segmentation-{name}")["seconds"] for name in names}
+    seconds = {seed: {name: read_record(run.out, folders[name][0])["seconds"] for name in names}
                for seed, run in runs.items()}
     summary = over_seeds(per_seed, seconds)
     report: dict[str, Any] = {"preset": base.preset["name"], "seeds": chosen_seeds, "variants": names,
@@ -173,7 +186,7 @@ def compare(preset: str = "busi-cpu", data: str | None = None, out: str | None =
     md = [f"# MGCC comparison — preset `{base.preset['name']}`", "", "## Test metrics over seeds", "",
           seeds_table(summary, chosen_seeds), ""]
     if len(names) > 1:
-        per_image = {name: [run.folder(f"evaluate-{name}") / "evaluation" / "per_image.csv" for run in runs.values()]
+        per_image = {name: [run.folder(folders[name][1]) / "evaluation" / "per_image.csv" for run in runs.values()]
                      for name in names}
         report["paired_dice_differences"] = paired_dice_differences(per_image, names[0])
         md += ["## Paired per test image, pooled over seeds (bootstrap within seeds)", "",

@@ -85,13 +85,13 @@ def evaluate(model: str, data: str, section: str = "test", out: str | None = Non
     def execute(run_: Run) -> StageResult:
         folder = run_.folder("evaluate")
         folder.mkdir(parents=True, exist_ok=True)
-        return run_bundle("evaluate", run_.out, SEG_BUNDLE, [*configs, "evaluate.json"],
+        return run_bundle("evaluate", run_.out, SEG_BUNDLE, scoring.configs,
                           {**settings, "dataset_dir": str(run_.dataset), "output_dir": str(folder),
                            "datalist": str(section_datalist(run_.dataset, section, only_class, folder)),
                            "ckpt_dir": str(stage / "models")})
 
     scoring = Stage("evaluate", ["evaluation/summary.json", "evaluation/per_image.csv"], execute, ("data",),
-                    ("prepare",), SEG_BUNDLE, {"model": str(stage), "model_settings": settings, "configs": configs,
+                    ("prepare",), SEG_BUNDLE, (*configs, "evaluate.json"), {"model": str(stage), "model_settings": settings,
                                                "section": section, "only_class": only_class,
                                                "weights_mtime_ns": (stage / "models" / "model.pt").stat().st_mtime_ns})
     execute_stages(run, [STAGES[0], scoring])

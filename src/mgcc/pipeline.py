@@ -32,7 +32,8 @@ class Stage:
     execute: Callable[["Run"], StageResult]
     reads: tuple[str, ...] = ()  # preset entries it runs with ("ldm.common"; "data" includes the --data folder)
     after: tuple[str, ...] = ()  # stages whose results it reads
-    bundle: Path | None = None  # the bundle whose configs it runs
+    bundle: Path | None = None  # the bundle it runs
+    configs: tuple[str, ...] = ()  # the bundle's config files it runs (their text is part of its fingerprint)
     settings: dict[str, Any] = field(default_factory=dict)  # anything else it runs with (a variant's overrides)
 
 
@@ -90,25 +91,33 @@ def _ldm_folders(run: Run, stage: str) -> dict[str, str]:
     return {"output_dir": str(run.folder(stage)), "ckpt_dir": str(run.folder("ldm_models"))}
 
 
+AUTOENCODER_CONFIGS = ("train_autoencoder.json",)
+DIFFUSION_CONFIGS = ("train_autoencoder.json", "train_diffusion.json")
+SAMPLE_CONFIGS = ("inference.json",)
+QUALITY_CONFIGS = ("train_autoencoder.json", "evaluate.json")
+EVALUATE_CONFIGS = ("train.json", "evaluate.json")
+LESIONS_CONFIGS = ("inference.json",)
+
+
 def _autoencoder(run: Run) -> StageResult:
-    return run_bundle("autoencoder", run.out, LDM_BUNDLE, ["train_autoencoder.json"],
+    return run_bundle("autoencoder", run.out, LDM_BUNDLE, AUTOENCODER_CONFIGS,
                       {**run.overrides("ldm", "autoencoder"), **_ldm_folders(run, "autoencoder")})
 
 
 def _diffusion(run: Run) -> StageResult:
-    return run_bundle("diffusion", run.out, LDM_BUNDLE, ["train_autoencoder.json", "train_diffusion.json"],
+    return run_bundle("diffusion", run.out, LDM_BUNDLE, DIFFUSION_CONFIGS,
                       {**run.overrides("ldm", "autoencoder", "diffusion"), **_ldm_folders(run, "diffusion")})
 
 
 def _sample(run: Run) -> StageResult:
-    return run_bundle("sample", run.out, LDM_BUNDLE, ["inference.json"],
+    return run_bundle("sample", run.out, LDM_BUNDLE, SAMPLE_CONFIGS,
                       {**run.overrides("ldm", "autoencoder", "diffusion", "sample"), **_ldm_folders(run, "sample"),
                        "sample_dir": str(run.samples)})
 
 
 def _quality(run: Run) -> StageResult:
     """Generator quality (the LDM bundle's evaluate.json): reconstruction PSNR/SSIM, diversity, copy check."""
-    return run_bundle("quality", run.out, LDM_BUNDLE, ["train_autoencoder.json", "evaluate.json"],
+    return run_bundle("quality", run.out, LDM_BUNDLE, QUALITY_CONFIGS,
                       {**run.overrides("ldm", "autoencoder"), **_ldm_folders(run, "quality"),
                        "sample_dir": str(run.samples)})
 
@@ -128,7 +137,7 @@ def segmentation_stage(variant: str, config_files: list[str], overrides: dict[st
                            "compile_cache_dir": str(run.out / "inductor_cache"), "resume": resume})
 
     return Stage(name, ["models/model.pt", "training_history.csv"], execute, ("segmentation.common", "segmentation.train"),
-                 ("prepare", "sample"), SEG_BUNDLE, {"configs": config_files, "overrides": overrides})
+                 ("prepare", "sample"), SEG_BUNDLE, tuple(config_files), {"overrides": overrides})
 
 
 def evaluate_stage(variant: str) -> Stage:
@@ -137,12 +146,13 @@ def evaluate_stage(variant: str) -> Stage:
     name = "evaluate" if variant == "mgcc" else f"evaluate-{variant}"
 
     def execute(run: Run) -> StageResult:
-        return run_bundle(name, run.out, SEG_BUNDLE, ["train.json", "evaluate.json"],
+        return run_bundle(name, run.out, SEG_BUNDLE, EVALUATE_CONFIGS,
                           {**run.overrides("segmentation", "train", "evaluate"),
                            "output_dir": str(run.folder(name)), "ckpt_dir": str(run.folder(trained) / "models")})
 
     return Stage(name, ["evaluation/summary.json", "evaluation/per_image.csv"], execute,
-                 ("segmentation.common", "segmentation.train", "segmentation.evaluate"), (trained,), SEG_BUNDLE)
+                 ("segmentation.common", "segmentation.train", "segmentation.evaluate"), (trained,), SEG_BUNDLE,
+                 EVALUATE_CONFIGS)
 
 
 def _lesions(run: Run) -> StageResult:
@@ -155,7 +165,7 @@ def _lesions(run: Run) -> StageResult:
     sets = {"synthetic": {"input_dir": str(run.samples), "datalist": None},
             "real_test": {"datalist": str(run.dataset / "datalist.json"), "datalist_section": "test"}}
     start = time.perf_counter()
-    results = [run_bundle("lesions", run.out, SEG_BUNDLE, ["inference.json"],
+    results = [run_bundle("lesions", run.out, SEG_BUNDLE, LESIONS_CONFIGS,
                           {**common, **source, "output_dir": str(folder / name)}) for name, source in sets.items()]
     rates = {name: lesion_rate((folder / name).glob("*_seg.png")) for name in sets}
     (folder / "lesion_rate.json").write_text(json.dumps(rates, indent=2))
@@ -171,22 +181,25 @@ def _report(run: Run) -> StageResult:
 LDM_READS = ("ldm.common", "ldm.autoencoder")
 STAGES: list[Stage] = [
     Stage("prepare", ["dataset/datalist.json", "summary.json"], _prepare, reads=("data",)),
-    Stage("autoencoder", ["autoencoder_history.csv"], _autoencoder, LDM_READS, ("prepare",), LDM_BUNDLE),
-    Stage("diffusion", ["diffusion_history.csv"], _diffusion, (*LDM_READS, "ldm.diffusion"), ("autoencoder",), LDM_BUNDLE),
+    Stage("autoencoder", ["autoencoder_history.csv"], _autoencoder, LDM_READS, ("prepare",), LDM_BUNDLE,
+          AUTOENCODER_CONFIGS),
+    Stage("diffusion", ["diffusion_history.csv"], _diffusion, (*LDM_READS, "ldm.diffusion"), ("autoencoder",),
+          LDM_BUNDLE, DIFFUSION_CONFIGS),
     Stage("sample", ["images/manifest.json"], _sample, (*LDM_READS, "ldm.diffusion", "ldm.sample"), ("diffusion",),
-          LDM_BUNDLE),
-    Stage("quality", ["quality.json"], _quality, LDM_READS, ("sample",), LDM_BUNDLE),
+          LDM_BUNDLE, SAMPLE_CONFIGS),
+    Stage("quality", ["quality.json"], _quality, LDM_READS, ("sample",), LDM_BUNDLE, QUALITY_CONFIGS),
     segmentation_stage("mgcc", ["train.json"], {}),
     evaluate_stage("mgcc"),
-    Stage("lesions", ["lesion_rate.json"], _lesions, ("segmentation.common",), ("segmentation", "sample"), SEG_BUNDLE),
+    Stage("lesions", ["lesion_rate.json"], _lesions, ("segmentation.common",), ("segmentation", "sample"), SEG_BUNDLE,
+          LESIONS_CONFIGS),
     Stage("report", ["report.md", "report.html", "summary.json"], _report, ("",),
           ("quality", "evaluate", "lesions")),
 ]
 
 
 def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
-    """What the stage runs with, each part hashed: its preset entries, its bundle's configs, its own settings, and
-    the fingerprints recorded by the stages it reads from."""
+    """What the stage runs with, each part hashed: its preset entries, the bundle config files it runs, its own
+    settings, and the fingerprints recorded by the stages it reads from."""
     parts = {}
     for key in stage.reads:
         value: Any = run.preset
@@ -195,9 +208,9 @@ def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
         if key == "data":
             value = {"preset": value, "folder": str(run.data) if run.data else None, **run.data_options}
         parts[f"preset {key or '(all)'}"] = fingerprint(value)
-    if stage.bundle is not None:
-        configs = sorted((stage.bundle / "configs").glob("*.json"))
-        parts["bundle configs"] = fingerprint({c.name: c.read_text() for c in configs})
+    if stage.configs:
+        assert stage.bundle is not None, f"stage '{stage.name}' names configs but no bundle"
+        parts["bundle configs"] = fingerprint({c: (stage.bundle / "configs" / c).read_text() for c in stage.configs})
     if stage.settings:
         parts["settings"] = fingerprint(stage.settings)
     for name in stage.after:

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 RECORD = "stage.json"
 STARTED = "started.json"
@@ -102,7 +102,7 @@ def run_process(name: str, command: list[str], cwd: Path, log_file: Path, env: d
     return StageResult(name, time.perf_counter() - start, usage.ru_maxrss / 1024.0, command)
 
 
-def run_bundle(name: str, out: Path, bundle: Path, config_files: list[str], overrides: dict[str, Any]) -> StageResult:
+def run_bundle(name: str, out: Path, bundle: Path, config_files: Sequence[str], overrides: dict[str, Any]) -> StageResult:
     """Run one bundle workflow as `python -m monai.bundle run --args_file <out>/<name>/args.json`."""
     folder = stage_dir(out, name)
     folder.mkdir(parents=True, exist_ok=True)
