@@ -214,3 +214,50 @@ def test_evaluation_report_applies_the_empty_mask_rules(tmp_path):
     assert summary["n"] == 3
     assert summary["dice"]["mean"] == pytest.approx((1.0 + 0.0 + 0.75) / 3)
     assert (tmp_path / "overlay_worst.png").is_file()
+
+
+def _odd_images(folder: Path) -> list[Path]:
+    """One image per pixel format a user may hand to inference: 16-bit, palette, RGB, RGBA and LA with partial
+    alpha, 1-bit, 8-bit grayscale, and an RGB JPEG."""
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (20, 30), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (20, 30, 1), dtype=np.uint8)
+    images = {
+        "sixteen.png": Image.fromarray((gray.astype(np.uint16) * 257 + 100).astype(np.uint16)),
+        "palette.png": Image.fromarray(rgb).quantize(16),
+        "rgb.png": Image.fromarray(rgb),
+        "rgba.png": Image.fromarray(np.concatenate([rgb, alpha], -1), mode="RGBA"),
+        "la.png": Image.fromarray(np.stack([gray, alpha[..., 0]], -1), mode="LA"),
+        "bilevel.png": Image.fromarray(gray > 128),
+        "gray.png": Image.fromarray(gray),
+        "rgb.jpg": Image.fromarray(rgb),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, image in images.items():
+        image.save(folder / name)
+    return [folder / name for name in images]
+
+
+def test_inference_reads_every_pixel_format_as_prepare_does(tmp_path):
+    """Training images are what `mgcc prepare` writes; inference must see the same grey levels for the same file."""
+    from mgcc.data.validate import LUMA_WEIGHTS, read_image
+
+    load = scripts.transforms.LoadGrayscaleImaged(keys="image", image_only=True)
+    for path in _odd_images(tmp_path):
+        loaded = load({"image": str(path)})["image"]
+        if path.suffix == ".jpg":  # prepare reads PNG only: compare with the decoded file by the same luma rule
+            with Image.open(path) as image:
+                expected = np.rint(np.asarray(image, dtype=np.float64) @ LUMA_WEIGHTS).astype(np.uint8)
+        else:
+            expected, _ = read_image(path)
+        assert loaded.shape == expected.T.shape, path.name  # MONAI's 2D order: (W, H)
+        np.testing.assert_array_equal(np.asarray(loaded).T, expected, err_msg=path.name)
+
+
+def test_a_truncated_image_is_one_error_naming_it(tmp_path):
+    path = _odd_images(tmp_path)[2]
+    path.write_bytes(path.read_bytes()[:200])
+    load = scripts.transforms.LoadGrayscaleImaged(keys="image", image_only=True)
+    with pytest.raises(ValueError, match=f"{path}: unreadable or truncated image"):
+        load({"image": str(path)})

@@ -1,20 +1,75 @@
 # Copyright (c) MGCC-MONAI contributors. Licensed under the Apache License, Version 2.0.
-"""Input normalisation to the network's contract: one channel, two spatial dimensions."""
+"""Input normalisation to the network's contract: one channel, two spatial dimensions, the grey levels the
+model was trained on."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, SqueezeDim
+from monai.data import PILReader
+from monai.transforms import LoadImaged, MapTransform, SqueezeDim
+from PIL import Image
 
-__all__ = ["AsGrayscale2Dd"]
+__all__ = ["RASTER_SUFFIXES", "to_grayscale8", "LoadGrayscaleImaged", "AsGrayscale2Dd"]
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+
+
+def to_grayscale8(image: Image.Image) -> Image.Image:
+    """An 8-bit grayscale copy of a decoded raster image, by the rules `mgcc prepare` applies to training images:
+    palette expanded through its palette; 16-bit scaled ``v * 255 / 65535``; 1-bit to 0/255; alpha composited over
+    black; RGB with equal channels kept, otherwise ITU-R BT.601 luma ``0.299 R + 0.587 G + 0.114 B``; rounded.
+    A file that cannot be decoded (truncated, not an image) raises ``ValueError`` naming it."""
+    name = getattr(image, "filename", "") or "image"
+    try:
+        image.load()
+    except Exception as error:  # any decoder failure: the file cannot be used
+        raise ValueError(f"{name}: unreadable or truncated image ({type(error).__name__}: {error})") from None
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.float64)[..., None] * 255.0 / 65535.0
+    elif image.mode == "1":
+        values = np.asarray(image, dtype=np.float64)[..., None] * 255.0
+    elif image.mode in ("L", "LA", "RGB", "RGBA"):
+        values = np.asarray(image, dtype=np.float64)
+        values = values[..., None] if values.ndim == 2 else values
+        if image.mode in ("LA", "RGBA"):
+            values = values[..., :-1] * values[..., -1:] / 255.0
+    else:
+        raise ValueError(f"{name}: unsupported pixel mode {image.mode}")
+    if values.shape[-1] == 3:
+        values = values[..., :1] if np.all(values == values[..., :1]) else (values @ LUMA_WEIGHTS)[..., None]
+    return Image.fromarray(np.clip(np.rint(values[..., 0]), 0, 255).astype(np.uint8), mode="L")
+
+
+class LoadGrayscaleImaged(LoadImaged):
+    """``LoadImaged`` for ultrasound inputs: PNG, JPEG and BMP files are read as 8-bit grayscale by
+    ``to_grayscale8`` (the grey levels training saw, whatever the file's bit depth, palette or colour), with that
+    reader alone, so a broken file gives one error naming it; other formats (NIfTI, ...) go through MONAI's
+    readers. Takes ``LoadImaged``'s arguments; metadata and axis order are ``LoadImaged``'s."""
+
+    def __init__(self, keys: KeysCollection, **kwargs) -> None:
+        super().__init__(keys, **kwargs)
+        self.raster_reader = PILReader(converter=to_grayscale8)
+
+    def __call__(self, data: Mapping[Hashable, str], reader=None) -> dict[Hashable, torch.Tensor]:
+        paths = [str(data[key]) for key in self.key_iterator(dict(data)) if isinstance(data[key], (str, os.PathLike))]
+        if reader is None and paths and all(os.path.splitext(p)[1].lower() in RASTER_SUFFIXES for p in paths):
+            reader = self.raster_reader
+        return super().__call__(data, reader)
 
 
 class AsGrayscale2Dd(MapTransform):
-    """Make channel-first images 1-channel 2D: average the channels of RGB(A) images (alpha dropped) and
-    drop a trailing singleton spatial dimension (one-slice NIfTI). Anything else is an error naming the file.
+    """Make channel-first images 1-channel 2D: average the channels of multi-channel images from other formats
+    (alpha dropped) and drop a trailing singleton spatial dimension (one-slice NIfTI). Anything else is an error
+    naming the file.
     """
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
