@@ -176,3 +176,16 @@ def test_a_stage_fingerprint_reads_only_the_config_files_it_runs(tmp_path):
     assert fingerprint_parts(run, stage) == before
     (bundle / "configs" / "train.json").write_text('{"lr": 2}')
     assert fingerprint_parts(run, stage)["bundle configs"] != before["bundle configs"]
+
+
+def test_a_misspelled_override_is_refused_before_the_bundle_runs(tmp_path):
+    from mgcc import SEG_BUNDLE
+    from mgcc.stages import run_bundle, unknown_override_keys
+
+    configs = [SEG_BUNDLE / "configs" / "train.json"]
+    assert unknown_override_keys(configs, {"max_iterations": 5, "network_def#base_channels": 8}) == []
+    assert unknown_override_keys(configs, {"max_iteration": 5, "network_def#base_chanels": 8}) == [
+        "max_iteration", "network_def#base_chanels"]
+    with pytest.raises(StageError, match="stage 'segmentation': max_iteration match"):
+        run_bundle("segmentation", tmp_path, SEG_BUNDLE, ["train.json"], {"max_iteration": 5})
+    assert not (tmp_path / "segmentation").exists()  # refused before anything was written

@@ -111,8 +111,8 @@ def _diffusion(run: Run) -> StageResult:
 
 def _sample(run: Run) -> StageResult:
     return run_bundle("sample", run.out, LDM_BUNDLE, SAMPLE_CONFIGS,
-                      {**run.overrides("ldm", "autoencoder", "diffusion", "sample"), **_ldm_folders(run, "sample"),
-                       "sample_dir": str(run.samples)})
+                      {**run.overrides("ldm", "sample"), **_ldm_folders(run, "sample"), "sample_dir": str(run.samples)},
+                      shared=run.overrides("ldm", "autoencoder", "diffusion"))
 
 
 def _quality(run: Run) -> StageResult:
@@ -161,12 +161,13 @@ def _lesions(run: Run) -> StageResult:
     from mgcc.lesions import lesion_rate
 
     folder = run.folder("lesions")
-    common = {**run.overrides("segmentation"), "ckpt_dir": str(run.folder("segmentation") / "models")}
     sets = {"synthetic": {"input_dir": str(run.samples), "datalist": None},
             "real_test": {"datalist": str(run.dataset / "datalist.json"), "datalist_section": "test"}}
     start = time.perf_counter()
     results = [run_bundle("lesions", run.out, SEG_BUNDLE, LESIONS_CONFIGS,
-                          {**common, **source, "output_dir": str(folder / name)}) for name, source in sets.items()]
+                          {**source, "ckpt_dir": str(run.folder("segmentation") / "models"),
+                           "output_dir": str(folder / name)}, shared=run.overrides("segmentation"))
+               for name, source in sets.items()]
     rates = {name: lesion_rate((folder / name).glob("*_seg.png")) for name in sets}
     (folder / "lesion_rate.json").write_text(json.dumps(rates, indent=2))
     return StageResult("lesions", time.perf_counter() - start, max(r.peak_rss_mb for r in results), results[-1].command)

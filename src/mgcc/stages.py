@@ -102,8 +102,31 @@ def run_process(name: str, command: list[str], cwd: Path, log_file: Path, env: d
     return StageResult(name, time.perf_counter() - start, usage.ru_maxrss / 1024.0, command)
 
 
-def run_bundle(name: str, out: Path, bundle: Path, config_files: Sequence[str], overrides: dict[str, Any]) -> StageResult:
-    """Run one bundle workflow as `python -m monai.bundle run --args_file <out>/<name>/args.json`."""
+def unknown_override_keys(config_paths: Sequence[Path], overrides: dict[str, Any]) -> list[str]:
+    """Override keys (`key` or `section#key`) that match no key of the merged config files: a misspelled preset
+    entry would otherwise add a key nothing reads, and the run would go on with the default."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in config_paths])
+    return sorted(key for key in overrides if key not in parser)
+
+
+def run_bundle(name: str, out: Path, bundle: Path, config_files: Sequence[str], overrides: dict[str, Any],
+               shared: dict[str, Any] | None = None) -> StageResult:
+    """Run one bundle workflow as `python -m monai.bundle run --args_file <out>/<name>/args.json`.
+
+    `overrides` are the stage's own settings: one that matches no config key is refused. `shared` are settings
+    of other stages' preset sections that this workflow may also read (the sampler reads the diffusion model's
+    schedule, not its epochs): only those its configs know are passed."""
+    configs = [bundle / "configs" / c for c in config_files]
+    unknown = unknown_override_keys(configs, overrides)
+    if unknown:
+        raise StageError(f"stage '{name}': {', '.join(unknown)} match(es) no key of {', '.join(config_files)} "
+                         f"in {bundle.name} (misspelled preset entry or override?)")
+    if shared:
+        ignored = set(unknown_override_keys(configs, shared))
+        overrides = {**{k: v for k, v in shared.items() if k not in ignored}, **overrides}
     folder = stage_dir(out, name)
     folder.mkdir(parents=True, exist_ok=True)
     args = {
