@@ -172,6 +172,25 @@ def test_checkpoint_of_another_width_or_unreadable_is_named(tmp_path):
         checked(str(path), 4)
 
 
+def test_the_training_size_travels_with_the_weights(tmp_path):
+    """A network trained at 128x128 saves its size in its weights; a config at 256x256 is refused by name, and
+    weights saved before the size was recorded still load (and are not checked)."""
+    path = tmp_path / "model.pt"
+    torch.save(MGCCNet(base_channels=4, input_size=[128, 128]).state_dict(), path)
+    assert network.checked_checkpoint(str(path), 4, [128, 128]) == str(path)
+    with pytest.raises(ValueError, match=r"trained at spatial_size \[128, 128\], the config says \[256, 256\]"):
+        network.checked_checkpoint(str(path), 4, [256, 256])
+    net = MGCCNet(base_channels=4, input_size=[256, 256])
+    net.load_state_dict(torch.load(path, weights_only=True))
+    assert net.input_size.tolist() == [128, 128]  # the weights' size, whatever the config built
+
+    legacy = {k: v for k, v in torch.load(path, weights_only=True).items() if k != "input_size"}
+    torch.save(legacy, path)
+    assert network.checked_checkpoint(str(path), 4, [256, 256]) == str(path)
+    net.load_state_dict(torch.load(path, weights_only=True))
+    assert net.input_size.tolist() == [0, 0]
+
+
 def test_input_size_not_divisible_by_16_is_named():
     with pytest.raises(ValueError, match=r"divisible by 16 .* got \(40, 48\): set spatial_size"):
         MGCCNet(base_channels=4).eval()(torch.rand(1, 1, 40, 48))

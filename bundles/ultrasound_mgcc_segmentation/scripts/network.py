@@ -155,6 +155,9 @@ class MGCCNet(nn.Module):
         checkpoint_aux: recompute the auxiliary decoders (and their perturbed feature copies) in the
             backward pass instead of storing their activations (``torch.utils.checkpoint``); same result,
             less memory, about one extra auxiliary forward pass of compute.
+        input_size: the ``spatial_size`` the network is trained at. Kept as the buffer ``input_size`` (so it is
+            saved with the weights and travels with them; ``[0, 0]``: not recorded), which
+            ``checked_checkpoint`` compares with a config's ``spatial_size`` before the weights are used.
     """
 
     def __init__(
@@ -168,6 +171,7 @@ class MGCCNet(nn.Module):
         aux_perturbations: Sequence[str] = ("feature_dropout", "dropout", "feature_noise"),
         train_aux_decoders: bool = True,
         checkpoint_aux: bool = False,
+        input_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if len(aux_levels) != len(aux_perturbations):
@@ -192,6 +196,11 @@ class MGCCNet(nn.Module):
         )
         self.main_decoder = Decoder(channels, out_channels)
         self.aux_decoders = nn.ModuleList(Decoder(channels, out_channels) for _ in self.aux_levels)
+        self.register_buffer("input_size", torch.tensor([int(v) for v in input_size or (0, 0)], dtype=torch.int64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "input_size", torch.zeros(2, dtype=torch.int64))  # weights saved before 0.4.0
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features ``[x1, x2, x3, x4, x5]`` (x5: the 1/16 bottleneck before the ConvMixers)."""
@@ -226,10 +235,11 @@ class MGCCNet(nn.Module):
         return (self.main_decoder([*skips, bottleneck]), *aux_outputs)
 
 
-def checked_checkpoint(path: str, base_channels: int) -> str:
-    """``path`` after checking that it is a readable MGCCNet checkpoint of width ``base_channels``; otherwise one
-    line that names the file and, for another width, the ``base_channels`` it was trained with. A missing file is
-    left to the ``CheckpointLoader`` (it names it when it runs), so configs parse without a trained model."""
+def checked_checkpoint(path: str, base_channels: int, spatial_size: Sequence[int] | None = None) -> str:
+    """``path`` after checking that it is a readable MGCCNet checkpoint of width ``base_channels`` trained at
+    ``spatial_size`` (when the checkpoint records it); otherwise one line that names the file and the
+    ``base_channels`` or ``spatial_size`` it was trained with. A missing file is left to the ``CheckpointLoader``
+    (it names it when it runs), so configs parse without a trained model."""
     if not os.path.isfile(path):
         return path
     try:
@@ -243,4 +253,8 @@ def checked_checkpoint(path: str, base_channels: int) -> str:
     if first.shape[0] != int(base_channels):
         raise ValueError(f"{path}: trained with base_channels {first.shape[0]}, the config says {base_channels}: "
                          f"run with --base_channels {first.shape[0]}")
+    trained = [int(v) for v in state.get("input_size", torch.zeros(2)).tolist()]
+    if spatial_size is not None and any(trained) and trained != [int(v) for v in spatial_size]:
+        raise ValueError(f"{path}: trained at spatial_size {trained}, the config says {list(spatial_size)}: "
+                         f"run with --spatial_size \"{trained}\"")
     return path
