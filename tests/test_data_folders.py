@@ -22,8 +22,8 @@ def generic(tmp_path) -> Path:
     """Ten cases: images/case_000k.png with masks/mask_000k.png."""
     root = tmp_path / "generic"
     for k in range(1, 11):
-        image = np.full((20, 30), 150, np.uint8)
-        mask = np.zeros((20, 30), np.uint8)
+        image = np.full((40, 60), 150, np.uint8)
+        mask = np.zeros((40, 60), np.uint8)
         mask[5 : 5 + k, 4:12] = 255
         _save(image, root / "images" / f"case_{k:04d}.png")
         _save(mask, root / "masks" / f"mask_{k:04d}.png")
@@ -42,21 +42,21 @@ def test_pattern_pairs_images_and_masks(generic, tmp_path):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     record = next(record for record in manifest["images"] if record["id"] == "case_0003")
     assert record["source_image"] == "images/case_0003.png" and record["source_masks"] == ["masks/mask_0003.png"]
-    assert record["lesion_fraction"] == round(3 * 8 / 600, 6)
+    assert record["lesion_fraction"] == round(3 * 8 / 2400, 6)
 
 
 def test_same_names_need_no_pattern(tmp_path):
     for k in range(1, 4):
-        _save(np.full((8, 8), 9 * k, np.uint8), tmp_path / "raw" / "images" / f"scan{k}.png")
-        _save(np.zeros((8, 8), np.uint8), tmp_path / "raw" / "masks" / f"scan{k}.png")
+        _save(np.full((32, 32), 9 * k, np.uint8), tmp_path / "raw" / "images" / f"scan{k}.png")
+        _save(np.zeros((32, 32), np.uint8), tmp_path / "raw" / "masks" / f"scan{k}.png")
     summary = prepare_dataset(tmp_path / "raw", tmp_path / "out")
     assert summary["images"] == 3 and sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == [
         "scan0001.png", "scan0002.png", "scan0003.png"]
 
 
 def test_wildcard_mask_pattern_merges_several_masks(tmp_path):
-    _save(np.full((10, 10), 100, np.uint8), tmp_path / "raw" / "img" / "a.png")
-    first, second = np.zeros((10, 10), np.uint8), np.zeros((10, 10), np.uint8)
+    _save(np.full((32, 32), 100, np.uint8), tmp_path / "raw" / "img" / "a.png")
+    first, second = np.zeros((32, 32), np.uint8), np.zeros((32, 32), np.uint8)
     first[0, 0], second[9, 9] = 255, 1
     _save(first, tmp_path / "raw" / "gt" / "a_mask.png")
     _save(second, tmp_path / "raw" / "gt" / "a_mask_1.png")
@@ -128,9 +128,9 @@ def patients(tmp_path) -> tuple[Path, Path]:
             rows.append((f"us{len(rows):03d}.png", "benign" if patient % 3 else "malignant", f"P{patient:02d}"))
     rows += [(f"us{len(rows) + k:03d}.png", "benign", "") for k in range(2)]
     for k, (name, _, _) in enumerate(rows):
-        mask = np.zeros((16, 16), np.uint8)
+        mask = np.zeros((32, 32), np.uint8)
         mask[4:9, 3:3 + k % 10 + 1] = 255
-        _save(np.full((16, 16), 20 + 7 * k, np.uint8), root / "images" / name)  # every image has its own pixels
+        _save(np.full((32, 32), 20 + 7 * k, np.uint8), root / "images" / name)  # every image has its own pixels
         _save(mask, root / "masks" / name)
     csv_path = root / "patients.csv"
     csv_path.write_text("filename,diagnosis,age,patient_id\n" + "".join(f"{n},{c},50,{p}\n" for n, c, p in rows))

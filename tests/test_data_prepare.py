@@ -96,11 +96,11 @@ def test_an_interrupted_rerun_keeps_the_previous_dataset(phantom_raw, tmp_path, 
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     written = []
 
-    def write_then_stop(case, folder):
+    def write_then_stop(case, folder, *settings):
         if len(written) == 5:
             raise KeyboardInterrupt  # the user stops the rerun midway
         written.append(case.id)
-        real_write(case, folder)
+        real_write(case, folder, *settings)
 
     real_write = prepare_module._write_case
     monkeypatch.setattr(prepare_module, "_write_case", write_then_stop)

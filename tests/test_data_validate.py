@@ -17,7 +17,7 @@ def _save(array: np.ndarray, path: Path) -> Path:
     return path
 
 
-def _case(root: Path, label: str, k: int, size: tuple[int, int] = (24, 32)) -> tuple[Path, Path]:
+def _case(root: Path, label: str, k: int, size: tuple[int, int] = (32, 40)) -> tuple[Path, Path]:
     """A small valid image (a dark square on grey) and its 0/255 mask in the BUSI layout."""
     rng = np.random.default_rng(k + 100 * len(label))
     image = rng.integers(90, 200, size=size, dtype=np.uint8)
@@ -72,9 +72,9 @@ def test_image_without_mask_and_mask_without_image(raw, tmp_path):
 
 
 def test_mask_size_mismatch_is_refused(raw, tmp_path):
-    mask = _save(np.zeros((24, 30), np.uint8), raw / "benign" / "benign (1)_mask.png")
+    mask = _save(np.zeros((32, 30), np.uint8), raw / "benign" / "benign (1)_mask.png")
     problems = _problems(raw, tmp_path / "out")
-    assert problems == [f"{mask}: mask size 30x24 differs from image size 32x24 (benign (1).png)"]
+    assert problems == [f"{mask}: mask size 30x32 differs from image size 40x32 (benign (1).png)"]
 
 
 def test_all_problems_are_reported_together(raw, tmp_path):
@@ -111,15 +111,16 @@ def test_output_folder_with_foreign_files_is_refused(raw, tmp_path):
     assert (out / "notes.txt").read_text() == "keep me"
 
 
-def test_non_binary_mask_warns_then_binarizes(raw, tmp_path):
-    soft = np.zeros((24, 32), np.uint8)
+def test_non_binary_mask_warns_then_binarizes_at_half_its_maximum(raw, tmp_path):
+    soft = np.zeros((32, 40), np.uint8)
     soft[4:12, 5:15] = 200
-    soft[4, 5:15] = 30  # an anti-aliased edge
+    soft[4, 5:15] = 30  # an anti-aliased edge, below 200 / 2
     path = _save(soft, raw / "benign" / "benign (1)_mask.png")
     summary = prepare_dataset(raw, tmp_path / "out")
     assert any(str(path) in warning and "non-binary mask" in warning for warning in summary["warning_list"])
     label = np.asarray(Image.open(tmp_path / "out" / "labels" / "benign_0001.png"))
-    assert set(np.unique(label)) == {0, 255} and (label == 255).sum() == (soft > 0).sum()
+    assert set(np.unique(label)) == {0, 255} and (label == 255).sum() == (soft >= 100).sum() == 70
+    assert summary["thresholded_masks"] == 1
 
 
 def test_sixteen_bit_image_is_scaled_to_eight_bits(tmp_path):

@@ -2,20 +2,24 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
+from test_deploy import deploy_python, run_app  # noqa: F401 (a fixture: the Deploy app's virtual environment)
 
 from mgcc.presets import load_preset
 
 pytestmark = pytest.mark.integration
 
-STAGES = ["prepare", "autoencoder", "diffusion", "sample", "quality", "segmentation", "evaluate", "lesions", "report"]
+STAGES = ["prepare", "autoencoder", "diffusion", "sample", "quality", "segmentation", "evaluate", "lesions", "report",
+          "package"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -48,7 +52,7 @@ def record_times(out: Path) -> dict[str, float]:
     return {s: (out / s / "stage.json").stat().st_mtime for s in STAGES if (out / s / "stage.json").exists()}
 
 
-def test_demo_runs_end_to_end_and_rerun_skips(tiny_preset, tmp_path):
+def test_demo_runs_end_to_end_and_rerun_skips(tiny_preset, tmp_path, deploy_python):
     out = tmp_path / "run"
     first = mgcc_run(tiny_preset, out)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -77,6 +81,27 @@ def test_demo_runs_end_to_end_and_rerun_skips(tiny_preset, tmp_path):
     assert numbers["synthetic_lesion_rate"] == rates["synthetic"]["rate"] and rates["synthetic"]["images"] == 6
     assert 0.0 <= numbers["real_test_lesion_rate"] <= 1.0 and numbers["test"]["evaluate"]["n"] == summary["n"]
     assert numbers["generator"]["fid"]["num_generated"] == 6 and "kid" in numbers["generator"]
+
+    # the packaged bundle runs with no overrides, and it and the Deploy app give the pipeline's own masks
+    package = out / "package" / "ultrasound_mgcc_segmentation"
+    assert json.loads((package / "configs" / "metadata.json").read_text())["eval_metrics"]["test_mean_dice"] == round(
+        summary["dice"]["mean"], 4)
+    tests = tmp_path / "test_images"
+    tests.mkdir()
+    datalist = json.loads((out / "prepare" / "dataset" / "datalist.json").read_text())
+    for entry in datalist["test"]:
+        shutil.copy(out / "prepare" / "dataset" / entry["image"], tests)
+    bundle_out, app_out = tmp_path / "bundle_out", tmp_path / "app_out"
+    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                    "--input_dir", str(tests), "--output_dir", str(bundle_out)], cwd=package, check=True,
+                   capture_output=True, env=ENV)
+    run_app(deploy_python, tests, app_out, package)
+    pipeline_masks = sorted((out / "lesions" / "real_test").glob("*_seg.png"))
+    assert len(pipeline_masks) == len(datalist["test"])
+    for mask in pipeline_masks:
+        expected = np.array(Image.open(mask))
+        assert np.array_equal(np.array(Image.open(bundle_out / mask.name)), expected), mask.name
+        assert np.array_equal(np.array(Image.open(app_out / "masks" / mask.name.replace("_seg", ""))) > 0, expected > 0)
 
     before = record_times(out)
     second = mgcc_run(tiny_preset, out)

@@ -143,7 +143,7 @@ def test_data_in_each_form_runs_the_prepare_stage(tmp_path):
     forms = {
         "busi": [str(busi)],
         "generic": [str(generic), "--image-pattern", "case_{id}.png", "--mask-pattern", "case_{id}_mask.png",
-                    "--classes", "classes.csv", "--id-column", "filename", "--class-column", "diagnosis",
+                    "--classes", str(generic / "classes.csv"), "--id-column", "filename", "--class-column", "diagnosis",
                     "--group-column", "patient"],
         "prepared": [str(tmp_path / "busi-run" / "prepare" / "dataset")],
     }
@@ -189,3 +189,16 @@ def test_a_misspelled_override_is_refused_before_the_bundle_runs(tmp_path):
     with pytest.raises(StageError, match="stage 'segmentation': max_iteration match"):
         run_bundle("segmentation", tmp_path, SEG_BUNDLE, ["train.json"], {"max_iteration": 5})
     assert not (tmp_path / "segmentation").exists()  # refused before anything was written
+
+
+def test_a_misspelled_preset_entry_is_refused_before_anything_runs(tmp_path):
+    from mgcc.pipeline import make_run, unknown_preset_entries
+
+    preset = load_preset("demo")
+    assert unknown_preset_entries(preset) == []
+    preset["ldm"]["diffusion"]["difusion_max_epochs"] = 3
+    preset["segmentation"]["train"]["network_def#base_channels"] = 8  # a nested key of a known section is fine
+    assert unknown_preset_entries(preset) == ["ldm.diffusion.difusion_max_epochs"]
+    with pytest.raises(SystemExit, match="preset demo: ldm.diffusion.difusion_max_epochs match"):
+        make_run(preset, None, str(tmp_path / "out"), {})
+    assert not (tmp_path / "out").exists()

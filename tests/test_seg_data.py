@@ -243,7 +243,7 @@ def test_inference_reads_every_pixel_format_as_prepare_does(tmp_path):
     """Training images are what `mgcc prepare` writes; inference must see the same grey levels for the same file."""
     from mgcc.data.validate import LUMA_WEIGHTS, read_image
 
-    load = scripts.transforms.LoadGrayscaleImaged(keys="image", image_only=True)
+    load = scripts.transforms.LoadImageGrayscaled(keys="image", image_only=True)
     for path in _odd_images(tmp_path):
         loaded = load({"image": str(path)})["image"]
         if path.suffix == ".jpg":  # prepare reads PNG only: compare with the decoded file by the same luma rule
@@ -258,6 +258,6 @@ def test_inference_reads_every_pixel_format_as_prepare_does(tmp_path):
 def test_a_truncated_image_is_one_error_naming_it(tmp_path):
     path = _odd_images(tmp_path)[2]
     path.write_bytes(path.read_bytes()[:200])
-    load = scripts.transforms.LoadGrayscaleImaged(keys="image", image_only=True)
+    load = scripts.transforms.LoadImageGrayscaled(keys="image", image_only=True)
     with pytest.raises(ValueError, match=f"{path}: unreadable or truncated image"):
         load({"image": str(path)})

@@ -12,6 +12,7 @@ COMMANDS = {
     "run": "mgcc.pipeline:run",
     "compare": "mgcc.compare:compare",
     "evaluate": "mgcc.external:evaluate",
+    "export": "mgcc.export:export",
     "label": "mgcc.label:Label",
 }
 BOOLEAN_WORDS = {"true": "True", "false": "False"}

@@ -1,6 +1,6 @@
 """`mgcc run`: the two-stage MGCC method end to end, one resumable stage at a time.
 
-prepare -> autoencoder -> diffusion -> sample -> quality -> segmentation -> evaluate -> lesions -> report
+prepare -> autoencoder -> diffusion -> sample -> quality -> segmentation -> evaluate -> lesions -> report -> package
 
 Every bundle stage goes through the bundles' own configs via `python -m monai.bundle run`; this module only
 decides folders and overrides. A stage whose `stage.json` record and outputs exist is skipped, so a rerun after
@@ -65,6 +65,10 @@ class Run:
             merged.update(spec.get(section, {}))
         return merged
 
+    def section(self, bundle: str, name: str) -> dict[str, Any]:
+        """One section of the preset's entries for `bundle` (a stage's own settings)."""
+        return dict(self.preset[bundle].get(name, {}))
+
 
 # ----------------------------------------------------------------------------------------------- stages
 def _prepare(run: Run) -> StageResult:
@@ -101,25 +105,27 @@ LESIONS_CONFIGS = ("inference.json",)
 
 def _autoencoder(run: Run) -> StageResult:
     return run_bundle("autoencoder", run.out, LDM_BUNDLE, AUTOENCODER_CONFIGS,
-                      {**run.overrides("ldm", "autoencoder"), **_ldm_folders(run, "autoencoder")})
+                      {**run.section("ldm", "autoencoder"), **_ldm_folders(run, "autoencoder")},
+                      shared=run.overrides("ldm"))
 
 
 def _diffusion(run: Run) -> StageResult:
     return run_bundle("diffusion", run.out, LDM_BUNDLE, DIFFUSION_CONFIGS,
-                      {**run.overrides("ldm", "autoencoder", "diffusion"), **_ldm_folders(run, "diffusion")})
+                      {**run.section("ldm", "diffusion"), **_ldm_folders(run, "diffusion")},
+                      shared=run.overrides("ldm", "autoencoder"))
 
 
 def _sample(run: Run) -> StageResult:
     return run_bundle("sample", run.out, LDM_BUNDLE, SAMPLE_CONFIGS,
-                      {**run.overrides("ldm", "sample"), **_ldm_folders(run, "sample"), "sample_dir": str(run.samples)},
+                      {**run.section("ldm", "sample"), **_ldm_folders(run, "sample"), "sample_dir": str(run.samples)},
                       shared=run.overrides("ldm", "autoencoder", "diffusion"))
 
 
 def _quality(run: Run) -> StageResult:
     """Generator quality (the LDM bundle's evaluate.json): reconstruction PSNR/SSIM, diversity, copy check."""
     return run_bundle("quality", run.out, LDM_BUNDLE, QUALITY_CONFIGS,
-                      {**run.overrides("ldm", "autoencoder"), **_ldm_folders(run, "quality"),
-                       "sample_dir": str(run.samples)})
+                      {**_ldm_folders(run, "quality"), "sample_dir": str(run.samples)},
+                      shared=run.overrides("ldm", "autoencoder"))
 
 
 def segmentation_stage(variant: str, config_files: list[str], overrides: dict[str, Any]) -> Stage:
@@ -132,9 +138,10 @@ def segmentation_stage(variant: str, config_files: list[str], overrides: dict[st
         folder = run.folder(name)
         resume = any((folder / "models").glob("checkpoint_epoch=*.pt"))  # an interrupted run of the same settings
         return run_bundle(name, run.out, SEG_BUNDLE, config_files,
-                          {**run.overrides("segmentation", "train"), "synthetic_dir": str(run.samples), **overrides,
+                          {**run.section("segmentation", "train"), "synthetic_dir": str(run.samples), **overrides,
                            "output_dir": str(folder), "ckpt_dir": str(folder / "models"),
-                           "compile_cache_dir": str(run.out / "inductor_cache"), "resume": resume})
+                           "compile_cache_dir": str(run.out / "inductor_cache"), "resume": resume},
+                          shared=run.overrides("segmentation"))
 
     return Stage(name, ["models/model.pt", "training_history.csv"], execute, ("segmentation.common", "segmentation.train"),
                  ("prepare", "sample"), SEG_BUNDLE, tuple(config_files), {"overrides": overrides})
@@ -147,8 +154,9 @@ def evaluate_stage(variant: str) -> Stage:
 
     def execute(run: Run) -> StageResult:
         return run_bundle(name, run.out, SEG_BUNDLE, EVALUATE_CONFIGS,
-                          {**run.overrides("segmentation", "train", "evaluate"),
-                           "output_dir": str(run.folder(name)), "ckpt_dir": str(run.folder(trained) / "models")})
+                          {**run.section("segmentation", "evaluate"),
+                           "output_dir": str(run.folder(name)), "ckpt_dir": str(run.folder(trained) / "models")},
+                          shared=run.overrides("segmentation", "train"))
 
     return Stage(name, ["evaluation/summary.json", "evaluation/per_image.csv"], execute,
                  ("segmentation.common", "segmentation.train", "segmentation.evaluate"), (trained,), SEG_BUNDLE,
@@ -179,6 +187,19 @@ def _report(run: Run) -> StageResult:
     return run_python("report", run.out, lambda folder: write_report(run.out, folder, run.preset))
 
 
+def _package(run: Run) -> StageResult:
+    """Ready bundles of the run's trained models (`mgcc export`): `package/ultrasound_mgcc_segmentation/` and
+    `package/ultrasound_ldm_generation/`, which run with no overrides."""
+    from mgcc.export import export_generator, export_segmentation
+
+    def work(folder: Path) -> None:
+        name = run.out.name
+        export_segmentation(run.folder("segmentation"), folder / SEG_BUNDLE.name, name)
+        export_generator(run.out, folder / LDM_BUNDLE.name, name)
+
+    return run_python("package", run.out, work)
+
+
 LDM_READS = ("ldm.common", "ldm.autoencoder")
 STAGES: list[Stage] = [
     Stage("prepare", ["dataset/datalist.json", "summary.json"], _prepare, reads=("data",)),
@@ -195,6 +216,8 @@ STAGES: list[Stage] = [
           LESIONS_CONFIGS),
     Stage("report", ["report.md", "report.html", "summary.json"], _report, ("",),
           ("quality", "evaluate", "lesions")),
+    Stage("package", [f"{SEG_BUNDLE.name}/models/model.ts", f"{LDM_BUNDLE.name}/models/diffusion.pt"], _package, (),
+          ("segmentation", "evaluate", "sample", "quality")),
 ]
 
 
@@ -258,11 +281,27 @@ def execute_stages(run: Run, stages: list[Stage], force: bool = False) -> None:
         print(f"[mgcc] stage '{stage.name}' done in {result.seconds:.1f} s, peak RSS {result.peak_rss_mb:.0f} MB")
 
 
+def unknown_preset_entries(preset: dict[str, Any]) -> list[str]:
+    """Entries of the preset's bundle sections (`ldm.*`, `segmentation.*`) that no config file of that bundle
+    defines (for `a#b`, its top-level key `a`): a misspelled entry would otherwise be dropped by every stage (each
+    stage passes on only what its configs know)."""
+    unknown = []
+    for key, bundle in (("ldm", LDM_BUNDLE), ("segmentation", SEG_BUNDLE)):
+        known = {k for config in (bundle / "configs").glob("*.json") for k in json.loads(config.read_text())}
+        unknown += [f"{key}.{section}.{k}" for section, values in preset.get(key, {}).items() for k in values
+                    if k.split("#")[0] not in known]
+    return unknown
+
+
 def make_run(preset: str | dict[str, Any], data: str | None, out: str | None, data_options: dict[str, Any]) -> Run:
     """A run of `preset` (a name, path or loaded preset) on `data` in `out` (default `outputs/<preset>`)."""
     from mgcc.data.sources import checked_options
 
     spec = preset if isinstance(preset, dict) else load_preset(preset)
+    unknown = unknown_preset_entries(spec)
+    if unknown:
+        raise SystemExit(f"preset {spec['name']}: {', '.join(unknown)} match(es) no key of the bundle's configs "
+                         "(misspelled?)")
     run_ = Run(spec, (Path(out) if out else DEFAULT_OUT / spec["name"]).resolve(),
                Path(data).resolve() if data else None, checked_options(data_options))
     if run_.data is not None and not run_.data.is_dir():
@@ -283,7 +322,7 @@ def run(preset: str = "demo", data: str | None = None, out: str | None = None, s
             prepared by `mgcc prepare` (split again with the preset's seed); default: the preset's phantom data.
         out: output folder; default `outputs/<preset>`.
         stage: run only this stage (forced, even if complete): one of prepare, autoencoder, diffusion, sample,
-            quality, segmentation, evaluate, lesions, report.
+            quality, segmentation, evaluate, lesions, report, package.
         data_options: `mgcc prepare`'s options for a generic-layout dataset: --layout, --images, --masks,
             --image-pattern, --mask-pattern, --classes, --id-column, --class-column, --group-column.
     """

@@ -14,7 +14,7 @@ from monai.data import PILReader
 from monai.transforms import LoadImaged, MapTransform, SqueezeDim
 from PIL import Image
 
-__all__ = ["RASTER_SUFFIXES", "to_grayscale8", "LoadGrayscaleImaged", "AsGrayscale2Dd"]
+__all__ = ["RASTER_SUFFIXES", "to_grayscale8", "LoadImageGrayscaled", "AsGrayscale2Dd"]
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -49,11 +49,13 @@ def to_grayscale8(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values[..., 0]), 0, 255).astype(np.uint8), mode="L")
 
 
-class LoadGrayscaleImaged(LoadImaged):
+class LoadImageGrayscaled(LoadImaged):
     """``LoadImaged`` for ultrasound inputs: PNG, JPEG and BMP files are read as 8-bit grayscale by
     ``to_grayscale8`` (the grey levels training saw, whatever the file's bit depth, palette or colour), with that
     reader alone, so a broken file gives one error naming it; other formats (NIfTI, ...) go through MONAI's
-    readers. Takes ``LoadImaged``'s arguments; metadata and axis order are ``LoadImaged``'s."""
+    readers. Takes ``LoadImaged``'s arguments; metadata and axis order are ``LoadImaged``'s. MONAI Label and the
+    Deploy app recognise it as a ``LoadImaged`` (its name contains ``LoadImage``: the Deploy bundle operator leaves
+    loading to the app, which reads files with this transform)."""
 
     def __init__(self, keys: KeysCollection, **kwargs) -> None:
         super().__init__(keys, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mgcc.data.records import DatasetError, Problem
 from mgcc.data.split import TRAIN, Assignment
 
 SECTIONS = ("training", "unlabeled", "validation", "test")
@@ -43,3 +44,21 @@ def dumps(data: object) -> str:
 
 def write_json(path: Path, data: object) -> None:
     Path(path).write_text(dumps(data), encoding="utf-8", newline="\n")
+
+
+def read_json(path: Path) -> object:
+    """A JSON file that may have been written or edited by hand (a `datalist.json`, a `manifest.json`).
+
+    A syntax error is one `DatasetError` line naming the file, line and column (`file:line:column: ...`), and so
+    is a file that cannot be read.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError([Problem(path, f"cannot read this JSON file ({error})")]) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DatasetError([Problem(f"{path}:{error.lineno}:{error.colno}", f"malformed JSON at line {error.lineno}, "
+                                    f"column {error.colno}: {error.msg}")]) from None

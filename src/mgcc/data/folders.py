@@ -49,6 +49,45 @@ def _match(paths: list[Path], pattern: str, kind: str) -> tuple[dict[str, list[P
     return matched, problems
 
 
+def _candidates(names: list[str], ids: set[str], samples: int = 10) -> list[str]:
+    """Patterns made from file names that contain an id of the other side: `case_7_mask.png` with the id `case_7`
+    gives `{id}_mask.png` (the longest id found in each of the first `samples` names)."""
+    patterns = []
+    for name in names[:samples]:
+        found = [key for key in ids if key and key.lower() in name.lower()]
+        if found:
+            key = max(found, key=len)
+            start = name.lower().index(key.lower())
+            pattern = name[:start] + "{id}" + name[start + len(key):]
+            if pattern not in patterns:
+                patterns.append(pattern)
+    return patterns
+
+
+def _pairs(names: list[str], pattern: str, ids: set[str]) -> int:
+    regex = pattern_regex(pattern)
+    return sum(1 for name in names if (found := regex.fullmatch(name)) and found["id"] in ids)
+
+
+def no_pairs_problem(image_files: list[Path], mask_files: list[Path], images: dict[str, list[Path]],
+                     masks: dict[str, list[Path]], image_pattern: str, mask_pattern: str) -> Problem:
+    """The one line for a dataset where no image pairs with a mask: the patterns used and, when the names show
+    one, the pattern option that pairs most files, else an example of the options."""
+    image_names, mask_names = [path.name for path in image_files], [path.name for path in mask_files]
+    tried = [(_pairs(mask_names, pattern, set(images)), f"--mask-pattern '{pattern}' pairs", "masks")
+             for pattern in _candidates(mask_names, set(images))]
+    tried += [(_pairs(image_names, pattern, set(masks)), f"--image-pattern '{pattern}' pairs", "images")
+              for pattern in _candidates(image_names, set(masks))]
+    paired, option, kind = max(tried, key=lambda found: found[0], default=(0, "", ""))
+    if paired:
+        hint = f"{option} {paired} of the {len(mask_names) if kind == 'masks' else len(image_names)} {kind}"
+    else:
+        hint = ("give the patterns that pair them, e.g. --image-pattern 'case_{id}.png' --mask-pattern "
+                "'case_{id}_mask.png' (a pattern is a file name with one {id} and optional * wildcards)")
+    return Problem(image_files[0].parent, f"no image pairs with a mask ({len(image_files)} images, {len(mask_files)} "
+                                          f"masks; image pattern '{image_pattern}', mask pattern '{mask_pattern}'): {hint}")
+
+
 @dataclass(frozen=True)
 class ClassColumns:
     """Names of the class CSV's columns: the image (file name or stem), its class and, optionally, its group."""
@@ -132,6 +171,8 @@ def scan_folders(
     images, image_problems = _match(image_files, image_pattern, "image")
     masks, unmatched_masks = _match(mask_files, mask_pattern, "mask")
     problems += mask_problems + image_problems + unmatched_masks
+    if image_files and mask_files and not set(images) & set(masks):
+        problems.insert(0, no_pairs_problem(image_files, mask_files, images, masks, image_pattern, mask_pattern))
     for key, paths in sorted(images.items()):
         if len(paths) > 1:
             problems.append(Problem(paths[0], f"images {', '.join(path.name for path in paths)} share the pattern id '{key}'"))

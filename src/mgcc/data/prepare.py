@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 
 from mgcc.data.busi import scan_busi
-from mgcc.data.datalist import SECTIONS, build_datalist, image_path, label_path, section_of, write_json
+from mgcc.data.datalist import SECTIONS, build_datalist, image_path, label_path, read_json, section_of, write_json
 from mgcc.data.folders import ClassColumns, scan_folders
-from mgcc.data.records import DatasetError, Problem, SourceCase
+from mgcc.data.records import KNOWN_CLASSES, DatasetError, Problem, SourceCase
 from mgcc.data.split import SplitItem, assign_splits, duplicate_groups, split_groups
 from mgcc.data.validate import CheckedCase, check_case, load_case
 
@@ -28,11 +28,108 @@ MANIFEST_FORMAT = "mgcc-prepared-dataset/1"
 OUTPUT_NAMES = ("images", "labels", "manifest.json", "datalist.json")
 LAYOUTS = ("auto", "busi", "folders")
 PNG_COMPRESS_LEVEL = 1  # zlib level; Pillow's default 6 made BUSI twice as slow to prepare for 12% smaller files
+#: folder names that suggest masks, for the hint when a layout is not recognised
+MASK_WORDS = ("mask", "label", "annot", "seg", "gt", "truth")
+
+
+def _option_error(option: str, reason: str) -> DatasetError:
+    return DatasetError([Problem(option, reason)])
+
+
+def labeled_fraction_option(value: object) -> float:
+    """`--labeled-fraction` as a float in (0, 1]: a decimal (0.125) or a ratio (1/8); one-line `DatasetError` else."""
+    text = str(value).strip()
+    accepted = "a fraction in (0, 1] such as 0.125 or 1/8"
+    try:
+        if isinstance(value, bool):
+            raise ValueError(text)
+        fraction = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        hint = ""
+        if text.endswith("%"):
+            try:
+                hint = f" (a percentage: for {text} give {float(Fraction(text[:-1]) / 100):g})"
+            except (ValueError, ZeroDivisionError):
+                pass
+        raise _option_error("--labeled-fraction", f"'{text}' is not {accepted}{hint}") from None
+    if not 0 < fraction <= 1:
+        raise _option_error("--labeled-fraction", f"{text} is outside (0, 1]: give a fraction such as 0.125 or 1/8")
+    return float(fraction)
+
+
+def seed_option(value: object) -> int:
+    """`--seed` as an int (a whole number, also given as text); one-line `DatasetError` else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return int(str(value).strip())
+    except ValueError:
+        raise _option_error("--seed", f"'{value}' is not a whole number (such as 0 or 42)") from None
+
+
+def mask_threshold_option(value: object) -> float | None:
+    """`--mask-threshold` as a float in (0, 255] (a mask pixel value, 16-bit masks scaled to 0..255), or None."""
+    if value is None:
+        return None
+    accepted = "a mask pixel value in (0, 255]"
+    example = "such as 128 (16-bit masks are scaled to 0..255 first)"
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        threshold = float(str(value).strip())
+    except ValueError:
+        raise _option_error("--mask-threshold", f"'{value}' is not {accepted} {example}") from None
+    if not 0 < threshold <= 255:
+        raise _option_error("--mask-threshold", f"{value} is outside (0, 255]: give a mask pixel value {example}")
+    return threshold
 
 
 def _resolve_in(source: Path, folder: str | Path | None, default: str) -> Path:
-    path = Path(folder) if folder is not None else Path(default)
+    path = Path(folder) if folder is not None else Path(_child_folder(source, default) or default)
     return (path if path.is_absolute() else source / path).resolve()
+
+
+def _child_folder(source: Path, name: str) -> str | None:
+    """The name of `source`'s sub-folder called `name` in any capitalisation (`Images` for `images`), or None."""
+    if (source / name).is_dir():
+        return name
+    found = sorted(path.name for path in source.iterdir() if path.name.lower() == name and path.is_dir())
+    return found[0] if found else None
+
+
+def _class_csv(classes_csv: str | Path, source: Path) -> tuple[Path, Problem | None]:
+    """The class CSV's path (a relative one is read from the current folder) and the problem if it is no file."""
+    given = Path(classes_csv).expanduser()
+    path = (given if given.is_absolute() else Path.cwd() / given).resolve()
+    if path.is_file():
+        return path, None
+    reason = "is a folder, not a class CSV" if path.is_dir() else "class CSV not found"
+    if not given.is_absolute():
+        reason += f" (a relative --classes is read from the current folder, {Path.cwd()})"
+        if (source / given).is_file():
+            reason += f"; did you mean --classes {(source / given).resolve()}?"
+    return path, Problem(path, reason)
+
+
+def _unrecognised_layout(source: Path) -> Problem | None:
+    """The one problem of a source that holds neither BUSI class folders nor images/ + masks/ (None otherwise;
+    an empty source is left to the BUSI scan, which says it is empty)."""
+    entries = sorted(path for path in source.iterdir() if not path.name.startswith("."))
+    folders = [path.name for path in entries if path.is_dir()]
+    pngs = [path for path in entries if path.is_file() and path.suffix.lower() == ".png"]
+    if any(name in KNOWN_CLASSES for name in folders) or not (folders or pngs):
+        return None
+    found = f"folders {', '.join(folders[:6])}{', ...' if len(folders) > 6 else ''}" if folders else "no folders"
+    if pngs:
+        found += f", {len(pngs)} PNG files at the top"
+    masks = [name for name in folders if any(word in name.lower() for word in MASK_WORDS)]
+    others = [name for name in folders if name not in masks]
+    guess = f"; here perhaps --images {others[0]} --masks {masks[0]}" if len(masks) == 1 and len(others) == 1 else ""
+    return Problem(source, f"layout not recognised: neither BUSI class folders ({'/, '.join(KNOWN_CLASSES)}/) nor "
+                           f"images/ and masks/ (found {found}); for other folders give --images DIR --masks DIR "
+                           f"[--image-pattern 'case_{{id}}.png' --mask-pattern 'case_{{id}}_mask.png']{guess}")
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -46,8 +143,11 @@ def _pick_layout(source: Path, layout: str, folder_options: bool) -> str:
         raise DatasetError([Problem(source, "images/masks folders, patterns and a class CSV apply to the 'folders' layout only")])
     if layout != "auto":
         return layout
-    if folder_options or ((source / "images").is_dir() and (source / "masks").is_dir()):
+    if folder_options or (_child_folder(source, "images") and _child_folder(source, "masks")):
         return "folders"
+    unrecognised = _unrecognised_layout(source)
+    if unrecognised is not None:
+        raise DatasetError([unrecognised])
     return "busi"
 
 
@@ -98,13 +198,16 @@ def _scan(
         return cases, problems, [source]
     images = _resolve_in(source, images_dir, "images")
     masks = _resolve_in(source, masks_dir, "masks")
-    csv_path = _resolve_in(source, classes_csv, "") if classes_csv else None
-    cases, problems = scan_folders(images, masks, image_pattern or "{id}.png", mask_pattern or "{id}.png", csv_path, columns)
+    csv_path, missing = _class_csv(classes_csv, source) if classes_csv else (None, None)
+    patterns = (image_pattern or "{id}.png", mask_pattern or "{id}.png")
+    if missing is not None:  # the folders are still checked; no case without its class
+        return [], [missing] + scan_folders(images, masks, *patterns, None, columns)[1], [source, images, masks]
+    cases, problems = scan_folders(images, masks, *patterns, csv_path, columns)
     return cases, problems, [source, images, masks]
 
 
-def _write_case(case: SourceCase, out: Path) -> None:
-    image, mask, _ = load_case(case)
+def _write_case(case: SourceCase, out: Path, mask_threshold: float | None = None) -> None:
+    image, mask, _ = load_case(case, mask_threshold)
     Image.fromarray(image).save(out / image_path(case.id), format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     Image.fromarray(mask.astype(np.uint8) * 255).save(out / label_path(case.id), format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
@@ -155,19 +258,23 @@ def prepare_dataset(
     id_column: str = "image",
     class_column: str = "class",
     group_column: str | None = None,
+    mask_threshold: float | None = None,
 ) -> dict:
     """Check `source`, then write the prepared dataset to `out`; return a summary with counts per split/class.
 
-    `classes_csv` names each image's class in columns `id_column` and `class_column`; with `group_column`
-    (e.g. the patient) every group stays on one side of every split, merged with the exact-duplicate groups.
-    Raises `DatasetError` listing every fatal problem (nothing is written then); warnings are returned in
-    the summary and recorded in the manifest.
+    `classes_csv` names each image's class in columns `id_column` and `class_column` (a relative path is read
+    from the current folder); with `group_column` (e.g. the patient) every group stays on one side of every
+    split, merged with the exact-duplicate groups. `mask_threshold`: masks with more than one non-zero value are
+    lesion where >= this value (0..255), default half their maximum. Raises `DatasetError` listing every fatal
+    problem, or naming a bad setting (nothing is written then); warnings are returned in the summary and
+    recorded in the manifest.
     """
+    labeled_fraction = labeled_fraction_option(labeled_fraction)
+    seed = seed_option(seed)
+    mask_threshold = mask_threshold_option(mask_threshold)
     source, out = Path(source).resolve(), Path(out).resolve()
     if not source.is_dir():
         raise DatasetError([Problem(source, "source folder not found")])
-    if not 0.0 < labeled_fraction <= 1.0:
-        raise DatasetError([Problem(source, f"labeled fraction must be in (0, 1], got {labeled_fraction}")])
     folder_options = any(option is not None for option in (images_dir, masks_dir, image_pattern, mask_pattern, classes_csv))
     layout = _pick_layout(source, layout, folder_options)
     columns = _class_columns(source, classes_csv, id_column, class_column, group_column)
@@ -182,7 +289,7 @@ def prepare_dataset(
         problems.append(Problem(source, "no images to prepare"))
     checked: list[CheckedCase] = []
     for case in cases:
-        facts, case_problems = check_case(case)
+        facts, case_problems = check_case(case, mask_threshold)
         problems += case_problems
         if facts is not None:
             checked.append(facts)
@@ -201,6 +308,8 @@ def prepare_dataset(
         "classes": dict(sorted(Counter(facts.case.label for facts in checked).items())),
         "excluded": dict(excluded),
         "multi_mask_images": sum(len(facts.case.masks) > 1 for facts in checked),
+        "thresholded_masks": sum(facts.thresholded_masks for facts in checked),
+        "mask_threshold": mask_threshold,
         "duplicate_groups": duplicates,
         "group_column": columns.group,
         "multi_image_groups": len(together),
@@ -215,13 +324,13 @@ def prepare_dataset(
     (staging / "images").mkdir(parents=True)
     (staging / "labels").mkdir()
     for facts in checked:
-        _write_case(facts.case, staging)
+        _write_case(facts.case, staging, mask_threshold)
     manifest = {
         "format": MANIFEST_FORMAT,
         "source": str(source),
         "layout": layout,
         "settings": {"seed": seed, "labeled_fraction": labeled_fraction, "include_normal": include_normal,
-                     "group_column": columns.group},
+                     "group_column": columns.group, "mask_threshold": mask_threshold},
         "summary": summary,
         "warnings": [{"file": _relative(Path(problem.path), source), "reason": problem.reason} for problem in warnings],
         "images": [_record(facts, source, section_of(assignments[facts.case.id])) for facts in checked],
@@ -239,11 +348,11 @@ def prepare_dataset(
     return summary | {"out": str(out), "warning_list": [str(problem) for problem in warnings]}
 
 
-def _print_warnings(warnings: list[str]) -> None:
+def _print_warnings(warnings: list[dict[str, str]]) -> None:
+    """One line per reason, with the count and the first names (`warnings` as the manifest records them)."""
     by_reason: dict[str, list[str]] = {}
     for warning in warnings:
-        path, _, reason = warning.rpartition(": ")
-        by_reason.setdefault(reason, []).append(path)
+        by_reason.setdefault(warning["reason"], []).append(warning["file"])
     for reason, paths in by_reason.items():
         examples = ", ".join(Path(path).name for path in paths[:3]) + (", ..." if len(paths) > 3 else "")
         print(f"warning: {reason}: {len(paths)} file(s) ({examples})", file=sys.stderr)
@@ -256,6 +365,9 @@ def print_summary(summary: dict) -> None:
     if summary["excluded"]:
         print("excluded: " + ", ".join(f"{count} {label} (use --include-normal)" for label, count in summary["excluded"].items()))
     print(f"multi-mask images merged: {summary['multi_mask_images']}; duplicate groups kept together: {summary['duplicate_groups']}")
+    if summary["thresholded_masks"] or summary["mask_threshold"] is not None:
+        level = "half their maximum value" if summary["mask_threshold"] is None else f"--mask-threshold {summary['mask_threshold']:g}"
+        print(f"non-binary masks binarized at {level}: {summary['thresholded_masks']}")
     if summary["group_column"] is not None:
         print(f"groups by column '{summary['group_column']}' (merged with duplicates): {summary['multi_image_groups']} "
               f"multi-image groups ({summary['images_in_multi_image_groups']} images) kept together")
@@ -279,13 +391,16 @@ def prepare(
     id_column: str = "image",
     class_column: str = "class",
     group_column: str | None = None,
+    mask_threshold: float | None = None,
 ) -> None:
     """CLI `mgcc prepare SOURCE --out DIR`: check, normalize and split a dataset; exit 2 on invalid data.
 
-    --labeled-fraction accepts 0.125 or 1/8. Generic layout: --images/--masks folders (relative to SOURCE),
-    --image-pattern/--mask-pattern like 'case_{id}.png'/'mask_{id}.png', --classes CSV (columns named by
-    --id-column, default image, and --class-column, default class). --group-column NAME (a column of that CSV,
-    e.g. the patient): images with the same value stay on one side of every split.
+    --labeled-fraction accepts 0.125 or 1/8 (in (0, 1]); --seed a whole number. Generic layout: --images/--masks
+    folders (relative to SOURCE), --image-pattern/--mask-pattern like 'case_{id}.png'/'mask_{id}.png', --classes
+    CSV (a relative path is read from the current folder; columns named by --id-column, default image, and
+    --class-column, default class). --group-column NAME (a column of that CSV, e.g. the patient): images with
+    the same value stay on one side of every split. --mask-threshold T: masks with more than one non-zero value
+    are lesion where >= T (0..255); default half their maximum.
     """
     started = time.perf_counter()
     try:
@@ -293,8 +408,8 @@ def prepare(
             Path(source),
             Path(out),
             layout=layout,
-            labeled_fraction=float(Fraction(str(labeled_fraction))),
-            seed=int(seed),
+            labeled_fraction=labeled_fraction,
+            seed=seed,
             include_normal=bool(include_normal),
             images_dir=images,
             masks_dir=masks,
@@ -304,10 +419,11 @@ def prepare(
             id_column=id_column,
             class_column=class_column,
             group_column=group_column,
+            mask_threshold=mask_threshold,
         )
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    _print_warnings(summary["warning_list"])
+    _print_warnings(read_json(Path(summary["out"]) / "manifest.json")["warnings"])
     print_summary(summary)
     print(f"took {time.perf_counter() - started:.1f} s")

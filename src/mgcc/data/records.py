@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +36,52 @@ class Problem:
         return f"{self.path}: {self.reason}"
 
 
+#: more problems than this with the same reason are reported as one line: their count and the first examples
+SUMMARIZE_ABOVE = 5
+EXAMPLES = 3
+
+
+def _summary_line(same: list[Problem]) -> str:
+    """One line for many problems with one reason: the folder they share, the reason, the count, the first names."""
+    paths = [str(problem.path) for problem in same]
+    folder = os.path.commonpath(paths) if all(os.path.isabs(path) for path in paths) else ""
+    if folder in paths:  # one file named several times
+        folder = os.path.dirname(folder)
+    names = [os.path.relpath(path, folder) if folder else path for path in paths[:EXAMPLES]]
+    return f"{folder or '.'}: {same[0].reason}: {len(same)} files ({', '.join(names)}, ...)"
+
+
+def summarized(problems: list[Problem]) -> list[str]:
+    """The problems as lines, in the order found; the problems of a reason shared by more than `SUMMARIZE_ABOVE`
+    files become one line where the first of them was."""
+    by_reason: dict[str, list[Problem]] = {}
+    for problem in problems:
+        by_reason.setdefault(problem.reason, []).append(problem)
+    lines = []
+    for problem in problems:
+        same = by_reason[problem.reason]
+        if len(same) <= SUMMARIZE_ABOVE:
+            lines.append(str(problem))
+        elif problem is same[0]:
+            lines.append(_summary_line(same))
+    return lines
+
+
 class DatasetError(ValueError):
-    """Raised with every fatal problem of a dataset at once."""
+    """Raised with every fatal problem of a dataset at once (all of them in `problems`).
+
+    The message is one line for one problem; otherwise a count and one line per problem, where more than
+    `SUMMARIZE_ABOVE` problems with the same reason are summarized in one line.
+    """
 
     def __init__(self, problems: list[Problem]):
         self.problems = list(problems)
-        lines = "\n".join(f"  {problem}" for problem in self.problems)
-        super().__init__(f"{len(self.problems)} problem(s) in the dataset, nothing was written:\n{lines}")
+        lines = summarized(self.problems)
+        if len(lines) == 1:
+            super().__init__(f"{lines[0]} (nothing was written)")
+        else:
+            listed = "\n".join(f"  {line}" for line in lines)
+            super().__init__(f"{len(self.problems)} problem(s) in the dataset, nothing was written:\n{listed}")
 
 
 def case_id(stem: str) -> str:

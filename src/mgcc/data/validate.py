@@ -7,8 +7,11 @@ Conversion rules (each applied one is reported as a warning, except the lossless
 - RGB with identical channels: that channel (lossless); with differing channels: ITU-R BT.601 luma,
   round(0.299 R + 0.587 G + 0.114 B).
 - alpha channel: composited over black (colour * alpha / 255); a fully opaque alpha is dropped silently.
-- masks: a pixel is lesion where any colour channel is non-zero (and alpha, if any, is non-zero); a mask
-  with more than one non-zero level is reported as non-binary, then binarized by that rule.
+- masks: a pixel's value is its largest colour channel (after the conversions above, so on 0..255). A mask with
+  one non-zero value at most (0/1, 0/255, an RGB colour on black) is lesion where non-zero. A mask with more
+  than one non-zero value (JPEG noise, soft edges) is reported as non-binary and binarized: lesion where the
+  value is >= half its maximum value, or >= the `mask_threshold` given.
+- images smaller than `MIN_SIDE` pixels on a side are refused.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from PIL import Image
 from mgcc.data.records import Problem, SourceCase
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+#: the smallest image side accepted, in pixels (smaller images are refused)
+MIN_SIDE = 32
+#: how every note about a thresholded mask starts
+NON_BINARY = "non-binary mask"
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
 
@@ -84,15 +91,17 @@ def read_image(path: Path) -> tuple[np.ndarray, list[str]]:
     return np.clip(np.rint(values[..., 0]), 0, 255).astype(np.uint8), notes
 
 
-def read_mask(path: Path) -> tuple[np.ndarray, list[str]]:
-    """A boolean mask (H, W): lesion where any channel is non-zero; notes report non-binary values."""
+def read_mask(path: Path, threshold: float | None = None) -> tuple[np.ndarray, list[str]]:
+    """A boolean mask (H, W) and notes. One non-zero value at most: lesion where non-zero. More (a non-binary
+    mask, noted): lesion where the value (largest channel, 0..255) is >= `threshold`, default half the maximum."""
     values, _ = _channels(open_png(path))
     strength = values.max(axis=-1)
     levels = np.unique(strength[strength > 0])
-    notes = []
-    if levels.size > 1:
-        notes.append(f"non-binary mask ({levels.size} non-zero levels); binarized: any non-zero pixel is lesion")
-    return strength > 0, notes
+    if levels.size <= 1:
+        return strength > 0, []
+    if threshold is None:
+        return strength >= levels[-1] / 2.0, [f"{NON_BINARY} (several non-zero values); binarized at half its maximum value"]
+    return strength >= threshold, [f"{NON_BINARY} (several non-zero values); binarized at --mask-threshold {threshold:g}"]
 
 
 @dataclass(frozen=True)
@@ -105,24 +114,29 @@ class CheckedCase:
     lesion_fraction: float
     sha256: str
     pixel_sha256: str
+    thresholded_masks: int = 0  # mask files binarized at a threshold (non-binary masks)
 
 
-def load_case(case: SourceCase) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
+def load_case(case: SourceCase, mask_threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
     """Image (uint8) and merged mask (bool) of a case, with every problem found (fatal or warning).
 
-    Unreadable files come back as fatal problems (and empty arrays), never as exceptions.
+    Unreadable files and images smaller than `MIN_SIDE` on a side come back as fatal problems (and empty
+    arrays), never as exceptions. `mask_threshold`: see `read_mask`.
     """
     problems: list[Problem] = []
     try:
         image, notes = read_image(case.image)
         problems += [Problem(case.image, note, fatal=False) for note in notes]
+        if min(image.shape) < MIN_SIDE:
+            problems.append(Problem(case.image, f"image too small: {image.shape[1]}x{image.shape[0]} pixels "
+                                                f"(at least {MIN_SIDE} on each side)"))
     except UnreadableFile as error:
         problems.append(Problem(case.image, str(error)))
         image = None
     merged = None
     for mask_path in case.masks:
         try:
-            mask, notes = read_mask(mask_path)
+            mask, notes = read_mask(mask_path, mask_threshold)
         except UnreadableFile as error:
             problems.append(Problem(mask_path, str(error)))
             continue
@@ -147,9 +161,9 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def check_case(case: SourceCase) -> tuple[CheckedCase | None, list[Problem]]:
+def check_case(case: SourceCase, mask_threshold: float | None = None) -> tuple[CheckedCase | None, list[Problem]]:
     """Read a case once; return its facts (None when a fatal problem was found) and all problems."""
-    image, mask, problems = load_case(case)
+    image, mask, problems = load_case(case, mask_threshold)
     if any(problem.fatal for problem in problems):
         return None, problems
     facts = CheckedCase(
@@ -159,5 +173,6 @@ def check_case(case: SourceCase) -> tuple[CheckedCase | None, list[Problem]]:
         lesion_fraction=round(float(mask.mean()), 6),
         sha256=file_sha256(case.image),
         pixel_sha256=pixel_hash(image),
+        thresholded_masks=sum(problem.reason.startswith(NON_BINARY) for problem in problems),
     )
     return facts, problems

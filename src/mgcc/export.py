@@ -1,0 +1,188 @@
+"""`mgcc export`: a trained run becomes two ready MONAI bundles that need no overrides.
+
+`<out>/ultrasound_mgcc_segmentation/` is the segmentation bundle with the trained `models/model.pt` (its training
+size recorded in the weights), `models/model.ts` (traced with the packaged configs embedded, as the Deploy app
+reads them), configs whose defaults are the model's settings (width, input size, ...), `metadata.json`
+with the run's test metrics as `eval_metrics` and a changelog entry, and a `docs/README.md` that starts with the
+run's numbers, data and command. `<out>/ultrasound_ldm_generation/` is the generator bundle with the trained
+autoencoder and diffusion weights (the latent normalisation travels in `diffusion.pt`) and configs whose defaults
+are the run's generator and sampler settings. Either folder is what `python -m monai.bundle run`, MONAI Label
+(`mgcc label serve --bundle DIR`) and the Deploy app (`-m DIR`) take as it is.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from mgcc import LDM_BUNDLE, SEG_BUNDLE
+from mgcc.external import model_settings, training_stage
+from mgcc.stages import StageError
+
+#: what a bundle copy leaves out: weights and outputs of the source folder, caches
+LEFT_OUT = shutil.ignore_patterns("models", "eval", "__pycache__", "*.pyc")
+#: run-specific LDM settings (paths, where the run wrote), not properties of the generator
+LDM_RUN_ONLY = ("config_file", "meta_file", "logging_file", "bundle_root", "dataset_dir", "output_dir", "ckpt_dir",
+                "sample_dir", "resume")
+
+
+SCALAR = r'(?:"(?:[^"\\]|\\.)*"|-?[\d.eE+-]+|true|false|null)'
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """JSON as the bundles write it: indent 4, short lists of scalars on one line."""
+    text = json.dumps(data, indent=4)
+
+    def one_line(match: re.Match) -> str:
+        line = "[" + re.sub(r",\n\s*", ", ", match[1]) + "]"
+        return line if len(line) <= 60 else match[0]
+
+    text = re.sub(rf"\[\s*((?:{SCALAR},\s*)*{SCALAR})\s*\]", one_line, text)
+    path.write_text(text + "\n")
+
+
+def set_defaults(configs: Path, values: dict[str, Any]) -> None:
+    """Each top-level key of `values` that a config file of `configs` defines gets that value as its default."""
+    for path in sorted(configs.glob("*.json")):
+        config = json.loads(path.read_text())
+        changed = {k: v for k, v in values.items() if k in config and config[k] != v and "#" not in k}
+        if changed:
+            _write_json(path, {**config, **changed})
+
+
+def _copy_bundle(source: Path, target: Path) -> Path:
+    """A clean copy of a bundle folder (no weights, outputs or caches) at `target`, replacing an earlier one."""
+    incoming = target.with_name(f".{target.name}.incoming")
+    shutil.rmtree(incoming, ignore_errors=True)
+    shutil.copytree(source, incoming, ignore=LEFT_OUT)
+    (incoming / "models").mkdir()
+    return incoming
+
+
+def _swap_in(incoming: Path, target: Path) -> None:
+    """Move a completed copy into place; an export stopped midway keeps the previous one."""
+    old = target.with_name(f".{target.name}.replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    incoming.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _release(metadata: Path, run_name: str, note: str, metrics: dict[str, float]) -> str:
+    meta = json.loads(metadata.read_text())
+    version = f"{meta['version']}+{run_name}"
+    meta["version"] = version
+    meta["changelog"] = {version: note, **meta["changelog"]}
+    if metrics:
+        meta["eval_metrics"] = metrics
+    _write_json(metadata, meta)
+    return version
+
+
+def _readme(readme: Path, section: list[str]) -> None:
+    """Put the trained model's section right after the README's title."""
+    title, _, rest = readme.read_text().partition("\n")
+    readme.write_text("\n".join([title, "", *section, rest.lstrip("\n")]))
+
+
+def _torchscript(bundle: Path, size: list[int]) -> None:
+    """`models/model.ts`, traced (MGCCNet's training branches do not script) with the packaged configs embedded."""
+    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", "models/model.ts",
+               "--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
+               "--config_file", "configs/inference.json", "--bundle_root", ".", "--use_trace", "True",
+               "--input_shape", json.dumps([1, 1, *size])]
+    proc = subprocess.run(command, cwd=bundle, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StageError(f"TorchScript export in {bundle} failed: {proc.stderr.strip().splitlines()[-1]}")
+
+
+def export_segmentation(stage: Path, target: Path, run_name: str) -> Path:
+    """The segmentation bundle with the model trained in `stage` (a training stage folder) at `target`."""
+    import torch
+
+    configs, settings = model_settings(stage)
+    size = [int(v) for v in settings["spatial_size"]]
+    bundle = _copy_bundle(SEG_BUNDLE, target)
+    set_defaults(bundle / "configs", settings)
+    weights = torch.load(stage / "models" / "model.pt", map_location="cpu", weights_only=True)
+    if not any(weights.get("input_size", torch.zeros(2)).tolist()):  # trained before the size was recorded
+        weights["input_size"] = torch.tensor(size, dtype=torch.int64)
+    torch.save(weights, bundle / "models" / "model.pt")
+    _torchscript(bundle, size)
+
+    summary_file = stage.parent / stage.name.replace("segmentation", "evaluate", 1) / "evaluation" / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+    metrics = {f"test_mean_{m}": round(summary[m]["mean"], 4) for m in ("dice", "iou", "hd95")} if summary else {}
+    command = json.loads((stage / "args.json").read_text())
+    version = _release(bundle / "configs" / "metadata.json", run_name,
+                       f"trained weights from {stage} ({', '.join(configs)}, width {settings['base_channels']}, "
+                       f"{size[0]}x{size[1]})", metrics)
+    numbers = ([f"| test {m} | {summary[m]['mean']:.4f} ± {summary[m]['std']:.4f} (n {summary['n']}) |"
+                for m in ("dice", "iou", "hd95")] if summary else ["| test metrics | not evaluated |"])
+    _readme(bundle / "docs" / "README.md", [
+        f"## This trained model (version `{version}`, exported {datetime.date.today().isoformat()})", "",
+        f"Trained by the MGCC pipeline in `{stage}` with `{' + '.join(configs)}` at width "
+        f"`base_channels` {settings['base_channels']} and `spatial_size` {size}; every config's defaults are these "
+        "settings, so the commands below need no overrides (the weights record their size, and a config of "
+        "another size or width is refused by name).", "",
+        "| figure | value |", "|---|---|", *numbers,
+        f"| training data | `{command.get('dataset_dir', '?')}` |",
+        f"| unlabeled images | {command.get('unlabeled_source', 'none')} |", "",
+        "```", "python -m monai.bundle run --config_file configs/inference.json --input_dir IN --output_dir OUT", "```",
+        "", "The sections below describe the bundle in general.", ""])
+    _swap_in(bundle, target)
+    return target
+
+
+def export_generator(run: Path, target: Path, run_name: str) -> Path:
+    """The generator bundle with the autoencoder and diffusion weights of the run in `run` at `target`."""
+    models = run / "ldm_models"
+    settings: dict[str, Any] = {}
+    for stage in ("autoencoder", "diffusion", "sample"):
+        args = json.loads((run / stage / "args.json").read_text())
+        settings.update({k: v for k, v in args.items() if k not in LDM_RUN_ONLY})
+    bundle = _copy_bundle(LDM_BUNDLE, target)
+    set_defaults(bundle / "configs", settings)
+    for name in ("autoencoder.pt", "diffusion.pt"):
+        shutil.copyfile(models / name, bundle / "models" / name)
+    quality_file = run / "quality" / "quality.json"
+    quality = json.loads(quality_file.read_text()) if quality_file.is_file() else None
+    metrics = ({"fid_vs_train": round(quality["fid"]["generated_vs_train"], 2),
+                "kid_vs_train_x1000": round(quality["kid"]["generated_vs_train"]["mean"] * 1000, 2)} if quality else {})
+    version = _release(bundle / "configs" / "metadata.json", run_name, f"trained weights from {run}", metrics)
+    _readme(bundle / "docs" / "README.md", [
+        f"## This trained generator (version `{version}`, exported {datetime.date.today().isoformat()})", "",
+        f"Trained by the MGCC pipeline in `{run}`; every config's defaults are the run's settings "
+        f"({', '.join(f'`{k}` {v}' for k, v in sorted(settings.items()))}).", "",
+        *([f"FID vs train images {metrics['fid_vs_train']}, KID x 1000 {metrics['kid_vs_train_x1000']} "
+           f"({quality['num_samples']} samples)."] if quality else []), "",
+        "```", "python -m monai.bundle run --config_file configs/inference.json --sample_dir OUT", "```",
+        "", "The sections below describe the bundle in general.", ""])
+    _swap_in(bundle, target)
+    return target
+
+
+def export(model: str, out: str, generator: bool = True) -> None:
+    """Write ready bundles of a trained run: the segmentation bundle (and the generator bundle) under OUT.
+
+    Args:
+        model: a run folder, a training stage folder (`<run>/segmentation-mgcc-real`) or its `models/model.pt`.
+        out: output folder; gets `ultrasound_mgcc_segmentation/` (and `ultrasound_ldm_generation/`).
+        generator: also export the run's generator, when the run trained one.
+    """
+    stage = training_stage(Path(model))
+    target = Path(out).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    run_name = "".join(c if c.isalnum() or c in "-." else "-" for c in stage.parent.name)
+    written = [export_segmentation(stage, target / SEG_BUNDLE.name, run_name)]
+    if generator and (stage.parent / "ldm_models" / "diffusion.pt").is_file():
+        written.append(export_generator(stage.parent, target / LDM_BUNDLE.name, run_name))
+    for folder in written:
+        print(f"[mgcc] bundle: {folder}")
