@@ -362,3 +362,38 @@ def test_make_studies_layout(tmp_path):
         values = set(np.unique(np.asarray(Image.open(label))))
         assert values <= {0, 1} and 1 in values  # Slicer labelmap values
         assert np.asarray(Image.open(label)).shape == np.asarray(Image.open(root / label.name)).shape
+
+
+def test_stopping_the_launcher_stops_what_it_started(tmp_path):
+    """SIGTERM to `mgcc label serve`'s launcher reaches the server's whole process group (a server that forks a
+    worker here stands in for monailabel), and the launcher returns once they are gone."""
+    import textwrap
+
+    pids = tmp_path / "pids"
+    server = textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        open({str(pids)!r}, "w").write(f"{{os.getpid()}} {{worker.pid}}")
+        time.sleep(600)
+    """)
+    launcher = textwrap.dedent(f"""
+        import sys
+        from mgcc.label import run_forwarding_signals
+        sys.exit(run_forwarding_signals([sys.executable, "-c", {server!r}]))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", launcher])
+    deadline = time.monotonic() + 60
+    while not (pids.is_file() and len(pids.read_text().split()) == 2):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) != 0
+    for pid in map(int, pids.read_text().split()):
+        deadline = time.monotonic() + 10
+        while True:  # gone (or a zombie of a finished parent, reaped shortly)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, f"process {pid} still runs after the launcher stopped"
+            time.sleep(0.1)

@@ -21,9 +21,11 @@ Command line (python-fire), e.g.:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -445,12 +447,26 @@ class Label:
         cmd = server_command(app, studies_dir, name, host=host, port=int(port))
         print(f"MONAI Label: model '{name}' from {app / 'model' / name}\n  http://{host}:{port}/  (Ctrl-C stops)")
         print("  " + " ".join(cmd), flush=True)
-        proc = subprocess.Popen(cmd, env=server_env(), cwd=str(app))
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            return proc.wait(timeout=30)
+        return run_forwarding_signals(cmd, env=server_env(), cwd=str(app))
+
+
+def run_forwarding_signals(cmd: list[str], **popen: Any) -> int:
+    """Run `cmd` in its own process group and pass SIGTERM, SIGINT and SIGHUP on to the whole group, then wait
+    for it: stopping `mgcc label serve` (Ctrl-C, `kill`, a closed terminal) stops the server and its workers
+    instead of leaving them serving."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **popen)
+
+    def forward(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {stop: signal.signal(stop, forward) for stop in stops}
+    try:
+        return proc.wait()
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
 
 
 def _parse_overrides(overrides: dict | str | None) -> dict:
