@@ -171,6 +171,7 @@ def test_png_folder_matches_bundle(deploy_python, bundle, images, bundle_masks, 
 
     written = sorted((out / "masks").glob("*.png"))
     assert [p.stem for p in written] == sorted(bundle_masks)
+    assert json.loads((out / "predictions.json").read_text())["status"] == "complete"
     for png in written:
         assert_same_mask(png, bundle_masks[png.stem])
     manifest = json.loads((out / "predictions.json").read_text())
@@ -260,3 +261,19 @@ def test_bad_input_is_refused(deploy_python, bundle, images, tmp_path, case, mak
     if case == "multiframe":
         skipped = json.loads((out / "predictions.json").read_text())["skipped"]
         assert len(skipped) == 1 and "multi-frame DICOM (4 frames)" in skipped[0]["reason"]
+
+
+def test_a_run_that_fails_midway_says_so_in_predictions_json(deploy_python, bundle, images, tmp_path):
+    """Weights of another width pass the input checks and fail in the network: `predictions.json` must read
+    "failed", not an empty list of results (which would read as "no lesions")."""
+    import torch
+
+    broken = tmp_path / bundle.name
+    shutil.copytree(bundle, broken)
+    state = torch.load(broken / "models" / "model.pt", weights_only=True)
+    torch.save({k: v[: v.shape[0] // 2] if v.ndim else v for k, v in state.items()}, broken / "models" / "model.pt")
+    out = tmp_path / "out"
+    proc = run_app(deploy_python, images, out, broken, check=False)
+    assert proc.returncode != 0
+    manifest = json.loads((out / "predictions.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"] and manifest["results"] == []

@@ -64,6 +64,8 @@ class MGCCUltrasoundSegApp(Application):
 
     def __init__(self, *args, **kwargs):
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.manifest: RunManifest | None = None  # predictions.json, once the inputs are checked
+        self.expected: int | None = None  # how many image files should give a mask
         super().__init__(*args, **kwargs)
 
     def compose(self):
@@ -97,6 +99,7 @@ class MGCCUltrasoundSegApp(Application):
         })
         for path, reason in skipped:
             manifest.skip(str(path), reason)
+        self.manifest, self.expected = manifest, len(images) or None  # DICOM: instances are counted while read
 
         # The bundle operator takes `app_context.models` over `bundle_path`. The SDK's ModelFactory made it from
         # `-m` as given, which for a folder is a generic `Model` without a predictor: point it at what runs.

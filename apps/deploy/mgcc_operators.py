@@ -210,13 +210,26 @@ class BundleImageReader:
 
 
 class RunManifest:
-    """`predictions.json` in the output folder: one record per mask written, and every input skipped."""
+    """`predictions.json` in the output folder: one record per mask written, every input skipped, and the run's
+    `status`: "running" while it runs, then "complete", or "failed" with the `error` (so a run that stopped
+    midway never reads as "no lesions")."""
 
     def __init__(self, path: Path, info: dict):
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._data = {**info, "results": [], "skipped": []}
+        self._data = {**info, "status": "running", "results": [], "skipped": []}
         self._write()
+
+    @property
+    def results(self) -> int:
+        return len(self._data["results"])
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        with self._lock:
+            self._data["status"] = status
+            if error:
+                self._data["error"] = error
+            self._write()
 
     def skip(self, source: str, reason: str) -> None:
         logger.warning("skipped %s: %s", source, reason)
