@@ -227,8 +227,8 @@ class RunManifest:
     def finish(self, status: str, error: str | None = None) -> None:
         with self._lock:
             self._data["status"] = status
-            if error:
-                self._data["error"] = error
+            if error:  # the start of it: a network's load error lists every tensor
+                self._data["error"] = error if len(error) <= 500 else error[:500] + " ..."
             self._write()
 
     def skip(self, source: str, reason: str) -> None:
