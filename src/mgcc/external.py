@@ -79,7 +79,7 @@ def evaluate(model: str, data: str, section: str = "test", out: str | None = Non
     configs, settings = model_settings(stage)
     name = f"{Path(data).resolve().name}-{section}" + (f"-{only_class.replace(',', '+')}" if only_class else "")
     preset = {"name": f"external test of {stage}",
-              "data": {"labeled_fraction": 0.125, "seed": int(seed), "include_normal": bool(include_normal)}}
+              "data": {"labeled_fraction": 0.125, "seed": seed, "include_normal": bool(include_normal)}}
     run = make_run(preset, data, out or str(stage.parent / "external" / name), data_options)
 
     def execute(run_: Run) -> StageResult:

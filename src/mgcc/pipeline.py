@@ -324,7 +324,8 @@ def run(preset: str = "demo", data: str | None = None, out: str | None = None, s
         stage: run only this stage (forced, even if complete): one of prepare, autoencoder, diffusion, sample,
             quality, segmentation, evaluate, lesions, report, package.
         data_options: `mgcc prepare`'s options for a generic-layout dataset: --layout, --images, --masks,
-            --image-pattern, --mask-pattern, --classes, --id-column, --class-column, --group-column.
+            --image-pattern, --mask-pattern, --classes, --id-column, --class-column, --group-column,
+            --mask-threshold.
     """
     run_ = make_run(preset, data, out, data_options)
     if stage is None:

@@ -2,7 +2,8 @@
 
 - the BUSI layout (`benign/`, `malignant/`, `normal/` with `<name>_mask*.png`);
 - the generic layout: an images folder and a masks folder, with `mgcc prepare`'s options (`images`, `masks`,
-  `image_pattern`, `mask_pattern`, `classes`, `id_column`, `class_column`, `group_column`, `layout`);
+  `image_pattern`, `mask_pattern`, `classes`, `id_column`, `class_column`, `group_column`, `layout`,
+  `mask_threshold`);
 - an already prepared folder (`manifest.json` + `datalist.json`, written by `mgcc prepare`): its images are split
   again with the run's seed and labeled fraction, keeping the classes and groups its manifest records, so a seed
   means the same thing for every form.
@@ -21,7 +22,7 @@ from mgcc.data.records import DatasetError, Problem
 
 #: `mgcc prepare` options for a raw dataset, as `mgcc run/compare/evaluate` accept them.
 DATA_OPTIONS = ("layout", "images", "masks", "image_pattern", "mask_pattern", "classes", "id_column", "class_column",
-                "group_column")
+                "group_column", "mask_threshold")
 #: option name -> `prepare_dataset` keyword
 _KEYWORDS = {"images": "images_dir", "masks": "masks_dir", "classes": "classes_csv"}
 
@@ -36,7 +37,10 @@ def checked_options(options: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"unknown data option(s) {', '.join('--' + u for u in unknown)} "
                          f"(options: {', '.join('--' + o for o in DATA_OPTIONS)})")
-    return {key: value for key, value in options.items() if value is not None}
+    options = {key: value for key, value in options.items() if value is not None}
+    if "classes" in options:  # read from the working folder, as `mgcc prepare` does; absolute, so a resumed run
+        options["classes"] = str(Path(options["classes"]).resolve())  # started elsewhere reads the same file
+    return options
 
 
 def _resplit(source: Path, out: Path, options: dict[str, Any], **settings: Any) -> dict:
