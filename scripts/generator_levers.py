@@ -69,11 +69,12 @@ def score_row(run: Path, work: Path, settings: dict) -> dict:
     diffusion = str(Path(settings.pop("diffusion")).resolve())
     samples = work / "samples"
     start = time.perf_counter()
+    # the run's settings are passed where the configs know them; the row's own settings must all be known
     run_bundle(f"{work.name}-sample", work.parent, LDM_BUNDLE, ["inference.json"],
-               {**ldm, **settings, "diffusion_path": diffusion, "sample_dir": str(samples)})
+               {**settings, "diffusion_path": diffusion, "sample_dir": str(samples)}, shared=ldm)
     sampling = time.perf_counter() - start
     run_bundle(f"{work.name}-quality", work.parent, LDM_BUNDLE, ["train_autoencoder.json", "evaluate.json"],
-               {**ldm, "sample_dir": str(samples), "feature_cache_dir": str(run / "quality" / "feature_cache")})
+               {"sample_dir": str(samples), "feature_cache_dir": str(run / "quality" / "feature_cache")}, shared=ldm)
     quality = json.loads((work / "quality.json").read_text())
     return summarise(quality, {"diffusion": diffusion, **settings}, train_seconds, sampling)
 
