@@ -115,6 +115,28 @@ def test_an_interrupted_stage_resumes_only_with_the_same_settings(tmp_path):
     assert (tmp_path / "train.stale-2" / "checkpoint").is_file() and read_record(tmp_path, "train") is not None
 
 
+def test_a_rerun_sets_aside_the_resume_checkpoints_kept_outside_the_stage_folder(tmp_path):
+    """The LDM stages keep their resume checkpoints in the shared `ldm_models/`: a stage that runs again with other
+    settings must not resume from them (it would finish at once with the old model)."""
+    from mgcc.pipeline import Run, Stage, execute_stages
+
+    seen = []
+
+    def execute(run):
+        seen.append(sorted(p.name for p in (run.out / "models").glob("*.pt")))
+        (run.out / "models").mkdir(exist_ok=True)
+        (run.out / "models" / f"train_resume_{run.preset['lr']}.pt").write_text("")
+        run.folder("train").mkdir(exist_ok=True)
+        (run.folder("train") / "done").write_text("")
+        return StageResult("train", 0.1, 1.0)
+
+    stages = [Stage("train", ["done"], execute, ("lr",), checkpoints=("models/train_resume_*.pt",))]
+    execute_stages(Run({"lr": 1}, tmp_path), stages)
+    execute_stages(Run({"lr": 2}, tmp_path), stages)
+    assert seen == [[], []]  # the second run did not find the first run's checkpoint
+    assert (tmp_path / "train.stale-1" / "train_resume_1.pt").is_file()
+
+
 def _generic_copy(busi: Path, root: Path) -> Path:
     """The phantom's images as a generic-layout dataset: `images/case_<k>.png`, `masks/case_<k>_mask.png` and a CSV
     with the dataset's own column names, two images per patient."""

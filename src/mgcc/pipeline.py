@@ -35,6 +35,7 @@ class Stage:
     bundle: Path | None = None  # the bundle it runs
     configs: tuple[str, ...] = ()  # the bundle's config files it runs (their text is part of its fingerprint)
     settings: dict[str, Any] = field(default_factory=dict)  # anything else it runs with (a variant's overrides)
+    checkpoints: tuple[str, ...] = ()  # its resume checkpoints outside its folder (globs under the run folder)
 
 
 @dataclass
@@ -204,9 +205,10 @@ LDM_READS = ("ldm.common", "ldm.autoencoder")
 STAGES: list[Stage] = [
     Stage("prepare", ["dataset/datalist.json", "summary.json"], _prepare, reads=("data",)),
     Stage("autoencoder", ["autoencoder_history.csv"], _autoencoder, LDM_READS, ("prepare",), LDM_BUNDLE,
-          AUTOENCODER_CONFIGS),
+          AUTOENCODER_CONFIGS, checkpoints=("ldm_models/autoencoder_resume_checkpoint_*.pt",)),
     Stage("diffusion", ["diffusion_history.csv"], _diffusion, (*LDM_READS, "ldm.diffusion"), ("autoencoder",),
-          LDM_BUNDLE, DIFFUSION_CONFIGS),
+          LDM_BUNDLE, DIFFUSION_CONFIGS, checkpoints=("ldm_models/diffusion_resume_checkpoint_*.pt",
+                                                      "ldm_models/diffusion_snapshot_checkpoint_*.pt")),
     Stage("sample", ["images/manifest.json"], _sample, (*LDM_READS, "ldm.diffusion", "ldm.sample"), ("diffusion",),
           LDM_BUNDLE, SAMPLE_CONFIGS),
     Stage("quality", ["quality.json"], _quality, LDM_READS, ("sample",), LDM_BUNDLE, QUALITY_CONFIGS),
@@ -243,18 +245,22 @@ def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
     return parts
 
 
-def set_aside(folder: Path, current: str) -> None:
+def set_aside(folder: Path, current: str, checkpoints: list[Path] = ()) -> None:
     """Before a stage runs, a folder of its earlier run is renamed `<name>.stale-<k>` (kept, not deleted) when that
-    run completed (the stage runs again: forced, or with other settings) or was interrupted with other settings; so
-    a stage resumes only from checkpoints of an interrupted run with the same settings, and never mixes files."""
+    run completed (the stage runs again: forced, or with other settings) or was interrupted with other settings,
+    with the stage's resume `checkpoints` kept elsewhere (moved into it); so a stage resumes only from checkpoints
+    of an interrupted run with the same settings, and never mixes files."""
     started = read_started(folder)
     if not (folder / "stage.json").is_file() and (started is None or started.get("fingerprint") == current):
         return
     k = 1
     while folder.with_name(f"{folder.name}.stale-{k}").exists():
         k += 1
-    folder.rename(folder.with_name(f"{folder.name}.stale-{k}"))
-    print(f"[mgcc] the earlier run of this stage is kept as {folder.name}.stale-{k}", flush=True)
+    stale = folder.with_name(f"{folder.name}.stale-{k}")
+    folder.rename(stale)
+    for path in checkpoints:
+        path.rename(stale / path.name)
+    print(f"[mgcc] the earlier run of this stage is kept as {stale.name}", flush=True)
 
 
 def execute_stages(run: Run, stages: list[Stage], force: bool = False) -> None:
@@ -269,7 +275,8 @@ def execute_stages(run: Run, stages: list[Stage], force: bool = False) -> None:
             changed = sorted(k for k in parts if record.get("inputs", {}).get(k) != parts[k])
             print(f"[mgcc] stage '{stage.name}' ran with other settings (changed: {', '.join(changed)}): "
                   "running it again", flush=True)
-        set_aside(run.folder(stage.name), fingerprint(parts))
+        set_aside(run.folder(stage.name), fingerprint(parts),
+                  [p for pattern in stage.checkpoints for p in sorted(run.out.glob(pattern))])
         write_started(run.out, stage.name, parts)
         print(f"[mgcc] stage '{stage.name}' -> {run.folder(stage.name)}", flush=True)
         result = stage.execute(run)
