@@ -109,12 +109,9 @@ def main(argv=None) -> None:
             subprocess.run([sys.executable, "-c", SEED_WEIGHTS], cwd=bundle, check=True, capture_output=True)
         model = bundle
         if args.model_form == "torchscript":
-            # traced, as the bundle's README exports it (MGCCNet's training-time branches do not script)
-            shape = json.dumps([1, 1, *config["spatial_size"]])
             subprocess.run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath",
                             "models/model.ts", "--ckpt_file", "models/model.pt", "--meta_file",
-                            "configs/metadata.json", "--config_file", "configs/inference.json",
-                            "--use_trace", "True", "--input_shape", shape],
+                            "configs/metadata.json", "--config_file", "configs/inference.json"],
                            cwd=bundle, check=True, capture_output=True)
             model = bundle / "models" / "model.ts"
 

@@ -154,12 +154,9 @@ def assert_same_mask(app_png: Path, reference: np.ndarray) -> None:
 @pytest.mark.parametrize("model_form", ["bundle_folder", "torchscript"])
 def test_png_folder_matches_bundle(deploy_python, bundle, images, bundle_masks, tmp_path, model_form):
     if model_form == "torchscript":
-        # traced, as the bundle's README exports it (MGCCNet's training-time branches do not script)
-        size = json.loads((bundle / "configs" / "inference.json").read_text())["spatial_size"]
         run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", "models/model.ts",
              "--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
-             "--config_file", "configs/inference.json", "--use_trace", "True",
-             "--input_shape", json.dumps([1, 1, *size])], cwd=bundle)
+             "--config_file", "configs/inference.json"], cwd=bundle)
         model = bundle / "models" / "model.ts"
     else:
         model = bundle

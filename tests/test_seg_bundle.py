@@ -198,8 +198,7 @@ def test_bundle_checks_and_torchscript_export(trained, prepared_phantom, tmp_pat
            "configs/inference.json", "--base_channels", "8")
     ts = tmp_path / "model.ts"
     bundle("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(trained / "models" / "model.pt"),
-           "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--base_channels", "8",
-           "--use_trace", "True", "--input_shape", "[1,1,64,64]")
+           "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--base_channels", "8")
     scripted = torch.jit.load(str(ts))
     net = load_bundle_scripts().network.MGCCNet(base_channels=8)
     net.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))

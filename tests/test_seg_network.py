@@ -192,5 +192,18 @@ def test_the_training_size_travels_with_the_weights(tmp_path):
 
 
 def test_input_size_not_divisible_by_16_is_named():
-    with pytest.raises(ValueError, match=r"divisible by 16 .* got \(40, 48\): set spatial_size"):
+    with pytest.raises(ValueError, match=r"divisible by 16 .* got \[40, 48\]: set spatial_size"):
         MGCCNet(base_channels=4).eval()(torch.rand(1, 1, 40, 48))
+
+
+def test_the_network_scripts_and_the_scripted_model_gives_the_checkpoints_output():
+    """`torch.jit.script` (what `ckpt_export` does without `--use_trace`) compiles the inference path."""
+    torch.manual_seed(0)
+    net = MGCCNet(base_channels=4, input_size=(32, 48)).eval()
+    scripted = torch.jit.script(net)
+    for shape in ((2, 1, 32, 48), (1, 1, 64, 32)):  # any multiple of 16, unlike a trace at one shape
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            assert torch.equal(scripted(x), net(x))
+    with pytest.raises(torch.jit.Error, match=r"divisible by 16 .* got \[40, 48\]"):
+        scripted(torch.rand(1, 1, 40, 48))

@@ -1,7 +1,7 @@
 """`mgcc export`: a trained run becomes two ready MONAI bundles that need no overrides.
 
 `<out>/ultrasound_mgcc_segmentation/` is the segmentation bundle with the trained `models/model.pt` (its training
-size recorded in the weights), `models/model.ts` (traced with the packaged configs embedded, as the Deploy app
+size recorded in the weights), `models/model.ts` (scripted with the packaged configs embedded, as the Deploy app
 reads them), configs whose defaults are the model's settings (width, input size, ...), `metadata.json`
 with the run's test metrics as `eval_metrics` and a changelog entry, and a `docs/README.md` that starts with the
 run's numbers, data and command. `<out>/ultrasound_ldm_generation/` is the generator bundle with the trained
@@ -92,12 +92,11 @@ def _readme(readme: Path, section: list[str]) -> None:
     readme.write_text("\n".join([title, "", *section, rest.lstrip("\n")]))
 
 
-def _torchscript(bundle: Path, size: list[int]) -> None:
-    """`models/model.ts`, traced (MGCCNet's training branches do not script) with the packaged configs embedded."""
+def _torchscript(bundle: Path) -> None:
+    """`models/model.ts`, scripted, with the packaged configs embedded."""
     command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", "models/model.ts",
                "--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
-               "--config_file", "configs/inference.json", "--bundle_root", ".", "--use_trace", "True",
-               "--input_shape", json.dumps([1, 1, *size])]
+               "--config_file", "configs/inference.json", "--bundle_root", "."]
     proc = subprocess.run(command, cwd=bundle, capture_output=True, text=True)
     if proc.returncode != 0:
         raise StageError(f"TorchScript export in {bundle} failed: {proc.stderr.strip().splitlines()[-1]}")
@@ -115,7 +114,7 @@ def export_segmentation(stage: Path, target: Path, run_name: str) -> Path:
     if not any(weights.get("input_size", torch.zeros(2)).tolist()):  # trained before the size was recorded
         weights["input_size"] = torch.tensor(size, dtype=torch.int64)
     torch.save(weights, bundle / "models" / "model.pt")
-    _torchscript(bundle, size)
+    _torchscript(bundle)
 
     summary_file = stage.parent / stage.name.replace("segmentation", "evaluate", 1) / "evaluation" / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None

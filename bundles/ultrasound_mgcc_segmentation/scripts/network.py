@@ -60,6 +60,14 @@ PERTURBATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+@torch.jit.interface
+class FeatureMap(nn.Module):
+    """TorchScript interface of the blocks a decoder indexes by level (``forward(input) -> Tensor``)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (nn.Sequential's argument name)
+        pass
+
+
 class ConvBlock(nn.Sequential):
     """Two (3x3 conv + BN + ReLU) layers."""
 
@@ -97,10 +105,10 @@ class MultiScaleAttentionGate(nn.Module):
         self.dilated = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=2, dilation=2), nn.BatchNorm2d(channels))
         self.vote = nn.Sequential(nn.Conv2d(3 * channels, channels, 1), nn.BatchNorm2d(channels), nn.Sigmoid())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = torch.cat((self.pointwise(x), self.ordinary(x), self.dilated(x)), dim=1)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (the FeatureMap interface)
+        branches = torch.cat((self.pointwise(input), self.ordinary(input), self.dilated(input)), dim=1)
         gate = self.vote(F.relu(branches))
-        return x + x * gate
+        return input + input * gate
 
 
 class ConvMixerLayer(nn.Sequential):
@@ -129,11 +137,14 @@ class Decoder(nn.Module):
         self.convs = nn.ModuleList(ConvBlock(2 * channels[i], channels[i]) for i in range(len(channels) - 1))
         self.head = nn.Conv2d(channels[0], out_channels, 1)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        *skips, x = features
-        for level in reversed(range(len(skips))):
-            skip = self.gates[level](skips[level])
-            x = self.convs[level](torch.cat((skip, self.ups[level](x)), dim=1))
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """``features``: the skips ``x1..x4`` and the bottleneck, shallowest first."""
+        x = features[-1]
+        for level in range(len(features) - 2, -1, -1):
+            gate: FeatureMap = self.gates[level]
+            up: FeatureMap = self.ups[level]
+            conv: FeatureMap = self.convs[level]
+            x = conv.forward(torch.cat((gate.forward(features[level]), up.forward(x)), dim=1))
         return self.head(x)
 
 
@@ -204,25 +215,33 @@ class MGCCNet(nn.Module):
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features ``[x1, x2, x3, x4, x5]`` (x5: the 1/16 bottleneck before the ConvMixers)."""
-        if not torch.jit.is_tracing() and (x.shape[-2] % 16 or x.shape[-1] % 16):
-            raise ValueError(f"MGCCNet needs input sizes divisible by 16 (four 2x poolings), got {tuple(x.shape[-2:])}: "
+        if not torch.jit.is_tracing() and (x.shape[-2] % 16 != 0 or x.shape[-1] % 16 != 0):
+            raise ValueError(f"MGCCNet needs input sizes divisible by 16 (four 2x poolings), got {list(x.shape[-2:])}: "
                              "set spatial_size to multiples of 16")
-        features = [self.encoder[0](x)]
-        for block in self.encoder[1:]:
-            features.append(block(F.max_pool2d(features[-1], 2)))
+        features: list[torch.Tensor] = []
+        for level, block in enumerate(self.encoder):
+            x = block(x if level == 0 else F.max_pool2d(x, 2))
+            features.append(x)
         return features
 
     def _aux_decode(self, index: int, *features: torch.Tensor) -> torch.Tensor:
         perturb = PERTURBATIONS[self.aux_perturbations[index]]
         return self.aux_decoders[index]([perturb(f) for f in features])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        *skips, bottleneck = self.encode(x)
-        if not (self.training and self.train_aux_decoders):
-            for stage in self.global_context:
-                bottleneck = stage(bottleneck)
-            return self.main_decoder([*skips, bottleneck])
+    def forward(self, x: torch.Tensor):
+        """Main logits ``(B, out_channels, H, W)``; in training with auxiliary decoders ``(main, aux_1, ...)``.
+        TorchScript compiles the first path only (an exported network is for inference)."""
+        features = self.encode(x)
+        if not torch.jit.is_scripting():
+            if self.training and self.train_aux_decoders:
+                return self._forward_with_aux(x, features)
+        bottleneck = features[-1]
+        for stage in self.global_context:
+            bottleneck = stage(bottleneck)
+        return self.main_decoder(features[:-1] + [bottleneck])
 
+    def _forward_with_aux(self, x: torch.Tensor, features: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        *skips, bottleneck = features
         aux_outputs: list[torch.Tensor] = [x] * len(self.aux_levels)  # placeholders, all replaced below
         for level in range(len(self.global_context) + 1):
             for index in (i for i, lv in enumerate(self.aux_levels) if lv == level):
