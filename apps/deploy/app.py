@@ -50,7 +50,6 @@ from mgcc_operators import (
     check_image_files,
     check_postprocessing,
     classify_inputs,
-    postprocessing_name,
     read_bundle_config,
     resolve_bundle_path,
 )
@@ -77,8 +76,7 @@ class MGCCUltrasoundSegApp(Application):
 
         parser = read_bundle_config(bundle_path, CONFIG_NAMES)
         input_key, output_key = bundle_io_names(parser)
-        post_name = postprocessing_name(parser)
-        post = check_postprocessing(parser, post_name)
+        post = check_postprocessing(parser)
         reader = BundleImageReader(parser, key=input_key)
         meta = parser["_meta_"]
 
@@ -95,7 +93,7 @@ class MGCCUltrasoundSegApp(Application):
             "app": f"MGCC ultrasound segmentation {APP_VERSION}",
             "bundle": str(bundle_path), "bundle_name": meta.get("name", ""),
             "bundle_version": meta.get("version", ""), "input": str(input_path),
-            "mode": "image" if images else "dicom", "postprocessing": {post_name: post},
+            "mode": "image" if images else "dicom", "postprocessing": post,
         })
         for path, reason in skipped:
             manifest.skip(str(path), reason)
@@ -115,7 +113,7 @@ class MGCCUltrasoundSegApp(Application):
             output_mapping=[IOMapping(output_key, Image, IOType.IN_MEMORY)],
             app_context=app_context,
             bundle_path=bundle_path,
-            bundle_config_names=BundleConfigNames(postproc_name=post_name, config_names=CONFIG_NAMES),
+            bundle_config_names=BundleConfigNames(config_names=CONFIG_NAMES),
             name="mgcc_bundle_op",
         )
         writer = MaskWriterOperator(self, output_folder=output_path, manifest=manifest, emit_seg=bool(dicoms),

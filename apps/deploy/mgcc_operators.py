@@ -124,15 +124,6 @@ def bundle_io_names(parser) -> tuple[str, str]:
     return inputs[0], outputs[0]
 
 
-#: Bundle config item the app uses instead of `postprocessing` when the bundle defines it (see BUNDLE_NOTES.md).
-DEPLOY_POSTPROCESSING = "postprocessing_deploy"
-
-
-def postprocessing_name(parser) -> str:
-    """`postprocessing_deploy` if the bundle defines it, else `postprocessing`."""
-    return DEPLOY_POSTPROCESSING if parser.get(DEPLOY_POSTPROCESSING) is not None else "postprocessing"
-
-
 def check_postprocessing(parser, name: str = "postprocessing") -> list[str]:
     """Refuse, at start-up, a bundle postprocessing the SDK bundle operator cannot turn into correct masks:
     * without a discretization: the operator casts the prediction to uint8, so probabilities in [0, 1] would
@@ -149,8 +140,7 @@ def check_postprocessing(parser, name: str = "postprocessing") -> list[str]:
     if squeezes:
         raise InputError(
             f"bundle `{name}` ends channel-less ({squeezes} in {names}); MonaiBundleInferenceOperator squeezes "
-            f"the channel itself and needs a channel-first (1, W, H) prediction: drop {squeezes[0]} from "
-            f"`{name}`, or define `{DEPLOY_POSTPROCESSING}` without it (apps/deploy/BUNDLE_NOTES.md)"
+            f"the channel itself and needs a channel-first (1, W, H) prediction: drop {squeezes[0]} from `{name}`"
         )
     return names
 

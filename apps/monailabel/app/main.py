@@ -4,7 +4,9 @@
 This is MONAI Label's own ``monaibundle`` sample app (the one ``monailabel apps --download --name monaibundle``
 copies), loaded from the installed ``monailabel`` package and used unchanged: it serves every bundle under
 ``<app>/model/<name>/`` named by ``--conf models <name>`` (inference through ``BundleInferTask``, training
-through ``BundleTrainTask``). The only addition is an input check in front of ``/infer``: the model is a 2D
+through ``BundleTrainTask``). Two additions: the bundle's ``postprocessing`` ends channel-first ``(1, W, H)`` (the
+model-zoo convention, which MONAI Deploy needs), so the infer task squeezes the channel for MONAI Label's 2D writer
+(``ChannelFirstBundleInferTask``); and an input check in front of ``/infer``: the model is a 2D
 grayscale network, and MONAI Label answers any exception with a bare ``500 Internal Server Error``, so a
 clinician uploading the wrong file would learn nothing. Requests that cannot be segmented are refused with a
 4xx status and a sentence saying what was wrong:
@@ -26,8 +28,11 @@ import logging
 import os
 import sys
 
+import torch
 from fastapi import HTTPException
+from monai.transforms import CastToTyped, SqueezeDimd
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.tasks.infer.bundle import BundleInferTask
 
 logger = logging.getLogger(__name__)
 
@@ -153,12 +158,37 @@ def check_image(path: str, name: str | None = None) -> None:
         raise InputError(415, f"{name}: unsupported file type '{suffix}'; send a PNG, JPEG or NIfTI image.")
 
 
+class ChannelFirstBundleInferTask(BundleInferTask):
+    """``BundleInferTask`` for a bundle whose ``postprocessing`` ends channel-first: the ``(1, W, H)`` mask
+    becomes the ``(W, H)`` uint8 array MONAI Label's writer turns into a 2D label (before ``Restored``)."""
+
+    def __init__(self, path: str, conf: dict, **kwargs):
+        super().__init__(path, conf, **kwargs)
+        # The bundle's output has one sigmoid channel per label (`channel_def` {"0": "lesion"}), written as mask
+        # value 1: MONAI Label reads channel indices as label values, so shift them past background (0).
+        self.labels = {name: index + 1 for name, index in self.labels.items()}
+
+    def post_transforms(self, data=None):
+        post = list(super().post_transforms(data))
+        at = len(post) - 1 if self.add_post_restore else len(post)
+        post[at:at] = [SqueezeDimd(keys=self.key_pred, dim=0), CastToTyped(keys=self.key_pred, dtype=torch.uint8)]
+        return post
+
+
 class MGCCLabelApp(_monaibundle.MyApp, MONAILabelApp):
-    """The ``monaibundle`` sample app with the /infer input check described in this module's docstring.
+    """The ``monaibundle`` sample app with the channel-first infer task and the /infer input check described in
+    this module's docstring.
 
     ``MONAILabelApp`` is listed as a direct base only so that MONAI Label's app loader (which looks for a
     class whose direct base is named ``MONAILabelApp``) finds this class; the MRO is unchanged.
     """
+
+    def init_infers(self):
+        infers = super().init_infers()
+        for name, path in self.models.items():
+            if type(infers.get(name)) is BundleInferTask:
+                infers[name] = ChannelFirstBundleInferTask(path, self.conf)
+        return infers
 
     def infer(self, request, datastore=None):
         model = request.get("model")

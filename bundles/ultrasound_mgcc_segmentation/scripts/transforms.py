@@ -10,7 +10,7 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import PILReader
+from monai.data import MetaTensor, PILReader
 from monai.transforms import LoadImaged, MapTransform, SqueezeDim
 from PIL import Image
 
@@ -70,8 +70,8 @@ class LoadImageGrayscaled(LoadImaged):
 
 class AsGrayscale2Dd(MapTransform):
     """Make channel-first images 1-channel 2D: average the channels of multi-channel images from other formats
-    (alpha dropped) and drop a trailing singleton spatial dimension (one-slice NIfTI). Anything else is an error
-    naming the file.
+    (alpha dropped) and drop a trailing singleton spatial dimension (one-slice NIfTI; its recorded
+    ``spatial_shape`` too, so a saved prediction is 2D). Anything else is an error naming the file.
     """
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
@@ -84,6 +84,8 @@ class AsGrayscale2Dd(MapTransform):
             img = d[key]
             if img.ndim == 4 and img.shape[-1] == 1:
                 img = self.squeeze(img)
+                if isinstance(img, MetaTensor) and len(img.meta.get("spatial_shape", ())) == 3:
+                    img.meta["spatial_shape"] = img.meta["spatial_shape"][:2]  # writers restore a 2D image
             if img.ndim != 3:
                 name = getattr(img, "meta", {}).get("filename_or_obj", key)
                 raise ValueError(f"{name}: expected a 2D image (channel-first shape (C, H, W)), got {tuple(img.shape)}.")
