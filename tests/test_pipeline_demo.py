@@ -180,3 +180,37 @@ def test_compare_over_two_seeds_then_an_external_test(tiny_preset, tmp_path):
     unknown = subprocess.run([sys.executable, "-m", "mgcc", "compare", "--preset", str(tiny_preset), "--out", str(out),
                               "--variants", "mgcc-imaginary"], capture_output=True, text=True, env=ENV)
     assert unknown.returncode != 0 and "mgcc-imaginary" in unknown.stderr + unknown.stdout
+
+
+def test_a_pip_installed_wheel_runs_the_pipeline_from_another_folder(tiny_preset, tmp_path):
+    """`pip install .` (not editable) carries both bundles and the presets: a user runs `mgcc` from any folder."""
+    repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a clean copy: no build/ folder left by an earlier build can fill the wheel
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    for name in filter(None, tracked.split("\0")):
+        if (repo / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / name, source / name)
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path / "wheel")],
+                   check=True, capture_output=True, env=ENV)
+    site = tmp_path / "site"  # the wheel alone, ahead of the checkout's editable install on the path
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), *map(str, (tmp_path / "wheel").glob("*.whl"))],
+                   check=True, capture_output=True, env=ENV)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**ENV, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import mgcc; from mgcc.presets import load_preset; "
+                            "print(mgcc.__file__, mgcc.SEG_BUNDLE, load_preset('demo')['name'])"],
+                           cwd=elsewhere, capture_output=True, text=True, env=env, check=True).stdout.split()
+    assert where[0].startswith(str(site)) and where[1].startswith(str(site)) and where[2] == "demo", where
+    shipped = sorted(p.relative_to(site) for p in site.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+    proc = subprocess.run([sys.executable, "-m", "mgcc", "run", "--preset", str(tiny_preset)], cwd=elsewhere,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = elsewhere / "outputs" / "tiny-demo"  # the default output folder is under the working folder
+    assert (out / "report" / "report.md").is_file()
+    assert (out / "package" / "ultrasound_mgcc_segmentation" / "models" / "model.ts").is_file()
+    after = sorted(p.relative_to(site) for p in site.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    assert after == shipped, "a run wrote into the installed package"

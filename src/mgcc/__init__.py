@@ -4,9 +4,18 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-#: Repository root when running from a source checkout (bundles/ and configs/ live there).
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNDLES_DIR = REPO_ROOT / "bundles"
-PRESETS_DIR = REPO_ROOT / "configs"
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: Repository root when running from a source checkout (`pip install -e .`).
+REPO_ROOT = PACKAGE_DIR.parents[1]
+
+
+def _shipped(package_folder: str, repository_folder: str) -> Path:
+    """A folder the wheel carries inside the package (`pip install .`), else the checkout's own folder."""
+    installed = PACKAGE_DIR / package_folder
+    return installed if installed.is_dir() else REPO_ROOT / repository_folder
+
+
+BUNDLES_DIR = _shipped("_bundles", "bundles")
+PRESETS_DIR = _shipped("_presets", "configs")
 SEG_BUNDLE = BUNDLES_DIR / "ultrasound_mgcc_segmentation"
 LDM_BUNDLE = BUNDLES_DIR / "ultrasound_ldm_generation"

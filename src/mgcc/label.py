@@ -37,11 +37,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from mgcc import REPO_ROOT, SEG_BUNDLE
+
+# MONAI Label runs from a source checkout: its app and environment script live in the repository.
 LABEL_APP_SRC = REPO_ROOT / "apps" / "monailabel"
 SETUP_SCRIPT = LABEL_APP_SRC / "setup_env.sh"
 APP_MAIN = LABEL_APP_SRC / "app" / "main.py"
-DEFAULT_BUNDLE = REPO_ROOT / "bundles" / "ultrasound_mgcc_segmentation"
+DEFAULT_BUNDLE = SEG_BUNDLE
 CONFIGS = ("inference.json", "train.json")
 
 #: Image files of the studies folder that form the unlabeled set of MGCC training through MONAI Label.

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mgcc import LDM_BUNDLE, REPO_ROOT, SEG_BUNDLE
+from mgcc import LDM_BUNDLE, SEG_BUNDLE
 from mgcc.presets import load_preset
 from mgcc.stages import (StageResult, fingerprint, is_complete, read_record, read_started, run_bundle, run_python,
                          stage_dir, write_record, write_started)
 
-DEFAULT_OUT = REPO_ROOT / "outputs"
+DEFAULT_OUT = Path("outputs")  # under the working folder
 
 
 @dataclass(frozen=True)
