@@ -23,18 +23,11 @@ import torch
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_ldm_generation"
 
-#: overrides of the bundle configs; "quick" is the bundle default (CPU), "full" the paper-scale GPU setting
+#: overrides of the bundle configs: "quick" is the bundle default (CPU), "full" the paper-scale GPU setting, which is
+#: the busi-gpu preset's generator (one place: configs/busi-gpu.json)
 PRESETS = {
     "quick": {"spatial_size": [64, 64]},
-    "full": {
-        "spatial_size": [256, 256],
-        "ae_channels": [64, 128, 256],
-        "ae_num_res_blocks": 2,
-        "dm_channels": [128, 256, 512],
-        "dm_attention_levels": [False, True, True],
-        "dm_num_head_channels": [0, 64, 64],
-        "dm_num_res_blocks": 2,
-    },
+    "full": json.loads((Path(__file__).resolve().parents[1] / "configs" / "busi-gpu.json").read_text())["ldm"]["common"],
 }
 
 

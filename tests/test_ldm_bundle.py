@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from test_ldm_support import AE, BUNDLE, CONFIGS, DIFF, INFER, TINY, bundle_scripts, cli_args, run_bundle, run_cli
+from ldm_support import AE, BUNDLE, CONFIGS, DIFF, INFER, TINY, bundle_scripts, cli_args, run_bundle, run_cli
 
 
 def _workflow(config_files, workflow_type, **overrides):

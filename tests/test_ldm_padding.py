@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_ldm_support import bundle_scripts
+from ldm_support import bundle_scripts
 
 
 def test_padding_mode_changes_only_the_border():

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from test_ldm_support import bundle_scripts
+from ldm_support import bundle_scripts
 
 
 def _images(n: int, seed: int, size: int = 32) -> torch.Tensor:
