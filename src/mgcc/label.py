@@ -95,41 +95,30 @@ def setup_environment(quiet: bool = False) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ app folder
-def _set_config(config: dict, key: str, value: Any) -> None:
-    """Set `key` (MONAI bundle id, `#`-separated) in a raw bundle config dict."""
-    parts = key.split("#")
-    node = config
-    for part in parts[:-1]:
-        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
-
-
 def apply_overrides(bundle_dir: Path, overrides: dict[str, Any]) -> dict[str, list[str]]:
     """Write `overrides` (bundle id -> value) into the bundle copy's inference.json and train.json.
 
     A key goes into every one of those configs that already defines its top-level id; a key that none of
     them defines is an error (a typo would otherwise be silently ignored). Returns key -> files changed.
     """
-    configs = {}
+    from monai.bundle import ConfigParser
+
+    parsers = {}
     for name in CONFIGS:
         path = bundle_dir / "configs" / name
         if path.is_file():
-            configs[name] = (path, json.loads(path.read_text()))
+            parsers[name] = ConfigParser(ConfigParser.load_config_file(path))
     changed: dict[str, list[str]] = {}
     for key, value in overrides.items():
         root = key.split("#")[0]
-        for name, (_, config) in configs.items():
-            if root in config:
-                _set_config(config, key, value)
+        for name, parser in parsers.items():
+            if root in parser:
+                parser[key] = value
                 changed.setdefault(key, []).append(name)
         if key not in changed:
-            raise LabelError(f"override '{key}': no config of {bundle_dir} defines '{root}' ({', '.join(configs)})")
-    for _, (path, config) in configs.items():
-        path.write_text(json.dumps(config, indent=4) + "\n")
+            raise LabelError(f"override '{key}': no config of {bundle_dir} defines '{root}' ({', '.join(parsers)})")
+    for name, parser in parsers.items():
+        ConfigParser.export_config_file(parser.get(), bundle_dir / "configs" / name, indent=4)
     return changed
 
 
