@@ -8,6 +8,7 @@ bundle is trained briefly on phantom data (never the repository's bundle), serve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -100,23 +101,19 @@ def studies(tmp_path_factory) -> Path:
     return make_studies(tmp_path_factory.mktemp("studies"), n=24, size=SIZE, seed=1, labeled=8)
 
 
-@pytest.fixture(scope="module")
-def server(label_env, trained_bundle, studies, tmp_path_factory):
-    work = tmp_path_factory.mktemp("label_work")
-    app, name = prepare_app(work, trained_bundle, studies, overrides={**SMALL, **SERVED_TRAIN})
-    assert name == MODEL
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = work / "server.log"
+@contextlib.contextmanager
+def running_server(app: Path, studies: Path, name: str, log: Path):
+    """A MONAI Label server on loopback serving `name` from `app`; yields (url, process, /info)."""
+    url = f"http://127.0.0.1:{free_port()}"
     with open(log, "w") as out:
-        proc = subprocess.Popen(server_command(app, studies, name, port=port), cwd=app, stdout=out,
-                                stderr=subprocess.STDOUT, env={**server_env(), **_threads_env()},
+        proc = subprocess.Popen(server_command(app, studies, name, port=int(url.rsplit(":", 1)[1])), cwd=app,
+                                stdout=out, stderr=subprocess.STDOUT, env={**server_env(), **_threads_env()},
                                 start_new_session=True)
     try:
         started = time.monotonic()
         info = wait_for_server(url, proc, timeout=240, log=log)
         print(f"MONAI Label server up in {time.monotonic() - started:.1f} s")
-        yield {"url": url, "app": app, "model_dir": app / "model" / name, "info": info, "proc": proc, "log": log}
+        yield url, proc, info
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)  # the server and its training subprocesses, nothing else
@@ -125,6 +122,16 @@ def server(label_env, trained_bundle, studies, tmp_path_factory):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(label_env, trained_bundle, studies, tmp_path_factory):
+    work = tmp_path_factory.mktemp("label_work")
+    app, name = prepare_app(work, trained_bundle, studies, overrides={**SMALL, **SERVED_TRAIN})
+    assert name == MODEL
+    log = work / "server.log"
+    with running_server(app, studies, name, log) as (url, proc, info):
+        yield {"url": url, "app": app, "model_dir": app / "model" / name, "info": info, "proc": proc, "log": log}
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The demo pipeline end to end through the real CLI, cut to a minimal budget: artefacts, rerun, kill + resume."""
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -14,7 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_deploy import deploy_python, run_app  # noqa: F401 (a fixture: the Deploy app's virtual environment)
+from test_monailabel import label_env, running_server  # noqa: F401 (a fixture: the MONAI Label environment)
 
+from mgcc.label import LabelClient, prepare_app
 from mgcc.presets import load_preset
 
 pytestmark = pytest.mark.integration
@@ -53,7 +56,7 @@ def record_times(out: Path) -> dict[str, float]:
     return {s: (out / s / "stage.json").stat().st_mtime for s in STAGES if (out / s / "stage.json").exists()}
 
 
-def test_demo_runs_end_to_end_and_rerun_skips(tiny_preset, tmp_path, deploy_python):
+def test_demo_runs_end_to_end_and_rerun_skips(tiny_preset, tmp_path, deploy_python, label_env):
     out = tmp_path / "run"
     first = mgcc_run(tiny_preset, out)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -87,7 +90,8 @@ def test_demo_runs_end_to_end_and_rerun_skips(tiny_preset, tmp_path, deploy_pyth
     assert real["images"] == summary["n"] and numbers["test"]["evaluate"]["n"] == summary["n"]
     assert numbers["generator"]["fid"]["num_generated"] == 6 and "kid" in numbers["generator"]
 
-    # the packaged bundle runs with no overrides, and it and the Deploy app give the pipeline's own masks
+    # the packaged bundle runs with no overrides, and it, the Deploy app and a MONAI Label server serving it give the
+    # pipeline's own masks
     package = out / "package" / "ultrasound_mgcc_segmentation"
     assert json.loads((package / "configs" / "metadata.json").read_text())["eval_metrics"]["test_mean_dice"] == round(
         summary["dice"]["mean"], 4)
@@ -107,6 +111,15 @@ def test_demo_runs_end_to_end_and_rerun_skips(tiny_preset, tmp_path, deploy_pyth
         expected = np.array(Image.open(mask))
         assert np.array_equal(np.array(Image.open(bundle_out / mask.name)), expected), mask.name
         assert np.array_equal(np.array(Image.open(app_out / "masks" / mask.name.replace("_seg", ""))) > 0, expected > 0)
+    app, name = prepare_app(tmp_path / "label", package, studies=tests)
+    with running_server(app, tests, name, tmp_path / "label" / "server.log") as (url, _, info):
+        assert name in info["models"]
+        client = LabelClient(url, timeout=300)
+        for mask in pipeline_masks:
+            answer = client.infer(name, image=mask.name.replace("_seg.png", ""))
+            assert answer.status == 200, answer
+            served = np.asarray(Image.open(io.BytesIO(answer.body)))
+            assert np.array_equal(served > 0, np.array(Image.open(mask)) > 0), mask.name
 
     before = record_times(out)
     second = mgcc_run(tiny_preset, out)

@@ -4,7 +4,7 @@ import logging
 import sys
 
 from app import MGCCUltrasoundSegApp
-from mgcc_operators import InputError
+from errors import InputError
 
 if __name__ == "__main__":
     app = MGCCUltrasoundSegApp()

@@ -37,22 +37,23 @@ from monai.deploy.operators.monai_bundle_inference_operator import (
     MonaiBundleInferenceOperator,
 )
 
-from mgcc_operators import (
-    IMAGE_SUFFIXES,
-    US_SELECTION_RULES,
+from bundle_access import (
     BundleImageReader,
-    DICOMInstanceSourceOperator,
-    ImageFileSourceOperator,
-    InputError,
-    MaskWriterOperator,
-    RunManifest,
     bundle_io_names,
-    check_image_files,
     check_postprocessing,
-    classify_inputs,
     read_bundle_config,
     resolve_bundle_path,
 )
+from errors import InputError
+from sources import (
+    IMAGE_SUFFIXES,
+    US_SELECTION_RULES,
+    DICOMInstanceSourceOperator,
+    ImageFileSourceOperator,
+    check_image_files,
+    classify_inputs,
+)
+from writers import MaskWriterOperator, RunManifest
 
 APP_VERSION = "0.1.0"
 CONFIG_NAMES = ["inference"]
