@@ -1,8 +1,9 @@
-"""Every `python -m monai.bundle` / `torchrun` command of the segmentation bundle's README runs as written.
+"""Every `python -m monai.bundle` / `torchrun` command of both bundles' READMEs runs as written.
 
 The commands run in their order, from a copy of the bundle folder, on the phantom dataset: the README's example
-paths become test folders, and each command gets the same small-run settings appended (width 8, 64x64, two
-iterations) so that the trainings take seconds. Everything else (config files, ids, flags) is the README's.
+paths become test folders, and each command gets the same small-run settings appended (tiny widths and sizes, two
+iterations or one epoch) so that the trainings take seconds. Everything else (config files, ids, flags) is the
+README's.
 """
 
 import json
@@ -15,12 +16,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from ldm_support import TINY
 
 pytestmark = pytest.mark.integration
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_mgcc_segmentation"
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+BUNDLE = BUNDLES / "ultrasound_mgcc_segmentation"
 README = BUNDLE / "docs" / "README.md"
-#: appended to every command that runs a config (what it must not change is what the README says)
+LDM_BUNDLE = BUNDLES / "ultrasound_ldm_generation"
+#: appended to every segmentation command that runs a config (what it must not change is what the README says)
 SMALL = {"base_channels": 8, "spatial_size": [64, 64], "max_iterations": 2, "val_interval": 1, "num_workers": 0,
          "show_progress": False}
 
@@ -37,15 +41,15 @@ def documented_commands(readme: Path) -> list[str]:
     return commands
 
 
-def as_test_command(command: str, paths: dict[str, Path]) -> list[str]:
+def as_test_command(command: str, paths: dict[str, Path], small: dict = SMALL) -> list[str]:
     for example, path in paths.items():
         command = command.replace(example, str(path))
     command = command.replace("[1,1,256,256]", "[1,1,64,64]")  # the export's example shape, at the test's size
     args = shlex.split(command)
     args[0] = sys.executable if args[0] == "python" else str(Path(sys.executable).parent / args[0])
     if "run" in args:
-        for key, value in SMALL.items():
-            args += [f"--{key}", json.dumps(value) if not isinstance(value, bool) else str(value)]
+        for key, value in small.items():
+            args += [f"--{key}", str(value)]  # Python literals: fire reads JSON's `false` as the string 'false'
     elif args[3] in ("ckpt_export", "onnx_export", "verify_net_in_out"):
         args += ["--base_channels", "8", "--spatial_size", "[64, 64]"]
     return args
@@ -80,3 +84,21 @@ def test_every_documented_bundle_command_runs(prepared_phantom, tmp_path):
     masks = sorted((tmp_path / "masks").glob("*_seg.png"))
     assert len(masks) >= 3, masks
     assert (bundle / "models" / "model.ts").is_file() and (bundle / "models" / "model.onnx").is_file()
+
+
+def test_every_documented_generator_command_runs(prepared_phantom, tmp_path):
+    """The LDM README's commands, with what its text says to add (`--dataset_dir`, `--output_dir`, `--ckpt_dir`)."""
+    bundle = tmp_path / LDM_BUNDLE.name
+    shutil.copytree(LDM_BUNDLE, bundle, ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
+    small = {**TINY, "autoencoder_max_epochs": 1, "diffusion_max_epochs": 1, "val_interval": 1, "num_workers": 0,
+             "dataset_dir": str(prepared_phantom), "output_dir": str(tmp_path / "logs"),
+             "ckpt_dir": str(tmp_path / "weights"), "num_samples": 2, "num_inference_steps": 2}
+    paths = {"<prepared>": prepared_phantom, "<samples>": tmp_path / "samples"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    commands = documented_commands(LDM_BUNDLE / "docs" / "README.md")
+    assert len(commands) >= 6, commands
+    for command in commands:
+        proc = subprocess.run(as_test_command(command, paths, small), cwd=bundle, env=env, capture_output=True,
+                              text=True, timeout=900)
+        assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert len(list((tmp_path / "samples").glob("*.png"))) == 2
