@@ -225,3 +225,20 @@ def test_onnx_export_runs_in_onnx_runtime_with_the_checkpoints_masks(trained, pr
     same = [np.mean(np.asarray(Image.open(m)) == np.asarray(Image.open(tmp_path / "onnx" / m.name))) for m in masks]
     assert min(same) > 0.999, f"ONNX Runtime masks differ from the checkpoint's: pixel agreement {min(same):.4f}"
     assert any(np.asarray(Image.open(m)).any() for m in masks), "no lesion found at all: nothing was compared"
+
+
+@pytest.mark.parametrize("override, message", [
+    (["--base_channels", "16"], "trained with base_channels 8, the config says 16: run with --base_channels 8"),
+    (["--spatial_size", "[128, 128]"], "trained at spatial_size [64, 64], the config says [128, 128]"),
+])
+def test_a_checkpoint_refuses_a_config_of_another_width_or_size(trained, prepared_phantom, tmp_path, override, message):
+    """Settings travel with the weights: inference with another width or size stops with one line naming both
+    values, before any mask is written."""
+    out = tmp_path / "masks"
+    args = ["run", "--config_file", "configs/inference.json", "--dataset_dir", str(prepared_phantom),
+            "--ckpt_dir", str(trained / "models"), "--output_dir", str(out), *TINY, *override]
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}, timeout=600)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists() or not list(out.glob("*_seg.png"))
