@@ -224,11 +224,15 @@ def test_a_pip_installed_wheel_runs_the_pipeline_from_another_folder(tiny_preset
     assert where[0].startswith(str(site)) and where[1].startswith(str(site)) and where[2] == "demo", where
     shipped = sorted(p.relative_to(site) for p in site.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
 
-    proc = subprocess.run([sys.executable, "-m", "mgcc", "run", "--preset", str(tiny_preset)], cwd=elsewhere,
-                          capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = elsewhere / "outputs" / "tiny-demo"  # the default output folder is under the working folder
-    assert (out / "report" / "report.md").is_file()
-    assert (out / "package" / "ultrasound_mgcc_segmentation" / "models" / "model.ts").is_file()
+    # one stage of each bundle (the segmentation with real unlabeled images, so it needs only `prepare`)
+    preset = json.loads(tiny_preset.read_text())
+    preset["segmentation"]["train"]["unlabeled_source"] = "real"
+    (elsewhere / "tiny-real.json").write_text(json.dumps(preset))
+    for stage in ("prepare", "autoencoder", "segmentation"):
+        proc = subprocess.run([sys.executable, "-m", "mgcc", "run", "--preset", "tiny-real.json", "--stage", stage],
+                              cwd=elsewhere, capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    out = elsewhere / "outputs" / "tiny-real"  # the default output folder is under the working folder
+    assert (out / "ldm_models" / "autoencoder.pt").is_file() and (out / "segmentation" / "models" / "model.pt").is_file()
     after = sorted(p.relative_to(site) for p in site.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     assert after == shipped, "a run wrote into the installed package"
