@@ -242,3 +242,22 @@ def test_a_checkpoint_refuses_a_config_of_another_width_or_size(trained, prepare
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr[-2000:]
     assert not out.exists() or not list(out.glob("*_seg.png"))
+
+
+def test_score_config_ranks_images_by_decoder_disagreement_and_keeps_the_masks(trained, prepared_phantom, tmp_path):
+    """`inference.json` + `score.json`: the same masks, plus `disagreement.json` (one score per image, highest
+    first, the same on a rerun) and, on request, the per-pixel maps."""
+    common = dict(dataset_dir=prepared_phantom, datalist=prepared_phantom / "datalist.json", ckpt_dir=trained / "models")
+    run_config("configs/inference.json", output_dir=tmp_path / "plain", **common)
+    for run in ("scored", "again"):
+        run_config(["configs/inference.json", "configs/score.json"], output_dir=tmp_path / run,
+                   save_disagreement_maps="true", **common)
+    test = json.loads((prepared_phantom / "datalist.json").read_text())["test"]
+    report = json.loads((tmp_path / "scored" / "disagreement.json").read_text())
+    assert sorted(report["scores"]) == sorted(Path(e["image"]).stem for e in test)
+    assert list(report["scores"].values()) == sorted(report["scores"].values(), reverse=True)
+    assert report == json.loads((tmp_path / "again" / "disagreement.json").read_text())
+    for name in report["scores"]:
+        mask = np.asarray(Image.open(tmp_path / "scored" / f"{name}_seg.png"))
+        assert np.array_equal(mask, np.asarray(Image.open(tmp_path / "plain" / f"{name}_seg.png")))
+        assert np.asarray(Image.open(tmp_path / "scored" / f"{name}_disagreement.png")).shape == (64, 64)

@@ -240,6 +240,12 @@ class MGCCNet(nn.Module):
             bottleneck = stage(bottleneck)
         return self.main_decoder(features[:-1] + [bottleneck])
 
+    @torch.jit.unused
+    def all_decoders(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(main, aux_1, ...)`` logits with the auxiliary decoders' perturbations on, in any mode (in ``eval()``
+        batch norm uses its running statistics): what the decoders' disagreement is measured on."""
+        return self._forward_with_aux(x, self.encode(x))
+
     def _forward_with_aux(self, x: torch.Tensor, features: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         *skips, bottleneck = features
         aux_outputs: list[torch.Tensor] = [x] * len(self.aux_levels)  # placeholders, all replaced below
