@@ -270,6 +270,44 @@ def test_save_labels_png_and_slicer_nifti(client, studies, tmp_path):
     assert client.info()["datastore"]["completed"] == before + 2
 
 
+@pytest.mark.integration
+def test_active_learning_by_decoder_disagreement_picks_the_highest_scoring_unlabeled_image(client, server, studies,
+                                                                                           tmp_path):
+    info = client.info()
+    assert "mgcc_disagreement" in info["strategies"] and "mgcc_disagreement" in info["scoring"]
+    # the scores the bundle computes itself, with the served copy's configs and weights
+    scored = tmp_path / "scored"
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                           "['configs/inference.json','configs/score.json']", "--input_dir", str(studies),
+                           "--output_dir", str(scored)], cwd=server["model_dir"], capture_output=True, text=True,
+                          env={**os.environ, **_threads_env(), "PYTHONPATH": ""}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = json.loads((scored / "disagreement.json").read_text())["scores"]
+
+    def unlabeled() -> dict[str, float]:
+        labeled = {p.name.split(".")[0] for p in (studies / "labels" / "final").iterdir()}
+        return {name: value for name, value in expected.items() if name not in labeled}
+
+    r = client.score("mgcc_disagreement")
+    assert r.status == 200, r
+    r = client.next_sample("mgcc_disagreement")
+    assert r.status == 200, r
+    first = r.json()["id"]
+    ranked = sorted(unlabeled(), key=unlabeled().get, reverse=True)
+    assert first == ranked[0], (first, ranked[:3])
+
+    label = tmp_path / f"{first}.png"
+    Image.fromarray(_truth(studies, first).astype(np.uint8) if (studies / "phantom_masks" / f"{first}.png").is_file()
+                    else np.zeros(Image.open(studies / f"{first}.png").size[::-1], np.uint8)).save(label)
+    before = client.info()["datastore"]["completed"]
+    assert client.save_label(first, label).status == 200
+    deadline = time.monotonic() + 30  # the datastore notices new labels through its file watcher
+    while client.info()["datastore"]["completed"] < before + 1 and time.monotonic() < deadline:
+        time.sleep(1)
+    second = client.next_sample("mgcc_disagreement").json()["id"]
+    assert second != first and second == ranked[1], (second, ranked[:3])
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

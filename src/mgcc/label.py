@@ -314,6 +314,16 @@ class LabelClient:
         )
         return self.request("PUT", "/datastore/label", {"image": image, "tag": tag}, body, ctype)
 
+    def score(self, method: str, params: dict | None = None) -> HTTPResult:
+        """POST /scoring/{method}, waiting for it to finish (run_sync)."""
+        return self.request("POST", f"/scoring/{urllib.parse.quote(method)}", {"run_sync": "true"},
+                            json.dumps(params or {}).encode(), "application/json")
+
+    def next_sample(self, strategy: str, params: dict | None = None) -> HTTPResult:
+        """POST /activelearning/{strategy}: the next image to label (`{"id": ...}`)."""
+        return self.request("POST", f"/activelearning/{urllib.parse.quote(strategy)}", None,
+                            json.dumps(params or {}).encode(), "application/json")
+
     def train(self, model: str, params: dict) -> HTTPResult:
         return self.request("POST", f"/train/{urllib.parse.quote(model)}", None, json.dumps(params).encode(),
                             "application/json")

@@ -4,7 +4,8 @@
 This is MONAI Label's own ``monaibundle`` sample app (the one ``monailabel apps --download --name monaibundle``
 copies), loaded from the installed ``monailabel`` package and used unchanged: it serves every bundle under
 ``<app>/model/<name>/`` named by ``--conf models <name>`` (inference through ``BundleInferTask``, training
-through ``BundleTrainTask``). Two additions: the bundle's ``postprocessing`` ends channel-first ``(1, W, H)`` (the
+through ``BundleTrainTask``). Three additions: active learning by the MGCC decoders' disagreement (the scoring method
+and strategy ``mgcc_disagreement``, ``MGCCDisagreementScoring``); the bundle's ``postprocessing`` ends channel-first ``(1, W, H)`` (the
 model-zoo convention, which MONAI Deploy needs), so the infer task squeezes the channel for MONAI Label's 2D writer
 (``ChannelFirstBundleInferTask``); and an input check in front of ``/infer``: the model is a 2D
 grayscale network, and MONAI Label answers any exception with a bare ``500 Internal Server Error``, so a
@@ -32,7 +33,10 @@ import torch
 from fastapi import HTTPException
 from monai.transforms import CastToTyped, SqueezeDimd
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.utils.others.class_utils import unload_module
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +179,56 @@ class ChannelFirstBundleInferTask(BundleInferTask):
         return post
 
 
+#: the scoring method and the active-learning strategy, and the image-info key the score is kept under
+DISAGREEMENT = "mgcc_disagreement"
+
+
+class MGCCDisagreementScoring(ScoringMethod):
+    """Scores the datastore's unlabeled images with the bundle's ``configs/score.json``: the disagreement of the
+    three perturbed auxiliary decoders with the main one, one forward pass per image (see the bundle's
+    ``scripts/score.py``). Each score is kept in the image's info under ``mgcc_disagreement``, with the weights'
+    modification time, so an image is scored again only after the model changed (training)."""
+
+    def __init__(self, bundle_path: str) -> None:
+        super().__init__("MGCC: disagreement of the auxiliary decoders with the main one (one forward pass)")
+        self.bundle_path = bundle_path
+
+    def __call__(self, request, datastore):
+        from monai.bundle import ConfigParser
+
+        sys.path.insert(0, self.bundle_path)
+        unload_module("scripts")
+        try:
+            parser = ConfigParser()
+            parser.read_meta(os.path.join(self.bundle_path, "configs", "metadata.json"))
+            parser.read_config([os.path.join(self.bundle_path, "configs", name) for name in ("inference.json", "score.json")])
+            parser["bundle_root"] = self.bundle_path
+            device = parser.get_parsed_content("device")
+            preprocessing = parser.get_parsed_content("preprocessing")
+            network = parser.get_parsed_content("network")
+            inferer = parser.get_parsed_content("inferer")
+            weights = parser.get_parsed_content("handlers#0#load_path")  # checked against the config's width and size
+            state = torch.load(weights, map_location=device, weights_only=True)
+            network.load_state_dict(state["model"] if isinstance(state.get("model"), dict) else state)
+            network.eval()
+            model_ts = int(os.stat(weights).st_mtime)
+            scored, skipped = 0, 0
+            for image_id in datastore.get_unlabeled_images():
+                if datastore.get_image_info(image_id).get(f"{DISAGREEMENT}_ts") == model_ts:
+                    skipped += 1
+                    continue
+                image = preprocessing({"image": datastore.get_image_uri(image_id)})["image"]
+                with torch.no_grad():
+                    inferer(image[None].to(device), network)
+                datastore.update_image_info(image_id, {DISAGREEMENT: inferer.last_scores[0], f"{DISAGREEMENT}_ts": model_ts})
+                scored += 1
+            logger.info(f"{DISAGREEMENT}: scored {scored} unlabeled image(s), {skipped} already scored for this model")
+            return {"scored": scored, "skipped": skipped}
+        finally:
+            sys.path.remove(self.bundle_path)
+            unload_module("scripts")
+
+
 class MGCCLabelApp(_monaibundle.MyApp, MONAILabelApp):
     """The ``monaibundle`` sample app with the channel-first infer task and the /infer input check described in
     this module's docstring.
@@ -189,6 +243,19 @@ class MGCCLabelApp(_monaibundle.MyApp, MONAILabelApp):
             if type(infers.get(name)) is BundleInferTask:
                 infers[name] = ChannelFirstBundleInferTask(path, self.conf)
         return infers
+
+    def init_scoring_methods(self):
+        methods = super().init_scoring_methods()
+        scorable = [path for path in self.models.values() if os.path.isfile(os.path.join(path, "configs", "score.json"))]
+        if scorable:  # the app serves one MGCC bundle; with several, the first one scores
+            methods[DISAGREEMENT] = MGCCDisagreementScoring(scorable[0])
+        return methods
+
+    def init_strategies(self):
+        strategies = super().init_strategies()
+        # MONAI Label's own top-score strategy, reading the score the scoring method stored
+        strategies[DISAGREEMENT] = Epistemic(key=DISAGREEMENT, desc="Unlabeled image the MGCC decoders disagree on most")
+        return strategies
 
     def infer(self, request, datastore=None):
         model = request.get("model")
