@@ -328,9 +328,11 @@ def test_train_rewrites_model_and_next_infer_uses_it(client, server, studies):
     print(f"/train finished in {time.monotonic() - started:.1f} s: {task['status']}")
     assert task["status"] == "DONE", details
     assert _sha(model_pt) != before, "training through MONAI Label did not rewrite models/model.pt"
-    # The training subprocess saw both label formats.
+    # The training subprocess saw every label of the datastore, PNG and Slicer NIfTI alike.
+    labels = list((studies / "labels" / "final").iterdir())
+    assert {p.name.endswith(".nii.gz") for p in labels} == {True, False}
     log = server["log"].read_text()
-    assert "Total Records in Dataset: 10" in log
+    assert f"Total Records in Dataset: {len(labels)}" in log
     image_id = _unlabeled_lesion_images(studies)[0]
     r = client.infer(MODEL, image=image_id)
     assert r.status == 200, r

@@ -2,17 +2,9 @@
 
 import pytest
 import torch
-from test_seg_network import MGCCNet, load_bundle_scripts
+from test_seg_network import MGCCNet, load_bundle_scripts, one_thread  # noqa: F401 (autouse: one torch thread)
 
 score = load_bundle_scripts().score
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def logits(p: torch.Tensor) -> torch.Tensor:
