@@ -72,6 +72,12 @@ def synthetic_datalist(synthetic_dir: str) -> list[dict]:
     return data
 
 
+def image_stem(path: str) -> str:
+    """The file name without its image suffix (``.nii.gz`` counted as one): the name outputs are written under."""
+    name = os.path.basename(str(path))
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else os.path.splitext(name)[0]
+
+
 def unlabeled_datalist(source: str, datalist: str, synthetic_dir: str | None) -> list[dict]:
     """The unlabeled set: ``"real"`` (datalist ``unlabeled`` section), ``"synthetic"`` or ``"both"``."""
     if source not in ("real", "synthetic", "both"):
@@ -111,8 +117,7 @@ def inference_datalist(
                              "choose another output_dir")
         writes: dict[str, str] = {}
         for f in files:
-            name = os.path.basename(f)
-            stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else os.path.splitext(name)[0]
+            stem = image_stem(f)
             if stem in writes:
                 raise ValueError(f"{writes[stem]} and {f} would both be written as {stem}_seg.png in {output_dir}; "
                                  "rename one of them")

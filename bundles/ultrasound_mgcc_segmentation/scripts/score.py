@@ -26,6 +26,8 @@ import torch
 from monai.inferers import Inferer
 from PIL import Image
 
+from .data import image_stem
+
 __all__ = ["disagreement", "DisagreementInferer", "DisagreementWriter"]
 
 
@@ -95,8 +97,7 @@ class DisagreementWriter:
         items = batch if isinstance(batch, list) else [batch]
         names = [name for item in items for name in np.atleast_1d(item["image"].meta["filename_or_obj"])]
         for index, (name, score) in enumerate(zip(names, self.inferer.last_scores)):
-            stem = os.path.basename(str(name))
-            stem = stem[: -len(".nii.gz")] if stem.endswith(".nii.gz") else os.path.splitext(stem)[0]
+            stem = image_stem(name)
             self.scores[stem] = score
             if self.save_maps:
                 pixel_map = self.inferer.last_maps[index, 0].detach().cpu().numpy()
