@@ -2,15 +2,17 @@
 
 The MONAI Label environment is created (or found up to date) by `apps/monailabel/setup_env.sh`. A copy of the
 bundle is trained briefly on phantom data (never the repository's bundle), served from a temp app folder by
-`mgcc.label`, and exercised over HTTP: /info, /infer (datastore image and uploads), bad inputs, PUT
-/datastore/label (PNG and Slicer-style one-slice NIfTI), /train, and a 100-request load test.
+the launcher (`apps/monailabel/launcher.py`), and exercised over HTTP with MONAI Label's own client
+(`apps/monailabel/client.py` in the label environment): /info, /infer (datastore image and uploads), bad inputs,
+PUT /datastore/label (PNG and Slicer-style one-slice NIfTI), scoring and active learning, /train, and a
+100-request load test.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -24,12 +26,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mgcc.label import (
+from mgcc.monailabel.launcher import (
     DEFAULT_BUNDLE,
-    LabelClient,
     LabelError,
-    benchmark_infer,
     free_port,
+    label_client,
     make_studies,
     prepare_app,
     server_command,
@@ -135,13 +136,14 @@ def server(label_env, trained_bundle, studies, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(server) -> LabelClient:
-    return LabelClient(server["url"], timeout=300)
+def client(server):
+    """`client("infer", MODEL, "--image", ID, "--out", FILE)` -> the answer of `client.py` (MONAILabelClient)."""
+    return functools.partial(label_client, server["url"])
 
 
-def _png(body: bytes) -> np.ndarray:
-    assert body[:8] == PNG_MAGIC, body[:200]
-    return np.asarray(Image.open(io.BytesIO(body)))
+def _png(path: str | Path) -> np.ndarray:
+    assert Path(path).read_bytes()[:8] == PNG_MAGIC, Path(path).read_bytes()[:200]
+    return np.asarray(Image.open(path))
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -171,13 +173,12 @@ def test_info_lists_2d_segmentation_model(server):
 
 
 @pytest.mark.integration
-def test_infer_datastore_image(client, studies):
+def test_infer_datastore_image(client, studies, tmp_path):
     dices = []
     for image_id in _unlabeled_lesion_images(studies)[:4]:
-        r = client.infer(MODEL, image=image_id)
-        assert r.status == 200, r
-        assert r.headers.get("content-type", "").startswith("image/png")
-        mask = _png(r.body)
+        r = client("infer", MODEL, "--image", image_id, "--out", tmp_path / f"{image_id}.png")
+        assert r["status"] == 200, r
+        mask = _png(r["answer"]["out"])
         truth = _truth(studies, image_id)
         assert mask.shape == truth.shape and mask.dtype == np.uint8
         assert set(np.unique(mask)) <= {0, 1}
@@ -187,59 +188,53 @@ def test_infer_datastore_image(client, studies):
 
 
 @pytest.mark.integration
-def test_infer_uploaded_png_keeps_size_and_orientation(client, studies):
+def test_infer_uploaded_png_keeps_size_and_orientation(client, studies, tmp_path):
     image_id = _unlabeled_lesion_images(studies)[0]
     image = np.asarray(Image.open(studies / f"{image_id}.png"))
     truth = _truth(studies, image_id)
     crop = (slice(0, SIZE), slice(4, SIZE - 12))  # non-square (64 rows x 48 columns): catches a transposed mask
-    buf = io.BytesIO()
-    Image.fromarray(image[crop]).save(buf, format="PNG")
-    r = client.infer(MODEL, data=buf.getvalue(), filename="upload scan.png")
-    assert r.status == 200, r
-    mask = _png(r.body)
+    upload = tmp_path / "upload scan.png"
+    Image.fromarray(image[crop]).save(upload)
+    r = client("infer", MODEL, "--file", upload, "--out", tmp_path / "mask.png")
+    assert r["status"] == 200, r
+    mask = _png(r["answer"]["out"])
     assert mask.shape == image[crop].shape
     dice = _dice(mask, truth[crop])
     print(f"Dice of /infer on an uploaded 48x64 PNG: {dice:.3f}")
     assert dice >= 0.4
 
 
-def _encode(array: np.ndarray, mode: str | None = None) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buf, format="PNG") if mode else Image.fromarray(array).save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.mark.integration
 def test_bad_inputs_get_4xx_and_server_keeps_serving(client, server, studies, tmp_path):
     import nibabel as nib
 
-    good = (studies / f"{_unlabeled_lesion_images(studies)[0]}.png").read_bytes()
-    volume = tmp_path / "volume.nii.gz"
-    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((SIZE, SIZE, 8)).astype(np.float32), np.eye(4)), volume)
-    rgba = np.dstack([np.asarray(Image.open(io.BytesIO(good)))] * 3 + [np.full((SIZE, SIZE), 255, np.uint8)])
-    cases = {
-        "non-image upload": dict(data=b"patient notes, not an image\n", filename="notes.txt"),
-        "non-image named .png": dict(data=b"this is not a PNG", filename="fake.png"),
-        "truncated PNG": dict(data=good[: len(good) // 2], filename="truncated.png"),
-        "3D volume": dict(file=volume),
-        "RGBA PNG": dict(data=_encode(rgba), filename="rgba.png"),
-        "16-bit PNG": dict(data=_encode((np.arange(SIZE * SIZE).reshape(SIZE, SIZE) * 16).astype(np.uint16)),
-                           filename="sixteen.png"),
-    }
-    for what, kwargs in cases.items():
-        r = client.infer(MODEL, **kwargs)
-        assert 400 <= r.status < 500, (what, r)
-        detail = r.json()["detail"]
-        assert isinstance(detail, str) and len(detail) > 20, (what, detail)
-        print(f"{what}: {r.status} {detail}")
-        ok = client.infer(MODEL, data=good, filename="good.png")  # the next request is served
-        assert ok.status == 200 and ok.body[:8] == PNG_MAGIC, (what, ok)
-    r = client.infer("no_such_model", image=_unlabeled_lesion_images(studies)[0])
-    assert r.status == 404 and "no_such_model" in r.json()["detail"]
-    r = client.infer(MODEL, image="no_such_image")
-    assert r.status == 404
+    good = studies / f"{_unlabeled_lesion_images(studies)[0]}.png"
+    files = {"notes.txt": b"patient notes, not an image\n", "fake.png": b"this is not a PNG",
+             "truncated.png": good.read_bytes()[: good.stat().st_size // 2]}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((SIZE, SIZE, 8)).astype(np.float32), np.eye(4)),
+             tmp_path / "volume.nii.gz")
+    rgba = np.dstack([np.asarray(Image.open(good))] * 3 + [np.full((SIZE, SIZE), 255, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    Image.fromarray((np.arange(SIZE * SIZE).reshape(SIZE, SIZE) * 16).astype(np.uint16)).save(tmp_path / "sixteen.png")
+    cases = {"non-image upload": "notes.txt", "non-image named .png": "fake.png", "truncated PNG": "truncated.png",
+             "3D volume": "volume.nii.gz", "RGBA PNG": "rgba.png", "16-bit PNG": "sixteen.png"}
+    out = tmp_path / "mask.png"
+    for what, name in cases.items():
+        r = client("infer", MODEL, "--file", tmp_path / name, "--out", out)
+        assert 400 <= r["status"] < 500, (what, r)
+        assert isinstance(r["detail"], str) and len(r["detail"]) > 20, (what, r)
+        print(f"{what}: {r['status']} {r['detail']}")
+        ok = client("infer", MODEL, "--file", good, "--out", out)  # the next request is served
+        assert ok["status"] == 200 and out.read_bytes()[:8] == PNG_MAGIC, (what, ok)
+    r = client("infer", "no_such_model", "--image", _unlabeled_lesion_images(studies)[0], "--out", out)
+    assert r["status"] == 404 and "no_such_model" in r["detail"]
+    assert client("infer", MODEL, "--image", "no_such_image", "--out", out)["status"] == 404
     assert server["proc"].poll() is None
-    assert client.infer(MODEL, image=_unlabeled_lesion_images(studies)[0]).status == 200
+    assert client("infer", MODEL, "--image", _unlabeled_lesion_images(studies)[0], "--out", out)["status"] == 200
 
 
 @pytest.mark.integration
@@ -255,25 +250,22 @@ def test_save_labels_png_and_slicer_nifti(client, studies, tmp_path):
     slicer = _truth(studies, nifti_id).astype(np.uint8).T[:, :, None]
     nib.save(nib.Nifti1Image(slicer, np.diag([-1.0, -1.0, 1.0, 1.0])), nifti_label)
 
-    before = client.info()["datastore"]["completed"]
+    before = _completed(client)
     for image_id, path in ((png_id, png_label), (nifti_id, nifti_label)):
-        r = client.save_label(image_id, path)
-        assert r.status == 200, r
-        assert r.json()["label"] == image_id
+        r = client("save-label", image_id, path)
+        assert r["status"] == 200, r
+        assert r["answer"]["label"] == image_id
     final = studies / "labels" / "final"
     assert (final / f"{png_id}.png").is_file() and (final / f"{nifti_id}.nii.gz").is_file()
     stored = np.asarray(Image.open(final / f"{png_id}.png"))
     assert np.array_equal(stored > 0, _truth(studies, png_id))
-    deadline = time.monotonic() + 30  # the datastore notices new labels through its file watcher
-    while client.info()["datastore"]["completed"] < before + 2 and time.monotonic() < deadline:
-        time.sleep(1)
-    assert client.info()["datastore"]["completed"] == before + 2
+    assert _wait_for_labels(client, before + 2) == before + 2
 
 
 @pytest.mark.integration
 def test_active_learning_by_decoder_disagreement_picks_the_highest_scoring_unlabeled_image(client, server, studies,
                                                                                            tmp_path):
-    info = client.info()
+    info = client("info")["answer"]
     assert "mgcc_disagreement" in info["strategies"] and "mgcc_disagreement" in info["scoring"]
     # the scores the bundle computes itself, with the served copy's configs and weights
     scored = tmp_path / "scored"
@@ -289,27 +281,37 @@ def test_active_learning_by_decoder_disagreement_picks_the_highest_scoring_unlab
         return {name: value for name, value in expected.items() if name not in labeled}
 
     deadline = time.monotonic() + 180
-    r = client.score("mgcc_disagreement")
-    while r.status == 429 and time.monotonic() < deadline:  # the server scores once at start-up: let it finish
+    r = client("score", "mgcc_disagreement")
+    while r["status"] == 429 and time.monotonic() < deadline:  # the server scores once at start-up: let it finish
         time.sleep(2)
-        r = client.score("mgcc_disagreement")
-    assert r.status == 200, r
-    r = client.next_sample("mgcc_disagreement")
-    assert r.status == 200, r
-    first = r.json()["id"]
+        r = client("score", "mgcc_disagreement")
+    assert r["status"] == 200, r
+    r = client("next-sample", "mgcc_disagreement")
+    assert r["status"] == 200, r
+    first = r["answer"]["id"]
     ranked = sorted(unlabeled(), key=unlabeled().get, reverse=True)
     assert first == ranked[0], (first, ranked[:3])
 
     label = tmp_path / f"{first}.png"
     Image.fromarray(_truth(studies, first).astype(np.uint8) if (studies / "phantom_masks" / f"{first}.png").is_file()
                     else np.zeros(Image.open(studies / f"{first}.png").size[::-1], np.uint8)).save(label)
-    before = client.info()["datastore"]["completed"]
-    assert client.save_label(first, label).status == 200
-    deadline = time.monotonic() + 30  # the datastore notices new labels through its file watcher
-    while client.info()["datastore"]["completed"] < before + 1 and time.monotonic() < deadline:
-        time.sleep(1)
-    second = client.next_sample("mgcc_disagreement").json()["id"]
+    before = _completed(client)
+    assert client("save-label", first, label)["status"] == 200
+    _wait_for_labels(client, before + 1)
+    second = client("next-sample", "mgcc_disagreement")["answer"]["id"]
     assert second != first and second == ranked[1], (second, ranked[:3])
+
+
+def _completed(client) -> int:
+    return client("info")["answer"]["datastore"]["completed"]
+
+
+def _wait_for_labels(client, count: int, timeout: float = 30.0) -> int:
+    """The datastore notices new labels through its file watcher: wait until it counts `count`."""
+    deadline = time.monotonic() + timeout
+    while _completed(client) < count and time.monotonic() < deadline:
+        time.sleep(1)
+    return _completed(client)
 
 
 def _sha(path: Path) -> str:
@@ -317,13 +319,14 @@ def _sha(path: Path) -> str:
 
 
 @pytest.mark.integration
-def test_train_rewrites_model_and_next_infer_uses_it(client, server, studies):
+def test_train_rewrites_model_and_next_infer_uses_it(client, server, studies, tmp_path):
     model_pt = server["model_dir"] / "models" / "model.pt"
     before = _sha(model_pt)
-    r = client.train(MODEL, {"max_epochs": 2, "val_split": 0.25, "device": "cpu", "multi_gpu": False})
-    assert r.status == 200, r
+    settings = {"max_epochs": 2, "val_split": 0.25, "device": "cpu", "multi_gpu": False}
+    r = client("train", MODEL, "--params", json.dumps(settings))
+    assert r["status"] == 200, r
     started = time.monotonic()
-    task = client.wait_train(timeout=600)
+    task = client("train-status", "--wait", 600)["answer"]
     details = "\n".join(task.get("details", []))
     print(f"/train finished in {time.monotonic() - started:.1f} s: {task['status']}")
     assert task["status"] == "DONE", details
@@ -334,9 +337,9 @@ def test_train_rewrites_model_and_next_infer_uses_it(client, server, studies):
     log = server["log"].read_text()
     assert f"Total Records in Dataset: {len(labels)}" in log
     image_id = _unlabeled_lesion_images(studies)[0]
-    r = client.infer(MODEL, image=image_id)
-    assert r.status == 200, r
-    mask = _png(r.body)
+    r = client("infer", MODEL, "--image", image_id, "--out", tmp_path / "mask.png")
+    assert r["status"] == 200, r
+    mask = _png(r["answer"]["out"])
     assert mask.shape == _truth(studies, image_id).shape
     assert "Reload model from cache" in server["log"].read_text()  # MONAI Label picked up the new weights
 
@@ -344,7 +347,9 @@ def test_train_rewrites_model_and_next_infer_uses_it(client, server, studies):
 @pytest.mark.integration
 def test_load_100_requests_4_concurrent(client, server, studies, tmp_path):
     images = _unlabeled_lesion_images(studies)
-    result = benchmark_infer(server["url"], MODEL, images, n=100, concurrency=4)
+    r = client("benchmark", "--model", MODEL, "--images", ",".join(images), "--n", 100, "--concurrency", 4)
+    assert r["status"] == 200, r
+    result = r["answer"]
     result.update({"model_config": {**SMALL, "image_size": [SIZE, SIZE]}, "threads_per_process": 1})
     out = Path(os.environ.get("MGCC_LABEL_BENCHMARK_OUT", tmp_path / "monailabel_benchmark.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -429,7 +434,7 @@ def test_stopping_the_launcher_stops_what_it_started(tmp_path):
     """)
     launcher = textwrap.dedent(f"""
         import sys
-        from mgcc.label import run_forwarding_signals
+        from mgcc.monailabel.launcher import run_forwarding_signals
         sys.exit(run_forwarding_signals([sys.executable, "-c", {server!r}]))
     """)
     proc = subprocess.Popen([sys.executable, "-c", launcher])

@@ -1,7 +1,6 @@
 """The demo pipeline end to end through the real CLI, cut to a minimal budget: artefacts, rerun, kill + resume."""
 
 import csv
-import io
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from PIL import Image
 from test_deploy import deploy_python, run_app  # noqa: F401 (a fixture: the Deploy app's virtual environment)
 from test_monailabel import label_env, running_server  # noqa: F401 (a fixture: the MONAI Label environment)
 
-from mgcc.label import LabelClient, prepare_app
+from mgcc.monailabel.launcher import label_client, prepare_app
 from mgcc.presets import load_preset
 
 pytestmark = pytest.mark.integration
@@ -56,10 +55,24 @@ def record_times(out: Path) -> dict[str, float]:
     return {s: (out / s / "stage.json").stat().st_mtime for s in STAGES if (out / s / "stage.json").exists()}
 
 
-def test_demo_runs_end_to_end_and_rerun_skips(tiny_preset, tmp_path, deploy_python, label_env):
+def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_path, deploy_python, label_env):
     out = tmp_path / "run"
-    first = mgcc_run(tiny_preset, out)
+    proc = subprocess.Popen([sys.executable, "-m", "mgcc", "run", "--preset", str(tiny_preset), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (out / "diffusion" / "args.json").exists():  # the diffusion stage has started
+        assert proc.poll() is None, "the run ended before the diffusion stage started"
+        assert time.monotonic() < deadline, "the diffusion stage did not start in time"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = record_times(out)
+    assert set(done) == {"prepare", "autoencoder"}
+
+    first = mgcc_run(tiny_preset, out)  # resumes: the finished stages are not redone
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "stage 'autoencoder' is complete: skipped" in first.stdout
+    assert {s: t for s, t in record_times(out).items() if s in done} == done
     assert f"[mgcc] report: {out / 'report' / 'report.md'}" in first.stdout
 
     for stage in STAGES:
@@ -114,11 +127,11 @@ def test_demo_runs_end_to_end_and_rerun_skips(tiny_preset, tmp_path, deploy_pyth
     app, name = prepare_app(tmp_path / "label", package, studies=tests)
     with running_server(app, tests, name, tmp_path / "label" / "server.log") as (url, _, info):
         assert name in info["models"]
-        client = LabelClient(url, timeout=300)
         for mask in pipeline_masks:
-            answer = client.infer(name, image=mask.name.replace("_seg.png", ""))
-            assert answer.status == 200, answer
-            served = np.asarray(Image.open(io.BytesIO(answer.body)))
+            answer = label_client(url, "infer", name, "--image", mask.name.replace("_seg.png", ""),
+                                  "--out", tmp_path / "served" / mask.name)
+            assert answer["status"] == 200, answer
+            served = np.asarray(Image.open(answer["answer"]["out"]))
             assert np.array_equal(served > 0, np.array(Image.open(mask)) > 0), mask.name
 
     before = record_times(out)
@@ -138,27 +151,6 @@ def test_demo_runs_end_to_end_and_rerun_skips(tiny_preset, tmp_path, deploy_pyth
     assert f"Restored all variables from {models / 'checkpoint_epoch=1.pt'}" in third.stdout
     assert "Epoch: 2/2, Iter: 1/3" in third.stdout and "Epoch: 1/2" not in third.stdout
     assert (models / "checkpoint_epoch=2.pt").is_file() and not list(out.glob("segmentation.stale-*"))
-
-
-def test_killed_run_resumes_without_redoing_finished_stages(tiny_preset, tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "mgcc", "run", "--preset", str(tiny_preset), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not (out / "diffusion" / "args.json").exists():  # the diffusion stage has started
-        assert proc.poll() is None, "the run ended before the diffusion stage started"
-        assert time.monotonic() < deadline, "the diffusion stage did not start in time"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = record_times(out)
-    assert set(done) == {"prepare", "autoencoder"}
-
-    resumed = mgcc_run(tiny_preset, out)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "stage 'autoencoder' is complete: skipped" in resumed.stdout
-    assert {s: t for s, t in record_times(out).items() if s in done} == done
-    assert (out / "report" / "report.md").is_file()
 
 
 def test_compare_over_two_seeds_then_an_external_test(tiny_preset, tmp_path):
@@ -223,6 +215,8 @@ def test_a_pip_installed_wheel_runs_the_pipeline_from_another_folder(tiny_preset
                            cwd=elsewhere, capture_output=True, text=True, env=env, check=True).stdout.split()
     assert where[0].startswith(str(site)) and where[1].startswith(str(site)) and where[2] == "demo", where
     shipped = sorted(p.relative_to(site) for p in site.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    monailabel = Path("mgcc", "monailabel")
+    assert {monailabel / f for f in ("launcher.py", "client.py", "setup_env.sh", "app/main.py")} <= set(shipped)
 
     # one stage of each bundle (the segmentation with real unlabeled images, so it needs only `prepare`)
     preset = json.loads(tiny_preset.read_text())

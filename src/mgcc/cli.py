@@ -13,7 +13,7 @@ COMMANDS = {
     "compare": "mgcc.compare:compare",
     "evaluate": "mgcc.external:evaluate",
     "export": "mgcc.export:export",
-    "label": "mgcc.label:Label",
+    "label": "mgcc.monailabel.launcher:Label",
 }
 BOOLEAN_WORDS = {"true": "True", "false": "False"}
 

@@ -1,17 +1,17 @@
 """`mgcc label`: serve and train the MGCC segmentation bundle with MONAI Label, for 3D Slicer users.
 
-MONAI Label runs in its own virtual environment (default `<repo>/.venv-label`, made by
-`apps/monailabel/setup_env.sh` from a pinned lock): it needs pydicom 2, the MONAI Deploy App SDK pydicom 3.
-This module runs in the main environment; it never imports MONAI Label. It
+MONAI Label runs in its own virtual environment (`$MGCC_LABEL_VENV`, default `.venv-label` in the checkout,
+made by `setup_env.sh` beside this file from a pinned lock): it needs pydicom 2, the MONAI Deploy App SDK
+pydicom 3. This launcher runs in the main environment and never imports MONAI Label. It
 
-- builds the app folder MONAI Label is started with: MONAI Label's `monaibundle` sample app (wrapped by
-  `apps/monailabel/app/main.py`, which adds an input check in front of /infer) and a *copy* of the bundle
-  under `<app>/model/<bundle name>/` (training through MONAI Label rewrites `models/model.pt` there, never in
-  the repository's bundle), with optional config overrides written into the copy;
+- builds the app folder MONAI Label is started with: `app/main.py` (MONAI Label's `monaibundle` sample app
+  with an input check in front of /infer and the `mgcc_disagreement` scoring and strategy) and a *copy* of
+  the bundle under `<app>/model/<bundle name>/` (training through MONAI Label rewrites `models/model.pt`
+  there, never in the source bundle), with optional config overrides written into the copy;
 - starts `monailabel start_server` on 127.0.0.1, offline (`--conf zoo_source github`, `--conf sam2 false`:
   the defaults would fetch a model list and SAM2 weights from the web);
-- makes a phantom studies folder for trying it out (`mgcc label studies`), and has a small HTTP client
-  (standard library only) used by the tests and `scripts/benchmark_monailabel.py`.
+- makes a phantom studies folder for trying it out (`mgcc label studies`);
+- talks to a server through `client.py` (MONAI Label's own `MONAILabelClient`, run in the label environment).
 
 Command line (python-fire), e.g.:
     mgcc label setup
@@ -30,19 +30,15 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 from mgcc import REPO_ROOT, SEG_BUNDLE
 
-# MONAI Label runs from a source checkout: its app and environment script live in the repository.
-LABEL_APP_SRC = REPO_ROOT / "apps" / "monailabel"
-SETUP_SCRIPT = LABEL_APP_SRC / "setup_env.sh"
-APP_MAIN = LABEL_APP_SRC / "app" / "main.py"
+HERE = Path(__file__).resolve().parent  # apps/monailabel in a checkout, mgcc/monailabel in the wheel
+SETUP_SCRIPT = HERE / "setup_env.sh"
+APP_MAIN = HERE / "app" / "main.py"
+CLIENT = HERE / "client.py"
 DEFAULT_BUNDLE = SEG_BUNDLE
 CONFIGS = ("inference.json", "train.json")
 
@@ -70,8 +66,10 @@ class LabelError(RuntimeError):
 
 # --------------------------------------------------------------------------------------------- environment
 def label_venv() -> Path:
-    """The MONAI Label virtual environment: `$MGCC_LABEL_VENV` or `<repo>/.venv-label`."""
-    return Path(os.environ.get("MGCC_LABEL_VENV", REPO_ROOT / ".venv-label")).resolve()
+    """The MONAI Label environment: `$MGCC_LABEL_VENV`, else `.venv-label` in the checkout (or, for an installed
+    wheel, in the current folder)."""
+    default = REPO_ROOT if (REPO_ROOT / "apps" / "monailabel").is_dir() else Path.cwd()
+    return Path(os.environ.get("MGCC_LABEL_VENV", default / ".venv-label")).resolve()
 
 
 def monailabel_executable() -> Path:
@@ -241,168 +239,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class HTTPResult:
-    def __init__(self, status: int, body: bytes, headers: dict[str, str]):
-        self.status, self.body, self.headers = status, body, headers
-
-    def json(self) -> Any:
-        return json.loads(self.body.decode())
-
-    def __repr__(self) -> str:
-        return f"HTTPResult({self.status}, {self.body[:300]!r})"
-
-
-def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = []
-    for key, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
-    for key, (filename, data) in files.items():
-        head = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        )
-        parts.append(head.encode() + data + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
-class LabelClient:
-    """Minimal MONAI Label REST client (standard library only)."""
-
-    def __init__(self, url: str, timeout: float = 300.0):
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-
-    def request(self, method: str, path: str, query: dict | None = None, body: bytes | None = None,
-                content_type: str | None = None) -> HTTPResult:
-        url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
-        req = urllib.request.Request(url, data=body, method=method)
-        if content_type:
-            req.add_header("Content-Type", content_type)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                return HTTPResult(r.status, r.read(), dict(r.headers))
-        except urllib.error.HTTPError as e:
-            return HTTPResult(e.code, e.read(), dict(e.headers))
-
-    def info(self) -> dict:
-        r = self.request("GET", "/info/")
-        if r.status != 200:
-            raise LabelError(f"/info/ answered {r.status}: {r.body[:300]!r}")
-        return r.json()
-
-    def infer(self, model: str, image: str | None = None, file: str | Path | None = None,
-              data: bytes | None = None, filename: str | None = None, params: dict | None = None) -> HTTPResult:
-        """POST /infer/{model}: a datastore image id, or an uploaded file (path, or bytes + filename).
-        Returns the result image (output=image)."""
-        files = {}
-        if file is not None:
-            files["file"] = (Path(file).name, Path(file).read_bytes())
-        elif data is not None:
-            files["file"] = (filename or "upload.png", data)
-        body, ctype = _multipart({"params": json.dumps(params or {})}, files)
-        query = {"output": "image"}
-        if image:
-            query["image"] = image
-        return self.request("POST", f"/infer/{urllib.parse.quote(model)}", query, body, ctype)
-
-    def save_label(self, image: str, label: str | Path, tag: str = "final", params: dict | None = None) -> HTTPResult:
-        """PUT /datastore/label: store `label` (PNG or NIfTI file) for datastore image `image`."""
-        body, ctype = _multipart(
-            {"params": json.dumps(params or {})}, {"label": (Path(label).name, Path(label).read_bytes())}
-        )
-        return self.request("PUT", "/datastore/label", {"image": image, "tag": tag}, body, ctype)
-
-    def score(self, method: str, params: dict | None = None) -> HTTPResult:
-        """POST /scoring/{method}, waiting for it to finish (run_sync)."""
-        return self.request("POST", f"/scoring/{urllib.parse.quote(method)}", {"run_sync": "true"},
-                            json.dumps(params or {}).encode(), "application/json")
-
-    def next_sample(self, strategy: str, params: dict | None = None) -> HTTPResult:
-        """POST /activelearning/{strategy}: the next image to label (`{"id": ...}`)."""
-        return self.request("POST", f"/activelearning/{urllib.parse.quote(strategy)}", None,
-                            json.dumps(params or {}).encode(), "application/json")
-
-    def train(self, model: str, params: dict) -> HTTPResult:
-        return self.request("POST", f"/train/{urllib.parse.quote(model)}", None, json.dumps(params).encode(),
-                            "application/json")
-
-    def train_status(self) -> HTTPResult:
-        return self.request("GET", "/train/")
-
-    def wait_train(self, timeout: float = 600.0, poll: float = 2.0) -> dict:
-        """Wait until the latest training task is no longer running; return its status record."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = self.train_status()
-            if r.status == 200:
-                task = r.json()
-                if task.get("status") not in ("SUBMITTED", "RUNNING"):
-                    return task
-            time.sleep(poll)
-        raise LabelError(f"training still running after {timeout:.0f} s")
+def label_client(url: str, command: str, *args: str, timeout: float = 900.0) -> dict:
+    """Run one `client.py` command (MONAI Label's `MONAILabelClient`) in the label environment against the server
+    at `url`; return its answer: `{"status": 200, "answer": ...}` or `{"status": code, "detail": ...}`."""
+    cmd = [str(label_venv() / "bin" / "python"), str(CLIENT), "--url", url, command, *map(str, args)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=server_env())
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise LabelError(f"{CLIENT.name} {command} failed (exit {result.returncode}): {result.stderr[-2000:]}") from None
 
 
 def wait_for_server(url: str, process: subprocess.Popen | None = None, timeout: float = 180.0,
                     log: Path | None = None) -> dict:
     """Poll /info/ until the server answers; fail early (with the log's tail) if the process exits."""
-    client = LabelClient(url, timeout=10)
     deadline = time.monotonic() + timeout
-    last = None
+    last: dict = {}
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             tail = log.read_text()[-4000:] if log and log.is_file() else ""
             raise LabelError(f"MONAI Label server exited with code {process.returncode}.\n{tail}")
-        try:
-            return client.info()
-        except (OSError, LabelError) as e:
-            last = e
+        last = label_client(url, "info", timeout=30)
+        if last["status"] == 200:
+            return last["answer"]
         time.sleep(1.0)
     tail = log.read_text()[-4000:] if log and log.is_file() else ""
     raise LabelError(f"MONAI Label server at {url} did not answer within {timeout:.0f} s ({last}).\n{tail}")
-
-
-# ------------------------------------------------------------------------------------------------ load
-def benchmark_infer(url: str, model: str, images: list[str], n: int = 100, concurrency: int = 4,
-                    timeout: float = 300.0) -> dict[str, Any]:
-    """Send `n` /infer requests (datastore image ids, round robin), `concurrency` at a time; latencies in s."""
-    import statistics
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
-
-    client = LabelClient(url, timeout=timeout)
-
-    def one(i: int) -> tuple[int, float, str]:
-        start = time.perf_counter()
-        r = client.infer(model, image=images[i % len(images)])
-        ok = r.status == 200 and r.body[:8] == b"\x89PNG\r\n\x1a\n"
-        return r.status, time.perf_counter() - start, "" if ok else r.body[:200].decode(errors="replace")
-
-    wall = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(one, range(n)))
-    wall = time.perf_counter() - wall
-    latencies = sorted(t for _, t, _ in results)
-    failures = [(s, msg) for s, _, msg in results if msg or s != 200]
-
-    return {
-        "requests": n,
-        "concurrency": concurrency,
-        "succeeded": n - len(failures),
-        "failed": len(failures),
-        "failures": failures[:5],
-        "latency_s": {
-            "median": statistics.median(latencies),
-            "p95": float(np.percentile(latencies, 95, method="inverted_cdf")),  # nearest rank
-            "mean": statistics.fmean(latencies),
-            "min": latencies[0],
-            "max": latencies[-1],
-        },
-        "wall_s": wall,
-        "throughput_rps": n / wall,
-    }
 
 
 # ------------------------------------------------------------------------------------------------- CLI
