@@ -29,9 +29,11 @@ deploy-env:
 	apps/deploy/setup_env.sh
 
 ## Default test suite, then the integration tests (marked `integration`), which use the two extra environments.
+## They run one process per core (`-n 2`), a test file per worker (its module fixtures are built once); each
+## test's own processes use one thread.
 test: $(STAMP) label-env deploy-env
 	$(PY) -m pytest
-	$(PY) -m pytest -m integration
+	$(PY) -m pytest -m integration -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -x -q

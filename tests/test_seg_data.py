@@ -165,6 +165,26 @@ def test_rampup_formula():
     assert scripts.trainer.SigmoidRampUp(7.0, 0)(0) == 7.0
 
 
+def test_mean_teacher_averages_the_student_with_the_ssl4mis_decay():
+    """Teacher after step k: decay min(1 - 1/k, ema_decay) times itself plus the rest of the student (the first
+    step copies the student); PyTorch's AveragedModel does the update, the trainer gives the decay."""
+    from functools import partial
+
+    from torch.optim.swa_utils import AveragedModel
+
+    student = torch.nn.Linear(1, 1, bias=False)
+    owner = SimpleNamespace(ema_decay=0.99)
+    teacher = AveragedModel(student, avg_fn=partial(scripts.trainer.MeanTeacherTrainer._ema, owner))
+    expected = None
+    for step in range(1, 301):
+        weight = float(step % 7)
+        student.weight.data.fill_(weight)
+        teacher.update_parameters(student)
+        decay = min(1.0 - 1.0 / step, 0.99)
+        expected = weight if expected is None else decay * expected + (1.0 - decay) * weight
+        assert teacher.module.weight.item() == pytest.approx(expected, rel=1e-5), step
+
+
 def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     states = scripts.trainer.RandomStates()
     torch.save(states.state_dict(), tmp_path / "rng.pt")

@@ -17,14 +17,16 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["TrainingHistory", "EvaluationReport", "HISTORY_COLUMNS"]
+__all__ = ["TrainingHistory", "EvaluationReport", "HISTORY_COLUMNS", "TRAINING_COLUMNS"]
 
-HISTORY_COLUMNS = ("iteration", "loss", "supervised_loss", "consistency_loss", "consistency_weight", "lr", "val_dice")
+#: what the trainer reports per iteration (its output keys; also the logged scalars of ``train.json``)
+TRAINING_COLUMNS = ("loss", "supervised_loss", "consistency_loss", "consistency_weight", "lr")
+HISTORY_COLUMNS = ("iteration", *TRAINING_COLUMNS, "val_dice")
 
 
 class TrainingHistory:
-    """Learning curve as CSV with columns ``HISTORY_COLUMNS``: training rows fill ``loss .. lr`` (the lr used at
-    that iteration) and leave ``val_dice`` empty; validation rows fill only ``iteration`` and ``val_dice``.
+    """Learning curve as CSV with columns ``HISTORY_COLUMNS``: training rows fill ``TRAINING_COLUMNS`` (the lr
+    used at that iteration) and leave ``val_dice`` empty; validation rows fill only ``iteration`` and ``val_dice``.
 
     On a resumed run the rows after the restored iteration are dropped before appending, so the file always
     describes one consistent run (done at the first iteration, after any ``CheckpointLoader`` has run).
@@ -70,7 +72,7 @@ class TrainingHistory:
             self._start(engine.state.iteration)
             self._started = True
         out = engine.state.output
-        row = {c: float(out[c]) for c in HISTORY_COLUMNS[1:-1]}
+        row = {c: float(out[c]) for c in TRAINING_COLUMNS}
         self._append({"iteration": engine.state.iteration, **row})
 
     def _validation(self, validator: Engine) -> None:

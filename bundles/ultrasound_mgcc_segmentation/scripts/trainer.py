@@ -9,7 +9,6 @@ Each iteration consumes one batch of ``scripts.data.SemiSupervisedBatches``:
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
+from torch.optim.swa_utils import AveragedModel
 
 from .data import IterationSampler
 
@@ -145,7 +145,8 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
     and after each step the teacher's parameters become the exponential moving average of the student's,
     with decay ``min(1 - 1 / (iteration + 1), ema_decay)``. The student is the trained (and saved) network.
 
-    The teacher (``self.teacher``) starts as a copy of the student and is never optimised.
+    The teacher (``self.teacher``) is PyTorch's ``AveragedModel`` of the student: a copy that is never optimised,
+    whose parameters the update averages (its buffers, the batch-norm statistics, are its own).
 
     Args:
         ema_decay: the EMA decay ceiling (0.99).
@@ -153,9 +154,14 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
 
     def __init__(self, *args, ema_decay: float = 0.99, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.teacher = copy.deepcopy(self._student()).requires_grad_(False)
         self.ema_decay = ema_decay
+        self.teacher = AveragedModel(self._student(), avg_fn=self._ema).requires_grad_(False)
         self.add_event_handler(IterationEvents.MODEL_COMPLETED, self._update_teacher)
+
+    def _ema(self, teacher: torch.Tensor, student: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+        """The teacher's new value after ``updates`` earlier updates (the first one copies the student)."""
+        decay = min(1.0 - 1.0 / (int(updates) + 1), self.ema_decay)
+        return teacher * decay + student * (1.0 - decay)
 
     def _student(self) -> torch.nn.Module:
         return getattr(self.network, "module", self.network)  # unwrap DistributedDataParallel
@@ -167,11 +173,8 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
             target = torch.sigmoid(self.inferer(unlabeled + noise, self.teacher))
         return F.mse_loss(torch.sigmoid(outputs[0][n_labeled:]), target)
 
-    @torch.no_grad()
     def _update_teacher(self, engine: MeanTeacherTrainer) -> None:
-        decay = min(1.0 - 1.0 / engine.state.iteration, self.ema_decay)
-        for t, s in zip(self.teacher.parameters(), self._student().parameters()):
-            t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+        self.teacher.update_parameters(self._student())
 
 
 class RandomStates:
