@@ -71,9 +71,14 @@ def step(folder: Path, work) -> dict:
     return result
 
 
+def shared_settings(run: Run, folder: Path) -> dict[str, Any]:
+    """The preset's segmentation settings, reading the round's `<folder>/datalist.json`."""
+    return {**run.overrides("segmentation"), "dataset_dir": str(folder)}
+
+
 def train_and_evaluate(run: Run, folder: Path) -> dict:
     """MGCC with real unlabeled images, the preset's budget, on `<folder>/datalist.json`; test-split metrics."""
-    shared = {**run.overrides("segmentation"), "dataset_dir": str(folder)}
+    shared = shared_settings(run, folder)
     models = folder / "models"
 
     def train() -> dict:
@@ -92,7 +97,8 @@ def train_and_evaluate(run: Run, folder: Path) -> dict:
 
     training = step(folder / "training", train)
     metrics = step(folder / "evaluation", evaluate)
-    return {**metrics, "training_seconds": training["seconds"], "evaluation_seconds": metrics.pop("seconds")}
+    evaluation_seconds = metrics.pop("seconds")
+    return {**metrics, "training_seconds": training["seconds"], "evaluation_seconds": evaluation_seconds}
 
 
 def disagreement_scores(run: Run, folder: Path) -> dict[str, Any]:
@@ -102,7 +108,7 @@ def disagreement_scores(run: Run, folder: Path) -> dict[str, Any]:
         run_bundle("scoring", folder, SEG_BUNDLE, ["inference.json", "score.json"],
                    {"datalist": str(folder / "datalist.json"), "datalist_section": "unlabeled",
                     "output_dir": str(folder / "scoring" / "out"), "ckpt_dir": str(folder / "models")},
-                   shared={**run.overrides("segmentation"), "dataset_dir": str(folder)})
+                   shared=shared_settings(run, folder))
         return json.loads((folder / "scoring" / "out" / "disagreement.json").read_text())
 
     return step(folder / "scoring", score)

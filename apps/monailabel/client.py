@@ -195,7 +195,8 @@ def run_command(args: argparse.Namespace, client: MONAILabelClient) -> int:
     try:
         answer = {"status": 200, "answer": commands[args.command]()}
     except MONAILabelClientException as e:
-        answer = {"status": _refusal(e).status, "detail": _refusal(e).detail}
+        refused = _refusal(e)
+        answer = {"status": refused.status, "detail": refused.detail}
     except Refused as e:
         answer = {"status": e.status, "detail": e.detail}
     except OSError as e:  # no server at --url (yet), or a file that cannot be read or written
