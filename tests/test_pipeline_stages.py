@@ -224,3 +224,20 @@ def test_a_misspelled_preset_entry_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(SystemExit, match="preset demo: ldm.diffusion.difusion_max_epochs match"):
         make_run(preset, None, str(tmp_path / "out"), {})
     assert not (tmp_path / "out").exists()
+
+
+def test_only_variants_that_train_on_synthetic_images_depend_on_the_generator(tmp_path):
+    """Adding the generator's stages to a run later (`mgcc compare --variants mgcc-synthetic`) must not retrain the
+    variants that never read its samples; the variant that does read them must notice a new sample."""
+    from mgcc.compare import VARIANTS
+    from mgcc.pipeline import Run, fingerprint_parts, segmentation_stage
+    from mgcc.stages import write_record
+
+    run = Run(load_preset("busi-cpu"), tmp_path)
+    stages = {name: segmentation_stage(name, *VARIANTS[name]) for name in VARIANTS}
+    before = {name: fingerprint_parts(run, stage) for name, stage in stages.items()}
+    (tmp_path / "sample").mkdir()
+    write_record(tmp_path, StageResult("sample", 1.0, 1.0, inputs={"anything": "x"}))
+    after = {name: fingerprint_parts(run, stage) for name, stage in stages.items()}
+    changed = sorted(name for name in VARIANTS if after[name] != before[name])
+    assert changed == ["mgcc-both", "mgcc-synthetic"]

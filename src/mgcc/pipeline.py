@@ -31,11 +31,14 @@ class Stage:
     outputs: list[str]  # paths relative to the stage folder that must exist when the stage is complete
     execute: Callable[["Run"], StageResult]
     reads: tuple[str, ...] = ()  # preset entries it runs with ("ldm.common"; "data" includes the --data folder)
-    after: tuple[str, ...] = ()  # stages whose results it reads
+    after: tuple[str, ...] | Callable[["Run"], tuple[str, ...]] = ()  # stages whose results it reads (in this run)
     bundle: Path | None = None  # the bundle it runs
     configs: tuple[str, ...] = ()  # the bundle's config files it runs (their text is part of its fingerprint)
     settings: dict[str, Any] = field(default_factory=dict)  # anything else it runs with (a variant's overrides)
     checkpoints: tuple[str, ...] = ()  # its resume checkpoints outside its folder (globs under the run folder)
+
+    def reads_from(self, run: "Run") -> tuple[str, ...]:
+        return self.after(run) if callable(self.after) else self.after
 
 
 @dataclass
@@ -144,8 +147,18 @@ def segmentation_stage(variant: str, config_files: list[str], overrides: dict[st
                            "compile_cache_dir": str(run.out / "inductor_cache"), "resume": resume},
                           shared=run.overrides("segmentation"))
 
+    def reads_from(run: Run) -> tuple[str, ...]:
+        """The sample stage only when this variant trains on synthetic images: adding the generator to a run later
+        must not retrain the variants that never read its samples."""
+        settings: dict[str, Any] = {}
+        for config in config_files:
+            settings.update(json.loads((SEG_BUNDLE / "configs" / config).read_text()))
+        settings.update({**run.section("segmentation", "train"), **overrides})
+        synthetic = settings.get("unlabeled_batch_size") and settings.get("unlabeled_source") in ("synthetic", "both")
+        return ("prepare", "sample") if synthetic else ("prepare",)
+
     return Stage(name, ["models/model.pt", "training_history.csv"], execute, ("segmentation.common", "segmentation.train"),
-                 ("prepare", "sample"), SEG_BUNDLE, tuple(config_files), {"overrides": overrides})
+                 reads_from, SEG_BUNDLE, tuple(config_files), {"overrides": overrides})
 
 
 def evaluate_stage(variant: str) -> Stage:
@@ -239,7 +252,7 @@ def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
         parts["bundle configs"] = fingerprint({c: (stage.bundle / "configs" / c).read_text() for c in stage.configs})
     if stage.settings:
         parts["settings"] = fingerprint(stage.settings)
-    for name in stage.after:
+    for name in stage.reads_from(run):
         record = read_record(run.out, name)
         parts[f"stage {name}"] = (record or {}).get("fingerprint") or "absent"
     return parts
