@@ -79,8 +79,9 @@ def run_bundle(config_files: list[str], workflow_type: str = "train", **override
     return workflow
 
 
-def parse_bundle(config_files: list[str], workflow_type: str = "infer", **overrides):
-    """The parsed components of a bundle config (nothing run): ``parse_bundle(...).parser.get_parsed_content(id)``."""
+def parse_bundle(config_files: list[str], workflow_type: str = "infer",
+                 keys: tuple[str, ...] = ("inferer", "network", "prepare_batch", "dataset"), **overrides):
+    """The parsed components ``keys`` of a bundle config (nothing run): ``parse_bundle(...).parser.get_parsed_content(id)``."""
     from monai.bundle import ConfigWorkflow
 
     cwd = os.getcwd()
@@ -89,7 +90,7 @@ def parse_bundle(config_files: list[str], workflow_type: str = "infer", **overri
         with bundle_scripts():
             workflow = ConfigWorkflow(config_file=config_files, workflow_type=workflow_type, **overrides)
             workflow.initialize()
-            for key in ("inferer", "network", "prepare_batch", "dataset"):
+            for key in keys:
                 workflow.parser.get_parsed_content(key)
     finally:
         os.chdir(cwd)

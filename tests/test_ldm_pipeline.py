@@ -29,7 +29,8 @@ def _pixels(folder):
 
 @pytest.fixture(scope="module")
 def trained(prepared_phantom, tmp_path_factory):
-    """Autoencoder (3 epochs, adversarial from epoch 2), unconditional (2 epochs) and conditional (1 epoch) diffusion."""
+    """Autoencoder (3 epochs, adversarial from epoch 2), unconditional (2 epochs), class-conditional (1 epoch) and
+    mask-conditional (1 epoch) diffusion."""
     root = tmp_path_factory.mktemp("ldm")
     common = dict(dataset_dir=str(prepared_phantom), output_dir=str(root / "out"), ckpt_dir=str(root / "ckpt"), **TINY)
     run_bundle([AE], autoencoder_max_epochs=3, adv_warmup_epochs=1, val_interval=1, ae_lr=5e-4, **common)
@@ -38,7 +39,11 @@ def trained(prepared_phantom, tmp_path_factory):
     (root / "ckpt_cond").mkdir()
     shutil.copy(root / "ckpt" / "autoencoder.pt", root / "ckpt_cond" / "autoencoder.pt")
     run_bundle([AE, DIFF], diffusion_max_epochs=1, **cond)
-    return {"root": root, "common": common, "cond": cond}
+    mask = dict(common, output_dir=str(root / "out_mask"), ckpt_dir=str(root / "ckpt_mask"), mask_conditional=True)
+    (root / "ckpt_mask").mkdir()
+    shutil.copy(root / "ckpt" / "autoencoder.pt", root / "ckpt_mask" / "autoencoder.pt")
+    run_bundle([AE, DIFF], diffusion_max_epochs=1, **mask)
+    return {"root": root, "common": common, "cond": cond, "mask": mask}
 
 
 def sample(settings: dict, sample_dir, **overrides):
@@ -169,7 +174,7 @@ def test_latents_are_encoded_once_with_mirrors_and_normalised(trained):
         torch.manual_seed(0)
         latents = prepare(batch)[0]
         torch.manual_seed(0)
-        expected = (scripts.diffusion.draw_latents(batch) - 0.5) * 0.25
+        expected = (scripts.diffusion.draw_latents(batch)[0] - 0.5) * 0.25
     assert torch.allclose(latents, expected)
     # each latent is a posterior sample of the image as is or mirrored, normalised
     for latent, item in zip(latents / 0.25 + 0.5, items):
@@ -194,6 +199,69 @@ def test_conditional_sampling_honours_the_class(trained, tmp_path):
     out = inferer(noise, network, conditioning=conditioning)
     assert (out[0] - out[1]).abs().max() > 1e-6
     assert torch.allclose(out[:1], inferer(noise[:1], network, conditioning=conditioning[:1]), atol=1e-5)
+
+
+def test_mask_conditional_training_sees_only_the_labeled_masks(trained, tmp_path):
+    """The generator is trained on every train-split image, but only the labeled ('training') images bring their
+    lesion mask; the unlabeled images' masks (here a datalist that lists some) never reach it."""
+    folder = Path(trained["mask"]["dataset_dir"])
+    datalist = json.loads((folder / "datalist.json").read_text())
+    datalist = {k: [{key: str(folder / v) if key in ("image", "label") else v for key, v in item.items()} for item in items]
+                for k, items in datalist.items() if isinstance(items, list)}
+    for item in datalist["unlabeled"]:
+        item["label"] = datalist["training"][0]["label"]
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    parser = parse_bundle([AE, DIFF], "train", ("train#latents",), **trained["mask"],
+                          datalist=str(tmp_path / "datalist.json")).parser
+    latents = parser.get_parsed_content("train#latents")
+    masks = torch.stack([item["mask"] for item in latents])  # (N, 2, 1, h, w): as is and mirrored
+    labeled = masks.amin(dim=(1, 2, 3, 4)) >= 0
+    assert len(latents) == len(datalist["training"]) + len(datalist["unlabeled"])
+    assert int(labeled.sum()) == len(datalist["training"])
+    assert (masks[~labeled] == -1).all() and masks[labeled].max() <= 1 and masks[labeled].amax(dim=(1, 2, 3, 4)).min() > 0
+    assert torch.equal(masks[:, 1], masks[:, 0].flip(-1))
+    assert tuple(masks.shape[-2:]) == tuple(latents[0]["z_mu"].shape[-2:])
+    stored = torch.load(Path(trained["mask"]["ckpt_dir"]) / "diffusion.pt", weights_only=True)
+    first_conv = next(v for k, v in stored["diffusion"].items() if v.ndim == 4)
+    assert first_conv.shape[1] == 2 + 1  # latent channels + the mask channel
+
+
+def test_labeled_repeats_list_only_the_labeled_items_again():
+    with bundle_scripts() as scripts:
+        mask = torch.zeros(2, 1, 4, 4)
+        items = [{"id": 0, "mask": mask}, {"id": 1, "mask": mask - 1}, {"id": 2, "mask": mask + 1}]  # 1: unlabeled
+        assert [i["id"] for i in scripts.diffusion.repeat_labeled(items, 3)] == [0, 1, 2, 0, 2, 0, 2]
+        assert scripts.diffusion.repeat_labeled(items, 1) == items
+        with pytest.raises(ValueError, match="labeled_repeats"):
+            scripts.diffusion.repeat_labeled(items, 0)
+
+
+def test_mask_conditional_sampling_writes_labeled_pairs(trained, tmp_path):
+    """Each sample comes with the mask it was generated from: a labeled training mask moved by its seed."""
+    settings = dict(trained["mask"], num_samples=4, num_inference_steps=4, batch_size=3)
+    folder = sample(settings, tmp_path / "a")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["settings"]["mask_conditional"] is True
+    datalist = json.loads((Path(settings["dataset_dir"]) / "datalist.json").read_text())
+    sources = {Path(i["label"]).name for i in datalist["training"]}
+    for record in manifest["samples"]:
+        image, mask = Image.open(folder / record["file"]), np.asarray(Image.open(folder / record["label"]))
+        assert record["label"] == f"masks/{record['file']}" and record["mask_source"] in sources
+        assert mask.shape == image.size[::-1] and set(np.unique(mask)) <= {0, 255} and (mask == 255).any()
+    assert sorted(p.name for p in folder.glob("*.png")) == [s["file"] for s in manifest["samples"]]
+    again = sample(settings, tmp_path / "b", batch_size=1)  # the same seeds: the same masks
+    for record in manifest["samples"]:
+        assert np.array_equal(np.asarray(Image.open(folder / record["label"])),
+                              np.asarray(Image.open(again / record["label"])))
+    # same noise, other mask: the mask reaches the network through the guided sampler and changes the image
+    parser = parse_bundle([INFER], **settings).parser
+    inferer, network = parser.get_parsed_content("inferer"), parser.get_parsed_content("network")
+    source = str(Path(settings["dataset_dir"]) / datalist["training"][0]["label"])
+    noise, masks, _, kwargs = parser.get_parsed_content("prepare_batch")({"seed": [3, 4], "mask_source": [source] * 2})
+    assert kwargs["mode"] == "concat" and kwargs["conditioning"].shape[-2:] == noise.shape[-2:]
+    assert not torch.equal(masks[0], masks[1])  # seeds 3 and 4 move the same mask differently
+    out = inferer(noise[:1].expand(2, -1, -1, -1), network, **kwargs)
+    assert (out[0] - out[1]).abs().max() > 1e-6
 
 
 def test_sample_class_needs_a_conditional_model(trained, tmp_path):

@@ -3,7 +3,9 @@
 import numpy as np
 from PIL import Image
 
-from mgcc.lesions import has_clear_lesion, lesion_rate
+import json
+
+from mgcc.lesions import has_clear_lesion, lesion_rate, mask_agreement
 
 
 def _disc(size: int, cy: int, cx: int, r: int) -> np.ndarray:
@@ -40,3 +42,19 @@ def test_lesion_rate_over_png_files(tmp_path):
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "b_seg.png")
     rate = lesion_rate(tmp_path.glob("*_seg.png"))
     assert rate["rate"] == 0.5 and rate["images"] == 2 and rate["with_clear_lesion"] == 1
+
+
+def test_mask_agreement_compares_each_sample_with_the_mask_it_was_generated_from(tmp_path):
+    samples, predictions = tmp_path / "samples", tmp_path / "predictions"
+    (samples / "masks").mkdir(parents=True)
+    predictions.mkdir()
+    records = []
+    for name, asked, found in [("a", _disc(64, 32, 32, 10), _disc(64, 32, 32, 10)),
+                               ("b", _disc(64, 20, 20, 8), np.zeros((64, 64), np.uint8))]:
+        Image.fromarray(asked * 255).save(samples / "masks" / f"{name}.png")
+        Image.fromarray(found * 255).save(predictions / f"{name}_seg.png")
+        records.append({"file": f"{name}.png", "seed": 0, "label": f"masks/{name}.png"})
+    (samples / "manifest.json").write_text(json.dumps({"samples": records}))
+    assert mask_agreement(samples, predictions) == {"mean": 0.5, "std": 0.5, "n": 2}  # Dice 1 and 0
+    (samples / "manifest.json").write_text(json.dumps({"samples": [{"file": "a.png", "seed": 0}]}))
+    assert mask_agreement(samples, predictions) is None  # unconditioned samples

@@ -37,7 +37,7 @@ def tiny_preset(tmp_path_factory) -> Path:
                                    dm_attention_levels=[False, True], dm_num_head_channels=[0, 16],
                                    dm_norm_num_groups=8, batch_size=4)
     preset["ldm"]["autoencoder"] = {"autoencoder_max_epochs": 1}
-    preset["ldm"]["diffusion"] = {"diffusion_max_epochs": 1}
+    preset["ldm"]["diffusion"].update(diffusion_max_epochs=1)
     preset["ldm"]["sample"].update(num_samples=6, num_inference_steps=3)
     preset["segmentation"]["common"].update(spatial_size=[32, 32], base_channels=4, num_workers=0, show_progress=False)
     preset["segmentation"]["train"].update(max_iterations=6, val_interval=3)
@@ -98,6 +98,7 @@ def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_
     numbers = json.loads((out / "report" / "summary.json").read_text())
     rates = json.loads((out / "lesions" / "lesion_rate.json").read_text())
     assert numbers["synthetic_lesion_rate"] == rates["synthetic"]["rate"] and rates["synthetic"]["images"] == 6
+    assert numbers["synthetic_mask_dice"] == rates["synthetic"]["mask_dice"] and rates["synthetic"]["mask_dice"]["n"] == 6
     real = rates["real_test"]
     assert numbers["real_test_lesion_rate"] == real["rate"] == real["with_clear_lesion"] / real["images"]
     assert real["images"] == summary["n"] and numbers["test"]["evaluate"]["n"] == summary["n"]

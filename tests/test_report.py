@@ -32,7 +32,8 @@ def test_report_writes_generator_lesion_and_test_numbers(tmp_path):
                                    "possible_copies": 0}})
     rule = {"min_area": 0.005, "min_share": 0.7, "connectivity": 8}
     _write(out / "lesions" / "lesion_rate.json",
-           {"synthetic": {"rate": 0.625, "with_clear_lesion": 5, "images": 8, "rule": rule},
+           {"synthetic": {"rate": 0.625, "with_clear_lesion": 5, "images": 8, "rule": rule,
+                          "mask_dice": {"mean": 0.71, "std": 0.05, "n": 8}},
             "real_test": {"rate": 0.9, "with_clear_lesion": 9, "images": 10, "rule": rule}})
     _write(out / "evaluate" / "evaluation" / "summary.json", {"dice": {"mean": 0.7, "std": 0.2}, "n": 10})
     for name in ("prepare", "quality"):
@@ -42,6 +43,7 @@ def test_report_writes_generator_lesion_and_test_numbers(tmp_path):
 
     summary = json.loads((out / "report" / "summary.json").read_text())
     assert summary["synthetic_lesion_rate"] == 0.625 and summary["real_test_lesion_rate"] == 0.9
+    assert summary["synthetic_mask_dice"] == {"mean": 0.71, "std": 0.05, "n": 8}
     assert summary["generator"]["fid"]["generated_vs_train"] == 61.5
     assert summary["generator"]["kid"]["validation_vs_train"]["mean"] == 0.002
     assert summary["generator"]["frame_intensity_ratio"] == 1.04
@@ -49,4 +51,5 @@ def test_report_writes_generator_lesion_and_test_numbers(tmp_path):
     assert summary["stages"]["quality"]["seconds"] == 1.5
     report = (out / "report" / "report.md").read_text()
     assert "| synthetic | 5 of 8 | 0.62 |" in report and "| real test | 9 of 10 | 0.90 |" in report
+    assert "agrees with it at Dice 0.710 ± 0.050 (n = 8)" in report
     assert "| 61.50 |" in report and "12.00 ± 1.00" in report  # FID, KID x 1000

@@ -1,4 +1,5 @@
-"""Does a predicted mask show one clear lesion? The rule behind the report's lesion rates.
+"""Does a predicted mask show one clear lesion? The rule behind the report's lesion rates; and, for samples
+generated from a lesion mask, does the trained model find the lesion where the generator was asked to draw it?
 
 A mask shows one clear lesion when its largest connected component (8-connected) covers at least
 ``min_area`` of the image and at least ``min_share`` of all predicted lesion pixels. Counting any predicted
@@ -36,3 +37,23 @@ def lesion_rate(mask_files: Iterable[Path]) -> dict:
     found = [has_clear_lesion(np.asarray(Image.open(f))) for f in files]
     return {"rate": sum(found) / len(found), "with_clear_lesion": sum(found), "images": len(found),
             "rule": {"min_area": MIN_AREA, "min_share": MIN_SHARE, "connectivity": 8}}
+
+
+def mask_agreement(sample_dir: Path, predictions: Path) -> dict | None:
+    """Dice between the trained model's mask on each mask-conditioned sample (``<predictions>/<stem>_seg.png``) and
+    the mask the sample was generated from (the sampler's manifest ``label``); ``None`` for unconditioned samples."""
+    import json
+
+    samples = json.loads((Path(sample_dir) / "manifest.json").read_text())["samples"]
+    pairs = [(Path(sample_dir) / s["label"], Path(predictions) / f"{Path(s['file']).stem}_seg.png")
+             for s in samples if s.get("label")]
+    if not pairs:
+        return None
+    dice = []
+    for asked, found in pairs:
+        a, b = np.asarray(Image.open(asked)) > 0, np.asarray(Image.open(found)) > 0
+        if a.shape != b.shape:
+            raise ValueError(f"{found}: predicted mask of shape {b.shape} for a sample mask of shape {a.shape} ({asked})")
+        total = a.sum() + b.sum()
+        dice.append(1.0 if total == 0 else 2.0 * (a & b).sum() / total)
+    return {"mean": float(np.mean(dice)), "std": float(np.std(dice)), "n": len(dice)}

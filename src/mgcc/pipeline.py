@@ -179,8 +179,9 @@ def evaluate_stage(variant: str) -> Stage:
 
 def _lesions(run: Run) -> StageResult:
     """The trained MGCC model segments the synthetic images and the real test images (the segmentation bundle's
-    inference.json); the share of each set with one clear lesion goes to `lesions/lesion_rate.json`."""
-    from mgcc.lesions import lesion_rate
+    inference.json); the share of each set with one clear lesion goes to `lesions/lesion_rate.json`, and for
+    samples generated from a mask, how well the model's mask agrees with it (Dice)."""
+    from mgcc.lesions import lesion_rate, mask_agreement
 
     folder = run.folder("lesions")
     sets = {"synthetic": {"input_dir": str(run.samples), "datalist": None},
@@ -191,6 +192,9 @@ def _lesions(run: Run) -> StageResult:
                            "output_dir": str(folder / name)}, shared=run.overrides("segmentation"))
                for name, source in sets.items()]
     rates = {name: lesion_rate((folder / name).glob("*_seg.png")) for name in sets}
+    agreement = mask_agreement(run.samples, folder / "synthetic")
+    if agreement is not None:
+        rates["synthetic"]["mask_dice"] = agreement
     (folder / "lesion_rate.json").write_text(json.dumps(rates, indent=2))
     return StageResult("lesions", time.perf_counter() - start, max(r.peak_rss_mb for r in results), results[-1].command)
 

@@ -93,6 +93,8 @@ def report_summary(out: Path, evaluations: dict[str, Any], quality: dict[str, An
         result["synthetic_lesion_rate"] = rates["synthetic"]["rate"]
         result["real_test_lesion_rate"] = rates["real_test"]["rate"]
         result["lesion_rule"] = rates["synthetic"]["rule"]
+        if "mask_dice" in rates["synthetic"]:
+            result["synthetic_mask_dice"] = rates["synthetic"]["mask_dice"]
     return result
 
 
@@ -145,6 +147,10 @@ def write_report(out: Path, folder: Path, preset: dict[str, Any]) -> Path:
                "Share of images in which the trained MGCC model finds one clear lesion: the largest connected "
                "component of the predicted mask covers at least 0.5% of the image and at least 70% of all predicted "
                "lesion pixels.", "", lesion_table(rates), ""]
+        if "mask_dice" in rates["synthetic"]:
+            agreement = rates["synthetic"]["mask_dice"]
+            md += [f"Each synthetic image was generated from a lesion mask; the model's mask agrees with it at Dice "
+                   f"{agreement['mean']:.3f} ± {agreement['std']:.3f} (n = {agreement['n']}).", ""]
 
     evaluations = {p.parent.parent.name: json.loads(p.read_text())
                    for p in sorted(out.glob("evaluate*/evaluation/summary.json"))}

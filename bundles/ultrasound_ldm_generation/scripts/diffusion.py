@@ -1,5 +1,6 @@
 """Latent diffusion training pieces: latents of the frozen autoencoder computed once, their stored normalisation,
-class conditioning, and the batch preparation that feeds them to MONAI's ``SupervisedTrainer`` + ``DiffusionInferer``."""
+class or lesion-mask conditioning, and the batch preparation that feeds them to MONAI's ``SupervisedTrainer`` +
+``DiffusionInferer``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from monai.engines.utils import DiffusionPrepareBatch
 from monai.utils import CommonKeys
 
-#: fill value of the "no class" context, the value MONAI's ``DiffusionInferer.sample(cfg=...)`` uses
+#: fill value of the "no class" context and of the "no mask" channel, the value MONAI's
+#: ``DiffusionInferer.sample(cfg=...)`` uses for the unconditioned half
 UNCONDITIONAL_FILL = -1.0
 
 logger = logging.getLogger(__name__)
@@ -56,12 +58,20 @@ class NormalisedLatentAutoencoder(torch.nn.Module):
 
 @torch.no_grad()
 def encode_latents(
-    autoencoder: torch.nn.Module, dataset: Sequence[dict], device: torch.device | str, batch_size: int = 16
+    autoencoder: torch.nn.Module,
+    dataset: Sequence[dict],
+    device: torch.device | str,
+    batch_size: int = 16,
+    masks: bool = False,
 ) -> list[dict]:
     """Encode every training image once with the frozen autoencoder, as is and mirrored left-right (the training
     augmentation): items ``{"z_mu", "z_sigma"}`` of shape ``(2, C, h, w)`` (index 1 mirrored), plus ``class`` when the
     dataset has one. Diffusion training then draws ``z = z_mu + z_sigma * noise`` per step instead of running the
-    encoder on every batch."""
+    encoder on every batch.
+
+    ``masks``: also keep each item's lesion mask at latent size, ``(2, 1, h, w)`` in [0, 1] and mirrored like the
+    latents, from its ``label`` (already resized by the dataset's transforms); items without a label (unlabeled
+    images) get the "no mask" value ``UNCONDITIONAL_FILL`` everywhere."""
     encoder = getattr(autoencoder, "module", autoencoder)
     items: list[dict] = []
     for start in range(0, len(dataset), batch_size):
@@ -73,18 +83,43 @@ def encode_latents(
             item = {"z_mu": torch.stack([z_mu[i], z_mu[n + i]]).cpu(), "z_sigma": torch.stack([z_sigma[i], z_sigma[n + i]]).cpu()}
             if "class" in record:
                 item["class"] = record["class"]
+            if masks:
+                item["mask"] = latent_mask(record.get(CommonKeys.LABEL), tuple(z_mu.shape[2:]))
             items.append(item)
-    logger.info(f"encoded {len(items)} training images (and their mirrors) into latents of shape {tuple(z_mu.shape[1:])}")
+    labeled = sum(1 for item in items if "mask" in item and item["mask"].min() >= 0)
+    logger.info(f"encoded {len(items)} training images (and their mirrors) into latents of shape {tuple(z_mu.shape[1:])}"
+                + (f"; {labeled} with a lesion mask" if masks else ""))
     return items
 
 
-def draw_latents(batch: dict, device: torch.device | str | None = None) -> torch.Tensor:
-    """One posterior sample per item of a batch of ``encode_latents`` items, of a randomly chosen orientation."""
+def latent_mask(label: torch.Tensor | None, size: tuple[int, ...]) -> torch.Tensor:
+    """A label at latent size as ``(2, 1, *size)`` (as is, mirrored), or the "no mask" fill when there is none."""
+    if label is None:
+        return torch.full((2, 1, *size), UNCONDITIONAL_FILL)
+    label = torch.as_tensor(label, dtype=torch.float32).cpu()
+    if tuple(label.shape[1:]) != size:
+        raise ValueError(f"a lesion mask of spatial size {tuple(label.shape[1:])} does not match the latents' {size}")
+    return torch.stack([label, label.flip(-1)])
+
+
+def repeat_labeled(items: list[dict], repeats: int) -> list[dict]:
+    """The ``encode_latents`` items with each labeled one (it has a lesion mask) listed ``repeats`` times, so that a
+    mask-conditioned model sees enough masks when few images are labeled (an epoch grows accordingly)."""
+    if int(repeats) < 1:
+        raise ValueError(f"config key 'labeled_repeats' must be at least 1, got {repeats!r}")
+    labeled = [item for item in items if "mask" in item and item["mask"].min() >= 0]
+    return items + labeled * (int(repeats) - 1)
+
+
+def draw_latents(batch: dict, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One posterior sample per item of a batch of ``encode_latents`` items, of a randomly chosen orientation, and
+    the lesion masks of the same orientation (``None`` when the items have none)."""
     z_mu, z_sigma = batch["z_mu"].to(device), batch["z_sigma"].to(device)
     rows = torch.arange(z_mu.shape[0], device=z_mu.device)
     pick = torch.randint(0, z_mu.shape[1], (z_mu.shape[0],), device=z_mu.device)
     z_mu, z_sigma = z_mu[rows, pick], z_sigma[rows, pick]
-    return z_mu + z_sigma * torch.randn_like(z_sigma)
+    masks = batch["mask"].to(device)[rows, pick] if "mask" in batch else None
+    return z_mu + z_sigma * torch.randn_like(z_sigma), masks
 
 
 @torch.no_grad()
@@ -100,7 +135,7 @@ def fit_scale_factor(
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        z = draw_latents(batch, device).double().transpose(0, 1).flatten(1)
+        z = draw_latents(batch, device)[0].double().transpose(0, 1).flatten(1)
         part = torch.stack([z.sum(1), z.pow(2).sum(1), torch.full_like(z[:, 0], z.shape[1])])
         sums = part if sums is None else sums + part
     if sums is None:
@@ -131,10 +166,12 @@ def class_condition(classes: Sequence[str], class_names: Sequence[str], device: 
 
 class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
     """Draw latents from a batch of ``encode_latents`` items, normalise them with the scale factor, and return
-    ``(latents, noise, (), {"noise", "timesteps"[, "condition"]})`` for ``DiffusionInferer`` (noise prediction).
+    ``(latents, noise, (), {"noise", "timesteps"[, "condition", "mode"]})`` for ``DiffusionInferer`` (noise prediction).
 
-    With ``class_names`` the batch's ``class`` entries become one-hot contexts, each replaced by the "no class"
-    context with probability ``uncond_prob`` (classifier-free guidance training).
+    With ``class_names`` the batch's ``class`` entries become one-hot contexts (cross-attention); with
+    ``mask_conditional`` the items' lesion masks become an extra input channel (``mode="concat"``). Either
+    condition is replaced by the "no condition" fill with probability ``uncond_prob`` (classifier-free guidance
+    training); unlabeled images have no mask, so they always train the unconditioned model.
     """
 
     def __init__(
@@ -143,17 +180,32 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         num_train_timesteps: int,
         class_names: Sequence[str] | None = None,
         uncond_prob: float = 0.1,
+        mask_conditional: bool = False,
     ) -> None:
-        super().__init__(num_train_timesteps=num_train_timesteps, condition_name="condition" if class_names else None)
+        if class_names and mask_conditional:
+            raise ValueError("class_conditional and mask_conditional cannot both be true (MONAI's DiffusionInferer "
+                             "takes one condition: cross-attention or concatenation)")
+        condition = class_names or mask_conditional
+        super().__init__(num_train_timesteps=num_train_timesteps, condition_name="condition" if condition else None)
         self.scale_factor = scale_factor
         self.class_names = class_names
+        self.mask_conditional = mask_conditional
         self.uncond_prob = uncond_prob
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
-        batch = {CommonKeys.IMAGE: self.scale_factor.normalise(draw_latents(batchdata, device))}
+        latents, masks = draw_latents(batchdata, device)
+        batch = {CommonKeys.IMAGE: self.scale_factor.normalise(latents)}
         if self.class_names:
             condition = class_condition(batchdata["class"], self.class_names, device)
+        elif self.mask_conditional:
+            if masks is None:
+                raise ValueError("mask_conditional needs latent items with a 'mask' (encode_latents(masks=True))")
+            condition = masks
+        if self.condition_name:
             drop = torch.rand(condition.shape[0], device=condition.device) < self.uncond_prob
             condition[drop] = UNCONDITIONAL_FILL
             batch["condition"] = condition
-        return super().__call__(batch, device, non_blocking, **kwargs)
+        images, target, args, infer_kwargs = super().__call__(batch, device, non_blocking, **kwargs)
+        if self.mask_conditional:
+            infer_kwargs["mode"] = "concat"
+        return images, target, args, infer_kwargs

@@ -27,23 +27,25 @@ def flag(value: bool | str | int, name: str) -> bool:
     raise ValueError(f"config key '{name}' must be true or false, got {value!r}")
 
 
-def load_sections(datalist: str, sections: Sequence[str]) -> list[dict]:
-    """Concatenate datalist sections as ``{"image", "class"}`` items (labels are dropped: the generative model
-    never sees them); image paths become absolute (they are relative to the datalist's folder)."""
+def load_sections(datalist: str, sections: Sequence[str], labels_from: Sequence[str] = ()) -> list[dict]:
+    """Concatenate datalist sections as ``{"image", "class"}`` items; paths become absolute (they are relative to
+    the datalist's folder). Labels are dropped, except those of the sections in ``labels_from`` (a mask-conditioned
+    generator sees the labeled training masks; an unconditional one never sees a label)."""
     if not os.path.isfile(datalist):
         raise FileNotFoundError(f"datalist not found: {datalist} (run `mgcc prepare` or pass --datalist / --dataset_dir)")
     items: list[dict] = []
     for section in sections:
         try:
-            items += load_decathlon_datalist(datalist, is_segmentation=True, data_list_key=section)
+            part = load_decathlon_datalist(datalist, is_segmentation=True, data_list_key=section)
         except ValueError as e:
             raise ValueError(f"{datalist}: cannot read section '{section}': {e}") from e
-    missing = [i["image"] for i in items if not os.path.isfile(i["image"])]
+        items += part if section in labels_from else [{k: v for k, v in i.items() if k != "label"} for i in part]
+    missing = [i[key] for i in items for key in ("image", "label") if key in i and not os.path.isfile(i[key])]
     if missing:
-        raise FileNotFoundError(f"{datalist}: {len(missing)} image(s) listed but missing, first: {missing[0]}")
+        raise FileNotFoundError(f"{datalist}: {len(missing)} file(s) listed but missing, first: {missing[0]}")
     if not items:
         raise ValueError(f"{datalist}: sections {list(sections)} hold no images")
-    return [{k: v for k, v in i.items() if k != "label"} for i in items]
+    return items
 
 
 def check_classes(items: Sequence[dict], class_names: Sequence[str], datalist: str) -> Sequence[dict]:
