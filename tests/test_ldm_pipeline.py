@@ -226,6 +226,18 @@ def test_mask_conditional_training_sees_only_the_labeled_masks(trained, tmp_path
     assert first_conv.shape[1] == 2 + 1  # latent channels + the mask channel
 
 
+def test_lesion_contrast_is_negative_for_a_dark_lesion_and_skips_masks_without_lesion_or_background():
+    with bundle_scripts() as scripts:
+        masks = torch.zeros(3, 1, 8, 8)
+        masks[:2, :, 2:5, 2:5] = 1  # image 2: no lesion, left out
+        images = torch.full((3, 1, 8, 8), 0.6)
+        images[0, :, 2:5, 2:5] = 0.2  # darker lesion
+        images[1, :, 2:5, 2:5] = 0.7  # brighter lesion
+        contrast = scripts.quality.lesion_contrast(images, masks)
+        assert contrast["n"] == 2 and contrast["darker_share"] == 0.5
+        assert contrast["mean"] == pytest.approx((-0.4 + 0.1) / 2)
+
+
 def test_labeled_repeats_list_only_the_labeled_items_again():
     with bundle_scripts() as scripts:
         mask = torch.zeros(2, 1, 4, 4)

@@ -29,7 +29,9 @@ def test_report_writes_generator_lesion_and_test_numbers(tmp_path):
         "frame_intensity_ratio": 1.04,
         "diversity_msssim": {"generated": {"mean": 0.2}, "real_train": {"mean": 0.18}},
         "nearest_neighbour_rmse": {"sample_to_train": {"median": 0.14}, "train_to_train": {"median": 0.12},
-                                   "possible_copies": 0}})
+                                   "possible_copies": 0},
+        "lesion_contrast": {"generated": {"mean": -0.096, "std": 0.07, "darker_share": 0.75, "n": 48},
+                            "real_labeled": {"mean": -0.379, "std": 0.04, "darker_share": 1.0, "n": 10}}})
     rule = {"min_area": 0.005, "min_share": 0.7, "connectivity": 8}
     _write(out / "lesions" / "lesion_rate.json",
            {"synthetic": {"rate": 0.625, "with_clear_lesion": 5, "images": 8, "rule": rule,
@@ -52,4 +54,6 @@ def test_report_writes_generator_lesion_and_test_numbers(tmp_path):
     report = (out / "report" / "report.md").read_text()
     assert "| synthetic | 5 of 8 | 0.62 |" in report and "| real test | 9 of 10 | 0.90 |" in report
     assert "agrees with it at Dice 0.710 ± 0.050 (n = 8)" in report
+    assert "| lesion minus surroundings, mean intensity (share darker by 10 gray levels): generated, in the mask it " \
+           "was generated from | -0.096 (0.75 of 48) |" in report
     assert "| 61.50 |" in report and "12.00 ± 1.00" in report  # FID, KID x 1000

@@ -68,6 +68,12 @@ def quality_table(quality: dict[str, Any]) -> str:
         ("possible copies (closer than any held-out real image)",
          f"{nearest['possible_copies']} of {quality['num_samples']}"),
     ]
+    contrast = quality.get("lesion_contrast")
+    if contrast:
+        rows += [(f"lesion minus surroundings, mean intensity (share darker by 10 gray levels): {name}",
+                  f"{contrast[key]['mean']:+.3f} ({contrast[key]['darker_share']:.2f} of {contrast[key]['n']})")
+                 for key, name in (("generated", "generated, in the mask it was generated from"),
+                                   ("real_labeled", "real labeled train images"))]
     return "\n".join(["| figure | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
 
 

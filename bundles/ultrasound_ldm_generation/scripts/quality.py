@@ -1,6 +1,7 @@
 """Quality of the generative model: FID and KID against the training images (and the real-vs-real floor), the
-frame intensity, diversity (MS-SSIM), memorisation (nearest neighbours) and a real-vs-generated grid; written with
-the autoencoder's reconstruction metrics to ``quality.json``."""
+frame intensity, diversity (MS-SSIM), memorisation (nearest neighbours), for samples generated from lesion masks
+the lesion contrast, and a real-vs-generated grid; written with the autoencoder's reconstruction metrics to
+``quality.json``."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from PIL import Image
 from torchmetrics.image.kid import poly_mmd
 
 from .losses import load_feature_network
-from .utils import save_grid
+from .utils import load_sections, save_grid
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +228,41 @@ def frame_intensity(images: torch.Tensor, width: int = 4) -> float:
     return images[:, :, ~inner].mean().item()
 
 
+#: a lesion "shows" when its mean intensity is below its surroundings' by more than this (10 of 255 gray levels)
+DARKER_BY = 10 / 255
+
+
+def lesion_contrast(images: torch.Tensor, masks: torch.Tensor) -> dict:
+    """Mean intensity inside each image's lesion mask minus outside it (intensities in [0, 1]; negative: the lesion
+    is darker), over images whose mask has both lesion and background, and the share darker by ``DARKER_BY``."""
+    inside = masks > 0.5
+    keep = inside.flatten(1).any(1) & (~inside).flatten(1).any(1)
+    images, inside = images[keep].flatten(1).double(), inside[keep].flatten(1)
+    difference = (images * inside).sum(1) / inside.sum(1) - (images * ~inside).sum(1) / (~inside).sum(1)
+    return {"mean": difference.mean().item(), "std": difference.std().item(),
+            "darker_share": (difference < -DARKER_BY).double().mean().item(), "n": int(keep.sum())}
+
+
+def load_masks(paths: Sequence[str], size: Sequence[int]) -> torch.Tensor:
+    """Mask PNGs resized (nearest) to ``size`` as a ``(N, 1, H, W)`` float tensor of 0 and 1."""
+    masks = [np.asarray(Image.open(p).convert("L").resize(tuple(size)[::-1], Image.NEAREST)) > 127 for p in paths]
+    return torch.from_numpy(np.stack(masks)).float()[:, None]
+
+
+def mask_conditioned_contrast(samples: torch.Tensor, records: Sequence[dict], sample_dir: str, datalist: str,
+                              transform: Callable) -> dict | None:
+    """Does each sample show a lesion where its mask asked for one? ``lesion_contrast`` of the samples against
+    their masks beside that of the real labeled training images against theirs; ``None`` for unconditioned samples."""
+    if not any(r.get("label") for r in records):
+        return None
+    masks = load_masks([os.path.join(sample_dir, r["label"]) for r in records], samples.shape[2:])
+    labeled = [item for item in load_sections(datalist, ["training"], labels_from=["training"]) if "label" in item]
+    real = load_real(labeled, transform)
+    return {"generated": lesion_contrast(samples, masks),
+            "real_labeled": lesion_contrast(real, load_masks([i["label"] for i in labeled], real.shape[2:])),
+            "darker_by": DARKER_BY}
+
+
 def evaluate_quality(
     reconstruction: dict,
     sample_dir: str,
@@ -242,9 +278,11 @@ def evaluate_quality(
     kid_subset_size: int = 100,
     frame_width: int = 4,
     seed: int = 0,
+    datalist: str | None = None,
 ) -> dict:
     """Compute every quality figure, write ``<output_dir>/quality.json`` and ``<output_dir>/real_vs_generated.png``
-    (16 samples, the first of the seed plan, under 16 train images drawn with ``seed``)."""
+    (16 samples, the first of the seed plan, under 16 train images drawn with ``seed``). ``datalist``: where the
+    labeled training masks are, for samples generated from masks."""
     samples, records = load_samples(sample_dir)
     train = load_real(train_items, transform)
     validation = load_real(validation_items, transform) if validation_items else None
@@ -272,6 +310,9 @@ def evaluate_quality(
             c or "unconditional": sum(r.get("class") == c for r in records) for c in {r.get("class") for r in records}
         },
     }
+    contrast = mask_conditioned_contrast(samples, records, sample_dir, datalist, transform) if datalist else None
+    if contrast is not None:
+        quality["lesion_contrast"] = contrast
     if autoencoder is not None and validation is not None:
         with torch.no_grad():
             device = next(autoencoder.parameters()).device
