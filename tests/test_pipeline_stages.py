@@ -240,4 +240,4 @@ def test_only_variants_that_train_on_synthetic_images_depend_on_the_generator(tm
     write_record(tmp_path, StageResult("sample", 1.0, 1.0, inputs={"anything": "x"}))
     after = {name: fingerprint_parts(run, stage) for name, stage in stages.items()}
     changed = sorted(name for name in VARIANTS if after[name] != before[name])
-    assert changed == ["mgcc-both", "mgcc-synthetic"]
+    assert changed == ["mgcc-both", "mgcc-synthetic", "mgcc-synthetic-pairs"]

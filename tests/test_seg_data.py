@@ -103,10 +103,31 @@ def test_unlabeled_sources(prepared_phantom, tmp_path):
     with pytest.raises(ValueError, match="unlabeled_source"):
         scripts.data.unlabeled_datalist("fake", datalist, None)
     (samples / "sample_00001.png").unlink()
-    with pytest.raises(FileNotFoundError, match="manifest.json: 1 listed sample"):
+    with pytest.raises(FileNotFoundError, match="manifest.json: 1 listed file"):
         scripts.data.synthetic_datalist(str(samples))
     with pytest.raises(FileNotFoundError, match="manifest.json not found"):
         scripts.data.synthetic_datalist(str(tmp_path))
+
+
+def test_synthetic_pairs_need_the_mask_each_sample_was_generated_from(tmp_path):
+    samples = tmp_path / "samples"
+    (samples / "masks").mkdir(parents=True)
+    records = []
+    for i in range(2):
+        Image.fromarray(np.full((16, 16), 90, np.uint8)).save(samples / f"sample_{i:05d}.png")
+        Image.fromarray(np.full((16, 16), 255, np.uint8)).save(samples / "masks" / f"sample_{i:05d}.png")
+        records.append({"file": f"sample_{i:05d}.png", "seed": i, "label": f"masks/sample_{i:05d}.png"})
+    (samples / "manifest.json").write_text(json.dumps({"settings": {}, "samples": records}))
+    pairs = scripts.data.synthetic_datalist(str(samples), labeled=True)
+    assert [Path(d["label"]).relative_to(samples).as_posix() for d in pairs] == [r["label"] for r in records]
+    assert all("label" not in d for d in scripts.data.synthetic_datalist(str(samples)))
+    (samples / "masks" / "sample_00001.png").unlink()
+    with pytest.raises(FileNotFoundError, match="1 listed file"):
+        scripts.data.synthetic_datalist(str(samples), labeled=True)
+    del records[1]["label"]
+    (samples / "manifest.json").write_text(json.dumps({"settings": {}, "samples": records}))
+    with pytest.raises(ValueError, match="1 sample\\(s\\) have no mask, e.g. sample_00001.png"):
+        scripts.data.synthetic_datalist(str(samples), labeled=True)
 
 
 def test_datalist_errors_name_the_file(tmp_path):

@@ -30,6 +30,8 @@ VARIANTS: dict[str, tuple[list[str], dict]] = {
     "mgcc-real": (["train.json"], {"unlabeled_source": "real"}),
     "mgcc-synthetic": (["train.json"], {"unlabeled_source": "synthetic"}),
     "mgcc-both": (["train.json"], {"unlabeled_source": "both"}),
+    # a mask-conditioned generator's samples with their masks as labeled pairs, the real unlabeled images unlabeled
+    "mgcc-synthetic-pairs": (["train.json", "train_synthetic_pairs.json"], {"unlabeled_source": "real"}),
 }
 GENERATOR_STAGES = ("prepare", "autoencoder", "diffusion", "sample", "quality")
 
@@ -149,7 +151,8 @@ def compare(preset: str = "busi-cpu", data: str | None = None, out: str | None =
         preset: preset name or path (see `mgcc run`).
         data: the dataset in any form `mgcc run` takes; default: the preset's built-in phantom data.
         out: output folder; default `outputs/<preset>`.
-        variants: comma-separated subset of supervised, mgcc-labeled, mgcc-real, mgcc-synthetic, mgcc-both; the
+        variants: comma-separated subset of supervised, mgcc-labeled, mgcc-real, mgcc-synthetic, mgcc-both,
+            mgcc-synthetic-pairs (a mask-conditioned generator's samples as labeled pairs); the
             first is the baseline of the paired differences.
         seeds: comma-separated seeds (e.g. 0,1,2); default: the preset's seed.
         data_options: `mgcc prepare`'s options for a generic-layout dataset (see `mgcc run`).
@@ -161,7 +164,8 @@ def compare(preset: str = "busi-cpu", data: str | None = None, out: str | None =
     base = make_run(load_preset(preset), data, out, data_options)
     chosen_seeds = parse_seeds(seeds, base.preset["data"]["seed"])
 
-    needs_samples = any(VARIANTS[n][1].get("unlabeled_source") in ("synthetic", "both") for n in names)
+    needs_samples = any(VARIANTS[n][1].get("unlabeled_source") in ("synthetic", "both")
+                        or "train_synthetic_pairs.json" in VARIANTS[n][0] for n in names)
     stages = [s for s in STAGES if s.name in GENERATOR_STAGES and (needs_samples or s.name == "prepare")]
     folders = {name: stage_names(name, base.preset) for name in names}
     for name in names:

@@ -154,7 +154,8 @@ def segmentation_stage(variant: str, config_files: list[str], overrides: dict[st
         for config in config_files:
             settings.update(json.loads((SEG_BUNDLE / "configs" / config).read_text()))
         settings.update({**run.section("segmentation", "train"), **overrides})
-        synthetic = settings.get("unlabeled_batch_size") and settings.get("unlabeled_source") in ("synthetic", "both")
+        synthetic = settings.get("synthetic_pairs") or (
+            settings.get("unlabeled_batch_size") and settings.get("unlabeled_source") in ("synthetic", "both"))
         return ("prepare", "sample") if synthetic else ("prepare",)
 
     return Stage(name, ["models/model.pt", "training_history.csv"], execute, ("segmentation.common", "segmentation.train"),

@@ -56,8 +56,9 @@ def datalist_section(datalist: str, section: str, allow_empty: bool = False) -> 
     return data
 
 
-def synthetic_datalist(synthetic_dir: str) -> list[dict]:
-    """Synthetic unlabeled images listed by ``<synthetic_dir>/manifest.json`` (LDM bundle output)."""
+def synthetic_datalist(synthetic_dir: str, labeled: bool = False) -> list[dict]:
+    """Synthetic images listed by ``<synthetic_dir>/manifest.json`` (LDM bundle output); ``labeled``: with the mask
+    each was generated from (a mask-conditioned generator's ``label``), as labeled pairs."""
     manifest = os.path.join(synthetic_dir, "manifest.json")
     if not os.path.isfile(manifest):
         raise FileNotFoundError(f"synthetic samples: {manifest} not found (set synthetic_dir to an LDM sample folder).")
@@ -66,9 +67,16 @@ def synthetic_datalist(synthetic_dir: str) -> list[dict]:
     if not samples:
         raise ValueError(f"{manifest}: no 'samples' listed.")
     data = [{"image": os.path.join(synthetic_dir, s["file"]), "class": s.get("class", "synthetic")} for s in samples]
-    missing = [d["image"] for d in data if not os.path.isfile(d["image"])]
+    if labeled:
+        unlabeled = [s["file"] for s in samples if not s.get("label")]
+        if unlabeled:
+            raise ValueError(f"{manifest}: {len(unlabeled)} sample(s) have no mask, e.g. {unlabeled[0]} (labeled "
+                             "synthetic pairs need a mask-conditioned generator: mask_conditional=true)")
+        for item, s in zip(data, samples):
+            item["label"] = os.path.join(synthetic_dir, s["label"])
+    missing = [path for d in data for key, path in d.items() if key in ("image", "label") and not os.path.isfile(path)]
     if missing:
-        raise FileNotFoundError(f"{manifest}: {len(missing)} listed sample(s) missing, e.g. {missing[0]}")
+        raise FileNotFoundError(f"{manifest}: {len(missing)} listed file(s) missing, e.g. {missing[0]}")
     return data
 
 
