@@ -1,9 +1,13 @@
-"""The lesion-rate rule of the pipeline report."""
+"""The lesion-rate rule of the pipeline report, and how well a trained model finds the lesion a sample was
+generated from."""
+
+import importlib.util
+import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
-
-import json
 
 from mgcc.lesions import has_clear_lesion, lesion_rate, mask_agreement
 
@@ -58,3 +62,26 @@ def test_mask_agreement_compares_each_sample_with_the_mask_it_was_generated_from
     assert mask_agreement(samples, predictions) == {"mean": 0.5, "std": 0.5, "n": 2}  # Dice 1 and 0
     (samples / "manifest.json").write_text(json.dumps({"samples": [{"file": "a.png", "seed": 0}]}))
     assert mask_agreement(samples, predictions) is None  # unconditioned samples
+
+
+def test_mask_overlay_grid_draws_the_asked_and_the_found_mask(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "mask_overlay_grid.py"
+    spec = importlib.util.spec_from_file_location("mask_overlay_grid", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    samples, predictions = tmp_path / "samples", tmp_path / "predictions"
+    (samples / "masks").mkdir(parents=True)
+    predictions.mkdir()
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(samples / "a.png")
+    Image.fromarray(_disc(32, 10, 10, 5) * 255).save(samples / "masks" / "a.png")
+    Image.fromarray(_disc(32, 22, 22, 5) * 255).save(predictions / "a_seg.png")
+    (samples / "manifest.json").write_text(json.dumps({"samples": [{"file": "a.png", "label": "masks/a.png"}]}))
+    grid = np.asarray(Image.open(module.overlay_grid(samples, predictions, tmp_path / "grid.png", scale=1)))
+    assert grid.shape == (2 * 32 + 2, 32, 3)
+    marked = grid[32:64]
+    red, green = (marked == (255, 0, 0)).all(-1), (marked == (0, 255, 0)).all(-1)
+    assert red[5:16, 5:16].any() and not red[17:, 17:].any()  # the asked-for mask's outline, top left
+    assert green[17:28, 17:28].any() and not green[:16, :16].any()  # the found mask's outline, bottom right
+    (samples / "manifest.json").write_text(json.dumps({"samples": [{"file": "a.png"}]}))
+    with pytest.raises(SystemExit, match="have no masks"):
+        module.overlay_grid(samples, None, tmp_path / "x.png")
