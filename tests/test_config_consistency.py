@@ -19,7 +19,7 @@ MODEL_KEYS = {
         "spatial_size", "image_channels", "latent_channels", "ae_channels", "ae_num_res_blocks", "ae_norm_num_groups",
         "ae_nonlocal_attn", "ae_padding_mode", "dm_channels", "dm_attention_levels", "dm_num_head_channels",
         "dm_num_res_blocks", "dm_norm_num_groups", "dm_padding_mode", "num_train_timesteps", "beta_start", "beta_end",
-        "latent_normalisation", "class_conditional",
+        "latent_normalisation", "class_conditional", "mask_conditional",
     ],
 }
 #: preset section -> the bundle whose model settings it holds
