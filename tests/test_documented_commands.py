@@ -69,9 +69,15 @@ def test_every_documented_bundle_command_runs(prepared_phantom, tmp_path):
     images.mkdir()
     for entry in json.loads((prepared_phantom / "datalist.json").read_text())["test"][:3]:
         shutil.copy(prepared_phantom / entry["image"], images)
-    samples = tmp_path / "ldm_samples"  # a sampler's output folder: manifest.json beside the images
+    samples = tmp_path / "ldm_samples"  # a mask-conditioned sampler's output: images, masks/, manifest.json
     shutil.copytree(images, samples)
-    (samples / "manifest.json").write_text(json.dumps({"samples": [{"file": p.name} for p in images.iterdir()]}))
+    (samples / "masks").mkdir()
+    records = []
+    for entry in json.loads((prepared_phantom / "datalist.json").read_text())["test"][:3]:
+        name = Path(entry["image"]).name
+        shutil.copy(prepared_phantom / entry["label"], samples / "masks" / name)
+        records.append({"file": name, "label": f"masks/{name}"})
+    (samples / "manifest.json").write_text(json.dumps({"samples": records}))
     paths = {"/data/busi_prepared": prepared_phantom, "/data/new_images": images, "/data/masks": tmp_path / "masks",
              "/data/ldm_samples": samples}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
