@@ -91,3 +91,28 @@ def test_the_variant_that_mgcc_run_trains_is_the_runs_own_stage():
     assert stage_names("mgcc-synthetic", preset) == ("segmentation", "evaluate")
     assert stage_names("mgcc-real", preset) == ("segmentation-mgcc-real", "evaluate-mgcc-real")
     assert stage_names("mgcc-labeled", preset) == ("segmentation-mgcc-labeled", "evaluate-mgcc-labeled")
+
+
+@pytest.mark.parametrize("variants, generator", [
+    ("supervised,mgcc-labeled,mgcc-real", False),
+    ("supervised,mgcc-synthetic", True),
+    ("mgcc-real,mgcc-synthetic-pairs", True),
+])
+def test_the_generator_trains_only_for_variants_that_read_its_samples(tmp_path, monkeypatch, variants, generator):
+    import mgcc.compare
+
+    class Planned(Exception):
+        pass
+
+    planned = []
+
+    def plan(run, stages):
+        planned.extend(stage.name for stage in stages)
+        raise Planned
+
+    monkeypatch.setattr(mgcc.compare, "execute_stages", plan)
+    with pytest.raises(Planned):
+        mgcc.compare.compare("demo", out=str(tmp_path), variants=variants)
+    expected = ["prepare", "autoencoder", "diffusion", "sample", "quality"] if generator else ["prepare"]
+    assert planned[:len(expected)] == expected
+    assert ("sample" in planned) == generator

@@ -119,6 +119,17 @@ def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_
                     "--input_dir", str(tests), "--output_dir", str(bundle_out)], cwd=package, check=True,
                    capture_output=True, env=ENV)
     run_app(deploy_python, tests, app_out, package)
+    # the packaged generator carries the run's labeled masks and, with no overrides, gives the run's first samples
+    generator, packaged = out / "package" / "ultrasound_ldm_generation", tmp_path / "packaged_samples"
+    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                    "--sample_dir", str(packaged), "--num_samples", "2"], cwd=generator, check=True,
+                   capture_output=True, env=ENV)
+    samples = out / "sample" / "images"
+    for name in ("sample_00000.png", "sample_00001.png"):
+        assert np.array_equal(np.array(Image.open(samples / "masks" / name)),
+                              np.array(Image.open(packaged / "masks" / name))), name
+        difference = np.array(Image.open(samples / name), int) - np.array(Image.open(packaged / name), int)
+        assert np.abs(difference).max() <= 1, name  # another batch shape: at most one gray level of float rounding
     pipeline_masks = sorted((out / "lesions" / "real_test").glob("*_seg.png"))
     assert len(pipeline_masks) == len(datalist["test"])
     for mask in pipeline_masks:

@@ -164,14 +164,16 @@ def compare(preset: str = "busi-cpu", data: str | None = None, out: str | None =
     base = make_run(load_preset(preset), data, out, data_options)
     chosen_seeds = parse_seeds(seeds, base.preset["data"]["seed"])
 
-    needs_samples = any(VARIANTS[n][1].get("unlabeled_source") in ("synthetic", "both")
-                        or "train_synthetic_pairs.json" in VARIANTS[n][0] for n in names)
-    stages = [s for s in STAGES if s.name in GENERATOR_STAGES and (needs_samples or s.name == "prepare")]
     folders = {name: stage_names(name, base.preset) for name in names}
+    variant_stages = []
     for name in names:
         files, overrides = VARIANTS[name]
         variant = "mgcc" if folders[name][0] == "segmentation" else name
-        stages += [segmentation_stage(variant, files, {} if variant == "mgcc" else overrides), evaluate_stage(variant)]
+        variant_stages += [segmentation_stage(variant, files, {} if variant == "mgcc" else overrides),
+                           evaluate_stage(variant)]
+    needs_samples = any("sample" in stage.reads_from(base) for stage in variant_stages)
+    stages = [s for s in STAGES if s.name in GENERATOR_STAGES and (needs_samples or s.name == "prepare")]
+    stages += variant_stages
     runs = {seed: seed_run(base, seed) for seed in chosen_seeds}
     for seed, run in runs.items():
         print(f"[mgcc] seed {seed} -> {run.out}", flush=True)

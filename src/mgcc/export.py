@@ -148,6 +148,13 @@ def export_generator(run: Path, target: Path, run_name: str) -> Path:
         args = json.loads((run / stage / "args.json").read_text())
         settings.update({k: v for k, v in args.items() if k not in LDM_RUN_ONLY})
     bundle = _copy_bundle(LDM_BUNDLE, target)
+    if settings.get("mask_conditional"):  # it generates from the run's labeled masks: they travel with it
+        (bundle / "masks").mkdir()
+        dataset = run / "prepare" / "dataset"
+        labeled = [e["label"] for e in json.loads((dataset / "datalist.json").read_text())["training"] if "label" in e]
+        for i, label in enumerate(labeled):  # numbered: name order is the datalist's order, as in the run
+            shutil.copyfile(dataset / label, bundle / "masks" / f"{i:05d}_{Path(label).name}")
+        settings["mask_dir"] = "$@bundle_root + '/masks'"
     set_defaults(bundle / "configs", settings)
     for name in ("autoencoder.pt", "diffusion.pt"):
         shutil.copyfile(models / name, bundle / "models" / name)

@@ -86,10 +86,15 @@ def encode_latents(
             if masks:
                 item["mask"] = latent_mask(record.get(CommonKeys.LABEL), tuple(z_mu.shape[2:]))
             items.append(item)
-    labeled = sum(1 for item in items if "mask" in item and item["mask"].min() >= 0)
+    labeled = sum(1 for item in items if has_mask(item))
     logger.info(f"encoded {len(items)} training images (and their mirrors) into latents of shape {tuple(z_mu.shape[1:])}"
                 + (f"; {labeled} with a lesion mask" if masks else ""))
     return items
+
+
+def has_mask(item: dict) -> bool:
+    """Whether an ``encode_latents`` item carries a lesion mask (a labeled image), not the "no mask" fill."""
+    return "mask" in item and bool(item["mask"].min() >= 0)
 
 
 def latent_mask(label: torch.Tensor | None, size: tuple[int, ...]) -> torch.Tensor:
@@ -107,8 +112,7 @@ def repeat_labeled(items: list[dict], repeats: int) -> list[dict]:
     mask-conditioned model sees enough masks when few images are labeled (an epoch grows accordingly)."""
     if int(repeats) < 1:
         raise ValueError(f"config key 'labeled_repeats' must be at least 1, got {repeats!r}")
-    labeled = [item for item in items if "mask" in item and item["mask"].min() >= 0]
-    return items + labeled * (int(repeats) - 1)
+    return items + [item for item in items if has_mask(item)] * (int(repeats) - 1)
 
 
 def draw_latents(batch: dict, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

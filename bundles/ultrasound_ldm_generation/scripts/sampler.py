@@ -17,7 +17,7 @@ from monai.transforms import Compose
 from PIL import Image
 
 from .diffusion import NormalisedLatentAutoencoder, ScaleFactor, class_condition
-from .utils import to_uint8
+from .utils import load_sections, to_uint8
 
 
 def sample_plan(
@@ -48,6 +48,18 @@ def sample_plan(
         for item in plan:
             item["mask_source"] = mask_sources[int(np.random.default_rng(item["seed"]).integers(len(mask_sources)))]
     return plan
+
+
+def mask_sources(mask_dir: str | None, datalist: str) -> list[str]:
+    """The masks a mask-conditioned model generates from: the PNGs of ``mask_dir`` in name order (a packaged
+    generator carries its run's masks there), else the labels of the datalist's ``training`` section in its order."""
+    if mask_dir:
+        masks = sorted(os.path.join(mask_dir, f) for f in os.listdir(mask_dir) if f.lower().endswith(".png")) \
+            if os.path.isdir(mask_dir) else []
+        if not masks:
+            raise FileNotFoundError(f"mask_dir {mask_dir}: no mask PNGs to generate from")
+        return masks
+    return [item["label"] for item in load_sections(datalist, ["training"], labels_from=["training"]) if "label" in item]
 
 
 class SamplingPrepareBatch:
