@@ -8,6 +8,7 @@ pixel is not enough: a model marks scattered blobs in speckle-only images, which
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -42,18 +43,19 @@ def lesion_rate(mask_files: Iterable[Path]) -> dict:
 def mask_agreement(sample_dir: Path, predictions: Path) -> dict | None:
     """Dice between the trained model's mask on each mask-conditioned sample (``<predictions>/<stem>_seg.png``) and
     the mask the sample was generated from (the sampler's manifest ``label``); ``None`` for unconditioned samples."""
-    import json
-
     samples = json.loads((Path(sample_dir) / "manifest.json").read_text())["samples"]
     pairs = [(Path(sample_dir) / s["label"], Path(predictions) / f"{Path(s['file']).stem}_seg.png")
              for s in samples if s.get("label")]
     if not pairs:
         return None
+    import torch
+    from monai.metrics import compute_dice
+
     dice = []
     for asked, found in pairs:
-        a, b = np.asarray(Image.open(asked)) > 0, np.asarray(Image.open(found)) > 0
+        a, b = (torch.as_tensor(np.asarray(Image.open(p)) > 0, dtype=torch.float32)[None, None] for p in (asked, found))
         if a.shape != b.shape:
-            raise ValueError(f"{found}: predicted mask of shape {b.shape} for a sample mask of shape {a.shape} ({asked})")
-        total = a.sum() + b.sum()
-        dice.append(1.0 if total == 0 else 2.0 * (a & b).sum() / total)
+            raise ValueError(f"{found}: predicted mask of shape {tuple(b.shape[2:])} for a sample mask of shape "
+                             f"{tuple(a.shape[2:])} ({asked})")
+        dice.append(compute_dice(b, a, ignore_empty=False).item())  # both empty: 1
     return {"mean": float(np.mean(dice)), "std": float(np.std(dice)), "n": len(dice)}

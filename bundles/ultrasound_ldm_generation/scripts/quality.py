@@ -19,7 +19,7 @@ from PIL import Image
 from torchmetrics.image.kid import poly_mmd
 
 from .losses import load_feature_network
-from .utils import load_sections, save_grid
+from .utils import labeled_items, save_grid
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def mask_conditioned_contrast(samples: torch.Tensor, records: Sequence[dict], sa
     if not any(r.get("label") for r in records):
         return None
     masks = load_masks([os.path.join(sample_dir, r["label"]) for r in records], samples.shape[2:])
-    labeled = [item for item in load_sections(datalist, ["training"], labels_from=["training"]) if "label" in item]
+    labeled = labeled_items(datalist)
     real = load_real(labeled, transform)
     return {"generated": lesion_contrast(samples, masks),
             "real_labeled": lesion_contrast(real, load_masks([i["label"] for i in labeled], real.shape[2:])),

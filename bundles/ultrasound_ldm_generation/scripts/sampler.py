@@ -17,7 +17,7 @@ from monai.transforms import Compose
 from PIL import Image
 
 from .diffusion import NormalisedLatentAutoencoder, ScaleFactor, class_condition
-from .utils import load_sections, to_uint8
+from .utils import labeled_items, to_uint8
 
 
 def sample_plan(
@@ -59,7 +59,7 @@ def mask_sources(mask_dir: str | None, datalist: str) -> list[str]:
         if not masks:
             raise FileNotFoundError(f"mask_dir {mask_dir}: no mask PNGs to generate from")
         return masks
-    return [item["label"] for item in load_sections(datalist, ["training"], labels_from=["training"]) if "label" in item]
+    return [item["label"] for item in labeled_items(datalist)]
 
 
 class SamplingPrepareBatch:

@@ -48,6 +48,12 @@ def load_sections(datalist: str, sections: Sequence[str], labels_from: Sequence[
     return items
 
 
+def labeled_items(datalist: str) -> list[dict]:
+    """The datalist's ``training`` (labeled) entries that list a label, with absolute paths: the lesion masks a
+    mask-conditioned generator learns from and generates from."""
+    return [item for item in load_sections(datalist, ["training"], labels_from=["training"]) if "label" in item]
+
+
 def check_classes(items: Sequence[dict], class_names: Sequence[str], datalist: str) -> Sequence[dict]:
     """Make sure every item carries a known ``class`` (needed for class-conditional training)."""
     bad = [i for i in items if i.get("class") not in class_names]
