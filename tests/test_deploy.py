@@ -151,13 +151,29 @@ def assert_same_mask(app_png: Path, reference: np.ndarray) -> None:
     assert np.array_equal(got > 0, reference > 0), f"{app_png}: {((got > 0) != (reference > 0)).sum()} pixels differ"
 
 
-@pytest.mark.parametrize("model_form", ["bundle_folder", "torchscript"])
+def export_onnx(bundle: Path) -> None:
+    """`models/model.onnx` of the bundle's checkpoint, as the bundle's README exports it."""
+    size = json.loads((bundle / "configs" / "inference.json").read_text())["spatial_size"]
+    run([sys.executable, "-m", "monai.bundle", "onnx_export", "network_def", "--filepath", "models/model.onnx",
+         "--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
+         "--config_file", "configs/inference.json", "--use_trace", "True", "--input_shape", json.dumps([1, 1, *size]),
+         "--converter_kwargs", "{'dynamo': False}"], cwd=bundle)
+
+
+@pytest.mark.parametrize("model_form", ["bundle_folder", "torchscript", "onnx"])
 def test_png_folder_matches_bundle(deploy_python, bundle, images, bundle_masks, tmp_path, model_form):
+    """The app's masks are the bundle's own (`monai.bundle run`), whichever model form it is given: exactly for
+    the checkpoint and TorchScript; for the ONNX export (another runtime, so pixels whose logit is within float
+    rounding of the threshold may flip) on at least 99.9% of the pixels."""
     if model_form == "torchscript":
         run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", "models/model.ts",
              "--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
              "--config_file", "configs/inference.json"], cwd=bundle)
         model = bundle / "models" / "model.ts"
+    elif model_form == "onnx":  # a copy: the other tests run the shared bundle's checkpoint or TorchScript export
+        model = tmp_path / bundle.name
+        shutil.copytree(bundle, model, ignore=shutil.ignore_patterns("model.ts"))
+        export_onnx(model)  # the app picks it over the checkpoint on a machine without CUDA
     else:
         model = bundle
     inputs = tmp_path / "in"
@@ -169,11 +185,26 @@ def test_png_folder_matches_bundle(deploy_python, bundle, images, bundle_masks, 
     written = sorted((out / "masks").glob("*.png"))
     assert [p.stem for p in written] == sorted(bundle_masks)
     assert json.loads((out / "predictions.json").read_text())["status"] == "complete"
-    for png in written:
-        assert_same_mask(png, bundle_masks[png.stem])
     manifest = json.loads((out / "predictions.json").read_text())
     assert manifest["mode"] == "image" and len(manifest["results"]) == len(bundle_masks)
     assert [Path(s["source"]).name for s in manifest["skipped"]] == ["notes.txt"]
+    for rec in manifest["results"]:
+        assert set(rec["seconds"]) == {"read", "inference", "write"}, rec
+        assert rec["seconds"]["inference"] > 0 and min(rec["seconds"].values()) >= 0, rec
+    if model_form == "onnx":
+        import torch
+
+        expected = model if torch.cuda.is_available() else model / "models" / "model.onnx"
+        assert Path(manifest["model"]) == expected.resolve(), manifest["model"]
+        got = np.concatenate([np.array(Image.open(p)).ravel() > 0 for p in written])
+        want = np.concatenate([bundle_masks[p.stem].ravel() > 0 for p in written])
+        assert (got == want).mean() >= 0.999, f"ONNX masks agree with the checkpoint's on {(got == want).mean():.5f}"
+        (model / "models" / "model.pt").touch()  # weights newer than the export: refused, not run stale
+        proc = run_app(deploy_python, inputs, tmp_path / "stale", model, check=False)
+        assert proc.returncode == 2 and "model.onnx is older than" in proc.stderr, proc.stderr[-2000:]
+        return
+    for png in written:
+        assert_same_mask(png, bundle_masks[png.stem])
     for rec in manifest["results"]:
         assert rec["lesion_pixels"] == int((bundle_masks[Path(rec["source"]).stem] > 0).sum())
 

@@ -39,6 +39,8 @@ from monai.deploy.operators.monai_bundle_inference_operator import (
 
 from bundle_access import (
     BundleImageReader,
+    OnnxBundleModel,
+    bundle_folder_of,
     bundle_io_names,
     check_postprocessing,
     read_bundle_config,
@@ -72,8 +74,9 @@ class MGCCUltrasoundSegApp(Application):
         app_context: AppContext = Application.init_app_context(self.argv)
         input_path = Path(app_context.input_path).expanduser().resolve()
         output_path = Path(app_context.output_path).expanduser().resolve()
-        bundle_path = resolve_bundle_path(app_context.model_path)
-        self._logger.info(f"input {input_path}, output {output_path}, bundle {bundle_path}")
+        model_path = resolve_bundle_path(app_context.model_path)
+        bundle_path = bundle_folder_of(model_path)
+        self._logger.info(f"input {input_path}, output {output_path}, model {model_path}")
 
         parser = read_bundle_config(bundle_path, CONFIG_NAMES)
         input_key, output_key = bundle_io_names(parser)
@@ -92,7 +95,7 @@ class MGCCUltrasoundSegApp(Application):
         check_image_files(images)
         manifest = RunManifest(output_path / "predictions.json", {
             "app": f"MGCC ultrasound segmentation {APP_VERSION}",
-            "bundle": str(bundle_path), "bundle_name": meta.get("name", ""),
+            "bundle": str(bundle_path), "model": str(model_path), "bundle_name": meta.get("name", ""),
             "bundle_version": meta.get("version", ""), "input": str(input_path),
             "mode": "image" if images else "dicom", "postprocessing": post,
         })
@@ -102,11 +105,13 @@ class MGCCUltrasoundSegApp(Application):
 
         # The bundle operator takes `app_context.models` over `bundle_path`. The SDK's ModelFactory made it from
         # `-m` as given, which for a folder is a generic `Model` without a predictor: point it at what runs.
-        if bundle_path.is_dir():
+        if model_path.suffix == ".onnx":
+            app_context.models = OnnxBundleModel(model_path)  # ONNX Runtime, loaded once
+        elif model_path.is_dir():
             # directory bundle: the operator builds the network from the config and loads models/model.pt
             app_context.models = None
         else:
-            app_context.models = ModelFactory.create(str(bundle_path))  # TorchScript, loaded once
+            app_context.models = ModelFactory.create(str(model_path))  # TorchScript, loaded once
         # The bundle operator: model, preprocessing (minus LoadImage), inferer and postprocessing from the bundle.
         bundle_op = MonaiBundleInferenceOperator(
             self,

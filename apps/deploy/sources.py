@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, Stud
 
 from bundle_access import BundleImageReader
 from errors import InputError
-from writers import RunManifest
+from writers import RunManifest, read_timing
 
 #: File name suffixes read as 2D images (by the bundle's own reader; MONAI's PILReader takes these four).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -112,6 +113,7 @@ class ImageFileSourceOperator(Operator):
             raise RuntimeError(f"{self.name}: scheduled more often than there are input files ({len(self._files)})")
         path = self._files[self._index]
         self._index += 1
+        start = time.perf_counter()
         array, meta, wh_order = self._reader(path)
         rel = path.name if self._root.is_file() else str(path.relative_to(self._root))
         from PIL import Image as PILImage
@@ -119,7 +121,7 @@ class ImageFileSourceOperator(Operator):
         with PILImage.open(path) as im:
             width, height = im.size
         record = {"source": str(path), "name": str(Path(rel).with_suffix(".png")), "rows": height,
-                  "columns": width, "wh_order": wh_order, "kind": "image"}
+                  "columns": width, "wh_order": wh_order, "kind": "image", **read_timing(start)}
         op_output.emit(Image(array, metadata=meta), self.image_port)
         op_output.emit(record, "record")
 
@@ -227,6 +229,7 @@ class DICOMInstanceSourceOperator(Operator):
             self.conditions[self._stop_name].disable_tick()
             return
         study, series, sop = self._queue.pop(0)
+        start = time.perf_counter()
         ds = sop.get_native_sop_instance()
         source = dicom_source(ds)
         pixels = dicom_to_pixels(ds, source)
@@ -247,7 +250,8 @@ class DICOMInstanceSourceOperator(Operator):
         record = {"source": source, "name": f"{ds.SOPInstanceUID}.png", "rows": int(ds.Rows),
                   "columns": int(ds.Columns), "wh_order": wh_order, "kind": "dicom",
                   "PatientID": str(ds.get("PatientID", "")), "StudyInstanceUID": str(ds.StudyInstanceUID),
-                  "SeriesInstanceUID": str(ds.SeriesInstanceUID), "SOPInstanceUID": str(ds.SOPInstanceUID)}
+                  "SeriesInstanceUID": str(ds.SeriesInstanceUID), "SOPInstanceUID": str(ds.SOPInstanceUID),
+                  **read_timing(start)}
         op_output.emit(Image(array, metadata=meta), self.image_port)
         op_output.emit([study_selection], "study_selected_series_list")
         op_output.emit(record, "record")

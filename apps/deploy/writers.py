@@ -4,7 +4,9 @@
 `MaskWriterOperator` writes each predicted mask as an 8-bit 0/255 PNG at the source's size, records it in
 `predictions.json`, and (DICOM input) forwards it as a (rows, columns) image to the SDK's DICOM SEG writer.
 Each source sends it a small `record` dict (source path, output name, source size, DICOM identifiers) beside
-the image; ports hold one message, so records and predictions stay paired in order.
+the image; ports hold one message, so records and predictions stay paired in order. Each result in
+`predictions.json` carries the seconds its image spent in reading (the source), inference (the bundle operator:
+preprocessing, network, postprocessing) and writing (this operator).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,13 @@ import numpy as np
 from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
 
 logger = logging.getLogger(__name__)
+
+
+def read_timing(start: float) -> dict:
+    """A source's part of a record's timing: the seconds since `start` (`time.perf_counter()` before reading),
+    and when the image was sent on, from which the writer counts the inference time."""
+    now = time.perf_counter()
+    return {"read_s": round(now - start, 4), "sent_at": now}
 
 
 class RunManifest:
@@ -92,6 +102,8 @@ class MaskWriterOperator(Operator):
 
         pred = op_input.receive(self.pred_port)
         record = dict(op_input.receive("record"))
+        start = time.perf_counter()
+        seconds = {"read": record.pop("read_s"), "inference": round(start - record.pop("sent_at"), 4)}
         mask = pred.asnumpy() if isinstance(pred, Image) else np.asarray(pred)
         mask = np.squeeze(mask)
         if mask.ndim != 2:
@@ -110,7 +122,8 @@ class MaskWriterOperator(Operator):
         target.parent.mkdir(parents=True, exist_ok=True)
         PILImage.fromarray(binary * 255).save(target)
         record.pop("wh_order")
-        record.update(mask=str(target), lesion_pixels=int(binary.sum()))
+        seconds["write"] = round(time.perf_counter() - start, 4)
+        record.update(mask=str(target), lesion_pixels=int(binary.sum()), seconds=seconds)
         self._manifest.add(record)
         if self._emit_seg:
             op_output.emit(Image(binary, metadata={"source": record["source"]}), "seg_image")

@@ -29,7 +29,7 @@ check_env() {
   # The import MONAI Label itself does at start (it imports torchvision), plus the versions we pin.
   "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
-import monailabel, monai, torch, torchvision, pydicom  # noqa: F401
+import monailabel, monai, onnxruntime, torch, torchvision, pydicom  # noqa: F401
 print(f"monailabel {md.version('monailabel')}, monai {monai.__version__}, torch {torch.__version__}, "
       f"torchvision {torchvision.__version__}, pydicom {pydicom.__version__}, cuda available: {torch.cuda.is_available()}")
 PY

@@ -2,7 +2,7 @@
 
 `<out>/ultrasound_mgcc_segmentation/` is the segmentation bundle with the trained `models/model.pt` (its training
 size recorded in the weights), `models/model.ts` (scripted with the packaged configs embedded, as the Deploy app
-reads them), configs whose defaults are the model's settings (width, input size, ...), `metadata.json`
+reads them), `models/model.onnx` (what the Deploy and MONAI Label apps run on CPU), configs whose defaults are the model's settings (width, input size, ...), `metadata.json`
 with the run's test metrics as `eval_metrics` and a changelog entry, and a `docs/README.md` that starts with the
 run's numbers, data and command. `<out>/ultrasound_ldm_generation/` is the generator bundle with the trained
 autoencoder and diffusion weights (the latent normalisation travels in `diffusion.pt`) and configs whose defaults
@@ -92,14 +92,22 @@ def _readme(readme: Path, section: list[str]) -> None:
     readme.write_text("\n".join([title, "", *section, rest.lstrip("\n")]))
 
 
-def _torchscript(bundle: Path) -> None:
-    """`models/model.ts`, scripted, with the packaged configs embedded."""
-    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", "models/model.ts",
-               "--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
-               "--config_file", "configs/inference.json", "--bundle_root", "."]
-    proc = subprocess.run(command, cwd=bundle, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise StageError(f"TorchScript export in {bundle} failed: {proc.stderr.strip().splitlines()[-1]}")
+def _export_network(bundle: Path, size: list[int]) -> None:
+    """`models/model.ts` (scripted, with the packaged configs embedded) and `models/model.onnx` (traced at the
+    model's input size), as the bundle's README exports them; the Deploy and MONAI Label apps run the ONNX export
+    on CPU."""
+    common = ["--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
+              "--config_file", "configs/inference.json", "--bundle_root", "."]
+    exports = {
+        "TorchScript": ["ckpt_export", "network_def", "--filepath", "models/model.ts", *common],
+        "ONNX": ["onnx_export", "network_def", "--filepath", "models/model.onnx", *common, "--use_trace", "True",
+                 "--input_shape", json.dumps([1, 1, *size]), "--converter_kwargs", "{'dynamo': False}"],
+    }
+    for kind, command in exports.items():
+        proc = subprocess.run([sys.executable, "-m", "monai.bundle", *command], cwd=bundle, capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            raise StageError(f"{kind} export in {bundle} failed: {proc.stderr.strip().splitlines()[-1]}")
 
 
 def export_segmentation(stage: Path, target: Path, run_name: str) -> Path:
@@ -114,7 +122,7 @@ def export_segmentation(stage: Path, target: Path, run_name: str) -> Path:
     if not any(weights.get("input_size", torch.zeros(2)).tolist()):  # trained before the size was recorded
         weights["input_size"] = torch.tensor(size, dtype=torch.int64)
     torch.save(weights, bundle / "models" / "model.pt")
-    _torchscript(bundle)
+    _export_network(bundle, size)
 
     summary_file = stage.parent / stage.name.replace("segmentation", "evaluate", 1) / "evaluation" / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None

@@ -236,7 +236,8 @@ STAGES: list[Stage] = [
           LESIONS_CONFIGS),
     Stage("report", ["report.md", "report.html", "summary.json"], _report, ("",),
           ("quality", "evaluate", "lesions")),
-    Stage("package", [f"{SEG_BUNDLE.name}/models/model.ts", f"{LDM_BUNDLE.name}/models/diffusion.pt"], _package, (),
+    Stage("package", [f"{SEG_BUNDLE.name}/models/model.ts", f"{SEG_BUNDLE.name}/models/model.onnx",
+                      f"{LDM_BUNDLE.name}/models/diffusion.pt"], _package, (),
           ("segmentation", "evaluate", "sample", "quality")),
 ]
 

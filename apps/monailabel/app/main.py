@@ -24,6 +24,7 @@ clinician uploading the wrong file would learn nothing. Requests that cannot be 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -162,9 +163,31 @@ def check_image(path: str, name: str | None = None) -> None:
         raise InputError(415, f"{name}: unsupported file type '{suffix}'; send a PNG, JPEG or NIfTI image.")
 
 
+@contextlib.contextmanager
+def bundle_parser(bundle_path: str, config_names: tuple[str, ...]):
+    """The bundle's configs parsed with ``bundle_root`` set, and its ``scripts`` package importable meanwhile."""
+    from monai.bundle import ConfigParser
+
+    sys.path.insert(0, bundle_path)
+    unload_module("scripts")
+    try:
+        parser = ConfigParser()
+        parser.read_meta(os.path.join(bundle_path, "configs", "metadata.json"))
+        parser.read_config([os.path.join(bundle_path, "configs", name) for name in config_names])
+        parser["bundle_root"] = bundle_path
+        yield parser
+    finally:
+        sys.path.remove(bundle_path)
+        unload_module("scripts")
+
+
 class ChannelFirstBundleInferTask(BundleInferTask):
     """``BundleInferTask`` for a bundle whose ``postprocessing`` ends channel-first: the ``(1, W, H)`` mask
-    becomes the ``(W, H)`` uint8 array MONAI Label's writer turns into a 2D label (before ``Restored``)."""
+    becomes the ``(W, H)`` uint8 array MONAI Label's writer turns into a 2D label (before ``Restored``).
+
+    On CPU it runs the bundle's ONNX export (``models/model.onnx``, about 1.3x faster than PyTorch at full width)
+    through the bundle's own ``inference_onnx.json``, while the export is at least as new as ``models/model.pt``;
+    once training has written newer weights it runs the checkpoint again, as MONAI Label does without an export."""
 
     def __init__(self, path: str, conf: dict, **kwargs):
         super().__init__(path, conf, **kwargs)
@@ -177,6 +200,21 @@ class ChannelFirstBundleInferTask(BundleInferTask):
         at = len(post) - 1 if self.add_post_restore else len(post)
         post[at:at] = [SqueezeDimd(keys=self.key_pred, dim=0), CastToTyped(keys=self.key_pred, dtype=torch.uint8)]
         return post
+
+    def _get_network(self, device, data):
+        models = os.path.join(self.bundle_path, "models")
+        onnx, weights = os.path.join(models, "model.onnx"), os.path.join(models, "model.pt")
+        if torch.device(device).type != "cpu" or not os.path.isfile(onnx):
+            return super()._get_network(device, data)
+        stamp = os.stat(onnx).st_mtime
+        if os.path.isfile(weights) and os.stat(weights).st_mtime > stamp:
+            logger.warning(f"{onnx} is older than {weights}: running the checkpoint (export again for speed)")
+            return super()._get_network(device, data)
+        if getattr(self, "_onnx", (None, None))[1] != stamp:
+            with bundle_parser(self.bundle_path, ("inference.json", "inference_onnx.json")) as parser:
+                self._onnx = (parser.get_parsed_content("network_def"), stamp)
+            logger.info(f"ONNX Runtime runs {onnx}")
+        return self._onnx[0]
 
 
 #: the scoring method and the active-learning strategy, and the image-info key the score is kept under
@@ -194,15 +232,7 @@ class MGCCDisagreementScoring(ScoringMethod):
         self.bundle_path = bundle_path
 
     def __call__(self, request, datastore):
-        from monai.bundle import ConfigParser
-
-        sys.path.insert(0, self.bundle_path)
-        unload_module("scripts")
-        try:
-            parser = ConfigParser()
-            parser.read_meta(os.path.join(self.bundle_path, "configs", "metadata.json"))
-            parser.read_config([os.path.join(self.bundle_path, "configs", name) for name in ("inference.json", "score.json")])
-            parser["bundle_root"] = self.bundle_path
+        with bundle_parser(self.bundle_path, ("inference.json", "score.json")) as parser:
             device = parser.get_parsed_content("device")
             preprocessing = parser.get_parsed_content("preprocessing")
             network = parser.get_parsed_content("network")
@@ -224,9 +254,6 @@ class MGCCDisagreementScoring(ScoringMethod):
                 scored += 1
             logger.info(f"{DISAGREEMENT}: scored {scored} unlabeled image(s), {skipped} already scored for this model")
             return {"scored": scored, "skipped": skipped}
-        finally:
-            sys.path.remove(self.bundle_path)
-            unload_module("scripts")
 
 
 class MGCCLabelApp(_monaibundle.MyApp, MONAILabelApp):
