@@ -121,6 +121,9 @@ def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_
     run_app(deploy_python, tests, app_out, package)
     # the packaged generator carries the run's labeled masks and, with no overrides, gives the run's first samples
     generator, packaged = out / "package" / "ultrasound_ldm_generation", tmp_path / "packaged_samples"
+    data_format = json.loads((generator / "configs" / "metadata.json").read_text())["network_data_format"]
+    latent = data_format["outputs"]["pred"]["num_channels"]
+    assert data_format["inputs"]["image"]["num_channels"] == latent + 1  # the demo model is mask-conditioned
     subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
                     "--sample_dir", str(packaged), "--num_samples", "2"], cwd=generator, check=True,
                    capture_output=True, env=ENV)

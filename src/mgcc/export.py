@@ -148,6 +148,24 @@ def export_segmentation(stage: Path, target: Path, run_name: str) -> Path:
     return target
 
 
+def _latent_data_format(configs: Path, mask: bool) -> None:
+    """`network_data_format` of the packaged generator's diffusion UNet: its latent shape at the packaged
+    settings, plus the lesion-mask input channel of a mask-conditioned model."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(ConfigParser.load_config_file(configs / "inference.json"))
+    channels, *spatial = (int(v) for v in parser.get_parsed_content("latent_shape"))
+    meta = json.loads((configs / "metadata.json").read_text())
+    image, pred = meta["network_data_format"]["inputs"]["image"], meta["network_data_format"]["outputs"]["pred"]
+    image["channel_def"] = {str(i): "latent" for i in range(channels)}
+    if mask:
+        image["channel_def"][str(channels)] = "lesion mask at latent size (lesion fraction 0-1; -1: no mask)"
+    image.update(num_channels=len(image["channel_def"]), spatial_shape=spatial)
+    pred.update(num_channels=channels, spatial_shape=spatial,
+                channel_def={str(i): "predicted noise" for i in range(channels)})
+    _write_json(configs / "metadata.json", meta)
+
+
 def export_generator(run: Path, target: Path, run_name: str) -> Path:
     """The generator bundle with the autoencoder and diffusion weights of the run in `run` at `target`."""
     models = run / "ldm_models"
@@ -164,6 +182,7 @@ def export_generator(run: Path, target: Path, run_name: str) -> Path:
             shutil.copyfile(dataset / label, bundle / "masks" / f"{i:05d}_{Path(label).name}")
         settings["mask_dir"] = "$@bundle_root + '/masks'"
     set_defaults(bundle / "configs", settings)
+    _latent_data_format(bundle / "configs", mask=bool(settings.get("mask_conditional")))
     for name in ("autoencoder.pt", "diffusion.pt"):
         shutil.copyfile(models / name, bundle / "models" / name)
     quality_file = run / "quality" / "quality.json"
