@@ -44,7 +44,7 @@ from bundle_access import (
     bundle_io_names,
     check_postprocessing,
     read_bundle_config,
-    resolve_bundle_path,
+    resolve_model_path,
 )
 from errors import InputError
 from sources import (
@@ -74,7 +74,7 @@ class MGCCUltrasoundSegApp(Application):
         app_context: AppContext = Application.init_app_context(self.argv)
         input_path = Path(app_context.input_path).expanduser().resolve()
         output_path = Path(app_context.output_path).expanduser().resolve()
-        model_path = resolve_bundle_path(app_context.model_path)
+        model_path = resolve_model_path(app_context.model_path)
         bundle_path = bundle_folder_of(model_path)
         self._logger.info(f"input {input_path}, output {output_path}, model {model_path}")
 

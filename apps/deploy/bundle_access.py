@@ -1,5 +1,5 @@
-"""Access to the MGCC segmentation bundle the app runs: which bundle and which export of it, its parsed configs, its network input and
-output names, the postprocessing checks, and its own image loader.
+"""Access to the MGCC segmentation bundle the app runs: which bundle and which export of it, its parsed configs,
+its network input and output names, the postprocessing checks, and its own image loader.
 
 `BundleImageReader` reads an image with the *bundle's own* `LoadImage(d)` transform (found in the bundle's
 `preprocessing` config). `MonaiBundleInferenceOperator` drops `LoadImage*` from the bundle's preprocessing
@@ -24,7 +24,7 @@ from errors import InputError
 logger = logging.getLogger(__name__)
 
 
-def resolve_bundle_path(model_path: str | Path, cuda: bool | None = None) -> Path:
+def resolve_model_path(model_path: str | Path) -> Path:
     """What the app runs: an ONNX export (`<bundle>/models/model.onnx`), a TorchScript `model.ts` (configs
     embedded by `ckpt_export`), or a bundle folder (`configs/metadata.json` + `models/`); `model_path` may also
     be a MAP model folder holding one of these (`<models>/<name>/...`).
@@ -53,8 +53,7 @@ def resolve_bundle_path(model_path: str | Path, cuda: bool | None = None) -> Pat
         path = found[0]
         if path.is_file():
             return path
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    exports = ["model.ts", "model.onnx"] if cuda else ["model.onnx", "model.ts"]
+    exports = ["model.ts", "model.onnx"] if torch.cuda.is_available() else ["model.onnx", "model.ts"]
     pt = path / "models" / "model.pt"
     for export in (path / "models" / name for name in exports):
         if export.is_file():
