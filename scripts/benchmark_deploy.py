@@ -57,6 +57,15 @@ EXPORTS = {
 }
 
 
+def export_model(bundle: Path, form: str, size: list[int]) -> Path:
+    """Export the bundle's `models/model.pt` as `form` (a key of EXPORTS) at input `size`; returns the file."""
+    filepath, export = EXPORTS[form]
+    subprocess.run([sys.executable, "-m", "monai.bundle", *export(size), "--filepath", filepath, "--ckpt_file",
+                    "models/model.pt", "--meta_file", "configs/metadata.json", "--config_file",
+                    "configs/inference.json"], cwd=bundle, check=True, capture_output=True)
+    return bundle / filepath
+
+
 def timed(cmd: list, cwd: Path | None = None) -> dict:
     """Runs `cmd`, returns wall seconds and the peak RSS (MiB) of that process; raises on failure."""
     log = tempfile.TemporaryFile(mode="w+")
@@ -136,11 +145,7 @@ def main(argv=None) -> None:
             shutil.copytree(source, bundle)
             model = bundle
             if form in EXPORTS:
-                filepath, export = EXPORTS[form]
-                subprocess.run([sys.executable, "-m", "monai.bundle", *export(config["spatial_size"]), "--filepath",
-                                filepath, "--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
-                                "--config_file", "configs/inference.json"], cwd=bundle, check=True, capture_output=True)
-                model = bundle / filepath
+                model = export_model(bundle, form, config["spatial_size"])
             start_run = timed([deploy_py, APP, "-i", one, "-o", tmp / form / "out1", "-m", model])
             full_run = timed([deploy_py, APP, "-i", images, "-o", tmp / form / "outN", "-m", model])
             manifest = json.loads((tmp / form / "outN" / "predictions.json").read_text())

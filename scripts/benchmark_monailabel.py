@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark_deploy import EXPORTS, SEED_WEIGHTS  # noqa: E402
+from benchmark_deploy import EXPORTS, SEED_WEIGHTS, export_model  # noqa: E402
 
 from mgcc.monailabel.launcher import (  # noqa: E402
     free_port,
@@ -102,11 +102,7 @@ def main(argv=None) -> None:
             bundle = tmp / form / args.bundle.name
             shutil.copytree(source, bundle)
             if form in EXPORTS:
-                filepath, export = EXPORTS[form]
-                subprocess.run([sys.executable, "-m", "monai.bundle", *export(settings["spatial_size"]),
-                                "--filepath", filepath, "--ckpt_file", "models/model.pt", "--meta_file",
-                                "configs/metadata.json", "--config_file", "configs/inference.json"],
-                               cwd=bundle, check=True, capture_output=True)
+                export_model(bundle, form, settings["spatial_size"])
             app, name = prepare_app(tmp / form / "work", bundle, studies)
             measured = serve_and_measure(app, studies, name, args, tmp / form / "server.log")
             result["forms"][form] = {k: measured[k] for k in ("requests", "concurrency", "succeeded", "failed",
