@@ -333,8 +333,9 @@ def test_quality_metrics(trained, tmp_path):
     assert nn["sample_to_train"]["min"] > 0 and "validation_to_train" in nn
     for key in ("generated_vs_train", "validation_vs_train", "generated_vs_train_at_validation_size"):
         assert np.isfinite(quality["fid"][key])
-    for key in ("generated_vs_train", "validation_vs_train"):
+    for key in ("generated_vs_train", "validation_vs_train", "reconstructed_validation_vs_train"):
         assert np.isfinite(quality["kid"][key]["mean"]) and quality["kid"][key]["std"] >= 0
+    assert np.isfinite(quality["fid"]["reconstructed_validation_vs_train"])
     assert quality["fid"]["network"] == "fid.ts" and quality["frame_intensity_ratio"] > 0
     assert quality["frame_intensity_ratio_reconstruction"] > 0
     grid = Image.open(tmp_path / "q" / "real_vs_generated.png")

@@ -71,6 +71,30 @@ def test_fid_and_kid_are_near_zero_for_identical_sets_and_grow_with_a_shift(extr
     assert far_fid["validation_vs_train"] < far_fid["generated_vs_train"] and far_fid["num_validation"] == 20
 
 
+@pytest.mark.parametrize("n_a, n_b, dim", [(60, 80, 16), (30, 40, 256)], ids=["full-rank", "rank-deficient"])
+def test_fid_equals_monai_fidmetric(n_a, n_b, dim):
+    """The eigenvalue form of the trace term gives MONAI's value (scipy's matrix square root), also when there are
+    fewer images than features, as with 400 samples and 2048-d Inception features."""
+    from monai.metrics import FIDMetric
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(n_a, dim, generator=generator, dtype=torch.float64)
+    b = 0.5 + 2 * torch.randn(n_b, dim, generator=generator, dtype=torch.float64) @ torch.rand(dim, dim, generator=generator, dtype=torch.float64)
+    with bundle_scripts() as scripts:
+        for x, y in ((a, b), (a, a[: n_a // 2]), (b, a)):
+            assert scripts.quality.fid_value(x, y) == pytest.approx(float(FIDMetric()(x, y)), rel=1e-6, abs=1e-6)
+
+
+def test_reconstructed_validation_gives_the_autoencoder_ceiling(extractor):
+    quality, features = extractor
+    real = _images(40, 1)
+    blurred = torch.nn.functional.avg_pool2d(real[:20], 5, stride=1, padding=2)  # what a lossy autoencoder returns
+    fid, kid = quality.distribution_distances(real, real, real[:20], features, kid_subsets=10, kid_subset_size=20,
+                                              reconstructed=blurred)
+    assert fid["reconstructed_validation_vs_train"] > fid["validation_vs_train"]
+    assert kid["reconstructed_validation_vs_train"]["mean"] > kid["validation_vs_train"]["mean"]
+
+
 def test_feature_cache_is_reused(small_network, tmp_path):
     with bundle_scripts() as scripts:
         features = scripts.quality.FeatureExtractor(small_network, input_size=64, cache_dir=str(tmp_path))

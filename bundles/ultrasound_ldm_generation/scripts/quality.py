@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from monai.metrics import FIDMetric, MultiScaleSSIMMetric
+from monai.metrics import MultiScaleSSIMMetric
 from PIL import Image
 from torchmetrics.image.kid import poly_mmd
 
@@ -175,8 +175,14 @@ class FeatureExtractor:
 
 
 def fid_value(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
-    """Frechet distance between the Gaussians fitted to two feature sets (MONAI ``FIDMetric``)."""
-    return float(FIDMetric()(features_a, features_b))
+    """Frechet distance between the Gaussians fitted to two feature sets, |mu_a - mu_b|^2 + Tr(S_a) + Tr(S_b) -
+    2 Tr((S_a S_b)^1/2). The trace of the square root is the sum of the square roots of the eigenvalues of S_a S_b
+    (real and non-negative up to rounding: S_a S_b is similar to a positive semi-definite matrix), which gives MONAI
+    ``FIDMetric``'s value without its full matrix square root (scipy ``sqrtm``), 5x faster for 2048-d features."""
+    a, b = features_a.double(), features_b.double()
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    trace_sqrt = torch.linalg.eigvals(cov_a @ cov_b).sqrt().real.sum()
+    return float((a.mean(0) - b.mean(0)).square().sum() + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt)
 
 
 def kid_value(features_a: torch.Tensor, features_b: torch.Tensor, subsets: int, subset_size: int, seed: int) -> dict:
@@ -202,10 +208,13 @@ def distribution_distances(
     kid_subsets: int = 100,
     kid_subset_size: int = 100,
     seed: int = 0,
+    reconstructed: torch.Tensor | None = None,
 ) -> tuple[dict, dict]:
     """FID and KID of generated vs train images and, as the floor real images reach, validation vs train images.
     FID is biased upwards for small sets, so FID of a random subset of the generated images as large as the
-    validation set is given too (``generated_vs_train_at_validation_size``); KID is unbiased at any size."""
+    validation set is given too (``generated_vs_train_at_validation_size``); KID is unbiased at any size.
+    ``reconstructed``: the validation images through the autoencoder, whose distance to the train images is the
+    ceiling of samples decoded by that autoencoder (``reconstructed_validation_vs_train``)."""
     f_gen, f_train = extractor(samples), extractor(train)
     network = os.path.basename(extractor.network_path)
     fid = {"generated_vs_train": fid_value(f_gen, f_train), "network": network,
@@ -218,6 +227,10 @@ def distribution_distances(
         fid["generated_vs_train_at_validation_size"] = fid_value(f_gen[subset], f_train)
         fid["num_validation"] = len(validation)
         kid["validation_vs_train"] = kid_value(f_val, f_train, kid_subsets, kid_subset_size, seed)
+        if reconstructed is not None:
+            f_rec = extractor(reconstructed)
+            fid["reconstructed_validation_vs_train"] = fid_value(f_rec, f_train)
+            kid["reconstructed_validation_vs_train"] = kid_value(f_rec, f_train, kid_subsets, kid_subset_size, seed)
     return fid, kid
 
 
@@ -291,7 +304,13 @@ def evaluate_quality(
             f"{sample_dir}: samples are {tuple(samples.shape[2:])} pixels but the configured spatial_size gives "
             f"{tuple(train.shape[2:])}: evaluate with the spatial_size the model was trained at"
         )
-    fid, kid = distribution_distances(samples, train, validation, extractor, kid_subsets, kid_subset_size, seed)
+    decoded = None
+    if autoencoder is not None and validation is not None:
+        with torch.no_grad():
+            device = next(autoencoder.parameters()).device
+            decoded = torch.cat([autoencoder.reconstruct(b.to(device)).cpu() for b in validation.split(16)])
+    fid, kid = distribution_distances(samples, train, validation, extractor, kid_subsets, kid_subset_size, seed,
+                                      reconstructed=decoded)
     train_frame = frame_intensity(train, frame_width)
     quality = {
         "reconstruction_validation": {k: float(v) for k, v in reconstruction.items()},
@@ -313,10 +332,7 @@ def evaluate_quality(
     contrast = mask_conditioned_contrast(samples, records, sample_dir, datalist, transform) if datalist else None
     if contrast is not None:
         quality["lesion_contrast"] = contrast
-    if autoencoder is not None and validation is not None:
-        with torch.no_grad():
-            device = next(autoencoder.parameters()).device
-            decoded = torch.cat([autoencoder.reconstruct(b.to(device)).cpu() for b in validation.split(16)])
+    if decoded is not None:
         quality["frame_intensity_ratio_reconstruction"] = (
             frame_intensity(decoded, frame_width) / frame_intensity(validation, frame_width)
         )
