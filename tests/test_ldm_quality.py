@@ -79,7 +79,8 @@ def test_fid_equals_monai_fidmetric(n_a, n_b, dim):
 
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(n_a, dim, generator=generator, dtype=torch.float64)
-    b = 0.5 + 2 * torch.randn(n_b, dim, generator=generator, dtype=torch.float64) @ torch.rand(dim, dim, generator=generator, dtype=torch.float64)
+    mixing = torch.rand(dim, dim, generator=generator, dtype=torch.float64)  # correlated features, another mean
+    b = 0.5 + 2 * torch.randn(n_b, dim, generator=generator, dtype=torch.float64) @ mixing
     with bundle_scripts() as scripts:
         for x, y in ((a, b), (a, a[: n_a // 2]), (b, a)):
             assert scripts.quality.fid_value(x, y) == pytest.approx(float(FIDMetric()(x, y)), rel=1e-6, abs=1e-6)
