@@ -25,7 +25,8 @@ def test_report_writes_generator_lesion_and_test_numbers(tmp_path):
         "reconstruction_validation": {"val_psnr": 25.0}, "num_samples": 50,
         "fid": {"generated_vs_train": 61.5, "validation_vs_train": 40.0, "generated_vs_train_at_validation_size": 70.0,
                 "num_generated": 50, "num_validation": 10},
-        "kid": {"generated_vs_train": kid, "validation_vs_train": dict(kid, mean=0.002)},
+        "kid": {"generated_vs_train": kid, "validation_vs_train": dict(kid, mean=0.002),
+                "reconstructed_validation_vs_train": dict(kid, mean=0.0105)},
         "frame_intensity_ratio": 1.04,
         "diversity_msssim": {"generated": {"mean": 0.2}, "real_train": {"mean": 0.18}},
         "nearest_neighbour_rmse": {"sample_to_train": {"median": 0.14}, "train_to_train": {"median": 0.12},
@@ -57,3 +58,4 @@ def test_report_writes_generator_lesion_and_test_numbers(tmp_path):
     assert "| lesion minus surroundings, mean intensity (share darker by 10 gray levels): generated, in the mask it " \
            "was generated from | -0.096 (0.75 of 48) |" in report
     assert "| 61.50 |" in report and "12.00 ± 1.00" in report  # FID, KID x 1000
+    assert "(the ceiling of decoded samples) | 10.50 ± 1.00 |" in report

@@ -57,6 +57,8 @@ def quality_table(quality: dict[str, Any]) -> str:
          f"{fid['generated_vs_train_at_validation_size']:.2f}" if "validation_vs_train" in fid else "n/a"),
         ("KID x 1000 vs train images, generated", _kid(kid["generated_vs_train"])),
         ("KID x 1000 vs train images, real validation (the floor)", _kid(kid.get("validation_vs_train", {}))),
+        ("KID x 1000 vs train images, validation through the autoencoder (the ceiling of decoded samples)",
+         _kid(kid.get("reconstructed_validation_vs_train", {}))),
         ("frame intensity, generated / real train (outer 4 px; real = 1)", f"{quality['frame_intensity_ratio']:.3f}"),
     ]
     rows += [(f"autoencoder reconstruction on validation: {k}", f"{v:.3f}") for k, v in sorted(recon.items())]
