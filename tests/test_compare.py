@@ -116,3 +116,41 @@ def test_the_generator_trains_only_for_variants_that_read_its_samples(tmp_path, 
     expected = ["prepare", "autoencoder", "diffusion", "sample", "quality"] if generator else ["prepare"]
     assert planned[:len(expected)] == expected
     assert ("sample" in planned) == generator
+
+
+def test_the_concurrent_runner_keeps_the_generator_and_its_readers_in_one_job(tmp_path):
+    """`scripts/compare_concurrently.py`: the variants that read the samples run after the generator, in its job;
+    every other variant is a job of its own; prepare runs before any job."""
+    import importlib.util
+
+    from mgcc.compare import plan
+    from mgcc.pipeline import make_run
+
+    spec = importlib.util.spec_from_file_location("compare_concurrently",
+                                                  Path(__file__).resolve().parents[1] / "scripts" / "compare_concurrently.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    base = make_run(load_preset("busi-cpu"), str(tmp_path), str(tmp_path / "out"), {})
+    names = ["supervised", "mgcc-real", "mgcc-synthetic"]
+    folders, stages = plan(base, names)
+    assert module.jobs(stages, folders, names, base) == {
+        "generator": ["autoencoder", "diffusion", "sample", "quality", "segmentation", "evaluate"],
+        "supervised": ["segmentation-supervised", "evaluate-supervised"],
+        "mgcc-real": ["segmentation-mgcc-real", "evaluate-mgcc-real"]}
+    folders, stages = plan(base, ["supervised", "mgcc-labeled"])
+    assert module.jobs(stages, folders, ["supervised", "mgcc-labeled"], base) == {
+        "supervised": ["segmentation-supervised", "evaluate-supervised"],
+        "mgcc-labeled": ["segmentation-mgcc-labeled", "evaluate-mgcc-labeled"]}
+
+
+def test_the_comparison_figure_shows_every_seed_and_difference(tmp_path):
+    from mgcc.figures import plot_comparison
+
+    images = [f"img_{i}.png" for i in range(20)]
+    paths = {name: [write_scores(tmp_path / f"{name}-{seed}.csv", {k: value + 0.01 * seed for k in images})
+                    for seed in (0, 3)] for name, value in (("base", 0.5), ("better", 0.6))}
+    summaries = {seed: {name: {m: {"mean": value + 0.01 * seed} for m in ("dice", "iou", "hd95")}
+                        for name, value in (("base", 0.5), ("better", 0.6))} for seed in (0, 3)}
+    summary = over_seeds(summaries, {0: {"base": 1.0, "better": 2.0}, 3: {"base": 1.0, "better": 2.0}})
+    out = plot_comparison(summary, [0, 3], paired_dice_differences(paths, "base"), "base", tmp_path / "c.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000

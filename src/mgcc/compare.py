@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from mgcc.pipeline import STAGES, Run, evaluate_stage, execute_stages, make_run, segmentation_stage
+from mgcc.figures import plot_comparison
+from mgcc.pipeline import STAGES, Run, Stage, evaluate_stage, execute_stages, make_run, segmentation_stage
 from mgcc.presets import load_preset
 from mgcc.report import METRICS, metrics_table
 from mgcc.stages import read_record
@@ -163,7 +164,17 @@ def compare(preset: str = "busi-cpu", data: str | None = None, out: str | None =
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     base = make_run(load_preset(preset), data, out, data_options)
     chosen_seeds = parse_seeds(seeds, base.preset["data"]["seed"])
+    folders, stages = plan(base, names)
+    runs = {seed: seed_run(base, seed) for seed in chosen_seeds}
+    for seed, run in runs.items():
+        print(f"[mgcc] seed {seed} -> {run.out}", flush=True)
+        execute_stages(run, stages)
+    tabulate(base, runs, names, folders)
 
+
+def plan(base: Run, names: list[str]) -> tuple[dict[str, tuple[str, str]], list[Stage]]:
+    """Each variant's (training, evaluation) stage names, and the stages every seed runs in order: prepare, the
+    generator's stages when a variant reads its samples, then each variant's training and evaluation."""
     folders = {name: stage_names(name, base.preset) for name in names}
     variant_stages = []
     for name in names:
@@ -173,24 +184,24 @@ def compare(preset: str = "busi-cpu", data: str | None = None, out: str | None =
                            evaluate_stage(variant)]
     needs_samples = any("sample" in stage.reads_from(base) for stage in variant_stages)
     stages = [s for s in STAGES if s.name in GENERATOR_STAGES and (needs_samples or s.name == "prepare")]
-    stages += variant_stages
-    runs = {seed: seed_run(base, seed) for seed in chosen_seeds}
-    for seed, run in runs.items():
-        print(f"[mgcc] seed {seed} -> {run.out}", flush=True)
-        execute_stages(run, stages)
+    return folders, stages + variant_stages
 
+
+def tabulate(base: Run, runs: dict[int, Run], names: list[str], folders: dict[str, tuple[str, str]]) -> None:
+    """`<out>/compare/compare.md` and `compare.json` from the finished evaluations of every seed."""
     per_seed = {seed: {name: json.loads((run.folder(folders[name][1]) / "evaluation" / "summary.json").read_text())
                        for name in names} for seed, run in runs.items()}
     seconds = {seed: {name: read_record(run.out, folders[name][0])["seconds"] for name in names}
                for seed, run in runs.items()}
     summary = over_seeds(per_seed, seconds)
-    report: dict[str, Any] = {"preset": base.preset["name"], "seeds": chosen_seeds, "variants": names,
+    seeds = list(runs)
+    report: dict[str, Any] = {"preset": base.preset["name"], "seeds": seeds, "variants": names,
                               "summary": summary,
                               "per_seed": {str(seed): {"folder": str(run.out), "results": per_seed[seed],
                                                        "training_seconds": seconds[seed]}
                                            for seed, run in runs.items()}}
     md = [f"# MGCC comparison — preset `{base.preset['name']}`", "", "## Test metrics over seeds", "",
-          seeds_table(summary, chosen_seeds), ""]
+          seeds_table(summary, seeds), ""]
     if len(names) > 1:
         per_image = {name: [run.folder(folders[name][1]) / "evaluation" / "per_image.csv" for run in runs.values()]
                      for name in names}
@@ -202,6 +213,7 @@ def compare(preset: str = "busi-cpu", data: str | None = None, out: str | None =
     folder = base.folder("compare")
     folder.mkdir(exist_ok=True)
     (folder / "compare.json").write_text(json.dumps(report, indent=2))
-    (folder / "compare.md").write_text("\n".join(md))
+    plot_comparison(summary, seeds, report.get("paired_dice_differences"), names[0], folder / "compare.png")
+    (folder / "compare.md").write_text("\n".join(md + ["![comparison](compare.png)", ""]))
     print("\n".join(md))
     print(f"[mgcc] comparison: {folder / 'compare.md'}")

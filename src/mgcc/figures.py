@@ -73,3 +73,36 @@ def image_grid(rows: dict[str, list[Path]], out: Path, size: int = 96, columns: 
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_comparison(summary: dict[str, dict], seeds: list[int], differences: dict[str, dict] | None,
+                    baseline: str, out: Path) -> Path:
+    """`mgcc compare` at a glance: each variant's test Dice per seed (one line per seed, so a seed's split is
+    followed across variants), and each variant's paired Dice difference to the baseline with its 95% interval."""
+    names = list(summary)
+    panels = 2 if differences else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.2), squeeze=False)
+    ax = axes[0][0]
+    per_seed = np.array([summary[n]["dice"]["per_seed"] for n in names])  # variants x seeds
+    for column, seed in enumerate(seeds):
+        ax.plot(range(len(names)), per_seed[:, column], marker="o", lw=1, alpha=0.7, label=f"seed {seed}")
+    ax.plot(range(len(names)), per_seed.mean(1), color="k", lw=2, label="mean")
+    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    ax.set_ylabel("test Dice (mean over images)", fontsize=8)
+    ax.legend(fontsize=7)
+    if differences:
+        ax = axes[0][1]
+        rows = [n for n in names if n in differences]
+        means = np.array([differences[n]["mean"] for n in rows])
+        lows, highs = (np.array([differences[n]["ci95"][i] for n in rows]) for i in (0, 1))
+        ax.errorbar(means, range(len(rows)), xerr=np.maximum([means - lows, highs - means], 0), fmt="o", capsize=4)
+        ax.axvline(0, color="grey", lw=1, ls="--")
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.set_ylim(len(rows) - 0.5, -0.5)  # top to bottom as in the table
+        ax.set_xlabel(f"Dice minus {baseline}, paired per image (95% CI)", fontsize=8)
+    for a in axes[0]:
+        a.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
