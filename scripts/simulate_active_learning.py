@@ -15,7 +15,7 @@ Writes `<out>/active_learning.json`, `active_learning.md` (Dice vs labeled image
 `active_learning.png` (the curve, one line per strategy):
 
     python scripts/simulate_active_learning.py --run outputs/busi-cpu --preset busi-cpu \\
-        [--rounds 2] [--per-round 16] [--random-draws 3] [--out outputs/busi-cpu/active-learning]
+        [--rounds 2] [--per-round 16] [--random-draws 3] [--out outputs/busi-cpu/active-learning] [--jobs 4]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,31 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
     path.write_text(json.dumps(settings, indent=2))
 
 
-def simulate(run: Run, out: Path, rounds: int, per_round: int, random_draws: int) -> dict[str, Any]:
+def follow(strategy: str, run: Run, out: Path, base: dict, start: Path, rounds: int, per_round: int) -> list[dict]:
+    """Rounds 1..`rounds` of one strategy from round 0's model: pick, label, retrain, score the test split."""
+    root = run.dataset
+    previous, labeled, pool = start, base["training"], base["unlabeled"]
+    rows = []
+    for r in range(1, rounds + 1):
+        scoring = disagreement_scores(run, previous) if strategy == "disagreement" else {"seconds": 0.0}
+        seed = 1000 * int(strategy.split("-")[1]) + r if strategy != "disagreement" else 0
+        picked = choose(strategy, pool, scoring.get("scores"), per_round, seed)
+        names = {e["image"] for e in picked}
+        labeled = labeled + [oracle_label(e, root) for e in picked]
+        pool = [e for e in pool if e["image"] not in names]
+        folder = write_datalist(out / strategy / f"round-{r}", base, labeled, pool)
+        print(f"[active learning] round {r}, {strategy}: {len(labeled)} labeled", flush=True)
+        metrics = train_and_evaluate(run, folder)
+        round_seconds = scoring["seconds"] + metrics["training_seconds"] + metrics["evaluation_seconds"]
+        rows.append({"round": r, "labeled": len(labeled), **metrics, "scoring_seconds": scoring["seconds"],
+                     "round_seconds": round(round_seconds, 1), "picked": sorted(Path(n).stem for n in names)})
+        previous = folder
+    return rows
+
+
+def simulate(run: Run, out: Path, rounds: int, per_round: int, random_draws: int, jobs: int = 1) -> dict[str, Any]:
+    """Round 0, then every strategy's rounds; `jobs` strategies at a time (each training is its own process, so on
+    a GPU they share it; on a CPU give each its share of the cores with OMP_NUM_THREADS)."""
     check_settings(out, {"run": str(run.out), "preset": run.preset, "rounds": rounds, "per_round": per_round,
                          "random_draws": random_draws})
     root = run.dataset
@@ -144,26 +169,11 @@ def simulate(run: Run, out: Path, rounds: int, per_round: int, random_draws: int
     print(f"[active learning] round 0: {len(base['training'])} labeled, {len(base['unlabeled'])} in the pool", flush=True)
     first = train_and_evaluate(run, start)
     strategies = ["disagreement"] + [f"random-{k}" for k in range(random_draws)]
+    with ThreadPoolExecutor(max_workers=jobs) as executor:
+        later = dict(zip(strategies, executor.map(lambda s: follow(s, run, out, base, start, rounds, per_round), strategies)))
     results = {s: [{"round": 0, "labeled": len(base["training"]), **first,
-                    "round_seconds": first["training_seconds"] + first["evaluation_seconds"]}] for s in strategies}
-    state = {s: (start, base["training"], base["unlabeled"]) for s in strategies}
-    for r in range(1, rounds + 1):
-        for strategy in strategies:
-            previous, labeled, pool = state[strategy]
-            scoring = disagreement_scores(run, previous) if strategy == "disagreement" else {"seconds": 0.0}
-            seed = 1000 * int(strategy.split("-")[1]) + r if strategy != "disagreement" else 0
-            picked = choose(strategy, pool, scoring.get("scores"), per_round, seed)
-            names = {e["image"] for e in picked}
-            labeled = labeled + [oracle_label(e, root) for e in picked]
-            pool = [e for e in pool if e["image"] not in names]
-            folder = write_datalist(out / strategy / f"round-{r}", base, labeled, pool)
-            print(f"[active learning] round {r}, {strategy}: {len(labeled)} labeled", flush=True)
-            metrics = train_and_evaluate(run, folder)
-            round_seconds = scoring["seconds"] + metrics["training_seconds"] + metrics["evaluation_seconds"]
-            results[strategy].append({"round": r, "labeled": len(labeled), **metrics, "scoring_seconds": scoring["seconds"],
-                                      "round_seconds": round(round_seconds, 1),
-                                      "picked": sorted(Path(n).stem for n in names)})
-            state[strategy] = (folder, labeled, pool)
+                    "round_seconds": first["training_seconds"] + first["evaluation_seconds"]}] + later[s]
+               for s in strategies}
     return {"run": str(run.out), "preset": run.preset["name"], "rounds": rounds, "per_round": per_round,
             "strategies": results}
 
@@ -207,12 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-round", type=int, default=16)
     parser.add_argument("--random-draws", type=int, default=3)
     parser.add_argument("--out", help="default: <run>/active-learning")
+    parser.add_argument("--jobs", type=int, default=1, help="strategies trained at once after round 0 (on a GPU: all)")
     args = parser.parse_args(argv)
     run = Run(load_preset(args.preset), Path(args.run).resolve())
     if not (run.dataset / "datalist.json").is_file():
         parser.error(f"{run.dataset / 'datalist.json'} not found: run the `prepare` stage of {args.run} first")
     out = Path(args.out or run.out / "active-learning").resolve()
-    report = simulate(run, out, args.rounds, args.per_round, args.random_draws)
+    report = simulate(run, out, args.rounds, args.per_round, args.random_draws, args.jobs)
     (out / "active_learning.json").write_text(json.dumps(report, indent=2))
     table = tabulate(report)
     (out / "active_learning.md").write_text(f"# Active learning, simulated (`{args.preset}`, {run.out})\n\n{table}\n")

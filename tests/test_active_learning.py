@@ -60,6 +60,42 @@ def test_table_has_one_row_per_round_with_the_random_mean(al):
     assert lines[3].startswith("| 1 | 12 | 0.600 | 0.450 ± 0.071 | 0.400, 0.500 |")
 
 
+def test_strategies_run_at_once_give_the_same_simulation(al, tmp_path, monkeypatch):
+    """`--jobs`: the strategies' chains of rounds run in threads; each still starts from round 0 and follows its
+    own previous round, so the report is the one of running them one after another."""
+    from mgcc.pipeline import Run
+
+    dataset = tmp_path / "run" / "prepare" / "dataset"
+    (dataset / "labels").mkdir(parents=True)
+    entries = [{"image": f"images/case_{i}.png"} for i in range(12)]
+    for e in entries:
+        (dataset / "labels" / Path(e["image"]).name).write_bytes(b"mask")
+    (dataset / "datalist.json").write_text(json.dumps({"training": entries[:2], "unlabeled": entries[2:],
+                                                       "validation": [], "test": []}))
+
+    def fake_training(run, folder):
+        datalist = json.loads((folder / "datalist.json").read_text())
+        return {"dice": len(datalist["training"]) / 100, "iou": 0.0, "hd95": 0.0, "training_seconds": 0.0,
+                "evaluation_seconds": 0.0}
+
+    def fake_scores(run, folder):  # the previous round's pool, scored by its own size and the image number
+        pool = json.loads((folder / "datalist.json").read_text())["unlabeled"]
+        return {"scores": {Path(e["image"]).stem: (int(Path(e["image"]).stem.split("_")[1]) * len(pool)) % 7
+                           for e in pool}, "seconds": 0.0}
+
+    monkeypatch.setattr(al, "train_and_evaluate", fake_training)
+    monkeypatch.setattr(al, "disagreement_scores", fake_scores)
+    run = Run({"name": "x"}, tmp_path / "run")
+    one = al.simulate(run, tmp_path / "one", rounds=2, per_round=2, random_draws=3, jobs=1)
+    four = al.simulate(run, tmp_path / "four", rounds=2, per_round=2, random_draws=3, jobs=4)
+    assert one == four
+    picked = {s: [r.get("picked") for r in rows] for s, rows in four["strategies"].items()}
+    assert len({str(p) for p in picked.values()}) == 4  # every strategy its own picks
+    assert [r["labeled"] for r in four["strategies"]["random-2"]] == [2, 4, 6]
+    # round 2 ranks the pool that round 1's model left (8 images), not round 0's
+    assert picked["disagreement"] == [None, ["case_2", "case_9"], ["case_5", "case_6"]]
+
+
 @pytest.mark.integration
 def test_the_loop_runs_on_a_tiny_run_and_resumes(tmp_path):
     from mgcc.presets import load_preset
