@@ -154,3 +154,34 @@ def test_the_comparison_figure_shows_every_seed_and_difference(tmp_path):
     summary = over_seeds(summaries, {0: {"base": 1.0, "better": 2.0}, 3: {"base": 1.0, "better": 2.0}})
     out = plot_comparison(summary, [0, 3], paired_dice_differences(paths, "base"), "base", tmp_path / "c.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_the_table_also_measures_the_unlabeled_images_against_the_decoders_alone(tmp_path):
+    """`tabulate`: differences to the first variant, and to `mgcc-labeled` for the variants that add unlabeled
+    images; the figure beside the table."""
+    import json
+
+    from mgcc.compare import plan, tabulate
+    from mgcc.pipeline import make_run
+
+    names = ["supervised", "mgcc-labeled", "mgcc-real"]
+    base = make_run(load_preset("busi-cpu"), str(tmp_path), str(tmp_path / "out"), {})
+    folders, _ = plan(base, names)
+    runs = {seed: seed_run(base, seed) for seed in (0, 1)}
+    images = [f"img_{i}.png" for i in range(30)]
+    for seed, run in runs.items():
+        for name, value in zip(names, (0.5, 0.6, 0.7)):
+            train, evaluate = folders[name]
+            (run.folder(train)).mkdir(parents=True)
+            (run.folder(train) / "stage.json").write_text(json.dumps({"name": train, "seconds": 10.0}))
+            (run.folder(evaluate) / "evaluation").mkdir(parents=True)
+            write_scores(run.folder(evaluate) / "evaluation" / "per_image.csv", {k: value for k in images})
+            (run.folder(evaluate) / "evaluation" / "summary.json").write_text(
+                json.dumps({m: {"mean": value + seed / 100, "std": 0.1} for m in ("dice", "iou", "hd95")} | {"n": 30}))
+    tabulate(base, runs, names, folders)
+    report = json.loads((base.folder("compare") / "compare.json").read_text())
+    assert report["paired_dice_differences"]["mgcc-real"]["mean"] == pytest.approx(0.2)
+    assert set(report["paired_dice_differences_to_ablation"]) == {"mgcc-real"}
+    assert report["paired_dice_differences_to_ablation"]["mgcc-real"]["mean"] == pytest.approx(0.1)
+    assert "## Against `mgcc-labeled`" in (base.folder("compare") / "compare.md").read_text()
+    assert (base.folder("compare") / "compare.png").stat().st_size > 10_000

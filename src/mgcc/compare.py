@@ -34,6 +34,7 @@ VARIANTS: dict[str, tuple[list[str], dict]] = {
     # a mask-conditioned generator's samples with their masks as labeled pairs, the real unlabeled images unlabeled
     "mgcc-synthetic-pairs": (["train.json", "train_synthetic_pairs.json"], {"unlabeled_source": "real"}),
 }
+ABLATION = "mgcc-labeled"  # the auxiliary decoders without unlabeled images
 GENERATOR_STAGES = ("prepare", "autoencoder", "diffusion", "sample", "quality")
 
 
@@ -208,6 +209,11 @@ def tabulate(base: Run, runs: dict[int, Run], names: list[str], folders: dict[st
         report["paired_dice_differences"] = paired_dice_differences(per_image, names[0])
         md += ["## Paired per test image, pooled over seeds (bootstrap within seeds)", "",
                differences_table(report["paired_dice_differences"], names[0]), ""]
+        if ABLATION in names[1:] and len(names) > 2:  # what the unlabeled images add to the auxiliary decoders
+            above = {name: paths for name, paths in per_image.items() if name != names[0]}
+            report["paired_dice_differences_to_ablation"] = paired_dice_differences(above, ABLATION)
+            md += [f"## Against `{ABLATION}`: what the unlabeled images add to the auxiliary decoders", "",
+                   differences_table(report["paired_dice_differences_to_ablation"], ABLATION), ""]
     for seed, run in runs.items():
         md += [f"## Seed {seed} (`{run.out}`): per image, mean ± std", "", metrics_table(per_seed[seed]), ""]
     folder = base.folder("compare")
