@@ -189,7 +189,7 @@ def plan(base: Run, names: list[str]) -> tuple[dict[str, tuple[str, str]], list[
 
 
 def tabulate(base: Run, runs: dict[int, Run], names: list[str], folders: dict[str, tuple[str, str]]) -> None:
-    """`<out>/compare/compare.md` and `compare.json` from the finished evaluations of every seed."""
+    """`<out>/compare/compare.md`, `compare.json` and `compare.png` from the finished evaluations of every seed."""
     per_seed = {seed: {name: json.loads((run.folder(folders[name][1]) / "evaluation" / "summary.json").read_text())
                        for name in names} for seed, run in runs.items()}
     seconds = {seed: {name: read_record(run.out, folders[name][0])["seconds"] for name in names}
