@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from mgcc.compare import VARIANTS, parse_seeds, plan, seed_run, tabulate
+from mgcc.compare import parse_seeds, parse_variants, plan, seed_run, tabulate
 from mgcc.pipeline import execute_stages, make_run
 from mgcc.presets import load_preset
 
@@ -57,10 +57,7 @@ def main() -> None:
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: SEED:JOB runs one job in this process
     args = parser.parse_args()
 
-    names = args.variants.split(",")
-    unknown = sorted(set(names) - set(VARIANTS))
-    if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    names = parse_variants(args.variants)
     base = make_run(load_preset(args.preset), args.data, args.out, {})
     folders, stages = plan(base, names)
     if args.no_quality:

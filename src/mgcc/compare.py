@@ -47,6 +47,15 @@ def seeded_preset(preset: dict[str, Any], seed: int) -> dict[str, Any]:
     return spec
 
 
+def parse_variants(variants: str | tuple | list) -> list[str]:
+    """`--variants supervised,mgcc-real` (fire may give a tuple), every name checked against VARIANTS."""
+    names = variants.split(",") if isinstance(variants, str) else list(variants)
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    return names
+
+
 def parse_seeds(seeds: int | str | tuple | list | None, default: int) -> list[int]:
     """`--seeds 0,1,2` (fire gives a tuple), `--seeds 3` or nothing (the preset's seed)."""
     if seeds is None:
@@ -159,10 +168,7 @@ def compare(preset: str = "busi-cpu", data: str | None = None, out: str | None =
         seeds: comma-separated seeds (e.g. 0,1,2); default: the preset's seed.
         data_options: `mgcc prepare`'s options for a generic-layout dataset (see `mgcc run`).
     """
-    names = variants.split(",") if isinstance(variants, str) else list(variants)
-    unknown = sorted(set(names) - set(VARIANTS))
-    if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    names = parse_variants(variants)
     base = make_run(load_preset(preset), data, out, data_options)
     chosen_seeds = parse_seeds(seeds, base.preset["data"]["seed"])
     folders, stages = plan(base, names)
