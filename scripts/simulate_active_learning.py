@@ -157,7 +157,7 @@ def follow(strategy: str, run: Run, out: Path, base: dict, start: Path, rounds: 
 
 def simulate(run: Run, out: Path, rounds: int, per_round: int, random_draws: int, jobs: int = 1) -> dict[str, Any]:
     """Round 0, then every strategy's rounds; `jobs` strategies at a time (each training is its own process, so on
-    a GPU they share it; on a CPU give each its share of the cores with OMP_NUM_THREADS)."""
+    a GPU they share it); unless OMP_NUM_THREADS is set, each of those gets cores // jobs threads."""
     check_settings(out, {"run": str(run.out), "preset": run.preset, "rounds": rounds, "per_round": per_round,
                          "random_draws": random_draws})
     root = run.dataset
@@ -169,8 +169,17 @@ def simulate(run: Run, out: Path, rounds: int, per_round: int, random_draws: int
     print(f"[active learning] round 0: {len(base['training'])} labeled, {len(base['unlabeled'])} in the pool", flush=True)
     first = train_and_evaluate(run, start)
     strategies = ["disagreement"] + [f"random-{k}" for k in range(random_draws)]
-    with ThreadPoolExecutor(max_workers=jobs) as executor:
-        later = dict(zip(strategies, executor.map(lambda s: follow(s, run, out, base, start, rounds, per_round), strategies)))
+    # the trainings after round 0 run side by side: each gets its share of the cores
+    share = {} if jobs == 1 or "OMP_NUM_THREADS" in os.environ else \
+        {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    os.environ.update(share)
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as executor:
+            later = dict(zip(strategies, executor.map(
+                lambda s: follow(s, run, out, base, start, rounds, per_round), strategies)))
+    finally:
+        for name in share:
+            del os.environ[name]
     results = {s: [{"round": 0, "labeled": len(base["training"]), **first,
                     "round_seconds": first["training_seconds"] + first["evaluation_seconds"]}] + later[s]
                for s in strategies}

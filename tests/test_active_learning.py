@@ -73,8 +73,11 @@ def test_strategies_run_at_once_give_the_same_simulation(al, tmp_path, monkeypat
     (dataset / "datalist.json").write_text(json.dumps({"training": entries[:2], "unlabeled": entries[2:],
                                                        "validation": [], "test": []}))
 
+    threads = {}
+
     def fake_training(run, folder):
         datalist = json.loads((folder / "datalist.json").read_text())
+        threads[folder.relative_to(tmp_path).as_posix()] = os.environ.get("OMP_NUM_THREADS")
         return {"dice": len(datalist["training"]) / 100, "iou": 0.0, "hd95": 0.0, "training_seconds": 0.0,
                 "evaluation_seconds": 0.0}
 
@@ -85,10 +88,16 @@ def test_strategies_run_at_once_give_the_same_simulation(al, tmp_path, monkeypat
 
     monkeypatch.setattr(al, "train_and_evaluate", fake_training)
     monkeypatch.setattr(al, "disagreement_scores", fake_scores)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
     run = Run({"name": "x"}, tmp_path / "run")
     one = al.simulate(run, tmp_path / "one", rounds=2, per_round=2, random_draws=3, jobs=1)
     four = al.simulate(run, tmp_path / "four", rounds=2, per_round=2, random_draws=3, jobs=4)
     assert one == four
+    # side by side, each training gets its share of the cores (8 // 4); round 0 and one-at-a-time runs all of them
+    assert threads["four/round-0"] is None and threads["one/random-1/round-2"] is None
+    assert {t for name, t in threads.items() if name.startswith("four/") and name != "four/round-0"} == {"2"}
+    assert "OMP_NUM_THREADS" not in os.environ
     picked = {s: [r.get("picked") for r in rows] for s, rows in four["strategies"].items()}
     assert len({str(p) for p in picked.values()}) == 4  # every strategy its own picks
     assert [r["labeled"] for r in four["strategies"]["random-2"]] == [2, 4, 6]
