@@ -27,10 +27,11 @@ def found(folder: Path) -> dict[str, bool]:
 
 
 def per_image(roots: list[Path], judge: str, image_set: str) -> dict[str, bool]:
+    """`<set folder>/<file>` -> one clear lesion, keyed without the judge tag so that judges pair up per image."""
     result = {}
     for root in roots:
         for folder in sorted(root.glob(f"{judge}_{image_set}*_pred")):
-            result.update({f"{folder.name}/{k}": v for k, v in found(folder).items()})
+            result.update({f"{folder.name.removeprefix(judge + '_')}/{k}": v for k, v in found(folder).items()})
     return result
 
 
@@ -43,15 +44,10 @@ def paired(a: dict[str, bool], b: dict[str, bool], rng: np.random.Generator) -> 
                                                                  float(np.percentile(boots, 97.5))]}
 
 
-def strip_set(image_set: str, judge: str, table: dict[str, bool]) -> dict[str, bool]:
-    """Keys without the judge tag, so that two judges' results on one image pair up."""
-    return {k.split("/", 1)[0].removeprefix(f"{judge}_") + "/" + k.split("/", 1)[1]: v for k, v in table.items()}
-
-
 def main() -> None:
     roots, out = [Path(p) for p in sys.argv[1:-1]], Path(sys.argv[-1])
     rng = np.random.default_rng(0)
-    tables = {j: {s: strip_set(s, j, per_image(roots, j, s)) for s in SETS} for j in JUDGES}
+    tables = {j: {s: per_image(roots, j, s) for s in SETS} for j in JUDGES}
     rates = {j: {s: {"with_clear_lesion": sum(t.values()), "images": len(t)} for s, t in sets.items()}
              for j, sets in tables.items()}
     blur_vs_plain = {f"{plain} -> {blur}": {s: paired(tables[plain][s], tables[blur][s], rng) for s in SETS}
