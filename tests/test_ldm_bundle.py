@@ -45,8 +45,10 @@ def test_inference_networks_match_training():
     assert train["network_def"] == infer["network_def"]
     for key in ("schedule", "num_train_timesteps", "beta_start", "beta_end"):
         assert train[f"noise_scheduler#{key}"] == infer[f"noise_scheduler#{key}"], key
-    # plain values (sizes, widths, class names, ...) must agree; components and expressions differ on purpose
-    for key in sorted(set(train.config) & set(infer.config) - {"batch_size"}):
+    # plain values (sizes, widths, class names, ...) must agree; components and expressions differ on purpose, and
+    # sampling takes the prediction type from the checkpoint (null)
+    assert infer["prediction_type"] is None
+    for key in sorted(set(train.config) & set(infer.config) - {"batch_size", "prediction_type"}):
         if isinstance(infer[key], dict) or key in ("imports", "run") or str(infer[key]).startswith("$"):
             continue
         assert train[key] == infer[key], f"default of '{key}' differs between the training configs and inference.json"

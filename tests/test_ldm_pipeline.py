@@ -30,7 +30,7 @@ def _pixels(folder):
 @pytest.fixture(scope="module")
 def trained(prepared_phantom, tmp_path_factory):
     """Autoencoder (3 epochs, adversarial from epoch 2), unconditional (2 epochs), class-conditional (1 epoch) and
-    mask-conditional (1 epoch) diffusion."""
+    mask-conditional (1 epoch, v-prediction) diffusion."""
     root = tmp_path_factory.mktemp("ldm")
     common = dict(dataset_dir=str(prepared_phantom), output_dir=str(root / "out"), ckpt_dir=str(root / "ckpt"), **TINY)
     run_bundle([AE], autoencoder_max_epochs=3, adv_warmup_epochs=1, val_interval=1, ae_lr=5e-4, **common)
@@ -39,7 +39,8 @@ def trained(prepared_phantom, tmp_path_factory):
     (root / "ckpt_cond").mkdir()
     shutil.copy(root / "ckpt" / "autoencoder.pt", root / "ckpt_cond" / "autoencoder.pt")
     run_bundle([AE, DIFF], diffusion_max_epochs=1, **cond)
-    mask = dict(common, output_dir=str(root / "out_mask"), ckpt_dir=str(root / "ckpt_mask"), mask_conditional=True)
+    mask = dict(common, output_dir=str(root / "out_mask"), ckpt_dir=str(root / "ckpt_mask"), mask_conditional=True,
+                prediction_type="v_prediction")
     (root / "ckpt_mask").mkdir()
     shutil.copy(root / "ckpt" / "autoencoder.pt", root / "ckpt_mask" / "autoencoder.pt")
     run_bundle([AE, DIFF], diffusion_max_epochs=1, **mask)
@@ -274,6 +275,43 @@ def test_mask_conditional_sampling_writes_labeled_pairs(trained, tmp_path):
     assert not torch.equal(masks[0], masks[1])  # seeds 3 and 4 move the same mask differently
     out = inferer(noise[:1].expand(2, -1, -1, -1), network, **kwargs)
     assert (out[0] - out[1]).abs().max() > 1e-6
+
+
+def test_v_prediction_trains_on_the_velocity_and_the_checkpoint_tells_the_sampler(trained, tmp_path):
+    with bundle_scripts() as scripts:
+        from monai.networks.schedulers import DDPMScheduler
+
+        z = torch.randn(2, 2, 1, 2, 4, 4)
+        batch = {"z_mu": z, "z_sigma": torch.zeros_like(z)}
+        for prediction_type in ("epsilon", "v_prediction", "sample"):
+            scheduler = DDPMScheduler(1000, prediction_type=prediction_type)
+            latents, target, _, kwargs = scripts.diffusion.LatentDiffusionPrepareBatch(
+                scripts.diffusion.ScaleFactor(2), 1000, scheduler=scheduler)(batch)
+            expected = {"epsilon": kwargs["noise"], "sample": latents,
+                        "v_prediction": scheduler.get_velocity(latents, kwargs["noise"], kwargs["timesteps"])}
+            assert torch.equal(target, expected[prediction_type]), prediction_type
+        with pytest.raises(ValueError, match="trained with prediction_type 'epsilon', the config asks for 'v_prediction'"):
+            scripts.diffusion.DiffusionSettings("v_prediction").load_state_dict({"prediction_type": "epsilon"})
+        with pytest.raises(ValueError, match="'prediction_type' must be one of"):
+            scripts.diffusion.DiffusionSettings("velocity")
+    mask_ckpt, plain_ckpt = Path(trained["mask"]["ckpt_dir"]), trained["root"] / "ckpt"
+    assert torch.load(mask_ckpt / "diffusion.pt", weights_only=True)["settings"] == {"prediction_type": "v_prediction"}
+    assert torch.load(plain_ckpt / "diffusion.pt", weights_only=True)["settings"] == {"prediction_type": "epsilon"}
+    settings = dict(trained["mask"], num_samples=1, num_inference_steps=2)
+    folder = sample(settings, tmp_path / "v")
+    assert json.loads((folder / "manifest.json").read_text())["settings"]["prediction_type"] == "v_prediction"
+    with pytest.raises(Exception) as err:  # a config that disagrees with the checkpoint
+        sample(dict(settings, prediction_type="epsilon"), tmp_path / "x")
+    assert "trained with prediction_type 'v_prediction', but config key 'prediction_type' is 'epsilon'" in \
+        "".join(str(e) for e in _chain(err.value))
+    # a checkpoint from before the setting: the noise
+    old = tmp_path / "old_ckpt"
+    old.mkdir()
+    shutil.copy(plain_ckpt / "autoencoder.pt", old / "autoencoder.pt")
+    stored = torch.load(plain_ckpt / "diffusion.pt", weights_only=True)
+    torch.save({k: v for k, v in stored.items() if k != "settings"}, old / "diffusion.pt")
+    folder = sample(dict(trained["common"], ckpt_dir=str(old), num_samples=1, num_inference_steps=2), tmp_path / "old")
+    assert json.loads((folder / "manifest.json").read_text())["settings"]["prediction_type"] == "epsilon"
 
 
 def test_sample_class_needs_a_conditional_model(trained, tmp_path):

@@ -5,10 +5,12 @@ class or lesion-mask conditioning, and the batch preparation that feeds them to 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Sequence
 
 import torch
 from monai.engines.utils import DiffusionPrepareBatch
+from monai.networks.schedulers import Scheduler
 from monai.utils import CommonKeys
 
 #: fill value of the "no class" context and of the "no mask" channel, the value MONAI's
@@ -42,6 +44,40 @@ class ScaleFactor(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"value={self.value.tolist()}, shift={self.shift.tolist()}"
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+class DiffusionSettings:
+    """What the diffusion UNet was trained to predict, stored in its checkpoints (entry ``settings``) so that
+    sampling and resuming cannot silently use another target. Checkpoints without the entry predate the setting and
+    predicted the noise (``epsilon``)."""
+
+    def __init__(self, prediction_type: str = "epsilon") -> None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"config key 'prediction_type' must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}")
+        self.prediction_type = prediction_type
+
+    def state_dict(self) -> dict:
+        return {"prediction_type": self.prediction_type}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("prediction_type") != self.prediction_type:
+            raise ValueError(f"the checkpoint being resumed was trained with prediction_type "
+                             f"{state.get('prediction_type')!r}, the config asks for {self.prediction_type!r}")
+
+
+def trained_prediction_type(path: str, configured: str | None = None) -> str:
+    """The ``prediction_type`` the diffusion checkpoint ``path`` was trained with (``epsilon`` if it predates the
+    setting); a ``configured`` value other than null must agree with it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"diffusion checkpoint not found: {path}")
+    trained = torch.load(path, map_location="cpu", weights_only=True).get("settings", {}).get("prediction_type", "epsilon")
+    if configured is not None and configured != trained:
+        raise ValueError(f"{path}: trained with prediction_type {trained!r}, but config key 'prediction_type' is "
+                         f"{configured!r} (leave it null to use the checkpoint's)")
+    return trained
 
 
 class NormalisedLatentAutoencoder(torch.nn.Module):
@@ -170,7 +206,9 @@ def class_condition(classes: Sequence[str], class_names: Sequence[str], device: 
 
 class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
     """Draw latents from a batch of ``encode_latents`` items, normalise them with the scale factor, and return
-    ``(latents, noise, (), {"noise", "timesteps"[, "condition", "mode"]})`` for ``DiffusionInferer`` (noise prediction).
+    ``(latents, target, (), {"noise", "timesteps"[, "condition", "mode"]})`` for ``DiffusionInferer``. The target
+    follows the ``scheduler``'s ``prediction_type``: the noise (``epsilon``), the velocity (``v_prediction``) or
+    the clean latents (``sample``).
 
     With ``class_names`` the batch's ``class`` entries become one-hot contexts (cross-attention); with
     ``mask_conditional`` the items' lesion masks become an extra input channel (``mode="concat"``). Either
@@ -185,6 +223,7 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         class_names: Sequence[str] | None = None,
         uncond_prob: float = 0.1,
         mask_conditional: bool = False,
+        scheduler: Scheduler | None = None,
     ) -> None:
         if class_names and mask_conditional:
             raise ValueError("class_conditional and mask_conditional cannot both be true (MONAI's DiffusionInferer "
@@ -195,6 +234,13 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         self.class_names = class_names
         self.mask_conditional = mask_conditional
         self.uncond_prob = uncond_prob
+        self.scheduler = scheduler
+
+    def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        prediction_type = getattr(self.scheduler, "prediction_type", "epsilon")
+        if prediction_type == "v_prediction":
+            return self.scheduler.get_velocity(images, noise, timesteps)
+        return images if prediction_type == "sample" else noise
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         latents, masks = draw_latents(batchdata, device)
