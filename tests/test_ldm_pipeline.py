@@ -281,7 +281,7 @@ def test_v_prediction_trains_on_the_velocity_and_the_checkpoint_tells_the_sample
     with bundle_scripts() as scripts:
         from monai.networks.schedulers import DDPMScheduler
 
-        z = torch.randn(2, 2, 1, 2, 4, 4)
+        z = torch.randn(2, 2, 2, 4, 4)  # (batch, as is + mirrored, channels, h, w)
         batch = {"z_mu": z, "z_sigma": torch.zeros_like(z)}
         for prediction_type in ("epsilon", "v_prediction", "sample"):
             scheduler = DDPMScheduler(1000, prediction_type=prediction_type)
