@@ -40,22 +40,31 @@ def lesion_rate(mask_files: Iterable[Path]) -> dict:
             "rule": {"min_area": MIN_AREA, "min_share": MIN_SHARE, "connectivity": 8}}
 
 
-def mask_agreement(sample_dir: Path, predictions: Path) -> dict | None:
-    """Dice between the trained model's mask on each mask-conditioned sample (``<predictions>/<stem>_seg.png``) and
-    the mask the sample was generated from (the sampler's manifest ``label``); ``None`` for unconditioned samples."""
+def mask_dice(sample_dir: Path, predictions: Path) -> dict[str, float]:
+    """Per mask-conditioned sample (by file name): Dice between the trained model's mask
+    (``<predictions>/<stem>_seg.png``) and the mask the sample was generated from (the sampler's manifest ``label``;
+    both empty: 1). Empty for unconditioned samples."""
     samples = json.loads((Path(sample_dir) / "manifest.json").read_text())["samples"]
-    pairs = [(Path(sample_dir) / s["label"], Path(predictions) / f"{Path(s['file']).stem}_seg.png")
-             for s in samples if s.get("label")]
+    pairs = {s["file"]: (Path(sample_dir) / s["label"], Path(predictions) / f"{Path(s['file']).stem}_seg.png")
+             for s in samples if s.get("label")}
     if not pairs:
-        return None
+        return {}
     import torch
     from monai.metrics import compute_dice
 
-    dice = []
-    for asked, found in pairs:
+    dice = {}
+    for name, (asked, found) in pairs.items():
         a, b = (torch.as_tensor(np.asarray(Image.open(p)) > 0, dtype=torch.float32)[None, None] for p in (asked, found))
         if a.shape != b.shape:
             raise ValueError(f"{found}: predicted mask of shape {tuple(b.shape[2:])} for a sample mask of shape "
                              f"{tuple(a.shape[2:])} ({asked})")
-        dice.append(compute_dice(b, a, ignore_empty=False).item())  # both empty: 1
+        dice[name] = compute_dice(b, a, ignore_empty=False).item()
+    return dice
+
+
+def mask_agreement(sample_dir: Path, predictions: Path) -> dict | None:
+    """Mean and spread of ``mask_dice`` over the samples; ``None`` for unconditioned samples."""
+    dice = list(mask_dice(sample_dir, predictions).values())
+    if not dice:
+        return None
     return {"mean": float(np.mean(dice)), "std": float(np.std(dice)), "n": len(dice)}

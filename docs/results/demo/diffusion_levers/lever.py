@@ -5,8 +5,8 @@ the preset's changes (``ldm.diffusion`` / ``ldm.sample`` / ``ldm.common`` keys m
 samples the same 48 seeds and masks, then scores the samples:
 
 - lesion contrast: mean intensity inside the mask a sample was generated from minus outside (gray levels);
-- one clear lesion (``src/mgcc/lesions.py``) as judged by each fixed judge run (a trained demo segmentation stage
-  that is the same for every lever), and the Dice of its mask with the mask asked for.
+- one clear lesion as judged by each fixed judge run (a trained demo segmentation stage that is the same for every
+  lever), and the Dice of its mask with the mask asked for (both from ``src/mgcc/lesions.py``).
 
 Writes ``<out>/levers.json`` (per-sample values, for paired differences). Run with ``OMP_NUM_THREADS`` set when two
 levers share the cores.
@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from mgcc import SEG_BUNDLE
-from mgcc.lesions import has_clear_lesion
+from mgcc.lesions import has_clear_lesion, mask_dice
 from mgcc.pipeline import LESIONS_CONFIGS, Run
 from mgcc.presets import load_preset
 from mgcc.stages import run_bundle
@@ -80,20 +80,15 @@ def main() -> None:
     images = args.out / "sample" / "images"
     records = json.loads((images / "manifest.json").read_text())["samples"]
     result = {"changes": json.loads(args.changes.read_text()), "files": [r["file"] for r in records], "contrast": [], "judges": {}}
-    masks = {}
     for r in records:
         image = np.asarray(Image.open(images / r["file"]).convert("L")).astype(float)
-        masks[r["file"]] = np.asarray(Image.open(images / r["label"]).convert("L")) > 127
-        result["contrast"].append(float(image[masks[r["file"]]].mean() - image[~masks[r["file"]]].mean()))
+        mask = np.asarray(Image.open(images / r["label"]).convert("L")) > 127
+        result["contrast"].append(float(image[mask].mean() - image[~mask].mean()))
     for judge_run in args.judges:
         pred = judge(judge_run, images, args.out)
-        clear, dice = [], []
-        for r in records:
-            found = np.asarray(Image.open(pred / f"{Path(r['file']).stem}_seg.png")) > 127
-            asked = masks[r["file"]]
-            clear.append(bool(has_clear_lesion(found)))
-            dice.append(float(2 * (found & asked).sum() / max(found.sum() + asked.sum(), 1)))
-        result["judges"][judge_run.name] = {"clear": clear, "dice": dice}
+        dice = mask_dice(images, pred)
+        clear = [has_clear_lesion(np.asarray(Image.open(pred / f"{Path(r['file']).stem}_seg.png"))) for r in records]
+        result["judges"][judge_run.name] = {"clear": clear, "dice": [dice[r["file"]] for r in records]}
     (args.out / "levers.json").write_text(json.dumps(result))
     summary = {"contrast": round(float(np.mean(result["contrast"])), 1)}
     for name, j in result["judges"].items():
