@@ -6,6 +6,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUSI_ROOT = (REPO_ROOT / ".." / "shared" / "data" / "Dataset_BUSI_with_GT").resolve()
+STU_ROOT = (REPO_ROOT / ".." / "shared" / "data" / "STU-Hospital").resolve()
+#: `mgcc prepare` options for STU-Hospital's published layout (images and masks in one folder)
+STU_OPTIONS = {"images_dir": ".", "masks_dir": ".", "image_pattern": "Test_Image_{id}.png", "mask_pattern": "mask_{id}.png"}
 
 
 @pytest.fixture(scope="session")
@@ -13,6 +16,23 @@ def busi_root() -> Path:
     if not BUSI_ROOT.is_dir():
         pytest.skip(f"BUSI not found at {BUSI_ROOT}")
     return BUSI_ROOT
+
+
+@pytest.fixture(scope="session")
+def stu_root() -> Path:
+    if not STU_ROOT.is_dir():
+        pytest.skip(f"STU-Hospital not found at {STU_ROOT}")
+    return STU_ROOT
+
+
+@pytest.fixture(scope="session")
+def prepared_stu(stu_root, tmp_path_factory) -> Path:
+    """STU-Hospital after `mgcc prepare` (its masks resampled to the 128x128 images)."""
+    from mgcc.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("stu") / "prepared"
+    prepare_dataset(stu_root, out, **STU_OPTIONS)
+    return out
 
 
 @pytest.fixture(scope="session")

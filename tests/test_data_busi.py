@@ -8,7 +8,7 @@ import pytest
 
 from mgcc.data.busi import scan_busi
 from mgcc.data.prepare import prepare_dataset
-from mgcc.data.split import SplitItem, assign_splits
+from mgcc.data.split import SplitItem, assign_splits, near_duplicate_groups
 from mgcc.data.validate import check_case, read_image, read_mask
 
 DUPLICATE_PAIR = ("benign_0433", "malignant_0145")
@@ -54,6 +54,22 @@ def test_duplicate_pair_stays_on_one_side_for_every_seed_and_fraction(busi_check
             assert assignments[DUPLICATE_PAIR[0]] == assignments[DUPLICATE_PAIR[1]]
 
 
+def test_near_copies_never_straddle_the_split(busi_checked):
+    """No test image has a near-copy (thumbnail correlation >= 0.92) in train or validation, for any seed."""
+    ids = [facts.case.id for facts in busi_checked]
+    thumbnails = np.stack([facts.thumbnail for facts in busi_checked])
+    groups = near_duplicate_groups(ids, thumbnails)
+    of = {identifier: group[0] for group in groups for identifier in group}
+    assert 100 <= len(groups) <= 130 and of["malignant_0004"] == of["malignant_0005"]  # pairs looked at
+    items = [SplitItem(facts.case.id, facts.case.label, facts.pixel_sha256, near_copy_of=of.get(facts.case.id))
+             for facts in busi_checked]
+    correlation = thumbnails @ thumbnails.T
+    for seed in range(3):
+        split = np.array([assign_splits(items, seed=seed, labeled_fraction=1.0)[i].split for i in ids])
+        across = correlation[np.ix_(split == "test", split != "test")]
+        assert across.max() < 0.92
+
+
 def test_every_mask_file_counts_in_multi_mask_images(busi_checked):
     multi = [facts for facts in busi_checked if len(facts.case.masks) > 1]
     assert len(multi) == 17
@@ -69,6 +85,7 @@ def test_prepare_busi(busi_root, tmp_path, include_normal, expected):
     summary = prepare_dataset(busi_root, tmp_path / "busi", include_normal=include_normal)
     assert summary["images"] == expected and summary["multi_mask_images"] == 17
     assert summary["duplicate_groups"] == [list(DUPLICATE_PAIR)]
+    assert len(summary["near_duplicate_groups"]) >= 100
     datalist = json.loads((tmp_path / "busi" / "datalist.json").read_text())
     section = {entry["image"]: name for name, entries in datalist.items() for entry in entries}
     assert section[f"images/{DUPLICATE_PAIR[0]}.png"] == section[f"images/{DUPLICATE_PAIR[1]}.png"]

@@ -3,9 +3,10 @@
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
 
-from mgcc.data.split import SplitItem, assign_splits, duplicate_groups, split_groups
+from mgcc.data.split import SplitItem, assign_splits, duplicate_groups, near_duplicate_groups, split_groups
 
 
 def _items(benign: int = 140, malignant: int = 60) -> list[SplitItem]:
@@ -127,3 +128,29 @@ def test_a_group_is_in_the_stratum_of_its_smallest_id():
     # the malignant stratum is the ten other malignant images: 2 test, 1 validation, 7 train
     rest = Counter(assignments[item.id].split for item in items if item.label == "malignant" and item.id not in patient)
     assert rest == {"test": 2, "validation": 1, "train": 7}
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    rows = rows - rows.mean(axis=1, keepdims=True)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_near_duplicate_groups_join_correlated_thumbnails_in_chains():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(4, 1024))
+    near = base[0] + 0.2 * rng.normal(size=1024)  # correlation ~0.98 with base[0]
+    chained = near + 0.2 * rng.normal(size=1024)  # ~0.98 with `near`, lower with base[0]: joined through it
+    thumbnails = _unit(np.stack([base[0], base[1], near, base[2], chained, base[3]]))
+    ids = ["f", "b", "e", "c", "a", "d"]
+    assert near_duplicate_groups(ids, thumbnails) == [["a", "e", "f"]]
+    assert near_duplicate_groups(ids, thumbnails, threshold=1.0) == []
+    assert near_duplicate_groups(["x"], thumbnails[:1]) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_near_copies_stay_on_one_side(seed):
+    items = _items()
+    for index in (3, 40, 170):
+        items[index] = SplitItem(items[index].id, items[index].label, items[index].pixel_sha256, near_copy_of="benign_0003")
+    assignments = assign_splits(items, seed=seed)
+    assert len({assignments[items[index].id] for index in (3, 40, 170)}) == 1

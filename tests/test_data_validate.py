@@ -71,10 +71,28 @@ def test_image_without_mask_and_mask_without_image(raw, tmp_path):
     assert any("malignant (4)_mask.png: mask without image" in problem for problem in problems)
 
 
-def test_mask_size_mismatch_is_refused(raw, tmp_path):
+def test_mask_of_another_aspect_ratio_is_refused(raw, tmp_path):
     mask = _save(np.zeros((32, 30), np.uint8), raw / "benign" / "benign (1)_mask.png")
     problems = _problems(raw, tmp_path / "out")
-    assert problems == [f"{mask}: mask size 30x32 differs from image size 40x32 (benign (1).png)"]
+    assert problems == [f"{mask}: mask size 30x32, image size 40x32 (benign (1).png): the aspect ratios differ, "
+                        "so the mask cannot be resampled to the image"]
+
+
+def test_mask_at_another_resolution_is_binarized_then_resampled(raw, tmp_path):
+    """A 4x mask with soft edges (another export of the same field of view) lands on the image's grid, counted."""
+    big = np.zeros((128, 160), np.uint8)
+    big[16:48, 20:60] = 200
+    big[15, 20:60] = 60  # a resampled edge below half the maximum: background after binarizing
+    _save(big, raw / "benign" / "benign (1)_mask.png")
+    summary = prepare_dataset(raw, tmp_path / "out")
+    assert summary["resampled_masks"] == 1 and summary["thresholded_masks"] == 1
+    mask = np.asarray(Image.open(tmp_path / "out" / "labels" / "benign_0001.png"))
+    assert mask.shape == (32, 40)
+    expected = np.zeros((32, 40), np.uint8)
+    expected[4:12, 5:15] = 255
+    assert np.array_equal(mask, expected)
+    assert f"{raw / 'benign' / 'benign (1)_mask.png'}: mask resampled to its image's size (nearest, same aspect ratio)" \
+        in summary["warning_list"]
 
 
 def test_all_problems_are_reported_together(raw, tmp_path):

@@ -165,9 +165,17 @@ def scan_folders(
     classes_csv: Path | None = None,
     columns: ClassColumns = ClassColumns(),
 ) -> tuple[list[SourceCase], list[Problem]]:
-    """All cases of a generic dataset (sorted by id) and the problems found in its files and CSV."""
+    """All cases of a generic dataset (sorted by id) and the problems found in its files and CSV.
+
+    Images and masks may share one folder: there, a file that matches the mask pattern is a mask, any other an image.
+    """
     image_files, problems = _pngs(images_dir)
-    mask_files, mask_problems = _pngs(masks_dir)
+    if images_dir.resolve() == masks_dir.resolve():
+        is_mask = pattern_regex(mask_pattern).fullmatch
+        mask_files, mask_problems = [path for path in image_files if is_mask(path.name)], []
+        image_files = [path for path in image_files if not is_mask(path.name)]
+    else:
+        mask_files, mask_problems = _pngs(masks_dir)
     images, image_problems = _match(image_files, image_pattern, "image")
     masks, unmatched_masks = _match(mask_files, mask_pattern, "mask")
     problems += mask_problems + image_problems + unmatched_masks

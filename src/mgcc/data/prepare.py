@@ -21,7 +21,7 @@ from mgcc.data.busi import scan_busi
 from mgcc.data.datalist import SECTIONS, build_datalist, image_path, label_path, read_json, section_of, write_json
 from mgcc.data.folders import ClassColumns, scan_folders
 from mgcc.data.records import KNOWN_CLASSES, DatasetError, Problem, SourceCase
-from mgcc.data.split import SplitItem, assign_splits, duplicate_groups, split_groups
+from mgcc.data.split import NEAR_DUPLICATE_CORRELATION, SplitItem, assign_splits, duplicate_groups, near_duplicate_groups, split_groups
 from mgcc.data.validate import CheckedCase, check_case, load_case
 
 MANIFEST_FORMAT = "mgcc-prepared-dataset/1"
@@ -84,6 +84,17 @@ def mask_threshold_option(value: object) -> float | None:
     if not 0 < threshold <= 255:
         raise _option_error("--mask-threshold", f"{value} is outside (0, 255]: give a mask pixel value {example}")
     return threshold
+
+
+def near_copy_option(value: object) -> float:
+    """--near-copy-correlation: a number in (0, 1]; 1 groups only pixel-identical images."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _option_error("--near-copy-correlation", f"must be a number in (0, 1], got {value!r}") from None
+    if not 0.0 < number <= 1.0:
+        raise _option_error("--near-copy-correlation", f"must be in (0, 1], got {value!r}")
+    return number
 
 
 def _resolve_in(source: Path, folder: str | Path | None, default: str) -> Path:
@@ -259,19 +270,22 @@ def prepare_dataset(
     class_column: str = "class",
     group_column: str | None = None,
     mask_threshold: float | None = None,
+    near_copy_correlation: float = NEAR_DUPLICATE_CORRELATION,
 ) -> dict:
     """Check `source`, then write the prepared dataset to `out`; return a summary with counts per split/class.
 
     `classes_csv` names each image's class in columns `id_column` and `class_column` (a relative path is read
     from the current folder); with `group_column` (e.g. the patient) every group stays on one side of every
     split, merged with the exact-duplicate groups. `mask_threshold`: masks with more than one non-zero value are
-    lesion where >= this value (0..255), default half their maximum. Raises `DatasetError` listing every fatal
+    lesion where >= this value (0..255), default half their maximum. Near-copies (32x32 thumbnails correlating
+    at least `near_copy_correlation`) stay on one side of every split, as exact duplicates do. Raises `DatasetError` listing every fatal
     problem, or naming a bad setting (nothing is written then); warnings are returned in the summary and
     recorded in the manifest.
     """
     labeled_fraction = labeled_fraction_option(labeled_fraction)
     seed = seed_option(seed)
     mask_threshold = mask_threshold_option(mask_threshold)
+    near_copy_correlation = near_copy_option(near_copy_correlation)
     source, out = Path(source).resolve(), Path(out).resolve()
     if not source.is_dir():
         raise DatasetError([Problem(source, "source folder not found")])
@@ -298,7 +312,11 @@ def prepare_dataset(
         raise DatasetError(fatal)
     warnings = [problem for problem in problems if not problem.fatal]
 
-    items = [SplitItem(facts.case.id, facts.case.label, facts.pixel_sha256, facts.case.group) for facts in checked]
+    near = near_duplicate_groups([facts.case.id for facts in checked], np.stack([facts.thumbnail for facts in checked]),
+                                 near_copy_correlation)
+    near_copy_of = {identifier: group[0] for group in near for identifier in group}
+    items = [SplitItem(facts.case.id, facts.case.label, facts.pixel_sha256, facts.case.group, near_copy_of.get(facts.case.id))
+             for facts in checked]
     assignments = assign_splits(items, seed=seed, labeled_fraction=labeled_fraction)
     datalist = build_datalist({facts.case.id: facts.case.label for facts in checked}, assignments)
     duplicates = [[item.id for item in group] for group in duplicate_groups(items) if len(group) > 1]
@@ -309,8 +327,11 @@ def prepare_dataset(
         "excluded": dict(excluded),
         "multi_mask_images": sum(len(facts.case.masks) > 1 for facts in checked),
         "thresholded_masks": sum(facts.thresholded_masks for facts in checked),
+        "resampled_masks": sum(facts.resampled_masks for facts in checked),
         "mask_threshold": mask_threshold,
         "duplicate_groups": duplicates,
+        "near_duplicate_groups": near,
+        "near_copy_correlation": near_copy_correlation,
         "group_column": columns.group,
         "multi_image_groups": len(together),
         "images_in_multi_image_groups": sum(len(group) for group in together),
@@ -330,7 +351,8 @@ def prepare_dataset(
         "source": str(source),
         "layout": layout,
         "settings": {"seed": seed, "labeled_fraction": labeled_fraction, "include_normal": include_normal,
-                     "group_column": columns.group, "mask_threshold": mask_threshold},
+                     "group_column": columns.group, "mask_threshold": mask_threshold,
+                     "near_copy_correlation": near_copy_correlation},
         "summary": summary,
         "warnings": [{"file": _relative(Path(problem.path), source), "reason": problem.reason} for problem in warnings],
         "images": [_record(facts, source, section_of(assignments[facts.case.id])) for facts in checked],
@@ -365,6 +387,11 @@ def print_summary(summary: dict) -> None:
     if summary["excluded"]:
         print("excluded: " + ", ".join(f"{count} {label} (use --include-normal)" for label, count in summary["excluded"].items()))
     print(f"multi-mask images merged: {summary['multi_mask_images']}; duplicate groups kept together: {summary['duplicate_groups']}")
+    near = summary["near_duplicate_groups"]
+    print(f"near-duplicate groups kept together: {len(near)} ({sum(len(group) for group in near)} images; "
+          f"32x32 thumbnails correlating >= {summary['near_copy_correlation']:g})")
+    if summary["resampled_masks"]:
+        print(f"masks at another resolution resampled to their image's size: {summary['resampled_masks']}")
     if summary["thresholded_masks"] or summary["mask_threshold"] is not None:
         level = "half their maximum value" if summary["mask_threshold"] is None else f"--mask-threshold {summary['mask_threshold']:g}"
         print(f"non-binary masks binarized at {level}: {summary['thresholded_masks']}")
@@ -392,6 +419,7 @@ def prepare(
     class_column: str = "class",
     group_column: str | None = None,
     mask_threshold: float | None = None,
+    near_copy_correlation: float = NEAR_DUPLICATE_CORRELATION,
 ) -> None:
     """CLI `mgcc prepare SOURCE --out DIR`: check, normalize and split a dataset; exit 2 on invalid data.
 
@@ -400,7 +428,10 @@ def prepare(
     CSV (a relative path is read from the current folder; columns named by --id-column, default image, and
     --class-column, default class). --group-column NAME (a column of that CSV, e.g. the patient): images with
     the same value stay on one side of every split. --mask-threshold T: masks with more than one non-zero value
-    are lesion where >= T (0..255); default half their maximum.
+    are lesion where >= T (0..255); default half their maximum. A mask at another resolution of its image's
+    aspect ratio is resampled to the image (nearest, after binarizing). --near-copy-correlation C (default
+    0.92): images whose 32x32 thumbnails correlate at least C are near-copies and stay on one side of every
+    split; 1 keeps only pixel-identical images together.
     """
     started = time.perf_counter()
     try:
@@ -420,6 +451,7 @@ def prepare(
             class_column=class_column,
             group_column=group_column,
             mask_threshold=mask_threshold,
+            near_copy_correlation=near_copy_correlation,
         )
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -5,8 +5,8 @@
   `image_pattern`, `mask_pattern`, `classes`, `id_column`, `class_column`, `group_column`, `layout`,
   `mask_threshold`);
 - an already prepared folder (`manifest.json` + `datalist.json`, written by `mgcc prepare`): its images are split
-  again with the run's seed and labeled fraction, keeping the classes and groups its manifest records, so a seed
-  means the same thing for every form.
+  again with the run's seed and labeled fraction, keeping the classes, groups and near-copy rule its manifest
+  records, so a seed means the same thing for every form.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from mgcc.data.prepare import prepare_dataset
 from mgcc.data.records import DatasetError, Problem
+from mgcc.data.split import NEAR_DUPLICATE_CORRELATION
 
 #: `mgcc prepare` options for a raw dataset, as `mgcc run/compare/evaluate` accept them.
 DATA_OPTIONS = ("layout", "images", "masks", "image_pattern", "mask_pattern", "classes", "id_column", "class_column",
@@ -48,8 +49,10 @@ def _resplit(source: Path, out: Path, options: dict[str, Any], **settings: Any) 
     if options:
         raise DatasetError([Problem(source, f"is a prepared dataset: the options {sorted(options)} apply to raw datasets only")])
     try:
-        records = json.loads((source / "manifest.json").read_text())["images"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        manifest = json.loads((source / "manifest.json").read_text())
+        records = manifest["images"]
+        near_copy = manifest["settings"].get("near_copy_correlation", NEAR_DUPLICATE_CORRELATION)
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
         raise DatasetError([Problem(source / "manifest.json", f"not a prepared dataset's manifest ({error})")]) from None
     with tempfile.TemporaryDirectory() as scratch:
         classes = Path(scratch) / "classes.csv"
@@ -58,7 +61,8 @@ def _resplit(source: Path, out: Path, options: dict[str, Any], **settings: Any) 
             writer.writerow(["image", "class", "group"])
             writer.writerows([Path(r["image"]).name, r["class"], r.get("group") or ""] for r in records)
         return prepare_dataset(source, out, layout="folders", images_dir="images", masks_dir="labels",
-                               classes_csv=classes, group_column="group", **settings)
+                               classes_csv=classes, group_column="group",
+                               near_copy_correlation=near_copy, **settings)
 
 
 def prepare_any(source: Path, out: Path, *, labeled_fraction: float, seed: int, include_normal: bool,

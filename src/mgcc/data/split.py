@@ -1,8 +1,9 @@
 """Deterministic, class-stratified train/validation/test split that keeps exact duplicates and groups together.
 
 Protocol (DESIGN.md section 4):
-- images with the same pixels form one group, and so do images with the same group value (e.g. one patient,
-  from a CSV column); groups that share an image are merged. A group's id is its smallest image id and its
+- images with the same pixels form one group, and so do near-copies (`near_duplicate_groups`: the same view
+  saved twice, with other calipers or a slightly different crop) and images with the same group value (e.g.
+  one patient, from a CSV column); groups that share an image are merged. A group's id is its smallest image id and its
   stratum is the class of that image;
 - per stratum, groups are ordered by sha256("<seed>/split/<group id>") - a function of names and seed only,
   so neither file order nor the machine changes it - and filled in that order: test (20% of the stratum's
@@ -18,8 +19,14 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 SPLIT_FRACTIONS = {"test": 0.2, "validation": 0.1}
 TRAIN = "train"
+#: two images are near-copies when the Pearson correlation of their 32x32 thumbnails (`validate.thumbnail`) is at
+#: least this. Chosen on BUSI (docs/data.md): pairs above it were the same lesion in the same view (calipers added,
+#: shifted a few pixels); between 0.90 and 0.92 different patients' dark malignant images start to join.
+NEAR_DUPLICATE_CORRELATION = 0.92
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class SplitItem:
     label: str
     pixel_sha256: str
     group: str | None = None  # e.g. the patient; images with the same value stay on one side of every split
+    near_copy_of: str | None = None  # the first image id of its near-duplicate group (`near_duplicate_groups`)
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,24 @@ def duplicate_groups(items: list[SplitItem]) -> list[list[SplitItem]]:
     return _sorted_groups(by_pixels.values())
 
 
+def near_duplicate_groups(ids: list[str], thumbnails: np.ndarray,
+                          threshold: float = NEAR_DUPLICATE_CORRELATION) -> list[list[str]]:
+    """Groups of two or more ids joined by thumbnail correlation >= `threshold` (chains join: union-find).
+
+    `thumbnails` holds one zero-mean, unit-norm row per id, so a dot product is the Pearson correlation.
+    Each group sorted, groups sorted by their first id.
+    """
+    parent = list(range(len(ids)))
+    if len(ids) > 1:
+        similar = np.triu(thumbnails @ thumbnails.T >= threshold, k=1)
+        for a, b in zip(*np.nonzero(similar)):
+            parent[_root(parent, int(a))] = _root(parent, int(b))
+    merged: dict[int, list[str]] = {}
+    for index, identifier in enumerate(ids):
+        merged.setdefault(_root(parent, index), []).append(identifier)
+    return sorted((sorted(group) for group in merged.values() if len(group) > 1), key=lambda group: group[0])
+
+
 def _root(parent: list[int], index: int) -> int:
     while parent[index] != index:
         parent[index] = parent[parent[index]]
@@ -67,14 +93,15 @@ def _root(parent: list[int], index: int) -> int:
 
 
 def split_groups(items: list[SplitItem]) -> list[list[SplitItem]]:
-    """The units of the split: images joined by identical pixels or by the same group value (union-find).
+    """The units of the split: images joined by identical pixels, near-copies or the same group value (union-find).
 
     Sorted like `duplicate_groups`, which it equals when no item has a group.
     """
     parent = list(range(len(items)))
-    first: dict[tuple[str, str], int] = {}  # ("pixels", sha256) or ("group", value) -> first image holding it
+    first: dict[tuple[str, str], int] = {}  # ("pixels", sha256), ("near", id) or ("group", value) -> first image holding it
     for index, item in enumerate(items):
         keys = [("pixels", item.pixel_sha256)] + ([("group", item.group)] if item.group else [])
+        keys += [("near", item.near_copy_of)] if item.near_copy_of else []
         for key in keys:
             parent[_root(parent, index)] = _root(parent, first.setdefault(key, index))
     merged: dict[int, list[SplitItem]] = {}

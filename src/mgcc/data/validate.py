@@ -11,13 +11,16 @@ Conversion rules (each applied one is reported as a warning, except the lossless
   one non-zero value at most (0/1, 0/255, an RGB colour on black) is lesion where non-zero. A mask with more
   than one non-zero value (JPEG noise, soft edges) is reported as non-binary and binarized: lesion where the
   value is >= half its maximum value, or >= the `mask_threshold` given.
+- a mask at another size than its image but of the same aspect ratio (another export of the same field of
+  view) is binarized at its own size, then resampled to the image's size (nearest neighbour) and noted; a
+  different aspect ratio is refused.
 - images smaller than `MIN_SIDE` pixels on a side are refused.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,11 @@ MIN_SIDE = 32
 #: how every note about a thresholded mask starts
 NON_BINARY = "non-binary mask"
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+#: how every note about a resampled mask starts
+RESAMPLED = "mask resampled"
+#: mask and image aspect ratios (height / width) that differ by at most this fraction count as the same
+ASPECT_TOLERANCE = 0.02
+THUMBNAIL_SIDE = 32
 
 
 class UnreadableFile(ValueError):
@@ -115,6 +123,29 @@ class CheckedCase:
     sha256: str
     pixel_sha256: str
     thresholded_masks: int = 0  # mask files binarized at a threshold (non-binary masks)
+    resampled_masks: int = 0  # mask files at another size of the same aspect, resampled to the image
+    thumbnail: np.ndarray = field(default=None, compare=False, repr=False)  # see `thumbnail`
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """The image averaged down to 32x32, zero-mean and unit-norm (flattened): dot products are correlations."""
+    small = Image.fromarray(image).resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BOX)
+    values = np.asarray(small, dtype=np.float64).ravel()
+    values = values - values.mean()
+    norm = np.linalg.norm(values)
+    return values / norm if norm > 0 else values
+
+
+def _fit_mask(mask: np.ndarray, image: np.ndarray, mask_path: Path, image_path: Path) -> tuple[np.ndarray | None, Problem | None]:
+    """The mask at the image's size: as it is, resampled (nearest) when only the resolution differs, else a problem."""
+    if mask.shape == image.shape:
+        return mask, None
+    (mh, mw), (ih, iw) = mask.shape, image.shape
+    size = f"mask size {mw}x{mh}, image size {iw}x{ih} ({image_path.name})"
+    if abs((mh / mw) / (ih / iw) - 1.0) > ASPECT_TOLERANCE:
+        return None, Problem(mask_path, f"{size}: the aspect ratios differ, so the mask cannot be resampled to the image")
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((iw, ih), Image.Resampling.NEAREST)
+    return np.asarray(resized) > 0, Problem(mask_path, f"{RESAMPLED} to its image's size (nearest, same aspect ratio)", fatal=False)
 
 
 def load_case(case: SourceCase, mask_threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
@@ -141,9 +172,11 @@ def load_case(case: SourceCase, mask_threshold: float | None = None) -> tuple[np
             problems.append(Problem(mask_path, str(error)))
             continue
         problems += [Problem(mask_path, note, fatal=False) for note in notes]
-        if image is not None and mask.shape != image.shape:
-            problems.append(Problem(mask_path, f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size {image.shape[1]}x{image.shape[0]} ({case.image.name})"))
-            continue
+        if image is not None:
+            mask, problem = _fit_mask(mask, image, mask_path, case.image)
+            problems += [problem] if problem is not None else []
+            if mask is None:
+                continue
         merged = mask if merged is None else merged | mask
     if image is None or merged is None or any(problem.fatal for problem in problems):
         return np.zeros((0, 0), np.uint8), np.zeros((0, 0), bool), problems
@@ -174,5 +207,7 @@ def check_case(case: SourceCase, mask_threshold: float | None = None) -> tuple[C
         sha256=file_sha256(case.image),
         pixel_sha256=pixel_hash(image),
         thresholded_masks=sum(problem.reason.startswith(NON_BINARY) for problem in problems),
+        resampled_masks=sum(problem.reason.startswith(RESAMPLED) for problem in problems),
+        thumbnail=thumbnail(image),
     )
     return facts, problems
