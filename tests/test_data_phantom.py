@@ -91,3 +91,20 @@ def test_a_small_network_finds_the_lesions(tmp_path):
     overlap = (predicted * targets[40:]).sum((1, 2, 3))
     dice = 2 * overlap / (predicted.sum((1, 2, 3)) + targets[40:].sum((1, 2, 3)))
     assert dice.mean() > 0.7, dice
+
+
+def test_phantom_refuses_a_folder_with_other_files(tmp_path, capsys):
+    real = tmp_path / "data" / "benign" / "benign (1).png"
+    real.parent.mkdir(parents=True)
+    real.write_bytes(b"the user's image")
+    with pytest.raises(SystemExit) as exit_info:
+        phantom(out=str(tmp_path / "data"), n=8, size=32)
+    assert exit_info.value.code == 2 and "holds no phantom dataset" in capsys.readouterr().err
+    assert real.read_bytes() == b"the user's image" and sorted(p.name for p in real.parent.iterdir()) == [real.name]
+
+
+def test_phantom_replaces_an_earlier_phantom_whole(tmp_path):
+    make_phantom_dataset(tmp_path / "ph", n=24, size=32)
+    make_phantom_dataset(tmp_path / "ph", n=8, size=32)
+    images = [p for p in (tmp_path / "ph").rglob("*.png") if "_mask" not in p.name]
+    assert len(images) == 8

@@ -27,6 +27,8 @@ from mgcc.stages import StageError
 
 #: what a bundle copy leaves out: weights and outputs of the source folder, caches
 LEFT_OUT = shutil.ignore_patterns("models", "eval", "__pycache__", "*.pyc")
+#: written into every exported bundle: the mark that a later export may replace the folder
+EXPORT_RECORD = ".mgcc-export"
 #: run-specific LDM settings (paths, where the run wrote), not properties of the generator
 LDM_RUN_ONLY = ("config_file", "meta_file", "logging_file", "bundle_root", "dataset_dir", "output_dir", "ckpt_dir",
                 "sample_dir", "resume")
@@ -56,6 +58,25 @@ def set_defaults(configs: Path, values: dict[str, Any]) -> None:
             _write_json(path, {**config, **changed})
 
 
+def refuse_to_overwrite(target: Path) -> None:
+    """Stop (StageError, nothing written) unless `target` is new or an earlier export holding only what it wrote:
+    the project's own bundles, a folder of the user's and an earlier export with files added (results, notes)
+    are never replaced."""
+    if target.resolve() in (SEG_BUNDLE.resolve(), LDM_BUNDLE.resolve()):
+        raise StageError(f"{target}: is the project's own bundle, which an export never replaces; choose another --out")
+    if not target.exists():
+        return
+    if not (target / EXPORT_RECORD).is_file():
+        raise StageError(f"{target}: exists and is not an earlier export ({EXPORT_RECORD} missing); choose another "
+                         "--out or move it away, nothing was written")
+    written = set(json.loads((target / EXPORT_RECORD).read_text())["files"])
+    added = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()
+                   and str(p.relative_to(target)) not in written and p.name != EXPORT_RECORD)
+    if added:
+        raise StageError(f"{target}: an earlier export with files added since ({', '.join(added[:3])}"
+                         f"{', ...' if len(added) > 3 else ''}); move them or choose another --out, nothing was written")
+
+
 def _copy_bundle(source: Path, target: Path) -> Path:
     """A clean copy of a bundle folder (no weights, outputs or caches) at `target`, replacing an earlier one."""
     incoming = target.with_name(f".{target.name}.incoming")
@@ -66,7 +87,10 @@ def _copy_bundle(source: Path, target: Path) -> Path:
 
 
 def _swap_in(incoming: Path, target: Path) -> None:
-    """Move a completed copy into place; an export stopped midway keeps the previous one."""
+    """Move a completed copy into place, with the list of the files it wrote; an export stopped midway keeps the
+    previous one."""
+    files = sorted(str(p.relative_to(incoming)) for p in incoming.rglob("*") if p.is_file())
+    (incoming / EXPORT_RECORD).write_text(json.dumps({"files": files}, indent=1) + "\n")
     old = target.with_name(f".{target.name}.replaced")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
@@ -214,8 +238,11 @@ def export(model: str, out: str, generator: bool = True) -> None:
     target = Path(out).resolve()
     target.mkdir(parents=True, exist_ok=True)
     run_name = "".join(c if c.isalnum() or c in "-." else "-" for c in stage.parent.name)
+    with_generator = generator and (stage.parent / "ldm_models" / "diffusion.pt").is_file()
+    for name in (SEG_BUNDLE.name, LDM_BUNDLE.name) if with_generator else (SEG_BUNDLE.name,):
+        refuse_to_overwrite(target / name)
     written = [export_segmentation(stage, target / SEG_BUNDLE.name, run_name)]
-    if generator and (stage.parent / "ldm_models" / "diffusion.pt").is_file():
+    if with_generator:
         written.append(export_generator(stage.parent, target / LDM_BUNDLE.name, run_name))
     for folder in written:
         print(f"[mgcc] bundle: {folder}")

@@ -9,6 +9,9 @@ and an all-zero mask, as in BUSI.
 
 from __future__ import annotations
 
+import json
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,15 +123,41 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG")
 
 
+#: written into every phantom dataset: its settings, and the mark that the folder may be replaced
+PHANTOM_RECORD = "phantom.json"
+
+
+def _clear_earlier_phantom(out: Path) -> None:
+    """Make room in `out`: nothing there, or an earlier phantom dataset (removed). Anything else is the user's,
+    and is refused (`FileExistsError`) before a file is written."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder")
+    entries = [entry for entry in out.iterdir()]
+    if entries and not (out / PHANTOM_RECORD).is_file():
+        raise FileExistsError(f"{out}: folder is not empty and holds no phantom dataset ({PHANTOM_RECORD}); "
+                              "choose a new or empty folder, nothing was written")
+    for entry in entries:
+        if entry.is_dir() and entry.name in CLASSES:
+            shutil.rmtree(entry)
+        elif entry.name == PHANTOM_RECORD:
+            entry.unlink()
+
+
 def make_phantom_dataset(out: Path, n: int = 64, size: int = 128, seed: int = 0) -> Path:
     """Write `n` phantom images of `size` x `size` pixels in the BUSI layout under `out`; return `out`.
 
     Files are `<out>/<class>/<class> (<k>).png` with masks `<class> (<k>)_mask.png`; every sixth benign
-    image has a second lesion in `<class> (<k>)_mask_1.png`. The same `seed` gives the same files.
+    image has a second lesion in `<class> (<k>)_mask_1.png`. The same `seed` gives the same files. `out` must be
+    new, empty or an earlier phantom dataset (replaced whole, so a smaller `n` leaves no older files).
     """
     if n < 1 or size < 16:
         raise ValueError(f"phantom needs n >= 1 and size >= 16, got n={n}, size={size}")
     out = Path(out)
+    _clear_earlier_phantom(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PHANTOM_RECORD).write_text(json.dumps({"n": n, "size": size, "seed": seed}) + "\n")
     for class_index, (label, count) in enumerate(class_counts(n).items()):
         folder = out / label
         folder.mkdir(parents=True, exist_ok=True)
@@ -145,6 +174,10 @@ def make_phantom_dataset(out: Path, n: int = 64, size: int = 128, seed: int = 0)
 
 def phantom(out: str, n: int = 64, size: int = 128, seed: int = 0) -> None:
     """CLI `mgcc phantom --out DIR [--n 64] [--size 128] [--seed 0]`: write a phantom BUSI-layout dataset."""
-    root = make_phantom_dataset(Path(out), n=int(n), size=int(size), seed=int(seed))
+    try:
+        root = make_phantom_dataset(Path(out), n=int(n), size=int(size), seed=int(seed))
+    except FileExistsError as error:
+        print(f"mgcc phantom: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     counts = ", ".join(f"{count} {label}" for label, count in class_counts(int(n)).items())
     print(f"phantom dataset: {counts} ({size}x{size}, seed {seed}) in {root}")
