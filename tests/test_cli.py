@@ -34,3 +34,12 @@ def test_include_normal_false_reaches_prepare_as_false(monkeypatch):
         include_normal=include_normal))
     cli.main(["prepare", "src", "out", "--include-normal", "false"])
     assert seen["include_normal"] is False
+
+
+@pytest.mark.parametrize("command", [*cli.COMMANDS, "label serve"])
+def test_every_command_prints_its_help_and_exits_0(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command.split(), "--help"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert f"mgcc {command}" in printed and ("usage:" in printed or "NAME" in printed)

@@ -57,6 +57,24 @@ def checked_arguments(function, args: list[str], name: str) -> list[str]:
     return checked
 
 
+def usage(function, name: str) -> str:
+    """`name`'s usage: its options (with defaults) and its docstring."""
+    options = []
+    for parameter in list(inspect.signature(function).parameters.values()):
+        if parameter.name == "self":
+            continue
+        flag = "--" + parameter.name.replace("_", "-")
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            from mgcc.data.sources import DATA_OPTIONS
+
+            options += [f"[--{option.replace('_', '-')} VALUE]" for option in DATA_OPTIONS]
+        elif parameter.default is inspect.Parameter.empty:
+            options.append(parameter.name.upper() if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD else flag)
+        else:
+            options.append(f"[{flag} {parameter.default!r}]")
+    return f"usage: {name} {' '.join(options)}\n\n{inspect.cleandoc(function.__doc__ or '')}"
+
+
 def main(argv: list[str] | None = None) -> None:
     import sys
 
@@ -65,6 +83,16 @@ def main(argv: list[str] | None = None) -> None:
         print("usage: mgcc {" + ",".join(COMMANDS) + "} [--help]")
         raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
     target, name, rest = _load(COMMANDS[args[0]]), f"mgcc {args[0]}", args[1:]
+    if "-h" in rest or "--help" in rest:
+        method = getattr(target, rest[0], None) if inspect.isclass(target) and rest[0] not in ("-h", "--help") else None
+        if callable(method):
+            print(usage(method, f"{name} {rest[0]}"))
+        elif inspect.isclass(target):
+            subcommands = [n for n, f in inspect.getmembers(target, inspect.isfunction) if not n.startswith("_")]
+            print(f"usage: {name} {{{','.join(subcommands)}}} [--help]\n\n{inspect.cleandoc(target.__doc__ or '')}")
+        else:
+            print(usage(target, name))
+        raise SystemExit(0)
     if inspect.isclass(target):  # a group of sub-commands (`mgcc label serve ...`): check the method's options
         method = getattr(target, rest[0], None) if rest and not rest[0].startswith("-") else None
         if callable(method):

@@ -134,18 +134,26 @@ def _export_network(bundle: Path, size: list[int]) -> None:
             raise StageError(f"{kind} export in {bundle} failed: {proc.stderr.strip().splitlines()[-1]}")
 
 
-def export_segmentation(stage: Path, target: Path, run_name: str) -> Path:
-    """The segmentation bundle with the model trained in `stage` (a training stage folder) at `target`."""
+def install_segmentation(stage: Path, bundle: Path) -> None:
+    """The model trained in `stage` into `bundle`: `models/model.pt` (its training size recorded) and config
+    defaults equal to the model's settings."""
     import torch
 
-    configs, settings = model_settings(stage)
-    size = [int(v) for v in settings["spatial_size"]]
-    bundle = _copy_bundle(SEG_BUNDLE, target)
+    _, settings = model_settings(stage)
     set_defaults(bundle / "configs", settings)
     weights = torch.load(stage / "models" / "model.pt", map_location="cpu", weights_only=True)
     if not any(weights.get("input_size", torch.zeros(2)).tolist()):  # trained before the size was recorded
-        weights["input_size"] = torch.tensor(size, dtype=torch.int64)
+        weights["input_size"] = torch.tensor([int(v) for v in settings["spatial_size"]], dtype=torch.int64)
+    (bundle / "models").mkdir(exist_ok=True)
     torch.save(weights, bundle / "models" / "model.pt")
+
+
+def export_segmentation(stage: Path, target: Path, run_name: str) -> Path:
+    """The segmentation bundle with the model trained in `stage` (a training stage folder) at `target`."""
+    configs, settings = model_settings(stage)
+    size = [int(v) for v in settings["spatial_size"]]
+    bundle = _copy_bundle(SEG_BUNDLE, target)
+    install_segmentation(stage, bundle)
     _export_network(bundle, size)
 
     summary_file = stage.parent / stage.name.replace("segmentation", "evaluate", 1) / "evaluation" / "summary.json"
@@ -190,14 +198,13 @@ def _latent_data_format(configs: Path, mask: bool) -> None:
     _write_json(configs / "metadata.json", meta)
 
 
-def export_generator(run: Path, target: Path, run_name: str) -> Path:
-    """The generator bundle with the autoencoder and diffusion weights of the run in `run` at `target`."""
-    models = run / "ldm_models"
+def install_generator(run: Path, bundle: Path) -> dict[str, Any]:
+    """The generator trained in `run` into `bundle`: `models/{autoencoder,diffusion}.pt` and config defaults equal
+    to the run's generator and sampler settings (returned); a mask-conditioned generator's masks travel along."""
     settings: dict[str, Any] = {}
     for stage in ("autoencoder", "diffusion", "sample"):
         args = json.loads((run / stage / "args.json").read_text())
         settings.update({k: v for k, v in args.items() if k not in LDM_RUN_ONLY})
-    bundle = _copy_bundle(LDM_BUNDLE, target)
     if settings.get("mask_conditional"):  # it generates from the run's labeled masks: they travel with it
         (bundle / "masks").mkdir()
         dataset = run / "prepare" / "dataset"
@@ -207,8 +214,16 @@ def export_generator(run: Path, target: Path, run_name: str) -> Path:
         settings["mask_dir"] = "$@bundle_root + '/masks'"
     set_defaults(bundle / "configs", settings)
     _latent_data_format(bundle / "configs", mask=bool(settings.get("mask_conditional")))
+    (bundle / "models").mkdir(exist_ok=True)
     for name in ("autoencoder.pt", "diffusion.pt"):
-        shutil.copyfile(models / name, bundle / "models" / name)
+        shutil.copyfile(run / "ldm_models" / name, bundle / "models" / name)
+    return settings
+
+
+def export_generator(run: Path, target: Path, run_name: str) -> Path:
+    """The generator bundle with the autoencoder and diffusion weights of the run in `run` at `target`."""
+    bundle = _copy_bundle(LDM_BUNDLE, target)
+    settings = install_generator(run, bundle)
     quality_file = run / "quality" / "quality.json"
     quality = json.loads(quality_file.read_text()) if quality_file.is_file() else None
     metrics = ({"fid_vs_train": round(quality["fid"]["generated_vs_train"], 2),
