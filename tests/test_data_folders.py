@@ -10,6 +10,7 @@ from PIL import Image
 from mgcc.data.folders import pattern_regex
 from mgcc.data.prepare import prepare_dataset
 from mgcc.data.records import DatasetError
+from mgcc.data.sources import prepare_any
 
 
 def _save(array: np.ndarray, path: Path) -> None:
@@ -22,7 +23,7 @@ def generic(tmp_path) -> Path:
     """Ten cases: images/case_000k.png with masks/mask_000k.png."""
     root = tmp_path / "generic"
     for k in range(1, 11):
-        image = np.full((40, 60), 150, np.uint8)
+        image = np.random.default_rng(k).integers(60, 200, (40, 60), dtype=np.uint8)
         mask = np.zeros((40, 60), np.uint8)
         mask[5 : 5 + k, 4:12] = 255
         _save(image, root / "images" / f"case_{k:04d}.png")
@@ -205,3 +206,10 @@ def test_cli_group_column(patients, tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         cli.main(["prepare", str(root), str(tmp_path / "other"), "--classes", str(csv_path), "--group-column", "patient"])
     assert stopped.value.code == 2 and f"{csv_path}: no column 'image', 'class', 'patient' (columns:" in capsys.readouterr().err
+
+
+def test_a_prepared_generic_dataset_is_split_again(generic, tmp_path):
+    """Its class is `lesion` (no class CSV): `mgcc run/evaluate --data PREPARED` split it again without a word."""
+    prepare_dataset(generic, tmp_path / "once", image_pattern="case_{id}.png", mask_pattern="mask_{id}.png")
+    summary = prepare_any(tmp_path / "once", tmp_path / "twice", labeled_fraction=0.5, seed=1, include_normal=False)
+    assert summary["images"] == 10 and summary["classes"] == {"lesion": 10}

@@ -202,3 +202,36 @@ def test_other_format_under_png_name_is_reported(raw, tmp_path):
     Image.open(image).save(image, format="JPEG")
     problems = _problems(raw, tmp_path / "out")
     assert problems == [f"{image}: not a PNG file (format JPEG)"]
+
+
+def test_a_mask_threshold_above_the_masks_values_is_refused(raw, tmp_path):
+    soft = np.zeros((32, 40), np.uint8)
+    soft[4:12, 5:15] = 200
+    soft[3, 5:15] = 90
+    mask = _save(soft, raw / "benign" / "benign (2)_mask.png")
+    problems = _problems(raw, tmp_path / "out", mask_threshold=255)
+    assert problems == [f"{mask}: --mask-threshold 255 is above this mask's largest value 200: the mask would be empty"]
+
+
+def test_blank_images_full_masks_and_disagreeing_duplicates_are_reported(raw, tmp_path):
+    blank = _save(np.zeros((32, 40), np.uint8), raw / "benign" / "benign (1).png")
+    full = _save(np.full((32, 40), 255, np.uint8), raw / "benign" / "benign (2)_mask.png")
+    twin = raw / "malignant" / "malignant (3).png"
+    twin.write_bytes((raw / "benign" / "benign (3).png").read_bytes())
+    other = np.zeros((32, 40), np.uint8)
+    other[20:30, 20:30] = 255
+    _save(other, raw / "malignant" / "malignant (3)_mask.png")
+    warnings = prepare_dataset(raw, tmp_path / "out")["warning_list"]
+    assert f"{blank}: image has 1 gray level(s): blank, or a mask (are the images and masks folders swapped?)" in warnings
+    assert f"{full}: mask covers 100% of the image: lesion everywhere?" in warnings
+    assert f"{twin}: same pixels as benign (3).png with another class and mask" in warnings
+
+
+def test_swapped_images_and_masks_leave_nothing_to_train_on(tmp_path):
+    for k in range(1, 9):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:20, 8:20] = 255
+        _save(mask, tmp_path / "raw" / "images" / f"c{k}.png")  # every "image" is the same mask
+        _save(np.random.default_rng(k).integers(0, 255, (32, 32), dtype=np.uint8), tmp_path / "raw" / "masks" / f"c{k}.png")
+    problems = _problems(tmp_path / "raw", tmp_path / "out")
+    assert problems == [f"{tmp_path / 'raw'}: no image left for training: the 8 images form 1 group(s) of duplicates and near-copies"]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mgcc.presets import available_presets, load_preset
+from mgcc import PRESETS_DIR
+from mgcc.presets import PresetError, available_presets, load_preset
 from mgcc.stages import StageError, StageResult, is_complete, read_record, run_process, write_record
 
 
@@ -36,11 +37,17 @@ def test_complete_needs_record_and_outputs(tmp_path):
 def test_presets_load_and_unknown_preset_is_named(tmp_path):
     assert {"demo", "busi-cpu", "busi-gpu"} <= set(available_presets())
     assert load_preset("demo")["name"] == "demo"
-    with pytest.raises(FileNotFoundError, match="preset 'nope' not found"):
+    with pytest.raises(PresetError, match="preset 'nope' not found"):
         load_preset("nope")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"data": {}}))
-    with pytest.raises(ValueError, match="lacks section"):
+    with pytest.raises(PresetError, match="lacks section"):
+        load_preset(bad)
+    misspelled = json.loads((PRESETS_DIR / "demo.json").read_text())
+    misspelled["data"] |= {"include_nomal": True}
+    misspelled["data"]["phantom"] |= {"sise": 64}
+    bad.write_text(json.dumps(misspelled))
+    with pytest.raises(PresetError, match=r"unknown entry\(ies\) include_nomal, phantom.sise in section 'data'"):
         load_preset(bad)
 
 

@@ -100,11 +100,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         rest = checked_arguments(target, rest, name)
     from mgcc.data.records import DatasetError
+    from mgcc.presets import PresetError
     from mgcc.stages import StageError
 
     try:
         fire.Fire(target, command=rest, name=name)
-    except (DatasetError, StageError) as error:
+    except (DatasetError, PresetError, StageError) as error:
         print(f"{name}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -8,6 +8,14 @@ from typing import Any
 
 from mgcc import PRESETS_DIR
 
+#: what a preset's `data` section may hold (its other sections are checked against the bundle configs)
+DATA_KEYS = {"labeled_fraction", "seed", "include_normal", "phantom"}
+PHANTOM_KEYS = {"n", "size", "seed"}
+
+
+class PresetError(ValueError):
+    """A preset that cannot be used: not found, not JSON, a section missing or an unknown entry."""
+
 
 def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
@@ -19,14 +27,19 @@ def load_preset(name_or_path: str | Path) -> dict[str, Any]:
     if not path.suffix:
         path = PRESETS_DIR / f"{name_or_path}.json"
     if not path.is_file():
-        raise FileNotFoundError(f"preset '{name_or_path}' not found (looked for {path}); "
+        raise PresetError(f"preset '{name_or_path}' not found (looked for {path}); "
                                 f"available: {', '.join(available_presets())}")
     try:
         preset = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"preset {path} is not valid JSON: {err}") from err
+        raise PresetError(f"preset {path} is not valid JSON: {err}") from err
     missing = [k for k in ("data", "ldm", "segmentation") if k not in preset]
     if missing:
-        raise ValueError(f"preset {path} lacks section(s) {missing}")
+        raise PresetError(f"preset {path} lacks section(s) {missing}")
+    unknown = sorted(set(preset["data"]) - DATA_KEYS) + sorted(
+        f"phantom.{key}" for key in set(preset["data"].get("phantom", {})) - PHANTOM_KEYS)
+    if unknown:
+        raise PresetError(f"preset {path}: unknown entry(ies) {', '.join(unknown)} in section 'data' "
+                         f"(known: {', '.join(sorted(DATA_KEYS))}; phantom: {', '.join(sorted(PHANTOM_KEYS))})")
     preset["name"] = path.stem
     return preset

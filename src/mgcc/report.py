@@ -134,7 +134,7 @@ def write_report(out: Path, folder: Path, preset: dict[str, Any]) -> Path:
     md += ["## Data and split", "", f"Prepared dataset: `{dataset}`", "", split_table(datalist), ""]
 
     md += ["## Learning curves", ""]
-    for csv_path in sorted(out.glob("*/*_history.csv")):
+    for csv_path in sorted(p for p in out.glob("*/*_history.csv") if ".stale-" not in p.parent.name):
         png = plot_history(csv_path, figures / f"{csv_path.parent.name}_{csv_path.stem}.png",
                            f"{csv_path.parent.name}: {csv_path.stem}")
         if png:
@@ -161,7 +161,7 @@ def write_report(out: Path, folder: Path, preset: dict[str, Any]) -> Path:
                    f"{agreement['mean']:.3f} ± {agreement['std']:.3f} (n = {agreement['n']}).", ""]
 
     evaluations = {p.parent.parent.name: json.loads(p.read_text())
-                   for p in sorted(out.glob("evaluate*/evaluation/summary.json"))}
+                   for p in sorted(out.glob("evaluate*/evaluation/summary.json")) if ".stale-" not in p.parent.parent.name}
     md += ["## Test metrics", "", "Per image, then averaged (mean ± std); Dice/IoU at sigmoid 0.5; "
            "HD95 in pixels of the evaluated size; an empty prediction on an empty mask scores 1.", "",
            metrics_table(evaluations) if evaluations else "No evaluation results yet.", ""]

@@ -150,10 +150,11 @@ def read_classes(csv_path: Path, columns: ClassColumns = ClassColumns()) -> tupl
         group = (row[columns.group] or "").strip() if columns.group is not None else ""
         if group:
             table.groups[stem] = group
-        if label in KNOWN_CLASSES:
+        if label in KNOWN_CLASSES + (DEFAULT_CLASS,):  # `lesion`: what a generic dataset without classes gets
             table.classes[stem] = label
         else:
-            problems.append(Problem(f"{csv_path}:{line}", f"unknown class '{label}' (expected one of: {', '.join(KNOWN_CLASSES)})"))
+            problems.append(Problem(f"{csv_path}:{line}", f"unknown class '{label}' (expected one of: "
+                                                          f"{', '.join(KNOWN_CLASSES + (DEFAULT_CLASS,))})"))
     return table, problems
 
 

@@ -245,6 +245,22 @@ def _record(checked: CheckedCase, source: Path, section: str) -> dict:
     }
 
 
+def _disagreeing_duplicates(checked: list[CheckedCase], duplicates: list[list[str]]) -> list[Problem]:
+    """A warning per image whose pixels repeat another's under another class or with another mask: both are kept
+    (on one side of the split), but they are scored against different truths."""
+    facts = {item.case.id: item for item in checked}
+    problems = []
+    for group in duplicates:
+        first = facts[group[0]]
+        for other in (facts[identifier] for identifier in group[1:]):
+            differs = [what for what, same in (("class", other.case.label == first.case.label),
+                                               ("mask", other.mask_sha256 == first.mask_sha256)) if not same]
+            if differs:
+                problems.append(Problem(other.case.image, f"same pixels as {first.case.image.name} with another "
+                                                          f"{' and '.join(differs)}", fatal=False))
+    return problems
+
+
 def _section_counts(datalist: dict) -> dict[str, dict[str, int]]:
     counts = {}
     for section in SECTIONS:
@@ -318,8 +334,12 @@ def prepare_dataset(
     items = [SplitItem(facts.case.id, facts.case.label, facts.pixel_sha256, facts.case.group, near_copy_of.get(facts.case.id))
              for facts in checked]
     assignments = assign_splits(items, seed=seed, labeled_fraction=labeled_fraction)
+    if not any(assignment.split == "train" for assignment in assignments.values()):
+        raise DatasetError([Problem(source, f"no image left for training: the {len(items)} images form "
+                                            f"{len(split_groups(items))} group(s) of duplicates and near-copies")])
     datalist = build_datalist({facts.case.id: facts.case.label for facts in checked}, assignments)
     duplicates = [[item.id for item in group] for group in duplicate_groups(items) if len(group) > 1]
+    warnings += _disagreeing_duplicates(checked, duplicates)
     together = [group for group in split_groups(items) if len(group) > 1]
     summary = {
         "images": len(checked),

@@ -39,6 +39,8 @@ RESAMPLED = "mask resampled"
 #: mask and image aspect ratios (height / width) that differ by at most this fraction count as the same
 ASPECT_TOLERANCE = 0.02
 THUMBNAIL_SIDE = 32
+#: a merged mask covering more than this share of its image is reported (a warning)
+FULL_MASK = 0.95
 
 
 class UnreadableFile(ValueError):
@@ -107,6 +109,9 @@ def read_mask(path: Path, threshold: float | None = None) -> tuple[np.ndarray, l
     levels = np.unique(strength[strength > 0])
     if levels.size <= 1:
         return strength > 0, []
+    if threshold is not None and threshold > levels[-1]:
+        raise UnreadableFile(f"--mask-threshold {threshold:g} is above this mask's largest value {levels[-1]:g}: "
+                             "the mask would be empty")
     if threshold is None:
         return strength >= levels[-1] / 2.0, [f"{NON_BINARY} (several non-zero values); binarized at half its maximum value"]
     return strength >= threshold, [f"{NON_BINARY} (several non-zero values); binarized at --mask-threshold {threshold:g}"]
@@ -122,6 +127,7 @@ class CheckedCase:
     lesion_fraction: float
     sha256: str
     pixel_sha256: str
+    mask_sha256: str = ""
     thresholded_masks: int = 0  # mask files binarized at a threshold (non-binary masks)
     resampled_masks: int = 0  # mask files at another size of the same aspect, resampled to the image
     thumbnail: np.ndarray = field(default=None, compare=False, repr=False)  # see `thumbnail`
@@ -158,6 +164,10 @@ def load_case(case: SourceCase, mask_threshold: float | None = None) -> tuple[np
     try:
         image, notes = read_image(case.image)
         problems += [Problem(case.image, note, fatal=False) for note in notes]
+        levels = len(np.unique(image))
+        if levels <= 2:
+            problems.append(Problem(case.image, f"image has {levels} gray level(s): blank, or a mask (are the images "
+                                                "and masks folders swapped?)", fatal=False))
         if min(image.shape) < MIN_SIDE:
             problems.append(Problem(case.image, f"image too small: {image.shape[1]}x{image.shape[0]} pixels "
                                                 f"(at least {MIN_SIDE} on each side)"))
@@ -180,6 +190,8 @@ def load_case(case: SourceCase, mask_threshold: float | None = None) -> tuple[np
         merged = mask if merged is None else merged | mask
     if image is None or merged is None or any(problem.fatal for problem in problems):
         return np.zeros((0, 0), np.uint8), np.zeros((0, 0), bool), problems
+    if merged.mean() > FULL_MASK:
+        problems.append(Problem(case.masks[0], f"mask covers {merged.mean():.0%} of the image: lesion everywhere?", fatal=False))
     return image, merged, problems
 
 
@@ -206,6 +218,7 @@ def check_case(case: SourceCase, mask_threshold: float | None = None) -> tuple[C
         lesion_fraction=round(float(mask.mean()), 6),
         sha256=file_sha256(case.image),
         pixel_sha256=pixel_hash(image),
+        mask_sha256=pixel_hash(mask.astype(np.uint8)),
         thresholded_masks=sum(problem.reason.startswith(NON_BINARY) for problem in problems),
         resampled_masks=sum(problem.reason.startswith(RESAMPLED) for problem in problems),
         thumbnail=thumbnail(image),
