@@ -122,6 +122,35 @@ def test_an_interrupted_stage_resumes_only_with_the_same_settings(tmp_path):
     assert (tmp_path / "train.stale-2" / "checkpoint").is_file() and read_record(tmp_path, "train") is not None
 
 
+def test_lost_outputs_and_cut_short_records_run_the_stage_again(tmp_path, capsys):
+    """A deleted output (also one outside the stage folder), a truncated `stage.json` or output JSON and an empty
+    `started.json` (a kill while writing) make the stage run again, the earlier folder kept aside; no traceback."""
+    from mgcc.pipeline import Run, Stage, execute_stages
+
+    runs = []
+
+    def execute(run):
+        runs.append(1)
+        (run.folder("train") / "list.json").write_text("[1]")
+        (run.out / "models").mkdir(exist_ok=True)
+        (run.out / "models" / "w.pt").write_text("w")
+        return StageResult("train", 0.1, 1.0)
+
+    stages = [Stage("train", ["list.json", "../models/w.pt"], execute, ("lr",))]
+    execute_stages(Run({"lr": 1}, tmp_path), stages)
+    for damage in (lambda: (tmp_path / "models" / "w.pt").unlink(),
+                   lambda: (tmp_path / "train" / "list.json").write_text("[1"),
+                   lambda: (tmp_path / "train" / "stage.json").write_text('{"name": "tr')):
+        damage()
+        execute_stages(Run({"lr": 1}, tmp_path), stages)
+    assert len(runs) == 4 and "../models/w.pt is missing or unreadable: running it again" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("train.stale-*"))) == 3
+    (tmp_path / "train" / "stage.json").unlink()
+    (tmp_path / "train" / "started.json").write_text("")
+    execute_stages(Run({"lr": 1}, tmp_path), stages)
+    assert len(runs) == 5 and len(list(tmp_path.glob("train.stale-*"))) == 4  # settings unknown: not resumed
+
+
 def test_a_rerun_sets_aside_the_resume_checkpoints_kept_outside_the_stage_folder(tmp_path):
     """The LDM stages keep their resume checkpoints in the shared `ldm_models/`: a stage that runs again with other
     settings must not resume from them (it would finish at once with the old model)."""

@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 from mgcc import LDM_BUNDLE, SEG_BUNDLE
 from mgcc.presets import load_preset
-from mgcc.stages import (StageResult, fingerprint, is_complete, read_record, read_started, run_bundle, run_python,
-                         stage_dir, write_record, write_started)
+from mgcc.stages import (StageResult, fingerprint, is_complete, missing_outputs, read_record, read_started, run_bundle,
+                         run_python, stage_dir, write_record, write_started)
 
 DEFAULT_OUT = Path("outputs")  # under the working folder
 
@@ -222,11 +222,11 @@ def _package(run: Run) -> StageResult:
 LDM_READS = ("ldm.common", "ldm.autoencoder")
 STAGES: list[Stage] = [
     Stage("prepare", ["dataset/datalist.json", "summary.json"], _prepare, reads=("data",)),
-    Stage("autoencoder", ["autoencoder_history.csv"], _autoencoder, LDM_READS, ("prepare",), LDM_BUNDLE,
-          AUTOENCODER_CONFIGS, checkpoints=("ldm_models/autoencoder_resume_checkpoint_*.pt",)),
-    Stage("diffusion", ["diffusion_history.csv"], _diffusion, (*LDM_READS, "ldm.diffusion"), ("autoencoder",),
-          LDM_BUNDLE, DIFFUSION_CONFIGS, checkpoints=("ldm_models/diffusion_resume_checkpoint_*.pt",
-                                                      "ldm_models/diffusion_snapshot_checkpoint_*.pt")),
+    Stage("autoencoder", ["autoencoder_history.csv", "../ldm_models/autoencoder.pt"], _autoencoder, LDM_READS,
+          ("prepare",), LDM_BUNDLE, AUTOENCODER_CONFIGS, checkpoints=("ldm_models/autoencoder_resume_checkpoint_*.pt",)),
+    Stage("diffusion", ["diffusion_history.csv", "../ldm_models/diffusion.pt"], _diffusion,
+          (*LDM_READS, "ldm.diffusion"), ("autoencoder",), LDM_BUNDLE, DIFFUSION_CONFIGS,
+          checkpoints=("ldm_models/diffusion_resume_checkpoint_*.pt", "ldm_models/diffusion_snapshot_checkpoint_*.pt")),
     Stage("sample", ["images/manifest.json"], _sample, (*LDM_READS, "ldm.diffusion", "ldm.sample"), ("diffusion",),
           LDM_BUNDLE, SAMPLE_CONFIGS),
     Stage("quality", ["quality.json"], _quality, LDM_READS, ("sample",), LDM_BUNDLE, QUALITY_CONFIGS),
@@ -286,6 +286,10 @@ def execute_stages(run: Run, stages: list[Stage], force: bool = False) -> None:
     """Run the stages in order, skipping complete ones whose fingerprint is unchanged (unless forced)."""
     for stage in stages:
         parts = fingerprint_parts(run, stage)
+        missing = missing_outputs(run.out, stage.name, stage.outputs)
+        if not force and missing and read_record(run.out, stage.name) is not None:
+            print(f"[mgcc] stage '{stage.name}' completed earlier but {', '.join(missing)} is missing or unreadable: "
+                  "running it again", flush=True)
         if not force and is_complete(run.out, stage.name, stage.outputs):
             record = read_record(run.out, stage.name) or {}
             if record.get("fingerprint") in (None, fingerprint(parts)):  # None: recorded before fingerprints

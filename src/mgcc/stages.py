@@ -51,34 +51,60 @@ def stage_dir(out: Path, name: str) -> Path:
     return Path(out) / name
 
 
-def is_complete(out: Path, name: str, outputs: list[str]) -> bool:
-    """A stage is complete when its record exists and every declared output is present."""
+#: what `read_started` gives for a `started.json` that cannot be read: settings unknown, so never resumed
+UNREADABLE = {"fingerprint": "unreadable"}
+
+
+def _json_or_none(path: Path) -> Any:
+    """The JSON in `path`; None when it is missing, truncated or not JSON (e.g. cut short by a kill)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def missing_outputs(out: Path, name: str, outputs: list[str]) -> list[str]:
+    """The declared outputs of a stage that are absent, or JSON files that cannot be read (cut short)."""
     folder = stage_dir(out, name)
-    return (folder / RECORD).is_file() and all((folder / rel).exists() for rel in outputs)
+    return [rel for rel in outputs if not (folder / rel).exists()
+            or (rel.endswith(".json") and _json_or_none(folder / rel) is None)]
+
+
+def is_complete(out: Path, name: str, outputs: list[str]) -> bool:
+    """A stage is complete when its record can be read and every declared output is present and readable."""
+    return read_record(out, name) is not None and not missing_outputs(out, name, outputs)
 
 
 def read_record(out: Path, name: str) -> dict[str, Any] | None:
-    path = stage_dir(out, name) / RECORD
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The stage's `stage.json`; None when missing or unreadable (the stage then counts as not complete)."""
+    record = _json_or_none(stage_dir(out, name) / RECORD)
+    return record if isinstance(record, dict) else None
+
+
+def _write_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written file
 
 
 def write_started(out: Path, name: str, inputs: dict[str, str]) -> None:
     """`started.json`: what a stage was started with, so a rerun after an interruption knows whether it may resume."""
     folder = stage_dir(out, name)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / STARTED).write_text(json.dumps({"inputs": inputs, "fingerprint": fingerprint(inputs)}, indent=2))
+    _write_atomic(folder / STARTED, {"inputs": inputs, "fingerprint": fingerprint(inputs)})
 
 
 def read_started(folder: Path) -> dict[str, Any] | None:
+    """`started.json` of a stage folder; None when there is none, `UNREADABLE` when it cannot be read."""
     path = Path(folder) / STARTED
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    started = _json_or_none(path)
+    return started if isinstance(started, dict) else UNREADABLE
 
 
 def write_record(out: Path, result: StageResult) -> None:
-    path = stage_dir(out, result.name) / RECORD
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result.to_json(), indent=2))
-    tmp.replace(path)  # atomic: a killed run never leaves a half-written record
+    _write_atomic(stage_dir(out, result.name) / RECORD, result.to_json())
 
 
 def run_process(name: str, command: list[str], cwd: Path, log_file: Path, env: dict[str, str] | None = None
