@@ -219,6 +219,10 @@ def test_data_in_each_form_runs_the_prepare_stage(tmp_path):
     with pytest.raises(SystemExit, match="unknown option '--group-colum'"):
         main(["run", "--preset", "demo", "--out", str(tmp_path / "x"), "--data", str(generic), "--group-colum", "p"])
     assert not (tmp_path / "x").exists()
+    before = sorted(busi.rglob("*"))
+    with pytest.raises(SystemExit, match="must not be inside, equal to or above --data"):
+        main(["run", "--preset", "demo", "--out", str(busi / "run"), "--data", str(busi)])
+    assert sorted(busi.rglob("*")) == before  # nothing written into the dataset
 
 
 def test_a_stage_fingerprint_reads_only_the_config_files_it_runs(tmp_path):

@@ -338,6 +338,9 @@ def make_run(preset: str | dict[str, Any], data: str | None, out: str | None, da
         raise SystemExit(f"--data {data}: not a folder")
     if run_.data_options and run_.data is None:
         raise SystemExit(f"{', '.join('--' + k for k in run_.data_options)} need(s) --data (a raw dataset folder)")
+    if run_.data is not None and (run_.out == run_.data or run_.data in run_.out.parents or run_.out in run_.data.parents):
+        raise SystemExit(f"--out {run_.out}: must not be inside, equal to or above --data {run_.data} "
+                         "(the dataset is never written to); nothing was written")
     run_.out.mkdir(parents=True, exist_ok=True)
     return run_
 
