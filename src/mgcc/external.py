@@ -12,6 +12,7 @@ the run's report lists them.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,19 @@ def section_datalist(dataset: Path, section: str, only_class: str | None, out: P
     return path
 
 
+def seen_in_training(stage: Path, dataset: Path, scored: Path) -> list[str]:
+    """The scored images (entries of the `scored` datalist) whose pixels the model saw in training or validation:
+    images of the prepared dataset `stage` trained on, outside its test split."""
+    args = json.loads((stage / "args.json").read_text())
+    manifest = Path(args.get("dataset_dir", "")) / "manifest.json"
+    if not manifest.is_file():
+        return []
+    seen = {r["pixel_sha256"] for r in json.loads(manifest.read_text())["images"] if r["section"] != "test"}
+    records = json.loads((dataset / "manifest.json").read_text())["images"]
+    pixels = {str(dataset / r["image"]): r["pixel_sha256"] for r in records}
+    return [e["image"] for e in json.loads(scored.read_text())["test"] if pixels.get(e["image"]) in seen]
+
+
 def evaluate(model: str, data: str, section: str = "test", out: str | None = None, seed: int = 0,
              include_normal: bool = False, only_class: str | None = None, **data_options: Any) -> None:
     """Score a trained MGCC model on a dataset: per-image CSV, summary JSON and overlays.
@@ -96,6 +110,10 @@ def evaluate(model: str, data: str, section: str = "test", out: str | None = Non
                                                "weights_mtime_ns": (stage / "models" / "model.pt").stat().st_mtime_ns})
     execute_stages(run, [STAGES[0], scoring])
     summary = json.loads((run.folder("evaluate") / "evaluation" / "summary.json").read_text())
+    seen = seen_in_training(stage, run.dataset, run.folder("evaluate") / "datalist.json")
+    if seen:
+        print(f"[mgcc] warning: {len(seen)} of the {summary['n']} scored images were in the model's training or "
+              f"validation split (same pixels, e.g. {Path(seen[0]).name}): this is not a held-out test", file=sys.stderr)
     print(f"[mgcc] {stage.name} on {data} ({section}): Dice {summary['dice']['mean']:.4f} ± {summary['dice']['std']:.4f}"
           f", n {summary['n']} -> {run.folder('evaluate') / 'evaluation'}")
     if (stage.parent / "report" / "report.md").is_file() and run.out.parent == stage.parent / "external":
