@@ -19,6 +19,44 @@ def busi_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def busi_cases(busi_root):
+    from mgcc.data.busi import scan_busi
+
+    cases, problems = scan_busi(busi_root)
+    assert not [problem for problem in problems if problem.fatal]
+    return cases
+
+
+@pytest.fixture(scope="session")
+def busi_checked(busi_cases):
+    """Every benign and malignant case read and checked once (no files written)."""
+    from mgcc.data.validate import check_case
+
+    checked = []
+    for case in busi_cases:
+        if case.label != "normal":
+            facts, problems = check_case(case)
+            assert facts is not None, problems
+            checked.append(facts)
+    return checked
+
+
+@pytest.fixture(scope="session")
+def busi_release_test_split(busi_checked) -> list:
+    """The checked cases of the release split's test section: seed 0, labeled fraction 1, near-copies grouped
+    (what `configs/busi-release.json` prepares)."""
+    import numpy as np
+
+    from mgcc.data.split import SplitItem, assign_splits, near_duplicate_groups
+
+    groups = near_duplicate_groups([f.case.id for f in busi_checked], np.stack([f.thumbnail for f in busi_checked]))
+    near = {identifier: group[0] for group in groups for identifier in group}
+    items = [SplitItem(f.case.id, f.case.label, f.pixel_sha256, near_copy_of=near.get(f.case.id)) for f in busi_checked]
+    assignments = assign_splits(items, seed=0, labeled_fraction=1.0)
+    return [f for f in busi_checked if assignments[f.case.id].split == "test"]
+
+
+@pytest.fixture(scope="session")
 def stu_root() -> Path:
     if not STU_ROOT.is_dir():
         pytest.skip(f"STU-Hospital not found at {STU_ROOT}")

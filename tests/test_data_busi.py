@@ -6,31 +6,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from mgcc.data.busi import scan_busi
 from mgcc.data.prepare import prepare_dataset
 from mgcc.data.split import SplitItem, assign_splits, near_duplicate_groups
-from mgcc.data.validate import check_case, read_image, read_mask
+from mgcc.data.validate import read_image, read_mask
 
 DUPLICATE_PAIR = ("benign_0433", "malignant_0145")
-
-
-@pytest.fixture(scope="module")
-def busi_cases(busi_root):
-    cases, problems = scan_busi(busi_root)
-    assert not [problem for problem in problems if problem.fatal]
-    return cases
-
-
-@pytest.fixture(scope="module")
-def busi_checked(busi_cases):
-    """Every benign and malignant case read and checked once (no files written)."""
-    checked = []
-    for case in busi_cases:
-        if case.label != "normal":
-            facts, problems = check_case(case)
-            assert facts is not None, problems
-            checked.append(facts)
-    return checked
 
 
 def test_counts_and_multi_mask_images(busi_cases):

@@ -165,11 +165,25 @@ def test_inference_inputs_that_would_lose_or_mix_up_results_are_refused(tmp_path
     with pytest.warns(UserWarning, match=r"skipped 1 file\(s\) that are not .*: notes.txt"):
         found = scripts.data.inference_datalist(str(folder), output_dir=str(tmp_path / "out"))
     assert [Path(d["image"]).name for d in found] == ["a.png", "b.jpg", "c.bmp"]
-    with pytest.raises(ValueError, match="output_dir is the input folder"):
+    with pytest.raises(SystemExit, match="output_dir is the input folder"):
         scripts.data.inference_datalist(str(folder), output_dir=str(folder) + "/")
     Image.fromarray(gray).save(folder / "a.bmp")
-    with pytest.raises(ValueError, match=r"a.bmp and .*a.png would both be written as a_seg.png"):
+    with pytest.raises(SystemExit, match=r"a.bmp and .*a.png would both be written as a_seg.png"):
         scripts.data.inference_datalist(str(folder), output_dir=str(tmp_path / "out"))
+
+
+def test_bad_inference_folders_stop_with_one_line(tmp_path):
+    """Through `python -m monai.bundle run` the message is the whole output: a SystemExit passes the config parser."""
+    (tmp_path / "only_sub" / "scans").mkdir(parents=True)
+    (tmp_path / "a_file").write_text("x")
+    cases = {str(tmp_path / "missing"): "input_dir is not a folder",
+             str(tmp_path / "only_sub"): r"no PNG, JPEG, BMP or NIfTI images in input_dir .*only_sub \(it holds 1 folder"}
+    for folder, message in cases.items():
+        with pytest.raises(SystemExit, match=message):
+            scripts.data.inference_datalist(folder, output_dir=str(tmp_path / "out"))
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "only_sub" / "a.png")
+    with pytest.raises(SystemExit, match="output_dir .*a_file is a file, not a folder"):
+        scripts.data.inference_datalist(str(tmp_path / "only_sub"), output_dir=str(tmp_path / "a_file"))
 
 
 def test_iterations_must_be_whole_validation_intervals():

@@ -98,6 +98,14 @@ def unlabeled_datalist(source: str, datalist: str, synthetic_dir: str | None) ->
     return data
 
 
+class InputError(SystemExit):
+    """Bad input to a bundle command (a folder, a file): ``python -m monai.bundle run`` stops with this one line
+    (exit code 1) instead of a traceback through the config parser, before any model runs."""
+
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}")
+
+
 def inference_datalist(
     input_dir: str | None, datalist: str | None = None, section: str = "test", output_dir: str | None = None
 ) -> list[dict]:
@@ -110,7 +118,7 @@ def inference_datalist(
         files = [d["image"] for d in datalist_section(datalist, section)]
     else:
         if not input_dir or not os.path.isdir(input_dir):
-            raise FileNotFoundError(f"input_dir is not a folder: {input_dir}")
+            raise InputError(f"input_dir is not a folder: {input_dir}")
         found = sorted(f for f in glob.glob(os.path.join(input_dir, "*")) if os.path.isfile(f))
         files = [f for f in found if f.lower().endswith(IMAGE_SUFFIXES)]
         skipped = [os.path.basename(f) for f in found if not f.lower().endswith(IMAGE_SUFFIXES)]
@@ -118,16 +126,20 @@ def inference_datalist(
             warnings.warn(f"{input_dir}: skipped {len(skipped)} file(s) that are not PNG, JPEG, BMP or NIfTI images: "
                           f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
         if not files:
-            raise FileNotFoundError(f"no PNG, JPEG, BMP or NIfTI images in {input_dir}")
+            folders = sum(os.path.isdir(f) for f in glob.glob(os.path.join(input_dir, "*")))
+            raise InputError(f"no PNG, JPEG, BMP or NIfTI images in input_dir {input_dir}"
+                             + (f" (it holds {folders} folder(s): images are not searched in subfolders)" if folders else ""))
     if output_dir is not None:
+        if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+            raise InputError(f"output_dir {output_dir} is a file, not a folder")
         if input_dir and not datalist and os.path.realpath(output_dir) == os.path.realpath(input_dir):
-            raise ValueError(f"output_dir is the input folder {input_dir}: a rerun would segment the masks; "
+            raise InputError(f"output_dir is the input folder {input_dir}: a rerun would segment the masks; "
                              "choose another output_dir")
         writes: dict[str, str] = {}
         for f in files:
             stem = image_stem(f)
             if stem in writes:
-                raise ValueError(f"{writes[stem]} and {f} would both be written as {stem}_seg.png in {output_dir}; "
+                raise InputError(f"{writes[stem]} and {f} would both be written as {stem}_seg.png in {output_dir}; "
                                  "rename one of them")
             writes[stem] = f
     return [{"image": f} for f in files]
