@@ -185,6 +185,13 @@ class MGCCNet(nn.Module):
         input_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(base_channels, bool) or float(base_channels) != int(base_channels) or int(base_channels) < 1:
+            raise ValueError(f"base_channels must be a whole number >= 1, got {base_channels!r}.")
+        base_channels = int(base_channels)
+        if isinstance(input_size, (int, float)):  # `--spatial_size 64`: one number for both sides
+            input_size = (int(input_size), int(input_size))
+        if input_size is not None and (len(input_size) != 2 or any(int(v) % 16 for v in input_size)):
+            raise ValueError(f"spatial_size must be two multiples of 16 (e.g. [128, 128]), got {list(input_size)}.")
         if len(aux_levels) != len(aux_perturbations):
             raise ValueError(f"aux_levels {aux_levels} and aux_perturbations {aux_perturbations} differ in length.")
         if any(not 0 <= level <= 3 for level in aux_levels):
