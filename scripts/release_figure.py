@@ -1,0 +1,72 @@
+"""The release model's figure: the first images (by name, not chosen) of each test set with the true lesion
+outline (green) and the model's (red), and each image's Dice.
+
+Each set is a prepared dataset (`mgcc prepare`) and a folder of the model's `<id>_seg.png` masks for its images
+(the segmentation bundle's `inference.json` output).
+
+    python scripts/release_figure.py --set "BUSI test" data/busi test preds/busi \
+        --set "STU-Hospital" data/stu all preds/stu --out figure.png [--count 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+TILE = 128
+SECTIONS = ("training", "unlabeled", "validation", "test")
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask, iterations=2)
+
+
+def _tile(image: Path, truth: Path, prediction: Path) -> tuple[Image.Image, float]:
+    gray = Image.open(image).convert("L").resize((TILE, TILE), Image.BILINEAR)
+    masks = [np.asarray(Image.open(p).convert("L").resize((TILE, TILE), Image.NEAREST)) > 0 for p in (truth, prediction)]
+    rgb = np.stack([np.asarray(gray)] * 3, axis=-1)
+    rgb[_outline(masks[0])] = (0, 220, 0)
+    rgb[_outline(masks[1])] = (255, 40, 40)
+    total = masks[0].sum() + masks[1].sum()
+    dice = 1.0 if total == 0 else float(2 * (masks[0] & masks[1]).sum() / total)
+    return Image.fromarray(rgb), dice
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", nargs=4, action="append", required=True,
+                        metavar=("NAME", "PREPARED", "SECTION", "PREDICTIONS"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--count", type=int, default=8)
+    args = parser.parse_args()
+    rows = []
+    for name, prepared, section, predictions in args.set:
+        datalist = json.loads((Path(prepared) / "datalist.json").read_text())
+        entries = sorted((e for s in (SECTIONS if section == "all" else (section,)) for e in datalist[s]),
+                         key=lambda e: e["image"])[: args.count]
+        tiles = []
+        for entry in entries:
+            stem = Path(entry["image"]).stem
+            tiles.append(_tile(Path(prepared) / entry["image"], Path(prepared) / "labels" / f"{stem}.png",
+                               Path(predictions) / f"{stem}_seg.png"))
+        rows.append((name, tiles))
+    sheet = Image.new("RGB", (args.count * TILE, len(rows) * (TILE + 32)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, tiles) in enumerate(rows):
+        top = r * (TILE + 32)
+        draw.text((4, top + 2), f"{name}: the first {len(tiles)} images by name; green truth, red model", fill="black")
+        for c, (tile, dice) in enumerate(tiles):
+            sheet.paste(tile, (c * TILE, top + 16))
+            draw.text((c * TILE + 3, top + 18 + TILE - 14), f"Dice {dice:.2f}", fill="yellow")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
