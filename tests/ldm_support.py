@@ -43,16 +43,16 @@ def _purge_scripts() -> None:
 
 
 @contextlib.contextmanager
-def bundle_scripts():
-    """Import context for the bundle's ``scripts`` package; yields the package."""
+def bundle_scripts(bundle: Path = BUNDLE):
+    """Import context for a bundle's ``scripts`` package (default: the LDM bundle's); yields the package."""
     _purge_scripts()
-    sys.path.insert(0, str(BUNDLE))
+    sys.path.insert(0, str(bundle))
     try:
         import scripts
 
         yield scripts
     finally:
-        sys.path.remove(str(BUNDLE))
+        sys.path.remove(str(bundle))
         _purge_scripts()
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ldm_support import bundle_scripts
 from PIL import Image
 
 from mgcc import LDM_BUNDLE, SEG_BUNDLE
@@ -50,13 +51,8 @@ def test_the_segmentation_weights_match_the_configs_defaults():
         parser = ConfigParser()
         parser.read_config([str(SEG_BUNDLE / "configs" / f) for f in files])
         assert weights["input_size"].tolist() == list(parser["spatial_size"]), config
-    sys.path.insert(0, str(SEG_BUNDLE))
-    try:
+    with bundle_scripts(SEG_BUNDLE):
         network = _defaults(SEG_BUNDLE, "inference.json", "network_def")["network_def"]
-    finally:
-        sys.path.remove(str(SEG_BUNDLE))
-        for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
-            del sys.modules[name]
     network.load_state_dict(weights)  # strict: the width and every layer agree
 
 
