@@ -186,7 +186,7 @@ class ChannelFirstBundleInferTask(BundleInferTask):
     becomes the ``(W, H)`` uint8 array MONAI Label's writer turns into a 2D label (before ``Restored``).
 
     On CPU it runs the bundle's ONNX export (``models/model.onnx``; ``/infer`` 1.85x faster than from the
-    checkpoint at full width, docs/results.md section 4) through the bundle's own ``inference_onnx.json``, while the export is at least as new as ``models/model.pt``;
+    checkpoint at full width, docs/results.md, "MONAI Label latency") through the bundle's own ``inference_onnx.json``, while the export is at least as new as ``models/model.pt``;
     once training has written newer weights it runs the checkpoint again, as MONAI Label does without an export."""
 
     def __init__(self, path: str, conf: dict, **kwargs):
