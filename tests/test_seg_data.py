@@ -316,3 +316,22 @@ def test_a_truncated_image_is_one_error_naming_it(tmp_path):
     load = scripts.transforms.LoadImageGrayscaled(keys="image", image_only=True)
     with pytest.raises(ValueError, match=f"{path}: unreadable or truncated image"):
         load({"image": str(path)})
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    (np.full((32, 32), np.nan, np.float32), "NaN or infinite"),
+    (np.linspace(0, 4095, 32 * 32).reshape(32, 32).astype(np.int16), r"values 0..4095 are outside the 8-bit gray levels"),
+    (np.linspace(0, 1, 32 * 32).reshape(32, 32).astype(np.float32), "look normalised to 0..1"),
+])
+def test_inputs_that_are_not_8bit_gray_levels_are_refused(values, message):
+    transform = scripts.transforms.AsGrayscale2Dd("image")
+    with pytest.raises(ValueError, match=message):
+        transform({"image": torch.as_tensor(values)[None]})
+
+
+def test_8bit_gray_levels_pass_and_a_blank_image_is_warned_about():
+    transform = scripts.transforms.AsGrayscale2Dd("image")
+    transform({"image": torch.arange(0, 256, dtype=torch.float32).reshape(1, 16, 16)})
+    with pytest.warns(UserWarning, match="blank image"):
+        transform({"image": torch.zeros(1, 16, 16)})
+    scripts.transforms.AsGrayscale2Dd("label", gray_levels=False)({"label": torch.zeros(1, 16, 16)})  # masks: no check

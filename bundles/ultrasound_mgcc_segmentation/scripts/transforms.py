@@ -5,6 +5,7 @@ model was trained on."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Hashable, Mapping
 
 import numpy as np
@@ -71,12 +72,14 @@ class LoadImageGrayscaled(LoadImaged):
 class AsGrayscale2Dd(MapTransform):
     """Make channel-first images 1-channel 2D: average the channels of multi-channel images from other formats
     (alpha dropped) and drop a trailing singleton spatial dimension (one-slice NIfTI; its recorded
-    ``spatial_shape`` too, so a saved prediction is 2D). Anything else is an error naming the file.
+    ``spatial_shape`` too, so a saved prediction is 2D). Anything else is an error naming the file. With
+    ``gray_levels`` (images, not masks) the values are checked by ``check_gray_levels``.
     """
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, gray_levels: bool = True) -> None:
         super().__init__(keys, allow_missing_keys)
         self.squeeze = SqueezeDim(dim=-1)
+        self.gray_levels = gray_levels
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -93,5 +96,25 @@ class AsGrayscale2Dd(MapTransform):
                 img = img[:3]
             if img.shape[0] > 1:
                 img = img.mean(dim=0, keepdim=True)
+            if self.gray_levels:
+                check_gray_levels(img, getattr(img, "meta", {}).get("filename_or_obj", key))
             d[key] = img
         return d
+
+
+def check_gray_levels(img: torch.Tensor, name: str) -> None:
+    """The network learned 8-bit gray levels (0..255, scaled to 0..1 by the configs). Values that cannot be such
+    levels (NaN or infinity, below 0 or above 255, all within 0..1 as in a normalised float NIfTI) would give a
+    confident wrong mask, so they are refused naming the file; a blank image (one gray level) is warned about."""
+    values = torch.as_tensor(img).float()
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{name}: holds NaN or infinite values; give 8-bit gray levels 0..255.")
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 255:
+        raise ValueError(f"{name}: values {low:g}..{high:g} are outside the 8-bit gray levels 0..255 the model "
+                         "was trained on; rescale the image to 0..255 (e.g. its display window) first.")
+    if 0 < high <= 1 and values.is_floating_point() and not torch.equal(values, values.round()):
+        raise ValueError(f"{name}: values {low:g}..{high:g} look normalised to 0..1; the model expects 8-bit gray "
+                         "levels 0..255: multiply by 255 first.")
+    if high == low:
+        warnings.warn(f"{name}: blank image (every pixel {low:g}): the mask says nothing about it.")
