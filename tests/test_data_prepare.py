@@ -11,6 +11,7 @@ from PIL import Image
 
 from mgcc.data.datalist import SECTIONS
 from mgcc.data.prepare import prepare, prepare_dataset
+from mgcc.data.records import DatasetError
 
 
 def _datalist(prepared: Path) -> dict:
@@ -131,3 +132,15 @@ def test_a_group_column_needs_a_class_csv(phantom_raw, tmp_path, capsys):
         prepare(str(phantom_raw), str(tmp_path / "out"), group_column="patient")
     assert stopped.value.code == 2 and "--group-column names a column of the class CSV" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_prepare_into_the_same_folder_at_once_is_refused(phantom_raw, tmp_path):
+    import fcntl
+
+    out = tmp_path / "prepared"
+    with open(tmp_path / ".prepared.lock", "w") as held:  # what a running prepare holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(DatasetError, match="another mgcc prepare is writing this folder now"):
+            prepare_dataset(phantom_raw, out)
+    assert not out.exists()
+    prepare_dataset(phantom_raw, out)  # free again

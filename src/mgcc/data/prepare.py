@@ -7,6 +7,8 @@ every file passed its checks.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import shutil
 import sys
 import time
@@ -358,14 +360,6 @@ def prepare_dataset(
         "sections": _section_counts(datalist),
         "warnings": len(warnings),
     }
-    # written next to `out` first and moved into place when complete: a run stopped midway keeps the previous dataset
-    staging, replaced = out.parent / f".{out.name}.incoming", out.parent / f".{out.name}.replaced"
-    for folder in (staging, replaced):
-        shutil.rmtree(folder, ignore_errors=True)
-    (staging / "images").mkdir(parents=True)
-    (staging / "labels").mkdir()
-    for facts in checked:
-        _write_case(facts.case, staging, mask_threshold)
     manifest = {
         "format": MANIFEST_FORMAT,
         "source": str(source),
@@ -377,6 +371,39 @@ def prepare_dataset(
         "warnings": [{"file": _relative(Path(problem.path), source), "reason": problem.reason} for problem in warnings],
         "images": [_record(facts, source, section_of(assignments[facts.case.id])) for facts in checked],
     }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        _write_prepared(out, checked, mask_threshold, manifest, datalist)
+    return summary | {"out": str(out), "warning_list": [str(problem) for problem in warnings]}
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Hold `.<out>.lock` next to `out` while writing it: a second `prepare` into the same folder at the same time
+    is refused instead of mixing its files into this one's."""
+    path = out.parent / f".{out.name}.lock"
+    with open(path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DatasetError([Problem(out, "another mgcc prepare is writing this folder now; wait for it")]) from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # while still held: nothing is left next to `out`
+
+
+def _write_prepared(out: Path, checked: list[CheckedCase], mask_threshold: float | None, manifest: dict,
+                    datalist: dict) -> None:
+    """Write the images, labels, manifest and datalist; swap them into `out` once complete."""
+    # written next to `out` first and moved into place when complete: a run stopped midway keeps the previous dataset
+    staging, replaced = out.parent / f".{out.name}.incoming", out.parent / f".{out.name}.replaced"
+    for folder in (staging, replaced):
+        shutil.rmtree(folder, ignore_errors=True)
+    (staging / "images").mkdir(parents=True)
+    (staging / "labels").mkdir()
+    for facts in checked:
+        _write_case(facts.case, staging, mask_threshold)
     write_json(staging / "manifest.json", manifest)
     write_json(staging / "datalist.json", datalist)
     out.mkdir(parents=True, exist_ok=True)
@@ -387,7 +414,6 @@ def prepare_dataset(
         (staging / name).rename(out / name)
     shutil.rmtree(staging)
     shutil.rmtree(replaced)
-    return summary | {"out": str(out), "warning_list": [str(problem) for problem in warnings]}
 
 
 def _print_warnings(warnings: list[dict[str, str]]) -> None:
