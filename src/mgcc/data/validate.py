@@ -142,7 +142,8 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
     return values / norm if norm > 0 else values
 
 
-def _fit_mask(mask: np.ndarray, image: np.ndarray, mask_path: Path, image_path: Path) -> tuple[np.ndarray | None, Problem | None]:
+def _fit_mask(mask: np.ndarray, image: np.ndarray, mask_path: Path,
+              image_path: Path) -> tuple[np.ndarray | None, Problem | None]:
     """The mask at the image's size: as it is, resampled (nearest) when only the resolution differs, else a problem."""
     if mask.shape == image.shape:
         return mask, None
@@ -151,7 +152,8 @@ def _fit_mask(mask: np.ndarray, image: np.ndarray, mask_path: Path, image_path: 
     if abs((mh / mw) / (ih / iw) - 1.0) > ASPECT_TOLERANCE:
         return None, Problem(mask_path, f"{size}: the aspect ratios differ, so the mask cannot be resampled to the image")
     resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((iw, ih), Image.Resampling.NEAREST)
-    return np.asarray(resized) > 0, Problem(mask_path, f"{RESAMPLED} to its image's size (nearest, same aspect ratio)", fatal=False)
+    note = Problem(mask_path, f"{RESAMPLED} to its image's size (nearest, same aspect ratio)", fatal=False)
+    return np.asarray(resized) > 0, note
 
 
 def load_case(case: SourceCase, mask_threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
@@ -191,7 +193,8 @@ def load_case(case: SourceCase, mask_threshold: float | None = None) -> tuple[np
     if image is None or merged is None or any(problem.fatal for problem in problems):
         return np.zeros((0, 0), np.uint8), np.zeros((0, 0), bool), problems
     if merged.mean() > FULL_MASK:
-        problems.append(Problem(case.masks[0], f"mask covers {merged.mean():.0%} of the image: lesion everywhere?", fatal=False))
+        problems.append(Problem(case.masks[0], f"mask covers {merged.mean():.0%} of the image: lesion everywhere?",
+                                fatal=False))
     return image, merged, problems
 
 
