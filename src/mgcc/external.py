@@ -24,7 +24,7 @@ from mgcc.stages import StageResult, run_bundle
 #: what a training stage ran with that is not a property of the model
 RUN_ONLY = ("config_file", "meta_file", "logging_file", "bundle_root", "dataset_dir", "datalist", "output_dir",
             "ckpt_dir", "synthetic_dir", "unlabeled_source", "compile_cache_dir", "resume", "max_iterations",
-            "val_interval")
+            "val_interval", "num_workers", "num_threads", "show_progress")
 
 
 def training_stage(model: Path) -> Path:
