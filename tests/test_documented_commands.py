@@ -44,7 +44,7 @@ def documented_commands(readme: Path) -> list[str]:
 def as_test_command(command: str, paths: dict[str, Path], small: dict = SMALL) -> list[str]:
     for example, path in paths.items():
         command = command.replace(example, str(path))
-    command = command.replace("[1,1,256,256]", "[1,1,64,64]")  # the export's example shape, at the test's size
+    command = command.replace("[1,1,128,128]", "[1,1,64,64]")  # the export's example shape, at the test's size
     args = shlex.split(command)
     args[0] = sys.executable if args[0] == "python" else str(Path(sys.executable).parent / args[0])
     if "run" in args:
