@@ -130,7 +130,8 @@ def test_the_concurrent_runner_keeps_the_generator_and_its_readers_in_one_job(tm
                                                   Path(__file__).resolve().parents[1] / "scripts" / "compare_concurrently.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    base = make_run(load_preset("busi-cpu"), str(tmp_path), str(tmp_path / "out"), {})
+    (tmp_path / "data").mkdir()
+    base = make_run(load_preset("busi-cpu"), str(tmp_path / "data"), str(tmp_path / "out"), {})
     names = ["supervised", "mgcc-real", "mgcc-synthetic"]
     folders, stages = plan(base, names)
     assert module.jobs(stages, folders, names, base) == {
@@ -165,7 +166,8 @@ def test_the_table_also_measures_the_unlabeled_images_against_the_decoders_alone
     from mgcc.pipeline import make_run
 
     names = ["supervised", "mgcc-labeled", "mgcc-real"]
-    base = make_run(load_preset("busi-cpu"), str(tmp_path), str(tmp_path / "out"), {})
+    (tmp_path / "data").mkdir()
+    base = make_run(load_preset("busi-cpu"), str(tmp_path / "data"), str(tmp_path / "out"), {})
     folders, _ = plan(base, names)
     runs = {seed: seed_run(base, seed) for seed in (0, 1)}
     images = [f"img_{i}.png" for i in range(30)]
