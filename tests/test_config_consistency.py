@@ -57,8 +57,9 @@ def test_a_preset_sets_each_model_setting_once_in_its_common_section(preset):
             assert not repeated, f"{preset.name}: {section}.{stage} sets {repeated}; set them once in {section}.common"
 
 
-def test_the_bundle_default_segmentation_model_is_the_busi_gpu_model():
-    common = json.loads((PRESETS_DIR / "busi-gpu.json").read_text())["segmentation"]["common"]
+def test_the_bundle_default_segmentation_model_is_the_shipped_release_model():
+    """The configs' defaults are the settings of the model in `models/model.pt` (`configs/busi-release.json`)."""
+    common = json.loads((PRESETS_DIR / "busi-release.json").read_text())["segmentation"]["common"]
     defaults = {key: next(iter(values.values())) for key, values in model_settings_by_config(
         "ultrasound_mgcc_segmentation").items()}
     assert {key: common[key] for key in defaults} == defaults

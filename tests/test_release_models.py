@@ -58,7 +58,7 @@ def test_the_segmentation_weights_match_the_configs_defaults():
 
 def test_the_shipped_generator_samples_with_the_configs_defaults(tmp_path):
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-               "--sample_dir", str(tmp_path), "--num_samples", "2"]
+               "--sample_dir", str(tmp_path), "--num_samples", "2", "--num_inference_steps", "10"]
     proc = subprocess.run(command, cwd=LDM_BUNDLE, env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
