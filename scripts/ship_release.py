@@ -14,15 +14,11 @@ import json
 from pathlib import Path
 
 from mgcc import LDM_BUNDLE, SEG_BUNDLE
-from mgcc.export import _write_json, install_generator, install_segmentation
+from mgcc.export import _write_json, install_generator, install_segmentation, quality_metrics, summary_metrics
 
 
 def _summary(folder: Path) -> dict:
     return json.loads((folder / "evaluation" / "summary.json").read_text())
-
-
-def _metrics(prefix: str, summary: dict) -> dict[str, float]:
-    return {f"{prefix}_mean_{m}": round(summary[m]["mean"], 4) for m in ("dice", "iou", "hd95")}
 
 
 def _release(bundle: Path, version: str, note: str, metrics: dict[str, float]) -> None:
@@ -42,17 +38,15 @@ def main() -> None:
                         help="an `mgcc evaluate` output folder, reported as NAME_mean_dice, ...")
     args = parser.parse_args()
     stage = args.run / args.model
-    metrics = _metrics("test", _summary(args.run / args.model.replace("segmentation", "evaluate", 1)))
+    metrics = summary_metrics("test", _summary(args.run / args.model.replace("segmentation", "evaluate", 1)))
     for item in args.external:
         name, _, folder = item.partition("=")
-        metrics |= _metrics(name, _summary(Path(folder) / "evaluate"))
+        metrics |= summary_metrics(name, _summary(Path(folder) / "evaluate"))
     install_segmentation(stage, SEG_BUNDLE)
     _release(SEG_BUNDLE, args.version, args.note, metrics)
     install_generator(args.run, LDM_BUNDLE)
     quality = json.loads((args.run / "quality" / "quality.json").read_text())
-    _release(LDM_BUNDLE, args.version, args.note, {
-        "fid_vs_train": round(quality["fid"]["generated_vs_train"], 2),
-        "kid_vs_train_x1000": round(quality["kid"]["generated_vs_train"]["mean"] * 1000, 2)})
+    _release(LDM_BUNDLE, args.version, args.note, quality_metrics(quality))
     print(f"shipped {stage} and the generator of {args.run} as version {args.version}: {metrics}")
 
 

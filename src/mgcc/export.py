@@ -99,6 +99,17 @@ def _swap_in(incoming: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def summary_metrics(prefix: str, summary: dict) -> dict[str, float]:
+    """`eval_metrics` entries of an evaluation's `summary.json`: `<prefix>_mean_{dice,iou,hd95}`."""
+    return {f"{prefix}_mean_{m}": round(summary[m]["mean"], 4) for m in ("dice", "iou", "hd95")}
+
+
+def quality_metrics(quality: dict) -> dict[str, float]:
+    """`eval_metrics` entries of a generator's `quality.json`: FID and KID x 1000 against the train images."""
+    return {"fid_vs_train": round(quality["fid"]["generated_vs_train"], 2),
+            "kid_vs_train_x1000": round(quality["kid"]["generated_vs_train"]["mean"] * 1000, 2)}
+
+
 def _release(metadata: Path, run_name: str, note: str, metrics: dict[str, float]) -> str:
     meta = json.loads(metadata.read_text())
     version = f"{meta['version']}+{run_name}"
@@ -158,7 +169,7 @@ def export_segmentation(stage: Path, target: Path, run_name: str) -> Path:
 
     summary_file = stage.parent / stage.name.replace("segmentation", "evaluate", 1) / "evaluation" / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
-    metrics = {f"test_mean_{m}": round(summary[m]["mean"], 4) for m in ("dice", "iou", "hd95")} if summary else {}
+    metrics = summary_metrics("test", summary) if summary else {}
     command = json.loads((stage / "args.json").read_text())
     version = _release(bundle / "configs" / "metadata.json", run_name,
                        f"trained weights from {stage} ({', '.join(configs)}, width {settings['base_channels']}, "
@@ -226,8 +237,7 @@ def export_generator(run: Path, target: Path, run_name: str) -> Path:
     settings = install_generator(run, bundle)
     quality_file = run / "quality" / "quality.json"
     quality = json.loads(quality_file.read_text()) if quality_file.is_file() else None
-    metrics = ({"fid_vs_train": round(quality["fid"]["generated_vs_train"], 2),
-                "kid_vs_train_x1000": round(quality["kid"]["generated_vs_train"]["mean"] * 1000, 2)} if quality else {})
+    metrics = quality_metrics(quality) if quality else {}
     version = _release(bundle / "configs" / "metadata.json", run_name, f"trained weights from {run}", metrics)
     _readme(bundle / "docs" / "README.md", [
         f"## This trained generator (version `{version}`, exported {datetime.date.today().isoformat()})", "",
