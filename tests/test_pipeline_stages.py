@@ -56,18 +56,19 @@ def test_a_changed_preset_value_reruns_exactly_the_stages_that_depend_on_it(tmp_
 
     runs = []
 
-    def stage(name, reads, after=()):
+    def stage(name, reads, after=(), whole=False):
         def execute(run):
             (run.folder(name)).mkdir(parents=True, exist_ok=True)
             (run.folder(name) / "done").write_text(name)
             runs.append(name)
             return StageResult(name, 0.1, 1.0)
 
-        return Stage(name, ["done"], execute, reads, after)
+        return Stage(name=name, outputs=["done"], execute=execute, reads=reads, after=after,
+                     reads_whole_preset=whole)
 
     # a <- b (reads a's result); c independent; report reads everything
     stages = [stage("a", ("x.a",)), stage("b", ("x.b",), ("a",)), stage("c", ("x.c",)),
-              stage("report", ("",), ("b", "c"))]
+              stage("report", (), ("b", "c"), whole=True)]
     preset = {"x": {"a": 1, "b": 2, "c": 3}}
     execute_stages(Run(preset, tmp_path), stages)
     assert runs == ["a", "b", "c", "report"]
@@ -85,6 +86,25 @@ def test_a_changed_preset_value_reruns_exactly_the_stages_that_depend_on_it(tmp_
     assert rerun({"c": 30}) == ["c", "report"]
     record = read_record(tmp_path, "b")
     assert set(record["inputs"]) == {"preset x.b", "stage a"} and len(record["fingerprint"]) == 16
+    assert set(read_record(tmp_path, "report")["inputs"]) == {"preset (all)", "stage b", "stage c"}
+
+
+def test_the_built_in_stages_keep_the_record_keys_of_existing_runs(tmp_path):
+    """The part names are stored in every `stage.json`: a renamed part would rerun every stage of an existing run.
+    The whole preset and the data folder are flags, not magic entries of `reads`."""
+    from mgcc.pipeline import STAGES, Run, Stage, fingerprint_parts
+
+    run = Run(load_preset("demo"), tmp_path, tmp_path, {"layout": "generic"})
+    keys = {stage.name: sorted(fingerprint_parts(run, stage)) for stage in STAGES}
+    assert keys["prepare"] == ["preset data"]
+    assert keys["report"] == ["preset (all)", "stage evaluate", "stage lesions", "stage quality"]
+    assert keys["sample"] == ["bundle configs", "preset ldm.autoencoder", "preset ldm.common", "preset ldm.diffusion",
+                              "preset ldm.sample", "stage diffusion"]
+    assert keys["segmentation"] == ["bundle configs", "preset segmentation.common", "preset segmentation.train",
+                                    "settings", "stage prepare", "stage sample"]  # the demo trains on samples
+    for special in ("", "data"):
+        with pytest.raises(AssertionError, match="reads_whole_preset / reads_data_folder"):
+            Stage(name="x", outputs=[], execute=lambda run: None, reads=(special,))
 
 
 def test_an_interrupted_stage_resumes_only_with_the_same_settings(tmp_path):
@@ -103,7 +123,7 @@ def test_an_interrupted_stage_resumes_only_with_the_same_settings(tmp_path):
         (folder / "done").write_text("")
         return StageResult("train", 0.1, 1.0)
 
-    stages = [Stage("train", ["done"], execute, ("lr",))]
+    stages = [Stage(name="train", outputs=["done"], execute=execute, reads=("lr",))]
     preset = {"lr": 1, "stop": True}
     with pytest.raises(KeyboardInterrupt):
         execute_stages(Run(preset, tmp_path), stages)
@@ -136,7 +156,7 @@ def test_lost_outputs_and_cut_short_records_run_the_stage_again(tmp_path, capsys
         (run.out / "models" / "w.pt").write_text("w")
         return StageResult("train", 0.1, 1.0)
 
-    stages = [Stage("train", ["list.json", "../models/w.pt"], execute, ("lr",))]
+    stages = [Stage(name="train", outputs=["list.json", "../models/w.pt"], execute=execute, reads=("lr",))]
     execute_stages(Run({"lr": 1}, tmp_path), stages)
     for damage in (lambda: (tmp_path / "models" / "w.pt").unlink(),
                    lambda: (tmp_path / "train" / "list.json").write_text("[1"),
@@ -166,7 +186,8 @@ def test_a_rerun_sets_aside_the_resume_checkpoints_kept_outside_the_stage_folder
         (run.folder("train") / "done").write_text("")
         return StageResult("train", 0.1, 1.0)
 
-    stages = [Stage("train", ["done"], execute, ("lr",), checkpoints=("models/train_resume_*.pt",))]
+    stages = [Stage(name="train", outputs=["done"], execute=execute, reads=("lr",),
+                    checkpoints=("models/train_resume_*.pt",))]
     execute_stages(Run({"lr": 1}, tmp_path), stages)
     execute_stages(Run({"lr": 2}, tmp_path), stages)
     assert seen == [[], []]  # the second run did not find the first run's checkpoint
@@ -231,7 +252,7 @@ def test_a_stage_fingerprint_reads_only_the_config_files_it_runs(tmp_path):
     bundle = tmp_path / "bundle"
     (bundle / "configs").mkdir(parents=True)
     (bundle / "configs" / "train.json").write_text("{}")
-    stage = Stage("train", ["done"], lambda run: None, (), (), bundle, ("train.json",))
+    stage = Stage(name="train", outputs=["done"], execute=lambda run: None, bundle=bundle, configs=("train.json",))
     run = Run({}, tmp_path / "out")
     before = fingerprint_parts(run, stage)
     (bundle / "configs" / "another_variant.json").write_text('{"x": 1}')  # a new config the stage does not run

@@ -104,10 +104,11 @@ def evaluate(model: str, data: str, section: str = "test", out: str | None = Non
                            "datalist": str(section_datalist(run_.dataset, section, only_class, folder)),
                            "ckpt_dir": str(stage / "models")})
 
-    scoring = Stage("evaluate", ["evaluation/summary.json", "evaluation/per_image.csv"], execute, ("data",),
-                    ("prepare",), SEG_BUNDLE, (*configs, "evaluate.json"), {"model": str(stage), "model_settings": settings,
-                                               "section": section, "only_class": only_class,
-                                               "weights_mtime_ns": (stage / "models" / "model.pt").stat().st_mtime_ns})
+    scoring = Stage(name="evaluate", outputs=["evaluation/summary.json", "evaluation/per_image.csv"], execute=execute,
+                    reads_data_folder=True, after=("prepare",), bundle=SEG_BUNDLE, configs=(*configs, "evaluate.json"),
+                    settings={"model": str(stage), "model_settings": settings, "section": section,
+                              "only_class": only_class,
+                              "weights_mtime_ns": (stage / "models" / "model.pt").stat().st_mtime_ns})
     execute_stages(run, [STAGES[0], scoring])
     summary = json.loads((run.folder("evaluate") / "evaluation" / "summary.json").read_text())
     seen = seen_in_training(stage, run.dataset, run.folder("evaluate") / "datalist.json")

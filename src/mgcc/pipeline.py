@@ -11,11 +11,12 @@ and a stage whose fingerprint changed runs again (and with it every stage that r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from mgcc import LDM_BUNDLE, SEG_BUNDLE
 from mgcc.presets import load_preset
@@ -27,18 +28,34 @@ DEFAULT_OUT = Path("outputs")  # under the working folder
 
 @dataclass(frozen=True)
 class Stage:
+    """One resumable step of a run, written under `<out>/<name>/`.
+
+    What a stage runs with is its fingerprint (see `fingerprint_parts`); each field below that says "reads" or
+    "runs" is part of it, so a change there reruns the stage (and the stages after it)."""
+
     name: str
     outputs: list[str]  # paths relative to the stage folder that must exist when the stage is complete
     execute: Callable[["Run"], StageResult]
-    reads: tuple[str, ...] = ()  # preset entries it runs with ("ldm.common"; "data" includes the --data folder)
-    after: tuple[str, ...] | Callable[["Run"], tuple[str, ...]] = ()  # stages whose results it reads (in this run)
+    reads: tuple[str, ...] = ()  # dotted preset entries it runs with, e.g. "ldm.common", "segmentation.train"
+    reads_whole_preset: bool = False  # it runs with every preset entry (the report)
+    reads_data_folder: bool = False  # it reads the data: the preset's `data` section, --data and the data options
+    after: tuple[str, ...] = ()  # stages of the same run whose results it always reads
+    after_depending_on_settings: Callable[["Run"], tuple[str, ...]] | None = None  # more stages it reads, which
+    # depend on the run's settings (a segmentation variant reads the samples only when it trains on them)
     bundle: Path | None = None  # the bundle it runs
     configs: tuple[str, ...] = ()  # the bundle's config files it runs (their text is part of its fingerprint)
     settings: dict[str, Any] = field(default_factory=dict)  # anything else it runs with (a variant's overrides)
     checkpoints: tuple[str, ...] = ()  # its resume checkpoints outside its folder (globs under the run folder)
 
+    def __post_init__(self) -> None:
+        special = [key for key in self.reads if key in ("", "data")]
+        assert not special, (f"stage '{self.name}': reads {special}: use reads_whole_preset / reads_data_folder")
+        assert isinstance(self.after, tuple), f"stage '{self.name}': `after` is a tuple of stage names"
+
     def reads_from(self, run: "Run") -> tuple[str, ...]:
-        return self.after(run) if callable(self.after) else self.after
+        """The stages whose results it reads in `run`."""
+        extra = self.after_depending_on_settings(run) if self.after_depending_on_settings else ()
+        return self.after + tuple(name for name in extra if name not in self.after)
 
 
 @dataclass
@@ -132,34 +149,49 @@ def _quality(run: Run) -> StageResult:
                       shared=run.overrides("ldm", "autoencoder"))
 
 
+def bundle_settings(bundle: Path, config_files: Sequence[str], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The top-level settings a bundle workflow runs with: its config files merged in order, then `overrides` (what
+    `monai.bundle run` does with `--config_file a.json b.json` and keyword overrides)."""
+    settings: dict[str, Any] = {}
+    for config in config_files:
+        settings.update(json.loads((bundle / "configs" / config).read_text()))
+    return {**settings, **overrides}
+
+
+def trains_on_synthetic(settings: dict[str, Any]) -> bool:
+    """Whether a segmentation training with these (merged) settings reads the generator's samples."""
+    return bool(settings.get("synthetic_pairs") or (
+        settings.get("unlabeled_batch_size") and settings.get("unlabeled_source") in ("synthetic", "both")))
+
+
 def segmentation_stage(variant: str, config_files: list[str], overrides: dict[str, Any]) -> Stage:
     """Train one segmentation variant under `segmentation[-variant]/` (with `compile`, every variant of the run shares
     one compilation cache, `<out>/inductor_cache`: only the first compiles). A run stopped midway resumes from its
     last checkpoint (every `val_interval` iterations)."""
     name = "segmentation" if variant == "mgcc" else f"segmentation-{variant}"
 
+    def training_overrides(run: Run) -> dict[str, Any]:
+        """The variant's settings: the preset's `segmentation.train`, then the variant's own overrides."""
+        return {**run.section("segmentation", "train"), "synthetic_dir": str(run.samples), **overrides}
+
     def execute(run: Run) -> StageResult:
         folder = run.folder(name)
         resume = any((folder / "models").glob("checkpoint_epoch=*.pt"))  # an interrupted run of the same settings
         return run_bundle(name, run.out, SEG_BUNDLE, config_files,
-                          {**run.section("segmentation", "train"), "synthetic_dir": str(run.samples), **overrides,
-                           "output_dir": str(folder), "ckpt_dir": str(folder / "models"),
+                          {**training_overrides(run), "output_dir": str(folder), "ckpt_dir": str(folder / "models"),
                            "compile_cache_dir": str(run.out / "inductor_cache"), "resume": resume},
                           shared=run.overrides("segmentation"))
 
-    def reads_from(run: Run) -> tuple[str, ...]:
+    def samples_if_trained_on(run: Run) -> tuple[str, ...]:
         """The sample stage only when this variant trains on synthetic images: adding the generator to a run later
         must not retrain the variants that never read its samples."""
-        settings: dict[str, Any] = {}
-        for config in config_files:
-            settings.update(json.loads((SEG_BUNDLE / "configs" / config).read_text()))
-        settings.update({**run.section("segmentation", "train"), **overrides})
-        synthetic = settings.get("synthetic_pairs") or (
-            settings.get("unlabeled_batch_size") and settings.get("unlabeled_source") in ("synthetic", "both"))
-        return ("prepare", "sample") if synthetic else ("prepare",)
+        settings = bundle_settings(SEG_BUNDLE, config_files, training_overrides(run))
+        return ("sample",) if trains_on_synthetic(settings) else ()
 
-    return Stage(name, ["models/model.pt", "training_history.csv"], execute, ("segmentation.common", "segmentation.train"),
-                 reads_from, SEG_BUNDLE, tuple(config_files), {"overrides": overrides})
+    return Stage(name=name, outputs=["models/model.pt", "training_history.csv"], execute=execute,
+                 reads=("segmentation.common", "segmentation.train"),
+                 after=("prepare",), after_depending_on_settings=samples_if_trained_on,
+                 bundle=SEG_BUNDLE, configs=tuple(config_files), settings={"overrides": overrides})
 
 
 def evaluate_stage(variant: str) -> Stage:
@@ -173,9 +205,9 @@ def evaluate_stage(variant: str) -> Stage:
                            "output_dir": str(run.folder(name)), "ckpt_dir": str(run.folder(trained) / "models")},
                           shared=run.overrides("segmentation", "train"))
 
-    return Stage(name, ["evaluation/summary.json", "evaluation/per_image.csv"], execute,
-                 ("segmentation.common", "segmentation.train", "segmentation.evaluate"), (trained,), SEG_BUNDLE,
-                 EVALUATE_CONFIGS)
+    return Stage(name=name, outputs=["evaluation/summary.json", "evaluation/per_image.csv"], execute=execute,
+                 reads=("segmentation.common", "segmentation.train", "segmentation.evaluate"), after=(trained,),
+                 bundle=SEG_BUNDLE, configs=EVALUATE_CONFIGS)
 
 
 def _lesions(run: Run) -> StageResult:
@@ -221,38 +253,54 @@ def _package(run: Run) -> StageResult:
 
 LDM_READS = ("ldm.common", "ldm.autoencoder")
 STAGES: list[Stage] = [
-    Stage("prepare", ["dataset/datalist.json", "summary.json"], _prepare, reads=("data",)),
-    Stage("autoencoder", ["autoencoder_history.csv", "../ldm_models/autoencoder.pt"], _autoencoder, LDM_READS,
-          ("prepare",), LDM_BUNDLE, AUTOENCODER_CONFIGS, checkpoints=("ldm_models/autoencoder_resume_checkpoint_*.pt",)),
-    Stage("diffusion", ["diffusion_history.csv", "../ldm_models/diffusion.pt"], _diffusion,
-          (*LDM_READS, "ldm.diffusion"), ("autoencoder",), LDM_BUNDLE, DIFFUSION_CONFIGS,
+    Stage(name="prepare", outputs=["dataset/datalist.json", "summary.json"], execute=_prepare,
+          reads_data_folder=True),
+    Stage(name="autoencoder", outputs=["autoencoder_history.csv", "../ldm_models/autoencoder.pt"], execute=_autoencoder,
+          reads=LDM_READS, after=("prepare",), bundle=LDM_BUNDLE, configs=AUTOENCODER_CONFIGS,
+          checkpoints=("ldm_models/autoencoder_resume_checkpoint_*.pt",)),
+    Stage(name="diffusion", outputs=["diffusion_history.csv", "../ldm_models/diffusion.pt"], execute=_diffusion,
+          reads=(*LDM_READS, "ldm.diffusion"), after=("autoencoder",), bundle=LDM_BUNDLE, configs=DIFFUSION_CONFIGS,
           checkpoints=("ldm_models/diffusion_resume_checkpoint_*.pt", "ldm_models/diffusion_snapshot_checkpoint_*.pt")),
-    Stage("sample", ["images/manifest.json"], _sample, (*LDM_READS, "ldm.diffusion", "ldm.sample"), ("diffusion",),
-          LDM_BUNDLE, SAMPLE_CONFIGS),
-    Stage("quality", ["quality.json"], _quality, LDM_READS, ("sample",), LDM_BUNDLE, QUALITY_CONFIGS),
+    Stage(name="sample", outputs=["images/manifest.json"], execute=_sample,
+          reads=(*LDM_READS, "ldm.diffusion", "ldm.sample"), after=("diffusion",), bundle=LDM_BUNDLE,
+          configs=SAMPLE_CONFIGS),
+    Stage(name="quality", outputs=["quality.json"], execute=_quality, reads=LDM_READS, after=("sample",),
+          bundle=LDM_BUNDLE, configs=QUALITY_CONFIGS),
     segmentation_stage("mgcc", ["train.json"], {}),
     evaluate_stage("mgcc"),
-    Stage("lesions", ["lesion_rate.json"], _lesions, ("segmentation.common",), ("segmentation", "sample"), SEG_BUNDLE,
-          LESIONS_CONFIGS),
-    Stage("report", ["report.md", "report.html", "summary.json"], _report, ("",),
-          ("quality", "evaluate", "lesions")),
-    Stage("package", [f"{SEG_BUNDLE.name}/models/model.ts", f"{SEG_BUNDLE.name}/models/model.onnx",
-                      f"{LDM_BUNDLE.name}/models/diffusion.pt"], _package, (),
-          ("segmentation", "evaluate", "sample", "quality")),
+    Stage(name="lesions", outputs=["lesion_rate.json"], execute=_lesions, reads=("segmentation.common",),
+          after=("segmentation", "sample"), bundle=SEG_BUNDLE, configs=LESIONS_CONFIGS),
+    Stage(name="report", outputs=["report.md", "report.html", "summary.json"], execute=_report,
+          reads_whole_preset=True, after=("quality", "evaluate", "lesions")),
+    Stage(name="package", outputs=[f"{SEG_BUNDLE.name}/models/model.ts", f"{SEG_BUNDLE.name}/models/model.onnx",
+                                   f"{LDM_BUNDLE.name}/models/diffusion.pt"], execute=_package,
+          after=("segmentation", "evaluate", "sample", "quality")),
 ]
+
+
+def _set_options(options: Any) -> dict[str, Any]:
+    """The data options that are set, as a dict (`checked_options` gives a dict or a dataclass)."""
+    if dataclasses.is_dataclass(options):
+        options = dataclasses.asdict(options)
+    return {k: v for k, v in dict(options or {}).items() if v is not None}
 
 
 def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
     """What the stage runs with, each part hashed: its preset entries, the bundle config files it runs, its own
-    settings, and the fingerprints recorded by the stages it reads from."""
+    settings, and the fingerprints recorded by the stages it reads from. The part names are stored in each stage's
+    record (`stage.json`): renaming one would rerun every stage of existing runs."""
     parts = {}
     for key in stage.reads:
         value: Any = run.preset
-        for step in filter(None, key.split(".")):
+        for step in key.split("."):
             value = value.get(step, {}) if isinstance(value, dict) else {}
-        if key == "data":
-            value = {"preset": value, "folder": str(run.data) if run.data else None, **run.data_options}
-        parts[f"preset {key or '(all)'}"] = fingerprint(value)
+        parts[f"preset {key}"] = fingerprint(value)
+    if stage.reads_data_folder:
+        parts["preset data"] = fingerprint({"preset": run.preset.get("data", {}),
+                                            "folder": str(run.data) if run.data else None,
+                                            **_set_options(run.data_options)})
+    if stage.reads_whole_preset:
+        parts["preset (all)"] = fingerprint(run.preset)
     if stage.configs:
         assert stage.bundle is not None, f"stage '{stage.name}' names configs but no bundle"
         parts["bundle configs"] = fingerprint({c: (stage.bundle / "configs" / c).read_text() for c in stage.configs})
