@@ -52,5 +52,60 @@ def test_bfloat16_inference_is_close_to_float32_and_channels_last_changes_nothin
 def test_defaults_and_bad_flags():
     assert AutocastInferer(enabled=True, device="cuda").needs_grad_scaler  # float16 on CUDA
     assert AutocastInferer(enabled=True, device="cpu").dtype == torch.bfloat16
-    with pytest.raises(ValueError, match="config key 'amp' must be true or false, got 'yes please'"):
+    with pytest.raises(ValueError, match="config key 'amp' must be true, false or auto, got 'yes please'"):
         AutocastInferer(enabled="yes please")
+
+
+@pytest.fixture
+def cpu_bfloat16(monkeypatch):
+    """Set whether the CPU has bfloat16 in hardware, as the capability check would find it."""
+
+    def set_capability(native: bool) -> None:
+        monkeypatch.setattr(scripts.inferer, "cpu_has_native_bfloat16", lambda: native)
+
+    return set_capability
+
+
+@pytest.mark.parametrize("native, expected, memory_format", [
+    (True, torch.bfloat16, torch.channels_last), (False, torch.float32, torch.contiguous_format)])
+def test_auto_is_bfloat16_only_where_the_cpu_has_it(cpu_bfloat16, native, expected, memory_format):
+    cpu_bfloat16(native)
+    inferer = AutocastInferer(device="cpu")  # the configs' default: amp "auto", channels_last "auto"
+    assert (inferer.enabled, inferer.dtype, inferer.memory_format) == (native, expected, memory_format)
+    assert inferer.precision == ("bfloat16 autocast, channels-last" if native else "float32")
+    dtypes, _ = conv_output_dtypes(MGCCNet(base_channels=4).to(memory_format=memory_format), inferer,
+                                   torch.rand(1, 1, 32, 32))
+    assert dtypes == {expected}
+
+
+@pytest.mark.parametrize("amp", [False, "false", "False"])
+def test_explicit_false_forces_float32_even_where_bfloat16_is_fast(cpu_bfloat16, amp):
+    cpu_bfloat16(True)
+    inferer = AutocastInferer(enabled=amp, device="cpu", channels_last="auto")
+    assert (inferer.enabled, inferer.dtype, inferer.memory_format) == (False, torch.float32, torch.contiguous_format)
+
+
+@pytest.mark.parametrize("onednn, flags, expected", [
+    (False, {"avx2", "avx512_bf16"}, False),  # oneDNN cannot: never
+    (True, {"avx2", "avx512f", "avx512bw"}, False),  # plain AVX-512: oneDNN emulates bfloat16, slower than float32
+    (True, {"avx2", "avx512f", "avx512_bf16"}, True),
+    (True, {"avx2", "amx_bf16"}, True),
+    (True, None, True),  # no /proc/cpuinfo: oneDNN's word
+])
+def test_capability_check(monkeypatch, onednn, flags, expected):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    monkeypatch.setattr(scripts.inferer, "_cpu_flags", lambda: flags)
+    scripts.inferer.cpu_has_native_bfloat16.cache_clear()
+    try:
+        assert scripts.inferer.cpu_has_native_bfloat16() is expected
+    finally:
+        scripts.inferer.cpu_has_native_bfloat16.cache_clear()
+
+
+def test_the_configs_default_to_auto():
+    import json
+
+    configs = Path(scripts.__file__).parents[1] / "configs"
+    for name in ("train.json", "inference.json"):
+        config = json.loads((configs / name).read_text())
+        assert (config["amp"], config["channels_last"]) == ("auto", "auto"), name
