@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mgcc.compare import (differences_table, over_seeds, paired_dice_differences, parse_seeds, seed_run,
                           seeded_preset, seeds_table)
+from mgcc.errors import UsageError
 from mgcc.pipeline import Run
 from mgcc.presets import load_preset
 
@@ -61,7 +62,7 @@ def test_seeds_parse_and_set_split_generator_and_training():
     assert parse_seeds("0,1,2", 0) == parse_seeds((0, 1, 2), 0) == [0, 1, 2]
     assert parse_seeds(3, 0) == [3]
     for bad in ("0,x", "1,1", "-1"):
-        with pytest.raises(SystemExit, match="--seeds"):
+        with pytest.raises(UsageError, match="--seeds"):
             parse_seeds(bad, 0)
     preset = load_preset("demo")
     spec = seeded_preset(preset, 2)

@@ -211,7 +211,7 @@ def _generic_copy(busi: Path, root: Path) -> Path:
     return root
 
 
-def test_data_in_each_form_runs_the_prepare_stage(tmp_path):
+def test_data_in_each_form_runs_the_prepare_stage(tmp_path, capsys):
     """--data as a BUSI-layout folder, a generic-layout folder with `mgcc prepare`'s options, and a prepared folder
     (split again with the run's seed); a misspelled data option is refused before anything runs."""
     from mgcc.cli import main
@@ -241,8 +241,9 @@ def test_data_in_each_form_runs_the_prepare_stage(tmp_path):
         main(["run", "--preset", "demo", "--out", str(tmp_path / "x"), "--data", str(generic), "--group-colum", "p"])
     assert not (tmp_path / "x").exists()
     before = sorted(busi.rglob("*"))
-    with pytest.raises(SystemExit, match="must not be inside, equal to or above --data"):
+    with pytest.raises(SystemExit) as stopped:
         main(["run", "--preset", "demo", "--out", str(busi / "run"), "--data", str(busi)])
+    assert stopped.value.code == 2 and "must not be inside, equal to or above --data" in capsys.readouterr().err
     assert sorted(busi.rglob("*")) == before  # nothing written into the dataset
 
 
@@ -282,7 +283,7 @@ def test_a_misspelled_preset_entry_is_refused_before_anything_runs(tmp_path):
     preset["ldm"]["diffusion"]["difusion_max_epochs"] = 3
     preset["segmentation"]["train"]["network_def#base_channels"] = 8  # a nested key of a known section is fine
     assert unknown_preset_entries(preset) == ["ldm.diffusion.difusion_max_epochs"]
-    with pytest.raises(SystemExit, match="preset demo: ldm.diffusion.difusion_max_epochs match"):
+    with pytest.raises(PresetError, match="preset demo: ldm.diffusion.difusion_max_epochs match"):
         make_run(preset, None, str(tmp_path / "out"), {})
     assert not (tmp_path / "out").exists()
 

@@ -100,12 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         rest = checked_arguments(target, rest, name)
     from mgcc.data.records import DatasetError
-    from mgcc.presets import PresetError
-    from mgcc.stages import StageError
+    from mgcc.errors import MgccError
 
     try:
         fire.Fire(target, command=rest, name=name)
-    except (DatasetError, PresetError, StageError) as error:
+    except (MgccError, DatasetError) as error:
         print(f"{name}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mgcc.errors import UsageError
 from mgcc.figures import plot_comparison
 from mgcc.pipeline import STAGES, Run, Stage, evaluate_stage, execute_stages, make_run, segmentation_stage
 from mgcc.presets import load_preset
@@ -52,7 +53,7 @@ def parse_variants(variants: str | tuple | list) -> list[str]:
     names = variants.split(",") if isinstance(variants, str) else list(variants)
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+        raise UsageError(f"--variants: unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     return names
 
 
@@ -64,9 +65,9 @@ def parse_seeds(seeds: int | str | tuple | list | None, default: int) -> list[in
     try:
         parsed = [int(str(item).strip()) for item in items]
     except ValueError:
-        raise SystemExit(f"--seeds {seeds}: expected whole numbers separated by commas, e.g. 0,1,2") from None
+        raise UsageError(f"--seeds {seeds}: expected whole numbers separated by commas, e.g. 0,1,2") from None
     if len(set(parsed)) != len(parsed) or any(s < 0 for s in parsed):
-        raise SystemExit(f"--seeds {seeds}: seeds must be distinct and not negative")
+        raise UsageError(f"--seeds {seeds}: seeds must be distinct and not negative")
     return parsed
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from mgcc import LDM_BUNDLE, SEG_BUNDLE
 from mgcc.external import model_settings, training_stage
-from mgcc.stages import StageError
+from mgcc.stages import StageError, make_output_folder
 
 #: what a bundle copy leaves out: weights and outputs of the source folder, caches
 LEFT_OUT = shutil.ignore_patterns("models", "eval", "__pycache__", "*.pyc")
@@ -259,9 +259,9 @@ def export(model: str, out: str, generator: bool = True) -> None:
         out: output folder; gets `ultrasound_mgcc_segmentation/` (and `ultrasound_ldm_generation/`).
         generator: also export the run's generator, when the run trained one.
     """
-    stage = training_stage(Path(model))
+    stage = training_stage(Path(model), argument="MODEL")
     target = Path(out).resolve()
-    target.mkdir(parents=True, exist_ok=True)
+    make_output_folder(target)
     run_name = "".join(c if c.isalnum() or c in "-." else "-" for c in stage.parent.name)
     with_generator = generator and (stage.parent / "ldm_models" / "diffusion.pt").is_file()
     for name in (SEG_BUNDLE.name, LDM_BUNDLE.name) if with_generator else (SEG_BUNDLE.name,):

@@ -18,6 +18,7 @@ from typing import Any
 
 from mgcc import SEG_BUNDLE
 from mgcc.data.datalist import SECTIONS, label_path
+from mgcc.errors import UsageError
 from mgcc.pipeline import STAGES, Run, Stage, execute_stages, make_run
 from mgcc.stages import StageResult, run_bundle
 
@@ -27,13 +28,18 @@ RUN_ONLY = ("config_file", "meta_file", "logging_file", "bundle_root", "dataset_
             "val_interval", "num_workers", "num_threads", "show_progress")
 
 
-def training_stage(model: Path) -> Path:
-    """The training stage folder of `model` (a run folder, a training stage folder, or its `models/model.pt`)."""
+def training_stage(model: Path, argument: str = "--model") -> Path:
+    """The training stage folder of `model` (a run folder, a training stage folder, or its `models/model.pt`);
+    `argument` is how the command names it in an error."""
     model = model.resolve()
     for candidate in (model / "segmentation", model, model.parent.parent if model.suffix == ".pt" else None):
         if candidate is not None and (candidate / "args.json").is_file() and (candidate / "models" / "model.pt").is_file():
             return candidate
-    raise SystemExit(f"--model {model}: not a run, a training stage folder (args.json + models/model.pt) "
+    if model.is_dir() and any(model.glob("*/stage.json")):  # a run whose segmentation stage has not finished
+        raise UsageError(f"{argument} {model}: the run has no trained segmentation model yet "
+                         f"({model / 'segmentation' / 'models' / 'model.pt'} is missing); finish its segmentation "
+                         f"stage (mgcc run --preset PRESET --out {model}) or name a training stage folder")
+    raise UsageError(f"{argument} {model}: not a run, a training stage folder (args.json + models/model.pt) "
                      "or the model.pt of one")
 
 
@@ -51,7 +57,7 @@ def section_datalist(dataset: Path, section: str, only_class: str | None, out: P
     if only_class is not None:
         entries = [e for e in entries if e["class"] in only_class.split(",")]
     if not entries:
-        raise SystemExit(f"{dataset}: no images in section '{section}'"
+        raise UsageError(f"{dataset}: no images in section '{section}'"
                          + (f" of class {only_class}" if only_class else ""))
     for entry in entries:  # the train split's unlabeled part has masks on disk too
         entry.update(image=str(dataset / entry["image"]), label=str(dataset / label_path(Path(entry["image"]).stem)))
@@ -88,7 +94,7 @@ def evaluate(model: str, data: str, section: str = "test", out: str | None = Non
         data_options: `mgcc prepare`'s options for a generic-layout dataset (see `mgcc run`).
     """
     if section not in ("test", "all"):
-        raise SystemExit(f"--section {section}: expected 'test' or 'all'")
+        raise UsageError(f"--section {section}: expected 'test' or 'all'")
     stage = training_stage(Path(model))
     configs, settings = model_settings(stage)
     name = f"{Path(data).resolve().name}-{section}" + (f"-{only_class.replace(',', '+')}" if only_class else "")

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mgcc import LDM_BUNDLE, SEG_BUNDLE
-from mgcc.presets import load_preset
-from mgcc.stages import (StageResult, fingerprint, is_complete, missing_outputs, read_record, read_started, run_bundle,
-                         run_python, stage_dir, write_record, write_started)
+from mgcc.errors import UsageError
+from mgcc.presets import PresetError, load_preset
+from mgcc.stages import (StageResult, fingerprint, is_complete, make_output_folder, missing_outputs, read_record,
+                         read_started, run_bundle, run_python, stage_dir, write_record, write_started)
 
 DEFAULT_OUT = Path("outputs")  # under the working folder
 
@@ -98,7 +99,7 @@ def _prepare(run: Run) -> StageResult:
 
     spec = run.preset["data"]
     if run.data is None and "phantom" not in spec:
-        raise SystemExit(f"preset '{run.preset['name']}' has no built-in data: pass --data DIR (e.g. a BUSI folder)")
+        raise UsageError(f"preset '{run.preset['name']}' has no built-in data: pass --data DIR (e.g. a BUSI folder)")
 
     def work(folder: Path) -> None:
         source = run.data
@@ -378,18 +379,18 @@ def make_run(preset: str | dict[str, Any], data: str | None, out: str | None, da
     spec = preset if isinstance(preset, dict) else load_preset(preset)
     unknown = unknown_preset_entries(spec)
     if unknown:
-        raise SystemExit(f"preset {spec['name']}: {', '.join(unknown)} match(es) no key of the bundle's configs "
+        raise PresetError(f"preset {spec['name']}: {', '.join(unknown)} match(es) no key of the bundle's configs "
                          "(misspelled?)")
     run_ = Run(spec, (Path(out) if out else DEFAULT_OUT / spec["name"]).resolve(),
                Path(data).resolve() if data else None, checked_options(data_options))
     if run_.data is not None and not run_.data.is_dir():
-        raise SystemExit(f"--data {data}: not a folder")
+        raise UsageError(f"--data {data}: not a folder")
     if run_.data_options and run_.data is None:
-        raise SystemExit(f"{', '.join('--' + k for k in run_.data_options)} need(s) --data (a raw dataset folder)")
+        raise UsageError(f"{', '.join('--' + k for k in run_.data_options)} need(s) --data (a raw dataset folder)")
     if run_.data is not None and (run_.out == run_.data or run_.data in run_.out.parents or run_.out in run_.data.parents):
-        raise SystemExit(f"--out {run_.out}: must not be inside, equal to or above --data {run_.data} "
+        raise UsageError(f"--out {run_.out}: must not be inside, equal to or above --data {run_.data} "
                          "(the dataset is never written to); nothing was written")
-    run_.out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(run_.out)
     return run_
 
 
@@ -414,7 +415,7 @@ def run(preset: str = "demo", data: str | None = None, out: str | None = None, s
     else:
         chosen = [s for s in STAGES if s.name == stage]
         if not chosen:
-            raise SystemExit(f"unknown stage '{stage}'; stages: {', '.join(s.name for s in STAGES)}")
+            raise UsageError(f"--stage {stage}: unknown stage; stages: {', '.join(s.name for s in STAGES)}")
         execute_stages(run_, chosen, force=True)
     report = run_.folder("report") / "report.md"
     print(f"[mgcc] report: {report}" if report.exists() else f"[mgcc] outputs in {run_.out}")

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from mgcc import PRESETS_DIR
+from mgcc.errors import MgccError
 
 #: what a preset's `data` section may hold (its other sections are checked against the bundle configs)
 DATA_KEYS = {"labeled_fraction", "seed", "include_normal", "phantom"}
 PHANTOM_KEYS = {"n", "size", "seed"}
 
 
-class PresetError(ValueError):
+class PresetError(MgccError, ValueError):
     """A preset that cannot be used: not found, not JSON, a section missing or an unknown entry."""
 
 

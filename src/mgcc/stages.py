@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from mgcc.errors import MgccError, UsageError
+
 RECORD = "stage.json"
 STARTED = "started.json"
 
 
-class StageError(RuntimeError):
+class StageError(MgccError, RuntimeError):
     """A stage failed; the message names the stage and its log file."""
 
 
@@ -49,6 +51,17 @@ def fingerprint(value: Any) -> str:
 
 def stage_dir(out: Path, name: str) -> Path:
     return Path(out) / name
+
+
+def make_output_folder(folder: Path, option: str = "--out") -> None:
+    """Create `folder` and its parents; a file where a folder must be is refused by name (nothing written)."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "" if path == folder else f"{path} "
+                raise UsageError(f"{option} {folder}: {where}is a file, not a folder; nothing was written")
+            break
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 #: what `read_started` gives for a `started.json` that cannot be read: settings unknown, so never resumed
