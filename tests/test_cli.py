@@ -1,48 +1,14 @@
-"""The `mgcc` command line: options are checked before a command runs, and `true`/`false` mean what they say."""
+"""The `mgcc` command line: every option stated once (argparse), checked before a command runs, and
+`true`/`false` mean what they say."""
+
+import inspect
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 
-from mgcc import cli
-
-
-def test_a_misspelled_option_is_refused_before_anything_runs(tmp_path, monkeypatch):
-    out = tmp_path / "run"
-    for argv, wrong in ((["run", "--preset", "demo", "--dta", "x", "--out", str(out)], "--dta"),
-                        (["prepare", str(tmp_path), str(out), "--mask_patern", "*.png"], "--mask_patern")):
-        with pytest.raises(SystemExit, match=f"unknown option '{wrong}'"):
-            cli.main(argv)
-    assert not out.exists()
-    with pytest.raises(SystemExit, match="mgcc label serve: unknown option '--prot'"):
-        cli.main(["label", "serve", "--prot", "8000"])
-
-
-@pytest.mark.parametrize("words", [["--include-normal", "false"], ["--include_normal=false"], ["--include-normal", "FALSE"]])
-def test_false_is_false(words):
-    def prepare(source: str, out: str, include_normal: bool = False, layout: str = "auto"):
-        return include_normal
-
-    args = cli.checked_arguments(prepare, ["a", "b", *words, "--layout", "false"], "mgcc prepare")
-    assert args[2:-2] in (["--include-normal", "False"], ["--include_normal=False"])
-    assert args[-1] == "false"  # only boolean options are converted
-    assert cli.checked_arguments(prepare, ["a", "b", "--include-normal", "true"], "mgcc prepare")[-1] == "True"
-    assert cli.checked_arguments(prepare, ["a", "b", "--noinclude_normal"], "mgcc prepare")  # fire's negation
-
-
-def test_include_normal_false_reaches_prepare_as_false(monkeypatch):
-    seen = {}
-    monkeypatch.setattr("mgcc.data.prepare.prepare", lambda source, out, include_normal=False: seen.update(
-        include_normal=include_normal))
-    cli.main(["prepare", "src", "out", "--include-normal", "false"])
-    assert seen["include_normal"] is False
-
-
-@pytest.mark.parametrize("command", [*cli.COMMANDS, "label serve"])
-def test_every_command_prints_its_help_and_exits_0(command, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main([*command.split(), "--help"])
-    assert exit_info.value.code in (0, None)
-    printed = capsys.readouterr().out
-    assert f"mgcc {command}" in printed and ("usage:" in printed or "NAME" in printed)
+from mgcc import REPO_ROOT, cli
 
 
 def _cli_error(argv: list[str], capsys) -> str:
@@ -56,10 +22,122 @@ def _cli_error(argv: list[str], capsys) -> str:
     return lines[0]
 
 
-def test_export_of_a_run_without_a_trained_model_names_the_argument_and_says_why(tmp_path, capsys):
+def test_a_misspelled_option_is_refused_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "run"
+    for argv, wrong in ((["run", "--preset", "demo", "--dta", "x", "--out", str(out)], "--dta"),
+                        (["prepare", str(tmp_path), str(out), "--mask_patern", "*.png"], "--mask-patern"),
+                        (["compare", "--seed", "1"], "--seed")):  # not an abbreviation of --seeds
+        line = _cli_error(argv, capsys)
+        assert line.startswith(f"mgcc {argv[0]}: error: unrecognized arguments: {wrong}")
+    assert not out.exists()
+    line = _cli_error(["label", "serve", "--prot", "8000"], capsys)
+    assert line.startswith("mgcc label serve: error: unrecognized arguments: --prot")
+
+
+@pytest.mark.parametrize(("words", "value"), [
+    (["--include-normal", "false"], False), (["--include_normal=false"], False), (["--include-normal", "FALSE"], False),
+    (["--no-include-normal"], False), (["--no_include_normal"], False), (["--include-normal"], True),
+    (["--include-normal", "True"], True), (["--include-normal=yes"], True), ([], None)])
+def test_false_is_false(words, value):
+    name, _, kwargs = cli.parse(["prepare", "a", "b", *words, "--layout", "false"])
+    assert name == "prepare" and kwargs.get("include_normal") is value
+    assert kwargs["layout"] == "false"  # only boolean options are converted
+    assert (kwargs["source"], kwargs["out"]) == ("a", "b")
+
+
+def test_a_flag_with_another_word_is_refused(capsys):
+    line = _cli_error(["export", "run", "--out", "x", "--generator", "maybe"], capsys)
+    assert line.startswith("mgcc export: error: argument --generator: expected true or false, got 'maybe'")
+
+
+def test_include_normal_false_reaches_prepare_as_false(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("mgcc.data.prepare.prepare", lambda source, out, include_normal=False: seen.update(
+        include_normal=include_normal))
+    cli.main(["prepare", "src", "out", "--include-normal", "false"])
+    assert seen["include_normal"] is False
+
+
+def test_each_spelling_of_an_option_gives_the_same_arguments():
+    spellings = [["export", "RUN", "--out", "X", "--generator", "false"],
+                 ["export", "--model", "RUN", "--out=X", "--no-generator"],
+                 ["export", "--out", "X", "--model=RUN", "--generator=false"],
+                 ["export", "--out", "X", "RUN", "--generator", "False"]]
+    assert all(cli.parse(argv)[2] == {"model": "RUN", "out": "X", "generator": False} for argv in spellings)
+    _, _, kwargs = cli.parse(["run", "--preset=busi-cpu", "--image_pattern", "case_{id}.png", "--mask-threshold", "200"])
+    assert kwargs == {"preset": "busi-cpu", "image_pattern": "case_{id}.png", "mask_threshold": 200}
+    name, function, kwargs = cli.parse(["label", "studies", "--out", "s", "--n", "12"])
+    assert name == "label studies" and function.__name__ == "studies" and kwargs == {"out": "s", "n": 12}
+
+
+def test_a_required_value_is_asked_for_by_name(capsys):
+    assert _cli_error(["export", "--out", "x"], capsys).startswith("mgcc export: error: MODEL (or --model) is required")
+    line = _cli_error(["export", "RUN", "--model", "RUN2", "--out", "x"], capsys)
+    assert "MODEL given twice" in line
+
+
+def _parameters(function) -> set[str]:
+    from mgcc.data.sources import DATA_OPTIONS
+
+    names = set()
+    for parameter in inspect.signature(function).parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            names |= set(DATA_OPTIONS)
+        elif parameter.name != "self":
+            names.add(parameter.name)
+    return names
+
+
+@pytest.mark.parametrize("command", [*[c for c in cli.COMMANDS if c != "label"],
+                                     *[f"label {a}" for a in cli.LABEL_COMMANDS]])
+def test_the_options_of_each_command_are_the_parameters_of_its_function(command):
+    """Every parameter of a command's function is an option, and every option a parameter."""
+    parser = cli._subparser(cli.build_parser(), command)
+    options = {a.dest for a in parser._actions if a.dest not in ("help",)}
+    target = cli._load(cli.COMMANDS[command.split()[0]])
+    function = getattr(target, command.split()[1]) if " " in command else target
+    assert options == _parameters(function)
+
+
+@pytest.mark.parametrize("command", [*cli.COMMANDS, "label serve"])
+def test_every_command_prints_its_help_and_exits_0(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command.split(), "--help"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert f"mgcc {command}" in printed and "usage:" in printed
+
+
+def documented_mgcc_commands() -> list[tuple[str, str]]:
+    """(file, command) for every `mgcc ...` line of a code block in the README and the guides."""
+    found = []
+    for path in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]:
+        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split("  #")[0].strip()
+                for prefix in (".venv/bin/mgcc ", "mgcc "):
+                    if line.startswith(prefix) and " [--" not in line:  # a synopsis: [--option value]
+                        found.append((path.name, line[len(prefix):]))
+    return found
+
+
+def test_every_documented_mgcc_command_parses(monkeypatch):
+    commands = documented_mgcc_commands()
+    assert len(commands) > 10 and {c.split()[0] for _, c in commands} >= {"run", "compare", "export", "label"}
+    for where, command in commands:
+        name, function, kwargs = cli.parse(shlex.split(command.replace("<", "").replace(">", "")))
+        assert callable(function), (where, command)
+
+
+def _run_without_model(tmp_path: Path) -> Path:
     run = tmp_path / "run"
     (run / "prepare").mkdir(parents=True)
     (run / "prepare" / "stage.json").write_text('{"name": "prepare"}')
+    return run
+
+
+def test_export_of_a_run_without_a_trained_model_names_the_argument_and_says_why(tmp_path, capsys):
+    run = _run_without_model(tmp_path)
     line = _cli_error(["export", str(run), "--out", str(tmp_path / "bundles")], capsys)
     assert line.startswith(f"mgcc export: error: MODEL {run}: ") and "--model" not in line
     assert "has no trained segmentation model yet" in line

@@ -13,7 +13,7 @@ pydicom 3. This launcher runs in the main environment and never imports MONAI La
 - makes a phantom studies folder for trying it out (`mgcc label studies`);
 - talks to a server through `client.py` (MONAI Label's own `MONAILabelClient`, run in the label environment).
 
-Command line (python-fire), e.g.:
+Command line (`mgcc label ...`, see `mgcc.cli`), e.g.:
     mgcc label setup
     mgcc label studies --out studies --n 24
     mgcc label serve --studies studies [--bundle bundles/ultrasound_mgcc_segmentation] [--port 8000]
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mgcc import REPO_ROOT, SEG_BUNDLE
+from mgcc.errors import MgccError
 
 HERE = Path(__file__).resolve().parent  # apps/monailabel in a checkout, mgcc/monailabel in the wheel
 SETUP_SCRIPT = HERE / "setup_env.sh"
@@ -60,7 +61,7 @@ def label_overrides(studies: str | Path) -> dict[str, Any]:
     return {"train#unlabeled_dataset#data": listing, "show_progress": False}
 
 
-class LabelError(RuntimeError):
+class LabelError(MgccError, RuntimeError):
     """A MONAI Label set-up or server problem, with a message saying what to do."""
 
 

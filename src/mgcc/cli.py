@@ -1,11 +1,21 @@
-"""`mgcc` command line (python-fire). Each sub-command lives in the module that owns its job."""
+"""The `mgcc` command line (argparse from the standard library).
 
+Each sub-command is one function in the module that owns its job (`COMMANDS`); this file states every option of
+every command once, with its help. A command's module is imported only when it runs, so `mgcc phantom` or
+`mgcc run --help` does not pay for torch. Options are given as `--opt value` or `--opt=value`, spelled `--opt-name`
+or `--opt_name`; an option that is not given is not passed, so the function's own default applies. A boolean
+option takes `--flag`, `--no-flag` or `--flag true|false`. Errors of the library (`mgcc.errors.MgccError`, the data
+package's `DatasetError`) become one line `mgcc <command>: error: <message>` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
 import importlib
-import inspect
+import sys
+from typing import Any, Callable
 
-import fire
-
-# sub-command -> "module:attribute"; imported on use so `mgcc phantom` does not pay for torch.
+#: sub-command -> "module:function" (for `label`, a class whose methods are its sub-commands)
 COMMANDS = {
     "phantom": "mgcc.data.phantom:phantom",
     "prepare": "mgcc.data.prepare:prepare",
@@ -15,98 +25,243 @@ COMMANDS = {
     "export": "mgcc.export:export",
     "label": "mgcc.monailabel.launcher:Label",
 }
-BOOLEAN_WORDS = {"true": "True", "false": "False"}
+LABEL_COMMANDS = ("setup", "studies", "app", "serve")
+
+#: help of `mgcc prepare`'s options for a generic-layout dataset (names: `mgcc.data.sources.DATA_OPTIONS`)
+DATA_OPTION_HELP = {
+    "layout": "auto (default: BUSI class folders, or an images and a masks folder), busi or folders",
+    "images": "generic layout: the images folder, relative to the dataset (default images)",
+    "masks": "generic layout: the masks folder, relative to the dataset (default masks)",
+    "image_pattern": "generic layout: image file names with one {id}, e.g. 'case_{id}.png' (default {id}.png)",
+    "mask_pattern": "generic layout: mask file names with one {id}, e.g. 'mask_{id}.png' (default {id}.png)",
+    "classes": "CSV with each image's class (read from the current folder)",
+    "id_column": "the CSV's column of image ids (default: image)",
+    "class_column": "the CSV's column of classes (default: class)",
+    "group_column": "a CSV column (e.g. the patient): images with one value stay on one side of every split",
+    "mask_threshold": "masks with more than one non-zero value are lesion where >= T (0..255); "
+                      "default: half their maximum",
+}
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
 
 
-def _load(target: str):
-    module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)
+def boolean(text: str) -> bool:
+    """`--flag true` / `--flag false` (any case; also yes/no, 1/0)."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
-def checked_arguments(function, args: list[str], name: str) -> list[str]:
-    """The arguments for fire, after two checks fire does not make before it runs the command.
-
-    A misspelled option (``--dta``) is refused with a one-line error: fire would run the command with the
-    defaults first and complain after. ``--flag true`` / ``--flag false`` for a boolean option become Python's
-    ``True`` / ``False``: fire passes the word as a string, and the string ``'false'`` is true."""
-    parameters = dict(inspect.signature(function).parameters)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):  # `**data_options`
-        from mgcc.data.sources import DATA_OPTIONS
-
-        parameters = {n: p for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
-        parameters |= {option: inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=None)
-                       for option in DATA_OPTIONS}
-    booleans = {n for n, p in parameters.items() if isinstance(p.default, bool) or p.annotation in (bool, "bool")}
-    checked = []
-    for i, arg in enumerate(args):
-        previous = args[i - 1] if i else ""
-        if arg == "--" or arg in ("-h", "--help"):
-            return checked + args[i:]  # fire's own flags follow
-        if arg.startswith("--"):
-            option, _, value = arg[2:].partition("=")
-            option = option.replace("-", "_")
-            if option not in parameters and not (option.startswith("no") and option[2:] in booleans):
-                raise SystemExit(f"{name}: unknown option '--{arg[2:].partition('=')[0]}' "
-                                 f"(options: {', '.join('--' + p for p in parameters)})")
-            if value.lower() in BOOLEAN_WORDS and option in booleans:
-                arg = f"--{option}={BOOLEAN_WORDS[value.lower()]}"
-        elif arg.lower() in BOOLEAN_WORDS and previous.startswith("--") and "=" not in previous:
-            if previous[2:].replace("-", "_") in booleans:
-                arg = BOOLEAN_WORDS[arg.lower()]
-        checked.append(arg)
-    return checked
+def number_or_text(text: str) -> int | float | str:
+    """A number when the text is one (`200` -> 200, `0.5` -> 0.5), else the text, which the data package checks
+    and refuses by name (as the earlier command line passed it: runs record the value in their fingerprints)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
-def usage(function, name: str) -> str:
-    """`name`'s usage: its options (with defaults) and its docstring."""
-    options = []
-    for parameter in list(inspect.signature(function).parameters.values()):
-        if parameter.name == "self":
-            continue
-        flag = "--" + parameter.name.replace("_", "-")
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            from mgcc.data.sources import DATA_OPTIONS
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, `<prog>: error: <message>`, with exit status 2."""
 
-            options += [f"[--{option.replace('_', '-')} VALUE]" for option in DATA_OPTIONS]
-        elif parameter.default is inspect.Parameter.empty:
-            options.append(parameter.name.upper() if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD else flag)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_abbrev=False, argument_default=argparse.SUPPRESS, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class Once(argparse.Action):
+    """A value that may be given as a positional argument or as an option, but not both."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if values is None:  # the positional form, not given
+            return
+        if hasattr(namespace, self.dest):
+            parser.error(f"{self.dest.upper()} given twice (as an argument and as --{self.dest.replace('_', '-')})")
+        setattr(namespace, self.dest, values)
+
+
+def required(parser: argparse.ArgumentParser, name: str, help: str, **kwargs: Any) -> None:
+    """A required value, given as the next positional argument (`mgcc export RUN`) or as `--name RUN`."""
+    parser.add_argument(name, nargs="?", metavar=name.upper(), action=Once, help=help, **kwargs)
+    option(parser, name, help=f"the same as {name.upper()}", action=Once, **kwargs)
+    parser.set_defaults(_required=[*(parser.get_default("_required") or []), name])
+
+
+def option(parser: argparse.ArgumentParser, name: str, help: str, **kwargs: Any) -> None:
+    """`--name` (both `--some-name` and `--some_name` are accepted, see `normalized`)."""
+    parser.add_argument("--" + name.replace("_", "-"), dest=name, help=help, **kwargs)
+
+
+def flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    """A boolean: `--name`, `--name true|false` or `--no-name`."""
+    dashed = name.replace("_", "-")
+    parser.add_argument(f"--{dashed}", dest=name, nargs="?", const=True, type=boolean, metavar="true|false", help=help)
+    parser.add_argument(f"--no-{dashed}", dest=name, action="store_false", help=f"the same as --{dashed} false")
+
+
+def data_options(parser: argparse.ArgumentParser) -> None:
+    """`mgcc prepare`'s options for a generic-layout dataset."""
+    from mgcc.data.sources import DATA_OPTIONS
+
+    for name in DATA_OPTIONS:
+        option(parser, name, DATA_OPTION_HELP.get(name, "see `mgcc prepare --help`"),
+               **({"type": number_or_text} if name == "mask_threshold" else {}))
+
+
+def command(subparsers: Any, name: str, help: str, description: str = "") -> argparse.ArgumentParser:
+    return subparsers.add_parser(name, help=help, description=description or help, prog=f"{subparsers._prog_prefix} {name}",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="mgcc", description="MGCC: semi-supervised ultrasound segmentation with diffusion-generated "
+                                             "unlabeled images, as MONAI bundles.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+
+    p = command(commands, "phantom", "write a phantom BUSI-layout dataset (synthetic ultrasound-like images)")
+    required(p, "out", "the dataset folder to write")
+    option(p, "n", "number of images (default 64)", type=int)
+    option(p, "size", "image size in pixels (default 128)", type=int)
+    option(p, "seed", "random seed (default 0)", type=int)
+
+    p = command(commands, "prepare", "check, normalize and split a dataset; write its datalist",
+                "Check, normalize and split a dataset (BUSI layout or a generic one) into train / validation / test,\n"
+                "and write `manifest.json` and `datalist.json`; exit 2 on invalid data, nothing written.")
+    required(p, "source", "the raw dataset folder")
+    required(p, "out", "the prepared dataset folder to write")
+    option(p, "labeled_fraction", "labeled share of the train split: 0.125 (default) or 1/8, in (0, 1]")
+    option(p, "seed", "split seed, a whole number (default 0)")
+    flag(p, "include_normal", "keep images of class `normal` (BUSI's lesion-free images)")
+    data_options(p)
+    option(p, "near_copy_correlation", "images whose 32x32 thumbnails correlate at least C stay on one side of "
+                                       "every split (default 0.92; 1: only pixel-identical images)")
+
+    p = command(commands, "run", "run the MGCC pipeline (every stage resumes)",
+                "prepare -> autoencoder -> diffusion -> sample -> quality -> segmentation -> evaluate -> lesions ->\n"
+                "report -> package, each under OUT/<stage>/; a complete stage whose settings are unchanged is skipped.")
+    option(p, "preset", "preset name in configs/ (demo, busi-cpu, busi-gpu, ...) or a preset JSON file (default demo)")
+    option(p, "data", "the dataset: a BUSI-layout folder, a generic-layout folder (with the data options below) or a "
+                      "folder prepared by `mgcc prepare`; default: the preset's phantom data")
+    option(p, "out", "output folder (default outputs/<preset>)")
+    option(p, "stage", "run only this stage, even if complete: prepare, autoencoder, diffusion, sample, quality, "
+                       "segmentation, evaluate, lesions, report or package")
+    data_options(p)
+
+    p = command(commands, "compare", "train and evaluate each variant (supervised, MGCC with real / synthetic / "
+                                     "both unlabeled images) for each seed, then tabulate")
+    option(p, "preset", "preset name or file (default busi-cpu)")
+    option(p, "data", "the dataset in any form `mgcc run` takes; default: the preset's phantom data")
+    option(p, "out", "output folder (default outputs/<preset>)")
+    option(p, "variants", "comma-separated subset of supervised, mgcc-labeled, mgcc-real, mgcc-synthetic, mgcc-both, "
+                          "mgcc-synthetic-pairs (default: all); the first is the baseline of the paired differences")
+    option(p, "seeds", "comma-separated seeds, e.g. 0,1,2 (default: the preset's seed)")
+    data_options(p)
+
+    p = command(commands, "evaluate", "score a trained model on another dataset (an external test)")
+    required(p, "model", "a run folder, a training stage folder (<run>/segmentation-mgcc-real) or its models/model.pt")
+    required(p, "data", "the dataset: BUSI layout, generic layout (with the data options) or a prepared folder")
+    option(p, "section", "test (the dataset's test split, split with --seed; default) or all (every image)")
+    option(p, "out", "output folder (default <run>/external/<dataset name>-<section>)")
+    option(p, "seed", "the dataset's split seed, for --section test (default 0)", type=int)
+    flag(p, "include_normal", "keep images of class `normal`")
+    option(p, "only_class", "comma-separated classes to score (e.g. normal); default: every class")
+    data_options(p)
+
+    p = command(commands, "export", "write ready MONAI bundles of a trained run (no overrides needed)")
+    required(p, "model", "a run folder, a training stage folder (<run>/segmentation-mgcc-real) or its models/model.pt")
+    option(p, "out", "output folder; gets ultrasound_mgcc_segmentation/ (and ultrasound_ldm_generation/)")
+    flag(p, "generator", "also export the run's generator, when the run trained one (default true)")
+
+    label = command(commands, "label", "MONAI Label for the MGCC bundle (for 3D Slicer users)")
+    actions = label.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=Parser)
+    command(actions, "setup", "create (or check) the MONAI Label virtual environment (.venv-label); idempotent")
+    p = command(actions, "studies", "write a phantom studies folder (datastore) with some images already labeled")
+    required(p, "out", "the studies folder to write")
+    option(p, "n", "number of images (default 24)", type=int)
+    option(p, "size", "image size in pixels (default 128)", type=int)
+    option(p, "seed", "random seed (default 0)", type=int)
+    option(p, "labeled", "how many images come labeled (default 8)", type=int)
+    for name, text in (("app", "build the MONAI Label app folder (the sample monaibundle app + a copy of the bundle)"),
+                       ("serve", "start `monailabel start_server` with the app and the bundle (Ctrl-C stops)")):
+        p = command(actions, name, text)
+        if name == "serve":
+            required(p, "studies", "the datastore folder (PNG images; labels go to <studies>/labels/final)")
         else:
-            options.append(f"[{flag} {parameter.default!r}]")
-    return f"usage: {name} {' '.join(options)}\n\n{inspect.cleandoc(function.__doc__ or '')}"
+            option(p, "studies", "the datastore folder whose images become MGCC's unlabeled set")
+        option(p, "bundle", "bundle folder (default bundles/ultrasound_mgcc_segmentation); it is copied into "
+                            "<workdir>/app/model/<name>/, where retrained weights are written")
+        if name == "serve":
+            option(p, "port", "port (default 8000)", type=int)
+            option(p, "host", "host (default 127.0.0.1; MONAI Label has no authentication here)")
+        option(p, "workdir", "working folder of the app (default outputs/monailabel)")
+        option(p, "overrides", "JSON object of bundle config ids -> values written into the copy, e.g. "
+                               "'{\"base_channels\": 16, \"spatial_size\": [128, 128]}' (must match the checkpoint)")
+        flag(p, "fresh_model", "start from untrained weights instead of the bundle's models/model.pt")
+        if name == "serve":
+            flag(p, "setup", "create the MONAI Label environment first when missing (default true)")
+    return parser
+
+
+def normalized(argv: list[str]) -> list[str]:
+    """`--opt_name` spelled `--opt-name` (the parser knows the dashed spelling); values are left alone."""
+    args = []
+    for arg in argv:
+        if arg == "--":
+            args += argv[len(args):]
+            break
+        if arg.startswith("--"):
+            name, sep, value = arg.partition("=")
+            arg = name.replace("_", "-") + sep + value
+        args.append(arg)
+    return args
+
+
+def parse(argv: list[str]) -> tuple[str, Callable[..., Any], dict[str, Any]]:
+    """(command name, function to call, its keyword arguments) of a command line; exit 2 on a usage error."""
+    parser = build_parser()
+    namespace, unknown = parser.parse_known_args(normalized(argv))
+    values = vars(namespace)
+    name = values.pop("command")
+    action = values.pop("action", None)
+    if action is not None:  # `mgcc label <action>`
+        name = f"{name} {action}"
+    if unknown:  # said by the command's own parser, so the message names it
+        _subparser(parser, name).error(f"unrecognized arguments: {' '.join(unknown)}")
+    for key in values.pop("_required", []):
+        if key not in values:
+            _subparser(parser, name).error(f"{key.upper()} (or --{key.replace('_', '-')}) is required")
+    target = _load(COMMANDS[name.split()[0]])
+    return name, getattr(target(), action) if action else target, values
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for word in name.split():
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[word]
+    return parser
+
+
+def _load(target: str) -> Any:
+    module, attribute = target.split(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] not in COMMANDS:
-        print("usage: mgcc {" + ",".join(COMMANDS) + "} [--help]")
-        raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
-    target, name, rest = _load(COMMANDS[args[0]]), f"mgcc {args[0]}", args[1:]
-    if "-h" in rest or "--help" in rest:
-        method = getattr(target, rest[0], None) if inspect.isclass(target) and rest[0] not in ("-h", "--help") else None
-        if callable(method):
-            print(usage(method, f"{name} {rest[0]}"))
-        elif inspect.isclass(target):
-            subcommands = [n for n, f in inspect.getmembers(target, inspect.isfunction) if not n.startswith("_")]
-            print(f"usage: {name} {{{','.join(subcommands)}}} [--help]\n\n{inspect.cleandoc(target.__doc__ or '')}")
-        else:
-            print(usage(target, name))
-        raise SystemExit(0)
-    if inspect.isclass(target):  # a group of sub-commands (`mgcc label serve ...`): check the method's options
-        method = getattr(target, rest[0], None) if rest and not rest[0].startswith("-") else None
-        if callable(method):
-            rest = rest[:1] + checked_arguments(method, rest[1:], f"{name} {rest[0]}")
-    else:
-        rest = checked_arguments(target, rest, name)
+    name, function, kwargs = parse(list(sys.argv[1:] if argv is None else argv))
     from mgcc.data.records import DatasetError
     from mgcc.errors import MgccError
 
     try:
-        fire.Fire(target, command=rest, name=name)
+        status = function(**kwargs)
     except (MgccError, DatasetError) as error:
-        print(f"{name}: error: {error}", file=sys.stderr)
+        print(f"mgcc {name}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    if isinstance(status, int) and status:  # `mgcc label serve`: the server's exit status
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def seeded_preset(preset: dict[str, Any], seed: int) -> dict[str, Any]:
 
 
 def parse_variants(variants: str | tuple | list) -> list[str]:
-    """`--variants supervised,mgcc-real` (fire may give a tuple), every name checked against VARIANTS."""
+    """`--variants supervised,mgcc-real` (or a list of names), every name checked against VARIANTS."""
     names = variants.split(",") if isinstance(variants, str) else list(variants)
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
@@ -58,7 +58,7 @@ def parse_variants(variants: str | tuple | list) -> list[str]:
 
 
 def parse_seeds(seeds: int | str | tuple | list | None, default: int) -> list[int]:
-    """`--seeds 0,1,2` (fire gives a tuple), `--seeds 3` or nothing (the preset's seed)."""
+    """`--seeds 0,1,2` (or a list), `--seeds 3` or nothing (the preset's seed)."""
     if seeds is None:
         return [default]
     items = seeds if isinstance(seeds, (tuple, list)) else str(seeds).split(",")
