@@ -8,7 +8,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUSI_ROOT = (REPO_ROOT / ".." / "shared" / "data" / "Dataset_BUSI_with_GT").resolve()
 STU_ROOT = (REPO_ROOT / ".." / "shared" / "data" / "STU-Hospital").resolve()
 #: `mgcc prepare` options for STU-Hospital's published layout (images and masks in one folder)
-STU_OPTIONS = {"images_dir": ".", "masks_dir": ".", "image_pattern": "Test_Image_{id}.png", "mask_pattern": "mask_{id}.png"}
+STU_OPTIONS = {"images": ".", "masks": ".", "image_pattern": "Test_Image_{id}.png", "mask_pattern": "mask_{id}.png"}
 
 
 @pytest.fixture(scope="session")
@@ -66,10 +66,11 @@ def stu_root() -> Path:
 @pytest.fixture(scope="session")
 def prepared_stu(stu_root, tmp_path_factory) -> Path:
     """STU-Hospital after `mgcc prepare` (its masks resampled to the 128x128 images)."""
+    from mgcc.data.options import DataOptions
     from mgcc.data.prepare import prepare_dataset
 
     out = tmp_path_factory.mktemp("stu") / "prepared"
-    prepare_dataset(stu_root, out, **STU_OPTIONS)
+    prepare_dataset(stu_root, out, DataOptions(**STU_OPTIONS))
     return out
 
 

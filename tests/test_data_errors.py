@@ -10,6 +10,7 @@ from PIL import Image
 
 from mgcc import cli
 from mgcc.data.datalist import read_json
+from mgcc.data.options import DataOptions
 from mgcc.data.prepare import prepare_dataset
 from mgcc.data.records import DatasetError, Problem, summarized
 
@@ -91,14 +92,14 @@ def test_a_relative_class_csv_is_read_from_the_current_folder(tmp_path, monkeypa
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     with pytest.raises(DatasetError) as caught:
-        prepare_dataset(source, tmp_path / "out", classes_csv="classes.csv")
+        prepare_dataset(source, tmp_path / "out", DataOptions(classes="classes.csv"))
     tried = tmp_path / "elsewhere" / "classes.csv"
     assert [str(problem) for problem in caught.value.problems] == [
         f"{tried}: class CSV not found (a relative --classes is read from the current folder, {tmp_path / 'elsewhere'}); "
         f"did you mean --classes {source / 'classes.csv'}?"]
     assert len(str(caught.value).splitlines()) == 1 and not (tmp_path / "out").exists()
     monkeypatch.chdir(tmp_path)
-    summary = prepare_dataset(source, tmp_path / "out", classes_csv=Path("raw") / "classes.csv")
+    summary = prepare_dataset(source, tmp_path / "out", DataOptions(classes=Path("raw") / "classes.csv"))
     assert summary["classes"] == {"benign": 6}
 
 
@@ -146,7 +147,7 @@ def test_when_no_image_pairs_with_a_mask_one_line_says_so_and_suggests_the_patte
     assert any(line.startswith(f"  {source / 'masks'}: mask without image: 12 files (") for line in lines)
     assert len(caught.value.problems) == 25  # every problem is still in the list
     assert not (tmp_path / "out").exists()
-    assert prepare_dataset(source, tmp_path / "out", mask_pattern="{id}_mask.png")["images"] == 12
+    assert prepare_dataset(source, tmp_path / "out", DataOptions(mask_pattern="{id}_mask.png"))["images"] == 12
 
 
 def test_no_pairs_without_a_guess_shows_an_example_of_the_options(tmp_path):

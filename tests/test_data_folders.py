@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from mgcc.data.folders import pattern_regex
+from mgcc.data.options import DataOptions
 from mgcc.data.prepare import prepare_dataset
 from mgcc.data.records import DatasetError
 from mgcc.data.sources import prepare_any
@@ -38,7 +39,7 @@ def _classes_csv(root: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 def test_pattern_pairs_images_and_masks(generic, tmp_path):
-    summary = prepare_dataset(generic, tmp_path / "out", image_pattern="case_{id}.png", mask_pattern="mask_{id}.png")
+    summary = prepare_dataset(generic, tmp_path / "out", DataOptions(image_pattern="case_{id}.png", mask_pattern="mask_{id}.png"))
     assert summary["images"] == 10 and summary["classes"] == {"lesion": 10}
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     record = next(record for record in manifest["images"] if record["id"] == "case_0003")
@@ -61,15 +62,18 @@ def test_wildcard_mask_pattern_merges_several_masks(tmp_path):
     first[0, 0], second[9, 9] = 255, 1
     _save(first, tmp_path / "raw" / "gt" / "a_mask.png")
     _save(second, tmp_path / "raw" / "gt" / "a_mask_1.png")
-    prepare_dataset(tmp_path / "raw", tmp_path / "out", images_dir="img", masks_dir="gt", mask_pattern="{id}_mask*.png")
+    for name, value in (("b", 110), ("c", 120)):  # three images: one each for training, validation and test
+        _save(np.full((32, 32), value, np.uint8), tmp_path / "raw" / "img" / f"{name}.png")
+        _save(first, tmp_path / "raw" / "gt" / f"{name}_mask.png")
+    prepare_dataset(tmp_path / "raw", tmp_path / "out", DataOptions(images="img", masks="gt", mask_pattern="{id}_mask*.png"))
     label = np.asarray(Image.open(tmp_path / "out" / "labels" / "a.png"))
     assert label[0, 0] == label[9, 9] == 255 and (label > 0).sum() == 2
 
 
 def test_classes_from_csv(generic, tmp_path):
     rows = [(f"case_{k:04d}.png", "benign" if k <= 6 else "malignant") for k in range(1, 11)]
-    summary = prepare_dataset(generic, tmp_path / "out", image_pattern="case_{id}.png", mask_pattern="mask_{id}.png",
-                              classes_csv=_classes_csv(generic, rows))
+    summary = prepare_dataset(generic, tmp_path / "out", DataOptions(image_pattern="case_{id}.png", mask_pattern="mask_{id}.png",
+                                                                     classes=_classes_csv(generic, rows)))
     assert summary["classes"] == {"benign": 6, "malignant": 4}
 
 
@@ -77,7 +81,7 @@ def test_csv_problems_are_reported(generic, tmp_path):
     rows = [(f"case_{k:04d}.png", "benign") for k in range(1, 9)] + [("case_0009.png", "cyst"), ("case_0042.png", "benign")]
     csv_path = _classes_csv(generic, rows)
     with pytest.raises(DatasetError) as caught:
-        prepare_dataset(generic, tmp_path / "out", image_pattern="case_{id}.png", mask_pattern="mask_{id}.png", classes_csv=csv_path)
+        prepare_dataset(generic, tmp_path / "out", DataOptions(image_pattern="case_{id}.png", mask_pattern="mask_{id}.png", classes=csv_path))
     reasons = [str(problem) for problem in caught.value.problems]
     assert any("classes.csv:10: unknown class 'cyst'" in reason for reason in reasons)
     assert any("'case_0042.png'" in reason and "not an image" in reason for reason in reasons)
@@ -86,12 +90,12 @@ def test_csv_problems_are_reported(generic, tmp_path):
 def test_image_missing_from_csv_is_refused(generic, tmp_path):
     csv_path = _classes_csv(generic, [(f"case_{k:04d}.png", "benign") for k in range(1, 10)])
     with pytest.raises(DatasetError, match="case_0010.png: no class for this image"):
-        prepare_dataset(generic, tmp_path / "out", image_pattern="case_{id}.png", mask_pattern="mask_{id}.png", classes_csv=csv_path)
+        prepare_dataset(generic, tmp_path / "out", DataOptions(image_pattern="case_{id}.png", mask_pattern="mask_{id}.png", classes=csv_path))
 
 
 def test_names_that_do_not_match_are_reported(generic, tmp_path):
     with pytest.raises(DatasetError) as caught:
-        prepare_dataset(generic, tmp_path / "out", image_pattern="case_{id}.png", mask_pattern="label_{id}.png")
+        prepare_dataset(generic, tmp_path / "out", DataOptions(image_pattern="case_{id}.png", mask_pattern="label_{id}.png"))
     reasons = [str(problem) for problem in caught.value.problems]
     assert sum("does not match the mask pattern" in reason for reason in reasons) == 10
     assert sum("image without mask" in reason for reason in reasons) == 10
@@ -100,9 +104,9 @@ def test_names_that_do_not_match_are_reported(generic, tmp_path):
 def test_missing_folder_and_bad_pattern(tmp_path):
     (tmp_path / "raw").mkdir()
     with pytest.raises(DatasetError, match="folder not found"):
-        prepare_dataset(tmp_path / "raw", tmp_path / "out", layout="folders")
+        prepare_dataset(tmp_path / "raw", tmp_path / "out", DataOptions(layout="folders"))
     with pytest.raises(DatasetError, match="exactly once"):
-        prepare_dataset(tmp_path / "raw", tmp_path / "out", layout="folders", mask_pattern="mask.png")
+        prepare_dataset(tmp_path / "raw", tmp_path / "out", DataOptions(layout="folders", mask_pattern="mask.png"))
 
 
 def test_pattern_regex():
@@ -113,7 +117,7 @@ def test_pattern_regex():
 
 def test_folder_options_with_busi_layout_are_refused(generic, tmp_path):
     with pytest.raises(DatasetError, match="'folders' layout only"):
-        prepare_dataset(generic, tmp_path / "out", layout="busi", mask_pattern="mask_{id}.png")
+        prepare_dataset(generic, tmp_path / "out", DataOptions(layout="busi", mask_pattern="mask_{id}.png"))
 
 
 PATIENT_COLUMNS = {"id_column": "filename", "class_column": "diagnosis", "group_column": "patient_id"}
@@ -148,7 +152,7 @@ def _sections_by_group(out: Path) -> dict[str, set[str]]:
 @pytest.mark.parametrize("seed", range(4))
 def test_a_patient_never_straddles_a_split(patients, tmp_path, seed):
     root, csv_path = patients
-    summary = prepare_dataset(root, tmp_path / "out", seed=seed, labeled_fraction=0.25, classes_csv=csv_path, **PATIENT_COLUMNS)
+    summary = prepare_dataset(root, tmp_path / "out", DataOptions(classes=csv_path, **PATIENT_COLUMNS), seed=seed, labeled_fraction=0.25)
     by_group = _sections_by_group(tmp_path / "out")
     assert len(by_group) == 13 and len(by_group.pop(None)) <= 2  # the 2 images without a patient
     assert all(len(sections) == 1 for sections in by_group.values()), by_group  # training/unlabeled/validation/test
@@ -158,7 +162,7 @@ def test_a_patient_never_straddles_a_split(patients, tmp_path, seed):
 
 def test_the_manifest_records_the_group(patients, tmp_path):
     root, csv_path = patients
-    summary = prepare_dataset(root, tmp_path / "out", classes_csv=csv_path, **PATIENT_COLUMNS)
+    summary = prepare_dataset(root, tmp_path / "out", DataOptions(classes=csv_path, **PATIENT_COLUMNS))
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     groups = {record["id"]: record["group"] for record in manifest["images"]}
     assert groups["us0000"] == groups["us0001"] == "P00" and groups["us0002"] == "P01" and groups["us0031"] is None
@@ -168,7 +172,7 @@ def test_the_manifest_records_the_group(patients, tmp_path):
 
 def test_without_a_group_column_the_record_has_no_group(patients, tmp_path):
     root, csv_path = patients
-    summary = prepare_dataset(root, tmp_path / "out", classes_csv=csv_path, id_column="filename", class_column="diagnosis")
+    summary = prepare_dataset(root, tmp_path / "out", DataOptions(classes=csv_path, id_column="filename", class_column="diagnosis"))
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert {record["group"] for record in manifest["images"]} == {None} and manifest["settings"]["group_column"] is None
     assert summary["multi_image_groups"] == 0
@@ -181,7 +185,7 @@ def test_without_a_group_column_the_record_has_no_group(patients, tmp_path):
 def test_a_missing_column_is_one_line_naming_the_csv(patients, tmp_path, columns, missing):
     root, csv_path = patients
     with pytest.raises(DatasetError) as caught:
-        prepare_dataset(root, tmp_path / "out", classes_csv=csv_path, **columns)
+        prepare_dataset(root, tmp_path / "out", DataOptions(classes=csv_path, **columns))
     assert [str(problem) for problem in caught.value.problems] == [
         f"{csv_path}: no column {missing} (columns: filename, diagnosis, age, patient_id)"]
     assert not (tmp_path / "out").exists()
@@ -190,10 +194,10 @@ def test_a_missing_column_is_one_line_naming_the_csv(patients, tmp_path, columns
 def test_column_options_need_a_class_csv(patients, tmp_path):
     root, csv_path = patients
     with pytest.raises(DatasetError, match="--group-column names a column of the class CSV: give the CSV with --classes"):
-        prepare_dataset(root, tmp_path / "out", group_column="patient_id")
+        prepare_dataset(root, tmp_path / "out", DataOptions(group_column="patient_id"))
     with pytest.raises(DatasetError, match="must differ from the id and class columns"):
-        prepare_dataset(root, tmp_path / "out", classes_csv=csv_path, id_column="filename", class_column="diagnosis",
-                        group_column="diagnosis")
+        prepare_dataset(root, tmp_path / "out", DataOptions(classes=csv_path, id_column="filename", class_column="diagnosis",
+                                                            group_column="diagnosis"))
 
 
 def test_cli_group_column(patients, tmp_path, capsys):
@@ -210,6 +214,6 @@ def test_cli_group_column(patients, tmp_path, capsys):
 
 def test_a_prepared_generic_dataset_is_split_again(generic, tmp_path):
     """Its class is `lesion` (no class CSV): `mgcc run/evaluate --data PREPARED` split it again without a word."""
-    prepare_dataset(generic, tmp_path / "once", image_pattern="case_{id}.png", mask_pattern="mask_{id}.png")
+    prepare_dataset(generic, tmp_path / "once", DataOptions(image_pattern="case_{id}.png", mask_pattern="mask_{id}.png"))
     summary = prepare_any(tmp_path / "once", tmp_path / "twice", labeled_fraction=0.5, seed=1, include_normal=False)
     assert summary["images"] == 10 and summary["classes"] == {"lesion": 10}

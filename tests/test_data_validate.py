@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mgcc.data.options import DataOptions
 from mgcc.data.prepare import prepare, prepare_dataset
 from mgcc.data.records import DatasetError
 from mgcc.data.validate import read_image, read_mask
@@ -39,7 +40,7 @@ def raw(tmp_path) -> Path:
 
 def _problems(raw: Path, out: Path, **options) -> list[str]:
     with pytest.raises(DatasetError) as caught:
-        prepare_dataset(raw, out, **options)
+        prepare_dataset(raw, out, DataOptions(**options))
     assert not out.exists(), "a refused dataset must leave nothing behind"
     return [str(problem) for problem in caught.value.problems]
 
@@ -74,8 +75,8 @@ def test_image_without_mask_and_mask_without_image(raw, tmp_path):
 def test_mask_of_another_aspect_ratio_is_refused(raw, tmp_path):
     mask = _save(np.zeros((32, 30), np.uint8), raw / "benign" / "benign (1)_mask.png")
     problems = _problems(raw, tmp_path / "out")
-    assert problems == [f"{mask}: mask size 30x32, image size 40x32 (benign (1).png): the aspect ratios differ, "
-                        "so the mask cannot be resampled to the image"]
+    assert problems == [f"{mask}: mask of another size and aspect ratio than its image, so it cannot be resampled to "
+                        "it (mask vs image, width x height): 30x32 vs 40x32"]
 
 
 def test_mask_at_another_resolution_is_binarized_then_resampled(raw, tmp_path):

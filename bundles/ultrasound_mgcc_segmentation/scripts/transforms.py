@@ -13,11 +13,16 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, PILReader
 from monai.transforms import LoadImaged, MapTransform, SqueezeDim
+from monai.utils import optional_import
 from PIL import Image
 
-__all__ = ["RASTER_SUFFIXES", "to_grayscale8", "LoadImageGrayscaled", "AsGrayscale2Dd"]
+__all__ = ["RASTER_SUFFIXES", "EXPECTED_2D", "to_grayscale8", "nifti_shape_problem", "LoadImageGrayscaled",
+           "AsGrayscale2Dd"]
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: what every error about an input's shape says the model takes
+EXPECTED_2D = "the model segments 2D images (H x W, or H x W x 1/3)"
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
@@ -50,6 +55,29 @@ def to_grayscale8(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values[..., 0]), 0, 255).astype(np.uint8), mode="L")
 
 
+def nifti_shape_problem(path: str | os.PathLike) -> str | None:
+    """Why a NIfTI file is not a 2D image, from its header alone (None for a 2D one and for other formats).
+
+    2D: (W, H), one slice (W, H, 1, ...), or a last 4th/5th dimension of 3 or 4 colour channels (MONAI reads it
+    as channels; ``AsGrayscale2Dd`` averages them). A volume (W, H, D > 1) is refused: which slice would be meant?
+    ``inference_datalist`` asks this of every input, so a volume stops the run with one line before the model runs."""
+    if not str(path).lower().endswith(NIFTI_SUFFIXES):
+        return None
+    nib, found = optional_import("nibabel")
+    if not found:
+        return None  # MONAI's reader says nibabel is missing
+    try:
+        shape = tuple(int(n) for n in nib.load(str(path)).shape)
+    except Exception as error:  # any header failure: the file cannot be used
+        return f"unreadable NIfTI file ({type(error).__name__}: {error})"
+    extra = shape[2:]
+    if len(shape) >= 4 and extra[-1] in (3, 4):
+        extra = extra[:-1]
+    if len(shape) >= 2 and all(n == 1 for n in extra):
+        return None
+    return f"a {len(shape)}D image of {' x '.join(map(str, shape))} voxels; {EXPECTED_2D}: give one slice per file"
+
+
 class LoadImageGrayscaled(LoadImaged):
     """``LoadImaged`` for ultrasound inputs: PNG, JPEG and BMP files are read as 8-bit grayscale by
     ``to_grayscale8`` (the grey levels training saw, whatever the file's bit depth, palette or colour), with that
@@ -71,8 +99,8 @@ class LoadImageGrayscaled(LoadImaged):
 
 class AsGrayscale2Dd(MapTransform):
     """Make channel-first images 1-channel 2D: average the channels of multi-channel images from other formats
-    (alpha dropped) and drop a trailing singleton spatial dimension (one-slice NIfTI; its recorded
-    ``spatial_shape`` too, so a saved prediction is 2D). Anything else is an error naming the file. With
+    (alpha dropped) and drop trailing singleton spatial dimensions (one-slice NIfTI, also a 5D colour NIfTI; its
+    recorded ``spatial_shape`` too, so a saved prediction is 2D). Anything else is an error naming the file. With
     ``gray_levels`` (images, not masks) the values are checked by ``check_gray_levels``.
     """
 
@@ -85,13 +113,13 @@ class AsGrayscale2Dd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            if img.ndim == 4 and img.shape[-1] == 1:
+            while img.ndim > 3 and img.shape[-1] == 1:
                 img = self.squeeze(img)
-                if isinstance(img, MetaTensor) and len(img.meta.get("spatial_shape", ())) == 3:
+                if isinstance(img, MetaTensor) and len(img.meta.get("spatial_shape", ())) > 2:
                     img.meta["spatial_shape"] = img.meta["spatial_shape"][:2]  # writers restore a 2D image
             if img.ndim != 3:
                 name = getattr(img, "meta", {}).get("filename_or_obj", key)
-                raise ValueError(f"{name}: expected a 2D image (channel-first shape (C, H, W)), got {tuple(img.shape)}.")
+                raise ValueError(f"{name}: channel-first shape {tuple(img.shape)} is not one 2D image; {EXPECTED_2D}.")
             if img.shape[0] == 4:
                 img = img[:3]
             if img.shape[0] > 1:

@@ -50,9 +50,18 @@ def scan_busi(root: Path) -> tuple[list[SourceCase], list[Problem]]:
     entries = sorted(path for path in Path(root).iterdir() if not path.name.startswith("."))
     problems += [Problem(path, "PNG outside a class folder: its class is unknown") for path in entries if is_png(path)]
     folders = [path for path in entries if path.is_dir()]
+    names = {folder.name for folder in folders}
     for folder in folders:
         if folder.name not in KNOWN_CLASSES:
-            problems.append(Problem(folder, f"unknown class '{folder.name}' (expected one of: {', '.join(KNOWN_CLASSES)})"))
+            label = folder.name.lower()
+            if label in KNOWN_CLASSES and label in names:  # `Benign/` beside `benign/`
+                problems.append(Problem(root, f"class folders {folder.name} and {label} differ only in case: the same "
+                                              f"class? move the images of {folder.name} into {label}"))
+            elif label in KNOWN_CLASSES:
+                problems.append(Problem(folder, f"class folder spelled '{folder.name}': class folders are lower case, "
+                                                f"rename it {label}"))
+            else:
+                problems.append(Problem(folder, f"unknown class '{folder.name}' (expected one of: {', '.join(KNOWN_CLASSES)})"))
             continue
         found, found_problems = _scan_class(folder)
         cases += found

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,42 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(parts).replace("\0", "(?P<id>.+?)"), re.IGNORECASE)
 
 
+#: BUSI's file names, which the MGCC reference code keeps in its `images/` + `masks/0/` layout: `benign (10).png`
+BUSI_NAME = re.compile(r"(?P<label>benign|malignant|normal) \(\d+\)", re.IGNORECASE)
+
+
+def busi_class(stem: str) -> str:
+    """The class a BUSI-style file name gives (`benign (10)` -> benign, `Malignant (3)` -> malignant), else the
+    generic class."""
+    found = BUSI_NAME.fullmatch(stem)
+    return found["label"].lower() if found else DEFAULT_CLASS
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
+
+
+def masks_subfolder(masks: Path) -> Path | None:
+    """The one subfolder holding the masks when `masks` holds no PNG file and exactly one folder (the MGCC reference
+    code's `masks/0/`), else None."""
+    if not masks.is_dir() or any(is_png(path) for path in masks.iterdir()):
+        return None
+    inner = _subfolders(masks)
+    return inner[0] if len(inner) == 1 and any(is_png(path) for path in inner[0].iterdir()) else None
+
+
+def same_folder_problem(folder: Path) -> Problem:
+    """The one line for images and masks in one folder without a mask pattern: every file would be a mask.
+    Names that extend another file's name (`c1_mask.png` beside `c1.png`) suggest the pattern."""
+    names = sorted(path.name for path in folder.iterdir() if is_png(path)) if folder.is_dir() else []
+    stems = {Path(name).stem for name in names}
+    guesses = Counter(name[len(stem):] for name in names[:50] for stem in stems
+                      if stem != Path(name).stem and name.startswith(stem) and not name[len(stem)].isalnum())
+    hint = f", here perhaps --mask-pattern '{{id}}{guesses.most_common(1)[0][0]}'" if guesses else ""
+    return Problem(folder, f"images and masks are in the same folder: pass --image-pattern and --mask-pattern to tell "
+                           f"them apart{hint}")
+
+
 def _pngs(folder: Path) -> tuple[list[Path], list[Problem]]:
     if not folder.is_dir():
         return [], [Problem(folder, "folder not found")]
@@ -32,7 +69,10 @@ def _pngs(folder: Path) -> tuple[list[Path], list[Problem]]:
     problems = [Problem(path, "not a PNG file; ignored", fatal=False) for path in files if not is_png(path)]
     pngs = [path for path in files if is_png(path)]
     if not pngs:
-        problems.append(Problem(folder, "empty folder: no PNG files"))
+        inner = [path.name for path in _subfolders(folder)]
+        hint = (f" (it holds the folders {', '.join(inner[:5])}{', ...' if len(inner) > 5 else ''}: name the one "
+                f"to read, e.g. {folder.name}/{inner[0]})") if inner else ""
+        problems.append(Problem(folder, "empty folder: no PNG files" + hint))
     return pngs, problems
 
 
@@ -140,6 +180,19 @@ def read_classes(csv_path: Path, columns: ClassColumns = ClassColumns()) -> tupl
         return None, [unusable]
     table = ClassTable({}, {}, {})
     problems = []
+    known = KNOWN_CLASSES + (DEFAULT_CLASS,)
+    spellings = Counter((row[columns.label] or "").strip() for row in rows)
+    # another spelling of a known class (`Benign`): one line per class, however many rows
+    miscased = {label: sorted((count, spelling) for spelling, count in spellings.items()
+                              if spelling != label and spelling.lower() == label) for label in known}
+    for label, variants in miscased.items():
+        if variants:
+            named = [f"'{spelling}' ({count} rows)" for count, spelling in variants]
+            if spellings[label]:
+                named.append(f"'{label}' ({spellings[label]} rows)")
+            problems.append(Problem(csv_path, f"classes {' and '.join(named)} differ only in case: the same class? "
+                                              f"write {label}" if spellings[label] else
+                                              f"class {named[0]} is spelled in another case: write {label}"))
     for line, row in enumerate(rows, start=2):
         name, label = (row[columns.image] or "").strip(), (row[columns.label] or "").strip()
         stem = Path(name).stem
@@ -150,9 +203,9 @@ def read_classes(csv_path: Path, columns: ClassColumns = ClassColumns()) -> tupl
         group = (row[columns.group] or "").strip() if columns.group is not None else ""
         if group:
             table.groups[stem] = group
-        if label in KNOWN_CLASSES + (DEFAULT_CLASS,):  # `lesion`: what a generic dataset without classes gets
+        if label in known:  # `lesion`: what a generic dataset without classes gets
             table.classes[stem] = label
-        else:
+        elif label.lower() not in known:  # another case of a known class: said once above
             problems.append(Problem(f"{csv_path}:{line}", f"unknown class '{label}' (expected one of: "
                                                           f"{', '.join(KNOWN_CLASSES + (DEFAULT_CLASS,))})"))
     return table, problems
@@ -165,10 +218,13 @@ def scan_folders(
     mask_pattern: str = "{id}.png",
     classes_csv: Path | None = None,
     columns: ClassColumns = ClassColumns(),
+    classes_from_names: bool = False,
 ) -> tuple[list[SourceCase], list[Problem]]:
     """All cases of a generic dataset (sorted by id) and the problems found in its files and CSV.
 
     Images and masks may share one folder: there, a file that matches the mask pattern is a mask, any other an image.
+    Without a class CSV every image has the generic class, or with `classes_from_names` the class its BUSI-style
+    name gives (`busi_class`).
     """
     image_files, problems = _pngs(images_dir)
     if images_dir.resolve() == masks_dir.resolve():
@@ -195,7 +251,8 @@ def scan_folders(
     for key in sorted(set(images) & set(masks)):
         image, image_masks = images[key][0], tuple(sorted(masks[key]))
         if table is None:
-            cases.append(SourceCase(case_id(image.stem), DEFAULT_CLASS, image, image_masks))
+            label = busi_class(image.stem) if classes_from_names else DEFAULT_CLASS
+            cases.append(SourceCase(case_id(image.stem), label, image, image_masks))
         elif image.stem in table.classes:
             cases.append(SourceCase(case_id(image.stem), table.classes[image.stem], image, image_masks, table.groups.get(image.stem)))
         elif image.stem not in table.listed:

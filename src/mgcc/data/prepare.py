@@ -21,21 +21,17 @@ from PIL import Image
 
 from mgcc.data.busi import scan_busi
 from mgcc.data.datalist import SECTIONS, build_datalist, image_path, label_path, read_json, section_of, write_json
-from mgcc.data.folders import ClassColumns, scan_folders
+from mgcc.data.folders import ClassColumns, masks_subfolder, same_folder_problem, scan_folders
+from mgcc.data.options import DataOptions, option_error
 from mgcc.data.records import KNOWN_CLASSES, DatasetError, Problem, SourceCase
 from mgcc.data.split import NEAR_DUPLICATE_CORRELATION, SplitItem, assign_splits, duplicate_groups, near_duplicate_groups, split_groups
 from mgcc.data.validate import CheckedCase, check_case, load_case
 
 MANIFEST_FORMAT = "mgcc-prepared-dataset/1"
 OUTPUT_NAMES = ("images", "labels", "manifest.json", "datalist.json")
-LAYOUTS = ("auto", "busi", "folders")
 PNG_COMPRESS_LEVEL = 1  # zlib level; Pillow's default 6 made BUSI twice as slow to prepare for 12% smaller files
 #: folder names that suggest masks, for the hint when a layout is not recognised
 MASK_WORDS = ("mask", "label", "annot", "seg", "gt", "truth")
-
-
-def _option_error(option: str, reason: str) -> DatasetError:
-    return DatasetError([Problem(option, reason)])
 
 
 def labeled_fraction_option(value: object) -> float:
@@ -53,9 +49,9 @@ def labeled_fraction_option(value: object) -> float:
                 hint = f" (a percentage: for {text} give {float(Fraction(text[:-1]) / 100):g})"
             except (ValueError, ZeroDivisionError):
                 pass
-        raise _option_error("--labeled-fraction", f"'{text}' is not {accepted}{hint}") from None
+        raise option_error("--labeled-fraction", f"'{text}' is not {accepted}{hint}") from None
     if not 0 < fraction <= 1:
-        raise _option_error("--labeled-fraction", f"{text} is outside (0, 1]: give a fraction such as 0.125 or 1/8")
+        raise option_error("--labeled-fraction", f"{text} is outside (0, 1]: give a fraction such as 0.125 or 1/8")
     return float(fraction)
 
 
@@ -68,24 +64,7 @@ def seed_option(value: object) -> int:
             raise ValueError(value)
         return int(str(value).strip())
     except ValueError:
-        raise _option_error("--seed", f"'{value}' is not a whole number (such as 0 or 42)") from None
-
-
-def mask_threshold_option(value: object) -> float | None:
-    """`--mask-threshold` as a float in (0, 255] (a mask pixel value, 16-bit masks scaled to 0..255), or None."""
-    if value is None:
-        return None
-    accepted = "a mask pixel value in (0, 255]"
-    example = "such as 128 (16-bit masks are scaled to 0..255 first)"
-    try:
-        if isinstance(value, bool):
-            raise ValueError(value)
-        threshold = float(str(value).strip())
-    except ValueError:
-        raise _option_error("--mask-threshold", f"'{value}' is not {accepted} {example}") from None
-    if not 0 < threshold <= 255:
-        raise _option_error("--mask-threshold", f"{value} is outside (0, 255]: give a mask pixel value {example}")
-    return threshold
+        raise option_error("--seed", f"'{value}' is not a whole number (such as 0 or 42)") from None
 
 
 def near_copy_option(value: object) -> float:
@@ -93,9 +72,9 @@ def near_copy_option(value: object) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise _option_error("--near-copy-correlation", f"must be a number in (0, 1], got {value!r}") from None
+        raise option_error("--near-copy-correlation", f"must be a number in (0, 1], got {value!r}") from None
     if not 0.0 < number <= 1.0:
-        raise _option_error("--near-copy-correlation", f"must be in (0, 1], got {value!r}")
+        raise option_error("--near-copy-correlation", f"must be in (0, 1], got {value!r}")
     return number
 
 
@@ -150,8 +129,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _pick_layout(source: Path, layout: str, folder_options: bool) -> str:
-    if layout not in LAYOUTS:
-        raise DatasetError([Problem(source, f"unknown layout '{layout}' (expected one of: {', '.join(LAYOUTS)})")])
+    """The layout to read (`layout` is one of `options.LAYOUTS`, checked by `DataOptions`)."""
     if layout == "busi" and folder_options:
         raise DatasetError([Problem(source, "images/masks folders, patterns and a class CSV apply to the 'folders' layout only")])
     if layout != "auto":
@@ -164,11 +142,10 @@ def _pick_layout(source: Path, layout: str, folder_options: bool) -> str:
     return "busi"
 
 
-def _class_columns(source: Path, classes_csv: str | Path | None, id_column: str, class_column: str,
-                   group_column: str | None) -> ClassColumns:
+def _class_columns(source: Path, data: DataOptions) -> ClassColumns:
     """The class CSV's column names; naming a column without a CSV, or grouping by the id or class column, is refused."""
-    columns = ClassColumns(str(id_column), str(class_column), None if group_column is None else str(group_column))
-    if not classes_csv:
+    columns = ClassColumns(data.id_column, data.class_column, data.group_column)
+    if not data.classes:
         named = [option for option, given in (("--id-column", columns.image != ClassColumns.image),
                                               ("--class-column", columns.label != ClassColumns.label),
                                               ("--group-column", columns.group is not None)) if given]
@@ -195,28 +172,29 @@ def _output_problems(out: Path, read_from: list[Path]) -> list[Problem]:
     return problems
 
 
-def _scan(
-    source: Path,
-    layout: str,
-    images_dir: str | Path | None,
-    masks_dir: str | Path | None,
-    image_pattern: str | None,
-    mask_pattern: str | None,
-    classes_csv: str | Path | None,
-    columns: ClassColumns,
-) -> tuple[list[SourceCase], list[Problem], list[Path]]:
-    """Cases, structural problems and the folders that are read, for the chosen layout."""
+def _scan(source: Path, layout: str, data: DataOptions, columns: ClassColumns) -> tuple[list[SourceCase], list[Problem], list[Path]]:
+    """Cases, structural problems and the folders that are read, for the chosen layout.
+
+    The generic layout finds masks in the one subfolder of an otherwise empty masks folder (the MGCC reference
+    code's `images/` + `masks/0/`); there, and wherever the masks folder is named by a number, the reference code's
+    BUSI-style names give the class (`benign (10).png` is benign) unless a class CSV is given."""
     if layout == "busi":
         cases, problems = scan_busi(source)
         return cases, problems, [source]
-    images = _resolve_in(source, images_dir, "images")
-    masks = _resolve_in(source, masks_dir, "masks")
-    csv_path, missing = _class_csv(classes_csv, source) if classes_csv else (None, None)
-    patterns = (image_pattern or "{id}.png", mask_pattern or "{id}.png")
+    images = _resolve_in(source, data.images, "images")
+    masks = _resolve_in(source, data.masks, "masks")
+    if data.masks is None:
+        masks = masks_subfolder(masks) or masks
+    read_from = [source, images, masks]
+    if images == masks and data.mask_pattern is None:  # every file would match the default mask pattern
+        return [], [same_folder_problem(images)], read_from
+    csv_path, missing = _class_csv(data.classes, source) if data.classes else (None, None)
+    patterns = (data.image_pattern or "{id}.png", data.mask_pattern or "{id}.png")
+    classes_from_names = masks.name.isdigit()
     if missing is not None:  # the folders are still checked; no case without its class
-        return [], [missing] + scan_folders(images, masks, *patterns, None, columns)[1], [source, images, masks]
-    cases, problems = scan_folders(images, masks, *patterns, csv_path, columns)
-    return cases, problems, [source, images, masks]
+        return [], [missing] + scan_folders(images, masks, *patterns, None, columns)[1], read_from
+    cases, problems = scan_folders(images, masks, *patterns, csv_path, columns, classes_from_names=classes_from_names)
+    return cases, problems, read_from
 
 
 def _write_case(case: SourceCase, out: Path, mask_threshold: float | None = None) -> None:
@@ -263,6 +241,21 @@ def _disagreeing_duplicates(checked: list[CheckedCase], duplicates: list[list[st
     return problems
 
 
+def _check_splits(source: Path, items: list[SplitItem], assignments: dict) -> None:
+    """Refuse a split with no training, validation or test image: a MONAI training run needs training and
+    validation images, `mgcc run` scores on test (`assign_splits` gives each split a group when it can)."""
+    counts = Counter(assignment.split for assignment in assignments.values())
+    groups = len(split_groups(items))
+    if not counts["train"]:
+        raise DatasetError([Problem(source, f"no image left for training: the {len(items)} images form "
+                                            f"{groups} group(s) of duplicates and near-copies")])
+    if not counts["validation"] or not counts["test"]:
+        raise DatasetError([Problem(source, f"too few images to split: {len(items)} image(s) in {groups} group(s) give "
+                                            f"training {counts['train']}, validation {counts['validation']}, test "
+                                            f"{counts['test']}; at least 3 images in 3 groups (of duplicates and "
+                                            "near-copies) are needed, one each for training, validation and test")])
+
+
 def _section_counts(datalist: dict) -> dict[str, dict[str, int]]:
     counts = {}
     for section in SECTIONS:
@@ -274,51 +267,45 @@ def _section_counts(datalist: dict) -> dict[str, dict[str, int]]:
 def prepare_dataset(
     source: Path,
     out: Path,
+    data: DataOptions | None = None,
     *,
-    layout: str = "auto",
     labeled_fraction: float = 0.125,
     seed: int = 0,
     include_normal: bool = False,
-    images_dir: str | Path | None = None,
-    masks_dir: str | Path | None = None,
-    image_pattern: str | None = None,
-    mask_pattern: str | None = None,
-    classes_csv: str | Path | None = None,
-    id_column: str = "image",
-    class_column: str = "class",
-    group_column: str | None = None,
-    mask_threshold: float | None = None,
     near_copy_correlation: float = NEAR_DUPLICATE_CORRELATION,
 ) -> dict:
-    """Check `source`, then write the prepared dataset to `out`; return a summary with counts per split/class.
+    """Check `source`, read as `data` says (`DataOptions`; default: the BUSI or the images/ + masks/ layout), then
+    write the prepared dataset to `out`; return a summary with counts per split/class.
 
-    `classes_csv` names each image's class in columns `id_column` and `class_column` (a relative path is read
-    from the current folder); with `group_column` (e.g. the patient) every group stays on one side of every
-    split, merged with the exact-duplicate groups. `mask_threshold`: masks with more than one non-zero value are
-    lesion where >= this value (0..255), default half their maximum. Near-copies (32x32 thumbnails correlating
-    at least `near_copy_correlation`) stay on one side of every split, as exact duplicates do. Raises `DatasetError` listing every fatal
-    problem, or naming a bad setting (nothing is written then); warnings are returned in the summary and
+    The class CSV (`data.classes`, a relative path is read from the current folder) names each image's class;
+    with a group column (e.g. the patient) every group stays on one side of every split, merged with the
+    exact-duplicate groups. Near-copies (32x32 thumbnails correlating at least `near_copy_correlation`) stay on one
+    side of every split, as exact duplicates do. Every split gets at least one image (`mgcc.data.split`): a dataset
+    too small for one group each in training, validation and test is refused. Raises `DatasetError` listing every
+    fatal problem, or naming a bad setting (nothing is written then); warnings are returned in the summary and
     recorded in the manifest.
     """
+    data = DataOptions() if data is None else data
+    mask_threshold = data.mask_threshold
     labeled_fraction = labeled_fraction_option(labeled_fraction)
     seed = seed_option(seed)
-    mask_threshold = mask_threshold_option(mask_threshold)
     near_copy_correlation = near_copy_option(near_copy_correlation)
     source, out = Path(source).resolve(), Path(out).resolve()
     if not source.is_dir():
         raise DatasetError([Problem(source, "source folder not found")])
-    folder_options = any(option is not None for option in (images_dir, masks_dir, image_pattern, mask_pattern, classes_csv))
-    layout = _pick_layout(source, layout, folder_options)
-    columns = _class_columns(source, classes_csv, id_column, class_column, group_column)
+    layout = _pick_layout(source, data.layout, data.folder_options())
+    columns = _class_columns(source, data)
     try:
-        all_cases, problems, read_from = _scan(source, layout, images_dir, masks_dir, image_pattern, mask_pattern, classes_csv, columns)
+        all_cases, problems, read_from = _scan(source, layout, data, columns)
     except ValueError as error:  # a malformed pattern
         raise DatasetError([Problem(source, str(error))]) from error
     problems = _output_problems(out, read_from) + problems
     excluded = Counter(case.label for case in all_cases if case.label == "normal" and not include_normal)
     cases = [case for case in all_cases if include_normal or case.label != "normal"]
     if not cases and not any(problem.fatal for problem in problems):
-        problems.append(Problem(source, "no images to prepare"))
+        left_out = (f": {excluded['normal']} images of class 'normal' were left out (pass --include-normal to keep them)"
+                    if excluded else "")
+        problems.append(Problem(source, "no images to prepare" + left_out))
     checked: list[CheckedCase] = []
     for case in cases:
         facts, case_problems = check_case(case, mask_threshold)
@@ -336,9 +323,7 @@ def prepare_dataset(
     items = [SplitItem(facts.case.id, facts.case.label, facts.pixel_sha256, facts.case.group, near_copy_of.get(facts.case.id))
              for facts in checked]
     assignments = assign_splits(items, seed=seed, labeled_fraction=labeled_fraction)
-    if not any(assignment.split == "train" for assignment in assignments.values()):
-        raise DatasetError([Problem(source, f"no image left for training: the {len(items)} images form "
-                                            f"{len(split_groups(items))} group(s) of duplicates and near-copies")])
+    _check_splits(source, items, assignments)
     datalist = build_datalist({facts.case.id: facts.case.label for facts in checked}, assignments)
     duplicates = [[item.id for item in group] for group in duplicate_groups(items) if len(group) > 1]
     warnings += _disagreeing_duplicates(checked, duplicates)
@@ -481,24 +466,13 @@ def prepare(
     """
     started = time.perf_counter()
     try:
-        summary = prepare_dataset(
-            Path(source),
-            Path(out),
-            layout=layout,
-            labeled_fraction=labeled_fraction,
-            seed=seed,
-            include_normal=bool(include_normal),
-            images_dir=images,
-            masks_dir=masks,
-            image_pattern=image_pattern,
-            mask_pattern=mask_pattern,
-            classes_csv=classes,
-            id_column=id_column,
-            class_column=class_column,
-            group_column=group_column,
-            mask_threshold=mask_threshold,
-            near_copy_correlation=near_copy_correlation,
-        )
+        data = DataOptions.from_options({
+            "layout": layout, "images": images, "masks": masks, "image_pattern": image_pattern,
+            "mask_pattern": mask_pattern, "classes": classes, "id_column": id_column, "class_column": class_column,
+            "group_column": group_column, "mask_threshold": mask_threshold,
+        })
+        summary = prepare_dataset(Path(source), Path(out), data, labeled_fraction=labeled_fraction, seed=seed,
+                                  include_normal=bool(include_normal), near_copy_correlation=near_copy_correlation)
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -31,9 +31,12 @@ class Problem:
     path: Path | str
     reason: str
     fatal: bool = True
+    #: what differs from file to file (e.g. the sizes), kept out of `reason` so that many files with one reason
+    #: are summarized in one line, each example with its detail
+    detail: str = ""
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
+        return f"{self.path}: {self.reason}" + (f": {self.detail}" if self.detail else "")
 
 
 #: more problems than this with the same reason are reported as one line: their count and the first examples
@@ -48,6 +51,7 @@ def _summary_line(same: list[Problem]) -> str:
     if folder in paths:  # one file named several times
         folder = os.path.dirname(folder)
     names = [os.path.relpath(path, folder) if folder else path for path in paths[:EXAMPLES]]
+    names = [f"{name} {problem.detail}" if problem.detail else name for name, problem in zip(names, same)]
     return f"{folder or '.'}: {same[0].reason}: {len(same)} files ({', '.join(names)}, ...)"
 
 

@@ -9,7 +9,12 @@ Protocol (DESIGN.md section 4):
   so neither file order nor the machine changes it - and filled in that order: test (20% of the stratum's
   images, rounded half up), then validation (10%), then train (the rest);
 - the labeled part of train is chosen the same way per stratum, ordered by sha256("<seed>/labeled/<group id>"),
-  round(labeled_fraction * train images) images, at least one.
+  round(labeled_fraction * train images) images, at least one;
+- a small dataset (fewer than 5 images in every stratum) would leave the whole test or validation split empty:
+  then the stratum with the most training groups gives its next group in split order to that split (test first),
+  as long as it keeps one for training. A MONAI training run needs a validation set (its validation handler,
+  the best checkpoint) and `mgcc run` scores on test, so an empty split is never what the user wants;
+  `mgcc prepare` refuses a dataset too small for one group in each.
 """
 
 from __future__ import annotations
@@ -126,18 +131,23 @@ def _fill(groups: list[list[SplitItem]], quotas: list[tuple[str, int]], rest: st
 
 
 def assign_splits(items: list[SplitItem], seed: int = 0, labeled_fraction: float = 0.125) -> dict[str, Assignment]:
-    """Split and labeled flag per image id."""
+    """Split and labeled flag per image id (the protocol of the module docstring)."""
     if not 0.0 < labeled_fraction <= 1.0:
         raise ValueError(f"labeled_fraction must be in (0, 1], got {labeled_fraction}")
     strata: dict[str, list[list[SplitItem]]] = {}
     for group in split_groups(items):
         strata.setdefault(group[0].label, []).append(group)
+    ordered = {label: sorted(groups, key=lambda group: _order(seed, "split", group[0].id)) for label, groups in strata.items()}
+    quotas = {label: {name: _round_half_up(fraction * sum(len(group) for group in groups))
+                      for name, fraction in SPLIT_FRACTIONS.items()} for label, groups in strata.items()}
+    for name in SPLIT_FRACTIONS:  # a split empty in every stratum gets one group where training can spare it
+        filled = {label: _fill(ordered[label], list(quotas[label].items()), TRAIN) for label in ordered}
+        spare = {label: len(parts[TRAIN]) for label, parts in filled.items() if len(parts[TRAIN]) >= 2}
+        if spare and not any(parts[name] for parts in filled.values()):
+            quotas[max(sorted(spare), key=spare.__getitem__)][name] = 1
     assignments: dict[str, Assignment] = {}
-    for groups in strata.values():
-        total = sum(len(group) for group in groups)
-        ordered = sorted(groups, key=lambda group: _order(seed, "split", group[0].id))
-        quotas = [(name, _round_half_up(fraction * total)) for name, fraction in SPLIT_FRACTIONS.items()]
-        parts = _fill(ordered, quotas, TRAIN)
+    for label, groups in ordered.items():
+        parts = _fill(groups, list(quotas[label].items()), TRAIN)
         train = sorted(parts.pop(TRAIN), key=lambda group: _order(seed, "labeled", group[0].id))
         train_total = sum(len(group) for group in train)
         labeled_quota = max(1, _round_half_up(labeled_fraction * train_total)) if train else 0

@@ -36,6 +36,9 @@ NON_BINARY = "non-binary mask"
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 #: how every note about a resampled mask starts
 RESAMPLED = "mask resampled"
+#: the reason of a mask whose size and aspect ratio differ from its image's (its detail: "<mask WxH> vs <image WxH>")
+OTHER_SHAPE = ("mask of another size and aspect ratio than its image, so it cannot be resampled to it "
+               "(mask vs image, width x height)")
 #: mask and image aspect ratios (height / width) that differ by at most this fraction count as the same
 ASPECT_TOLERANCE = 0.02
 THUMBNAIL_SIDE = 32
@@ -142,15 +145,13 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
     return values / norm if norm > 0 else values
 
 
-def _fit_mask(mask: np.ndarray, image: np.ndarray, mask_path: Path,
-              image_path: Path) -> tuple[np.ndarray | None, Problem | None]:
+def _fit_mask(mask: np.ndarray, image: np.ndarray, mask_path: Path) -> tuple[np.ndarray | None, Problem | None]:
     """The mask at the image's size: as it is, resampled (nearest) when only the resolution differs, else a problem."""
     if mask.shape == image.shape:
         return mask, None
     (mh, mw), (ih, iw) = mask.shape, image.shape
-    size = f"mask size {mw}x{mh}, image size {iw}x{ih} ({image_path.name})"
-    if abs((mh / mw) / (ih / iw) - 1.0) > ASPECT_TOLERANCE:
-        return None, Problem(mask_path, f"{size}: the aspect ratios differ, so the mask cannot be resampled to the image")
+    if abs((mh / mw) / (ih / iw) - 1.0) > ASPECT_TOLERANCE:  # the sizes in `detail`: many such masks make one line
+        return None, Problem(mask_path, OTHER_SHAPE, detail=f"{mw}x{mh} vs {iw}x{ih}")
     resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((iw, ih), Image.Resampling.NEAREST)
     note = Problem(mask_path, f"{RESAMPLED} to its image's size (nearest, same aspect ratio)", fatal=False)
     return np.asarray(resized) > 0, note
@@ -185,7 +186,7 @@ def load_case(case: SourceCase, mask_threshold: float | None = None) -> tuple[np
             continue
         problems += [Problem(mask_path, note, fatal=False) for note in notes]
         if image is not None:
-            mask, problem = _fit_mask(mask, image, mask_path, case.image)
+            mask, problem = _fit_mask(mask, image, mask_path)
             problems += [problem] if problem is not None else []
             if mask is None:
                 continue
