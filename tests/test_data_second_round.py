@@ -207,3 +207,14 @@ def test_data_options_are_one_frozen_dataclass_checked_once(tmp_path):
         _pair(source / "scans" / f"c{k}.png", source / "labels" / f"c{k}.png", k)
     summary = prepare_any(source, tmp_path / "out", labeled_fraction=0.5, seed=0, include_normal=False, options=options)
     assert summary["images"] == 5
+
+
+def test_phantom_settings_out_of_range_are_a_dataset_error_and_exit_2(tmp_path, capsys):
+    """Before: a bare ValueError (a traceback from `mgcc phantom --n 0`)."""
+    from mgcc.data.phantom import make_phantom_dataset, phantom
+
+    with pytest.raises(DatasetError, match=r"^--n: phantom needs n >= 1 and size >= 16, got 0"):
+        make_phantom_dataset(tmp_path / "ph", n=0, size=32)
+    with pytest.raises(SystemExit) as stopped:
+        phantom(out=str(tmp_path / "ph"), n=4, size=8)
+    assert stopped.value.code == 2 and "--size: phantom needs n >= 1 and size >= 16, got 8" in capsys.readouterr().err

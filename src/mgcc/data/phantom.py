@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from mgcc.data.records import DatasetError, Problem
+
 #: Share of each class in a phantom dataset (the rest is benign).
 CLASS_SHARES = {"malignant": 0.35, "normal": 0.15}
 CLASSES = ("benign", "malignant", "normal")
@@ -153,7 +155,8 @@ def make_phantom_dataset(out: Path, n: int = 64, size: int = 128, seed: int = 0)
     new, empty or an earlier phantom dataset (replaced whole, so a smaller `n` leaves no older files).
     """
     if n < 1 or size < 16:
-        raise ValueError(f"phantom needs n >= 1 and size >= 16, got n={n}, size={size}")
+        option, value = ("--n", n) if n < 1 else ("--size", size)
+        raise DatasetError([Problem(option, f"phantom needs n >= 1 and size >= 16, got {value}")])
     out = Path(out)
     _clear_earlier_phantom(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +179,7 @@ def phantom(out: str, n: int = 64, size: int = 128, seed: int = 0) -> None:
     """CLI `mgcc phantom --out DIR [--n 64] [--size 128] [--seed 0]`: write a phantom BUSI-layout dataset."""
     try:
         root = make_phantom_dataset(Path(out), n=int(n), size=int(size), seed=int(seed))
-    except FileExistsError as error:
+    except (FileExistsError, DatasetError) as error:  # the command line's exit; the library raises the typed errors
         print(f"mgcc phantom: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     counts = ", ".join(f"{count} {label}" for label, count in class_counts(int(n)).items())
