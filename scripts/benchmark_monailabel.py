@@ -5,7 +5,7 @@
 
 For each form, one after another: a copy of the bundle at `--width`/`--size` with seeded weights (timing does
 not depend on their values), served by a fresh MONAI Label server (`apps/monailabel`, the label environment)
-on phantom studies of `--image-size` pixels; then `apps/monailabel/client.py benchmark` sends `--n` `/infer`
+on phantom studies of `--image-size` pixels; then `src/mgcc/monailabel/client.py benchmark` sends `--n` `/infer`
 requests. `checkpoint`: `models/model.pt` only (MONAI Label's `BundleInferTask` path); `onnx`: plus
 `models/model.onnx` from `python -m monai.bundle onnx_export`, which the app runs on CPU. The server gets
 `--threads` intra-op threads (`OMP_NUM_THREADS`).

@@ -2,8 +2,8 @@
 
 The MONAI Label environment is created (or found up to date) by `apps/monailabel/setup_env.sh`. A copy of the
 bundle is trained briefly on phantom data (never the repository's bundle), served from a temp app folder by
-the launcher (`apps/monailabel/launcher.py`), and exercised over HTTP with MONAI Label's own client
-(`apps/monailabel/client.py` in the label environment): /info, /infer (datastore image and uploads), bad inputs,
+the launcher (`src/mgcc/monailabel/launcher.py`), and exercised over HTTP with MONAI Label's own client
+(`src/mgcc/monailabel/client.py` in the label environment): /info, /infer (datastore image and uploads), bad inputs,
 PUT /datastore/label (PNG and Slicer-style one-slice NIfTI), scoring and active learning, /train, and a
 100-request load test.
 """

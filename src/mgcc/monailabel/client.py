@@ -4,7 +4,7 @@
 Runs in the MONAI Label environment (`.venv-label`); each command prints one JSON object with the HTTP
 `status` (and `detail` when the server refused), and exits 1 when the server did not answer 200:
 
-    .venv-label/bin/python apps/monailabel/client.py --url http://127.0.0.1:8000 info
+    .venv-label/bin/python src/mgcc/monailabel/client.py --url http://127.0.0.1:8000 info
     ... infer MODEL --image ID --out mask.png          # a datastore image
     ... infer MODEL --file scan.png --out mask.png     # an uploaded image
     ... save-label ID label.png [--tag final]

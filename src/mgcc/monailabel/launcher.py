@@ -1,7 +1,7 @@
 """`mgcc label`: serve and train the MGCC segmentation bundle with MONAI Label, for 3D Slicer users.
 
 MONAI Label runs in its own virtual environment (`$MGCC_LABEL_VENV`, default `.venv-label` in the checkout,
-made by `setup_env.sh` beside this file from a pinned lock): it needs pydicom 2, the MONAI Deploy App SDK
+made by `apps/monailabel/setup_env.sh` from a pinned lock): it needs pydicom 2, the MONAI Deploy App SDK
 pydicom 3. This launcher runs in the main environment and never imports MONAI Label. It
 
 - builds the app folder MONAI Label is started with: `app/main.py` (MONAI Label's `monaibundle` sample app
@@ -33,13 +33,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mgcc import REPO_ROOT, SEG_BUNDLE
+from mgcc import REPO_ROOT, SEG_BUNDLE, shipped_folder
 from mgcc.errors import MgccError
 
-HERE = Path(__file__).resolve().parent  # apps/monailabel in a checkout, mgcc/monailabel in the wheel
-SETUP_SCRIPT = HERE / "setup_env.sh"
-APP_MAIN = HERE / "app" / "main.py"
-CLIENT = HERE / "client.py"
+#: the MONAI Label app and its environment's set-up: `apps/monailabel` in a checkout, `mgcc/_monailabel_app` in the wheel
+APP_DIR = shipped_folder("_monailabel_app", "apps/monailabel")
+SETUP_SCRIPT = APP_DIR / "setup_env.sh"
+APP_MAIN = APP_DIR / "app" / "main.py"
+CLIENT = Path(__file__).resolve().parent / "client.py"  # run as a script in the MONAI Label environment
 DEFAULT_BUNDLE = SEG_BUNDLE
 CONFIGS = ("inference.json", "train.json")
 
