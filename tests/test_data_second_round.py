@@ -68,6 +68,12 @@ def test_a_3d_nifti_for_inference_is_one_line_naming_the_file_before_the_model_r
         scripts.data.inference_datalist(str(folder), output_dir=str(tmp_path / "out"))
     assert str(caught.value) == (f"error: {volume}: a 3D image of 40 x 36 x 8 voxels; the model segments 2D images "
                                  "(H x W, or H x W x 1/3): give one slice per file")
+    volume.unlink()
+    normalised = folder / "normalised.nii.gz"  # the gray-level checks too stop the run in one line, not a traceback
+    nib.save(nib.Nifti1Image(np.linspace(0, 1, 40 * 36, dtype=np.float32).reshape(40, 36), np.eye(4)), normalised)
+    with pytest.raises(SystemExit, match=f"^error: {normalised}: values 0..1 look normalised to 0..1; the model expects "
+                                         "8-bit gray levels 0..255: multiply by 255 first.$"):
+        scripts.data.inference_datalist(str(folder), output_dir=str(tmp_path / "out"))
     config = json.loads((BUNDLE / "configs" / "inference.json").read_text())
     assert "scripts.data.inference_datalist(" in config["dataset"]["data"]  # the check runs when the dataset is made
     assert not (tmp_path / "out").exists()

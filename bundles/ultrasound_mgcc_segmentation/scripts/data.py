@@ -24,7 +24,7 @@ from monai.data import list_data_collate, load_decathlon_datalist
 from monai.transforms import Randomizable
 from torch.utils.data import Dataset, Sampler
 
-from .transforms import nifti_shape_problem
+from .transforms import nifti_problem
 
 __all__ = [
     "datalist_section",
@@ -114,8 +114,8 @@ def inference_datalist(
     """Images to segment: a datalist section if ``datalist`` is given, else every image file of ``input_dir``
     (PNG, JPEG, BMP, NIfTI; sorted by name; other files are skipped with a warning that lists them).
 
-    A NIfTI input that is not one 2D image (a volume) is refused naming it (``transforms.nifti_shape_problem``, from
-    its header). With ``output_dir``, refuses what would lose or mix up results: an output folder that is the input
+    A NIfTI input that is not one 2D image of 8-bit gray levels (a volume, NaN, int16 beyond 255, floats within
+    0..1) is refused naming it (``transforms.nifti_problem``). With ``output_dir``, refuses what would lose or mix up results: an output folder that is the input
     folder (a rerun would segment the masks), and two inputs that would write the same ``<name>_seg.png``."""
     if datalist:
         files = [d["image"] for d in datalist_section(datalist, section)]
@@ -133,9 +133,9 @@ def inference_datalist(
             raise InputError(f"no PNG, JPEG, BMP or NIfTI images in input_dir {input_dir}"
                              + (f" (it holds {folders} folder(s): images are not searched in subfolders)" if folders else ""))
     for f in files:
-        problem = nifti_shape_problem(f)
+        problem = nifti_problem(f)
         if problem:
-            raise InputError(f"{f}: {problem}")
+            raise InputError(problem)
     if output_dir is not None:
         if os.path.exists(output_dir) and not os.path.isdir(output_dir):
             raise InputError(f"output_dir {output_dir} is a file, not a folder")

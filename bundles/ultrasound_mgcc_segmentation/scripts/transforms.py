@@ -16,7 +16,7 @@ from monai.transforms import LoadImaged, MapTransform, SqueezeDim
 from monai.utils import optional_import
 from PIL import Image
 
-__all__ = ["RASTER_SUFFIXES", "EXPECTED_2D", "to_grayscale8", "nifti_shape_problem", "LoadImageGrayscaled",
+__all__ = ["RASTER_SUFFIXES", "EXPECTED_2D", "to_grayscale8", "nifti_problem", "LoadImageGrayscaled",
            "AsGrayscale2Dd"]
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -55,27 +55,38 @@ def to_grayscale8(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values[..., 0]), 0, 255).astype(np.uint8), mode="L")
 
 
-def nifti_shape_problem(path: str | os.PathLike) -> str | None:
-    """Why a NIfTI file is not a 2D image, from its header alone (None for a 2D one and for other formats).
+def nifti_problem(path: str | os.PathLike) -> str | None:
+    """Why a NIfTI file cannot be segmented, as one line naming it (None for a usable one and for other formats).
 
-    2D: (W, H), one slice (W, H, 1, ...), or a last 4th/5th dimension of 3 or 4 colour channels (MONAI reads it
-    as channels; ``AsGrayscale2Dd`` averages them). A volume (W, H, D > 1) is refused: which slice would be meant?
-    ``inference_datalist`` asks this of every input, so a volume stops the run with one line before the model runs."""
+    Its shape: 2D (W, H), one slice (W, H, 1, ...), or a last 4th/5th dimension of 3 or 4 colour channels (MONAI
+    reads it as channels; ``AsGrayscale2Dd`` averages them); a volume (W, H, D > 1) is refused: which slice would be
+    meant? Then its values, as ``check_gray_levels`` checks them. ``inference_datalist`` asks this of every input,
+    so such a file stops ``python -m monai.bundle run`` with this line before the model runs, not with a traceback
+    from inside the evaluator."""
     if not str(path).lower().endswith(NIFTI_SUFFIXES):
         return None
     nib, found = optional_import("nibabel")
     if not found:
         return None  # MONAI's reader says nibabel is missing
     try:
-        shape = tuple(int(n) for n in nib.load(str(path)).shape)
+        image = nib.load(str(path))
+        shape = tuple(int(n) for n in image.shape)
     except Exception as error:  # any header failure: the file cannot be used
-        return f"unreadable NIfTI file ({type(error).__name__}: {error})"
+        return f"{path}: unreadable NIfTI file ({type(error).__name__}: {error})"
     extra = shape[2:]
     if len(shape) >= 4 and extra[-1] in (3, 4):
         extra = extra[:-1]
-    if len(shape) >= 2 and all(n == 1 for n in extra):
-        return None
-    return f"a {len(shape)}D image of {' x '.join(map(str, shape))} voxels; {EXPECTED_2D}: give one slice per file"
+    if len(shape) < 2 or any(n != 1 for n in extra):
+        return f"{path}: a {len(shape)}D image of {' x '.join(map(str, shape))} voxels; {EXPECTED_2D}: give one slice per file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a blank image is warned about once, by the transform
+            check_gray_levels(torch.as_tensor(np.asarray(image.dataobj, dtype=np.float32)), str(path))
+    except ValueError as error:
+        return str(error)
+    except Exception as error:  # a truncated data block
+        return f"{path}: unreadable NIfTI file ({type(error).__name__}: {error})"
+    return None
 
 
 class LoadImageGrayscaled(LoadImaged):
