@@ -103,7 +103,6 @@ def main(argv=None) -> None:
     if not (args.bundle / "configs" / "inference.json").is_file():
         raise SystemExit(f"error: {args.bundle}/configs/inference.json not found")
 
-    sys.path.insert(0, str(REPO / "src"))
     from mgcc.data.phantom import make_phantom_dataset
 
     with tempfile.TemporaryDirectory(prefix="mgcc_bench_deploy_") as tmp:

@@ -15,11 +15,12 @@ import argparse
 import json
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
+
+from mgcc.bundles import import_bundle_scripts, importable_as_scripts
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_ldm_generation"
 
@@ -38,10 +39,11 @@ def build(preset: str, device: torch.device, class_conditional: bool):
     parser.read_config([str(BUNDLE / "configs" / "train_autoencoder.json"), str(BUNDLE / "configs" / "train_diffusion.json")])
     parser.update({**PRESETS[preset], "class_conditional": class_conditional, "device": f"$torch.device('{device}')"})
     get = parser.get_parsed_content
-    return {
-        key: get(key)
-        for key in ("autoencoder_def", "discriminator_def", "network_def", "noise_scheduler", "adv_loss", "latent_channels")
-    } | {"spatial_size": parser["spatial_size"], "ae_channels": parser["ae_channels"], "class_names": parser["class_names"]}
+    keys = ("autoencoder_def", "discriminator_def", "network_def", "noise_scheduler", "adv_loss", "latent_channels")
+    with importable_as_scripts(BUNDLE):  # the configs import the bundle's package as `scripts`
+        parts = {key: get(key) for key in keys}
+    return parts | {"spatial_size": parser["spatial_size"], "ae_channels": parser["ae_channels"],
+                    "class_names": parser["class_names"]}
 
 
 def sync(device: torch.device) -> None:
@@ -87,8 +89,7 @@ def time_engine(engine, device, warmup_iterations: int) -> float:
 
 
 def bench_preset(preset: str, device: torch.device, batch_size: int, iterations: int, sample_batch: int, steps: int):
-    sys.path.insert(0, str(BUNDLE))
-    import scripts  # the bundle's package
+    scripts = import_bundle_scripts(BUNDLE)
     from monai.engines import SupervisedTrainer
     from monai.inferers import DiffusionInferer, LatentDiffusionInferer
     from monai.networks.schedulers import DDIMScheduler
@@ -160,7 +161,6 @@ def bench_preset(preset: str, device: torch.device, batch_size: int, iterations:
             "sample_shape": list(images.shape[1:]),
         }
     )
-    sys.path.remove(str(BUNDLE))
     return result
 
 

@@ -26,12 +26,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark_deploy import EXPORTS, SEED_WEIGHTS, export_model  # noqa: E402
+from benchmark_deploy import EXPORTS, SEED_WEIGHTS, export_model  # beside this script (its folder is on sys.path)
 
-from mgcc.monailabel.launcher import (  # noqa: E402
+from mgcc.monailabel.launcher import (
     free_port,
     label_client,
     make_studies,

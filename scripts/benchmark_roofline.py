@@ -61,8 +61,9 @@ def matmul_case(dtype: torch.dtype, n: int, iterations: int) -> dict:
 
 
 def network_cases(size: int, width: int, batch: int, iterations: int) -> list[dict]:
-    sys.path.insert(0, str(BUNDLE))
-    from scripts.network import MGCCNet
+    from mgcc.bundles import import_bundle_scripts
+
+    MGCCNet = import_bundle_scripts(BUNDLE).network.MGCCNet
 
     torch.manual_seed(0)
     net = MGCCNet(base_channels=width)

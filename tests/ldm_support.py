@@ -1,17 +1,18 @@
 """Helpers for the LDM bundle tests (no tests here): tiny CPU settings, in-process bundle runs, subprocess runs.
 
-The bundle imports its own top-level ``scripts`` package, as every MONAI bundle does; the segmentation bundle has
-one too. ``bundle_scripts`` puts this bundle first on ``sys.path`` and clears ``scripts*`` from ``sys.modules``
-before and after, so the two never see each other's package in one pytest process.
+The bundle's configs import its own top-level ``scripts`` package, as every MONAI bundle's do; the segmentation bundle
+has one too. In-process runs use ``mgcc.bundles.importable_as_scripts``, so the two never see each other's package
+in one pytest process (tests that only call into the package use ``mgcc.bundles.import_bundle_scripts``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from mgcc.bundles import importable_as_scripts
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_ldm_generation"
 CONFIGS = BUNDLE / "configs"
@@ -37,25 +38,6 @@ TINY = {
 }
 
 
-def _purge_scripts() -> None:
-    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
-        del sys.modules[name]
-
-
-@contextlib.contextmanager
-def bundle_scripts(bundle: Path = BUNDLE):
-    """Import context for a bundle's ``scripts`` package (default: the LDM bundle's); yields the package."""
-    _purge_scripts()
-    sys.path.insert(0, str(bundle))
-    try:
-        import scripts
-
-        yield scripts
-    finally:
-        sys.path.remove(str(bundle))
-        _purge_scripts()
-
-
 def run_bundle(config_files: list[str], workflow_type: str = "train", **overrides):
     """Run a bundle config in this process (from the bundle folder, as ``python -m monai.bundle run`` would)."""
     from monai.bundle import ConfigWorkflow
@@ -63,7 +45,7 @@ def run_bundle(config_files: list[str], workflow_type: str = "train", **override
     cwd = os.getcwd()
     os.chdir(BUNDLE)
     try:
-        with bundle_scripts():
+        with importable_as_scripts(BUNDLE):
             workflow = ConfigWorkflow(
                 config_file=config_files,
                 meta_file=str(CONFIGS / "metadata.json"),
@@ -87,7 +69,7 @@ def parse_bundle(config_files: list[str], workflow_type: str = "infer",
     cwd = os.getcwd()
     os.chdir(BUNDLE)
     try:
-        with bundle_scripts():
+        with importable_as_scripts(BUNDLE):
             workflow = ConfigWorkflow(config_file=config_files, workflow_type=workflow_type, **overrides)
             workflow.initialize()
             for key in keys:

@@ -12,7 +12,9 @@ import sys
 import time
 
 import pytest
-from ldm_support import AE, BUNDLE, CONFIGS, DIFF, INFER, TINY, bundle_scripts, cli_args, run_bundle, run_cli
+from ldm_support import AE, BUNDLE, CONFIGS, DIFF, INFER, TINY, cli_args, run_bundle, run_cli
+
+from mgcc.bundles import importable_as_scripts
 
 
 def _workflow(config_files, workflow_type, **overrides):
@@ -59,7 +61,7 @@ def test_perceptual_loss_needs_weights_and_uses_them(prepared_phantom, tmp_path)
     import torch
 
     common = dict(dataset_dir=str(prepared_phantom), output_dir=str(tmp_path / "out"), ckpt_dir=str(tmp_path / "c"))
-    with bundle_scripts():
+    with importable_as_scripts(BUNDLE):
         workflow = _workflow([AE], "train", use_perceptual_loss=True, **common, **TINY)
         workflow.initialize()
         with pytest.raises(Exception) as err:

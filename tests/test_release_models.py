@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ldm_support import bundle_scripts
 from PIL import Image
 
 from mgcc import LDM_BUNDLE, SEG_BUNDLE
+from mgcc.bundles import importable_as_scripts
 from mgcc.data.validate import load_case
 
 SEG_WEIGHTS = SEG_BUNDLE / "models" / "model.pt"
@@ -51,7 +51,7 @@ def test_the_segmentation_weights_match_the_configs_defaults():
         parser = ConfigParser()
         parser.read_config([str(SEG_BUNDLE / "configs" / f) for f in files])
         assert weights["input_size"].tolist() == list(parser["spatial_size"]), config
-    with bundle_scripts(SEG_BUNDLE):
+    with importable_as_scripts(SEG_BUNDLE):
         network = _defaults(SEG_BUNDLE, "inference.json", "network_def")["network_def"]
     network.load_state_dict(weights)  # strict: the width and every layer agree
 

@@ -24,11 +24,6 @@ ITERATIONS, VAL_INTERVAL = 40, 20
 pytestmark = pytest.mark.integration
 
 
-def load_bundle_scripts():
-    """The bundle's ``scripts`` package under a private name (the other bundle has a ``scripts`` package too)."""
-    return import_bundle_scripts(BUNDLE)
-
-
 def bundle(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python -m monai.bundle <args>` from the bundle folder (one thread: the machine is shared)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
@@ -124,7 +119,7 @@ def test_evaluation_beats_an_untrained_network(trained, prepared_phantom, tmp_pa
         assert (result_dir / f"overlay_{tag}.png").stat().st_size > 0
 
     # the same evaluation with an untrained network of the same architecture
-    MGCCNet = load_bundle_scripts().network.MGCCNet
+    MGCCNet = import_bundle_scripts(BUNDLE).network.MGCCNet
     torch.manual_seed(0)
     (tmp_path / "models").mkdir()
     torch.save(MGCCNet(base_channels=8).state_dict(), tmp_path / "models" / "model.pt")
@@ -200,7 +195,7 @@ def test_bundle_checks_and_torchscript_export(trained, prepared_phantom, tmp_pat
     bundle("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(trained / "models" / "model.pt"),
            "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--base_channels", "8")
     scripted = torch.jit.load(str(ts))
-    net = load_bundle_scripts().network.MGCCNet(base_channels=8)
+    net = import_bundle_scripts(BUNDLE).network.MGCCNet(base_channels=8)
     net.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
     net.eval()
     x = torch.rand(2, 1, 64, 64)

@@ -7,9 +7,8 @@ and handlers, so a broken key in any config fails here, in the default suite, no
 import os
 
 import pytest
-from ldm_support import bundle_scripts
-
 from mgcc import SEG_BUNDLE
+from mgcc.bundles import importable_as_scripts
 
 TINY = {"base_channels": 8, "spatial_size": [64, 64], "num_workers": 0, "max_iterations": 4, "val_interval": 2,
         "show_progress": False}
@@ -37,7 +36,7 @@ def test_every_segmentation_config_instantiates(name, prepared_phantom, tmp_path
     cwd = os.getcwd()
     os.chdir(SEG_BUNDLE)
     try:
-        with bundle_scripts(SEG_BUNDLE):
+        with importable_as_scripts(SEG_BUNDLE):
             workflow = ConfigWorkflow(config_file=[str(SEG_BUNDLE / "configs" / f) for f in files],
                                       workflow_type=workflow_type, **overrides)
             known = {key for key in overrides if key in workflow.parser}

@@ -10,12 +10,7 @@ from mgcc.bundles import import_bundle_scripts
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_mgcc_segmentation"
 
 
-def load_bundle_scripts():
-    """The bundle's ``scripts`` package under a private name (the other bundle has a ``scripts`` package too)."""
-    return import_bundle_scripts(BUNDLE)
-
-
-network = load_bundle_scripts().network
+network = import_bundle_scripts(BUNDLE).network
 MGCCNet, dropout, feature_dropout, feature_noise = (
     network.MGCCNet,
     network.dropout,

@@ -2,9 +2,12 @@
 
 import pytest
 import torch
-from test_seg_network import MGCCNet, load_bundle_scripts, one_thread  # noqa: F401 (autouse: one torch thread)
+from test_seg_network import MGCCNet, one_thread  # noqa: F401 (autouse: one torch thread)
 
-score = load_bundle_scripts().score
+from mgcc import SEG_BUNDLE
+from mgcc.bundles import import_bundle_scripts
+
+score = import_bundle_scripts(SEG_BUNDLE).score
 
 
 def logits(p: torch.Tensor) -> torch.Tensor:
