@@ -1,7 +1,7 @@
 """One-off (2026-11-26): write a demo run's real phantom images (training, unlabeled, test sections) at 64x64 and
 their reconstructions by the run's autoencoder as PNGs under <run>/diag/{raw64,recon}_<section>/.
 
-    python docs/results/demo/ae_lesion_ceiling/reconstruct.py outputs/<run>
+    python scripts/experiments/ae_lesion_ceiling_reconstruct.py outputs/<run>
 """
 import json
 import sys
@@ -12,9 +12,10 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-LDM = Path(__file__).resolve().parents[4] / "bundles" / "ultrasound_ldm_generation"
-sys.path.insert(0, str(LDM))
-from scripts.utils import load_weights  # noqa: E402  (the LDM bundle's own package)
+from mgcc import LDM_BUNDLE as LDM
+from mgcc.bundles import import_bundle_scripts, importable_as_scripts
+
+load_weights = import_bundle_scripts(LDM).utils.load_weights
 
 run = Path(sys.argv[1]).resolve()
 parser = ConfigParser()
@@ -23,8 +24,9 @@ for key, value in json.loads((run / "autoencoder" / "args.json").read_text()).it
     if key not in ("config_file", "meta_file", "logging_file"):
         parser[key] = value
 parser["bundle_root"] = str(LDM)
-autoencoder = load_weights(str(run / "ldm_models" / "autoencoder.pt"), parser.get_parsed_content("autoencoder_def")).eval()
-preprocess = parser.get_parsed_content("validate#preprocessing")
+with importable_as_scripts(LDM):  # the config imports the bundle's package as `scripts`
+    autoencoder = load_weights(str(run / "ldm_models" / "autoencoder.pt"), parser.get_parsed_content("autoencoder_def")).eval()
+    preprocess = parser.get_parsed_content("validate#preprocessing")
 root = run / "prepare" / "dataset"
 datalist = json.loads((root / "datalist.json").read_text())
 for section in ("training", "unlabeled", "test"):

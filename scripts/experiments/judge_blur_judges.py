@@ -1,10 +1,10 @@
 """One-off (2026-11-27): which images each trained demo model (the "judge" of the lesion rule) finds one clear
 lesion in, for the same image sets, and paired differences between judges and between sample sets.
 
-Reads the `<tag>_<set>_pred/*_seg.png` folders that docs/results/demo/ae_lesion_ceiling/rate.py wrote (moved
+Reads the `<tag>_<set>_pred/*_seg.png` folders that scripts/experiments/ae_lesion_ceiling_rate.py wrote (moved
 next to its `diag/` folder, one tag per judge) and writes one JSON:
 
-    python docs/results/demo/judge_blur/judges.py outputs/judgecmp outputs/judgecmp2 docs/results/demo/judge_blur/judges.json
+    python scripts/experiments/judge_blur_judges.py outputs/judgecmp outputs/judgecmp2 docs/results/demo/judge_blur/judges.json
 """
 import json
 import sys

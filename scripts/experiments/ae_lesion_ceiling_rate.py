@@ -1,8 +1,8 @@
-"""One-off (2026-11-26): the share of images written by reconstruct.py in which a judge run's trained MGCC model
+"""One-off (2026-11-26): the share of images written by ae_lesion_ceiling_reconstruct.py in which a judge run's trained MGCC model
 finds one clear lesion (the rule of src/mgcc/lesions.py, the segmentation bundle's inference.json as in the
 pipeline's `lesions` stage). Writes <images_run>/diag/rates.json.
 
-    python docs/results/demo/ae_lesion_ceiling/rate.py demo outputs/demo outputs/<run with the images>
+    python scripts/experiments/ae_lesion_ceiling_rate.py demo outputs/demo outputs/<run with the images>
 """
 import json
 import sys

@@ -1,5 +1,5 @@
 """Collect a simulation's finished rounds from its `done.json` files, also where not every round finished, and
-the class mix of each round's picks: `python docs/results/active-learning/collect.py <out folder> <json>`."""
+the class mix of each round's picks: `python scripts/experiments/active_learning_collect.py <out folder> <json>`."""
 import json
 import sys
 from pathlib import Path

@@ -4,7 +4,7 @@ For each sample: lesion contrast (mean intensity inside the mask it was generate
 and the Dice between that mask and the run's trained model's mask (`lesions/synthetic/*_seg.png`). Prints each
 run's means and the paired differences (B - A) with a bootstrap 95% interval (10,000 resamples of samples).
 
-    python docs/results/demo/sampler_clip/paired.py outputs/<run A> outputs/<run B>
+    python scripts/experiments/sampler_clip_paired.py outputs/<run A> outputs/<run B>
 """
 import json
 import sys

@@ -11,7 +11,7 @@ samples the same 48 seeds and masks, then scores the samples:
 Writes ``<out>/levers.json`` (per-sample values, for paired differences). Run with ``OMP_NUM_THREADS`` set when two
 levers share the cores.
 
-    python docs/results/demo/diffusion_levers/lever.py <changes.json> outputs/dv-<name> \
+    python scripts/experiments/diffusion_levers_lever.py <changes.json> outputs/dv-<name> \
         --base outputs/demo-check --judges outputs/judge-blur outputs/judge-blur-s1
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from mgcc.pipeline import LESIONS_CONFIGS, Run
 from mgcc.presets import load_preset
 from mgcc.stages import run_bundle
 
-ROOT = Path(__file__).resolve().parents[4]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def merged_preset(changes: Path, out: Path) -> Path:

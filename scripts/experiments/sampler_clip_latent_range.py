@@ -1,23 +1,24 @@
 """One-off (2026-11-26): a run's train-split latents (autoencoder posterior mean), normalised with the diffusion
 checkpoint's per-channel scale factor: their range, and the share beyond +-3/4/5 inside and outside lesion masks.
 
-    python docs/results/demo/sampler_clip/latent_range.py outputs/<run>   (from the repository root)
+    python scripts/experiments/sampler_clip_latent_range.py outputs/<run>
 """
 import json, sys
 from pathlib import Path
 import numpy as np, torch
 from monai.bundle import ConfigParser
 from PIL import Image
-LDM = Path("bundles/ultrasound_ldm_generation").resolve()
-sys.path.insert(0, str(LDM))
-from scripts.utils import load_weights
+from mgcc import LDM_BUNDLE as LDM
+from mgcc.bundles import import_bundle_scripts, importable_as_scripts
+load_weights = import_bundle_scripts(LDM).utils.load_weights
 run = Path(sys.argv[1]).resolve()
 parser = ConfigParser(); parser.read_config([str(LDM / "configs" / "train_autoencoder.json")])
 for k, v in json.loads((run / "autoencoder" / "args.json").read_text()).items():
     if k not in ("config_file", "meta_file", "logging_file"): parser[k] = v
 parser["bundle_root"] = str(LDM)
-ae = load_weights(str(run / "ldm_models" / "autoencoder.pt"), parser.get_parsed_content("autoencoder_def")).eval()
-pre = parser.get_parsed_content("validate#preprocessing")
+with importable_as_scripts(LDM):  # the config imports the bundle's package as `scripts`
+    ae = load_weights(str(run / "ldm_models" / "autoencoder.pt"), parser.get_parsed_content("autoencoder_def")).eval()
+    pre = parser.get_parsed_content("validate#preprocessing")
 sf = torch.load(run / "ldm_models" / "diffusion.pt", map_location="cpu", weights_only=False)["scale_factor"]
 root = run / "prepare" / "dataset"; dl = json.loads((root / "datalist.json").read_text())
 zs, ms = [], []
