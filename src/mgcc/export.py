@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from mgcc import LDM_BUNDLE, SEG_BUNDLE
-from mgcc.external import model_settings, training_stage
 from mgcc.stages import StageError, make_output_folder
+from mgcc.trained import model_settings, training_stage
 
 #: what a bundle copy leaves out: weights and outputs of the source folder, caches
 LEFT_OUT = shutil.ignore_patterns("models", "eval", "__pycache__", "*.pyc")
