@@ -230,8 +230,8 @@ def test_a_pip_installed_wheel_runs_the_pipeline_from_another_folder(tiny_preset
                            cwd=elsewhere, capture_output=True, text=True, env=env, check=True).stdout.split()
     assert where[0].startswith(str(site)) and where[1].startswith(str(site)) and where[2] == "demo", where
     shipped = sorted(p.relative_to(site) for p in site.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    monailabel = Path("mgcc", "monailabel")
-    assert {monailabel / f for f in ("launcher.py", "client.py", "setup_env.sh", "app/main.py")} <= set(shipped)
+    launcher, app = Path("mgcc", "monailabel"), Path("mgcc", "_monailabel_app")  # src/mgcc/monailabel, apps/monailabel
+    assert {launcher / "launcher.py", launcher / "client.py", app / "setup_env.sh", app / "app/main.py"} <= set(shipped)
 
     # one stage of each bundle (the segmentation with real unlabeled images, so it needs only `prepare`)
     preset = json.loads(tiny_preset.read_text())
