@@ -187,4 +187,17 @@ def test_the_table_also_measures_the_unlabeled_images_against_the_decoders_alone
     assert set(report["paired_dice_differences_to_ablation"]) == {"mgcc-real"}
     assert report["paired_dice_differences_to_ablation"]["mgcc-real"]["mean"] == pytest.approx(0.1)
     assert "## Against `mgcc-labeled`" in (base.folder("compare") / "compare.md").read_text()
+    assert report["folders"]["mgcc-real"] == {"training": "segmentation-mgcc-real", "evaluation": "evaluate-mgcc-real"}
+    assert "mgcc-real `segmentation-mgcc-real/` + `evaluate-mgcc-real/`" in (base.folder("compare") / "compare.md").read_text()
     assert (base.folder("compare") / "compare.png").stat().st_size > 10_000
+
+
+def test_the_table_says_which_folder_holds_each_variant():
+    """With busi-cpu, MGCC with synthetic unlabeled images is what `mgcc run` trains: its folders are the run's own
+    `segmentation/` and `evaluate/`, and the table says so."""
+    from mgcc.compare import folders_note, stage_names
+
+    preset = load_preset("busi-cpu")
+    note = folders_note({name: stage_names(name, preset) for name in ("supervised", "mgcc-synthetic")})
+    assert note == ("Folders of each seed's run: supervised `segmentation-supervised/` + `evaluate-supervised/`; "
+                    "mgcc-synthetic `segmentation/` + `evaluate/` (the run's own model, as `mgcc run` trains it).")

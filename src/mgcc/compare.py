@@ -195,6 +195,15 @@ def plan(base: Run, names: list[str]) -> tuple[dict[str, tuple[str, str]], list[
     return folders, stages + variant_stages
 
 
+def folders_note(folders: dict[str, tuple[str, str]]) -> str:
+    """Which folder of a seed's run holds each variant: `segmentation-<variant>/` and `evaluate-<variant>/`, except
+    the variant that `mgcc run` trains with the preset, which is the run's own `segmentation/` and `evaluate/`."""
+    parts = [f"{name} `{train}/` + `{evaluate}/`" + (" (the run's own model, as `mgcc run` trains it)"
+                                                    if train == "segmentation" else "")
+             for name, (train, evaluate) in folders.items()]
+    return "Folders of each seed's run: " + "; ".join(parts) + "."
+
+
 def tabulate(base: Run, runs: dict[int, Run], names: list[str], folders: dict[str, tuple[str, str]]) -> None:
     """`<out>/compare/compare.md`, `compare.json` and `compare.png` from the finished evaluations of every seed."""
     per_seed = {seed: {name: json.loads((run.folder(folders[name][1]) / "evaluation" / "summary.json").read_text())
@@ -204,12 +213,14 @@ def tabulate(base: Run, runs: dict[int, Run], names: list[str], folders: dict[st
     summary = over_seeds(per_seed, seconds)
     seeds = list(runs)
     report: dict[str, Any] = {"preset": base.preset["name"], "seeds": seeds, "variants": names,
+                              "folders": {name: {"training": folders[name][0], "evaluation": folders[name][1]}
+                                          for name in names},
                               "summary": summary,
                               "per_seed": {str(seed): {"folder": str(run.out), "results": per_seed[seed],
                                                        "training_seconds": seconds[seed]}
                                            for seed, run in runs.items()}}
     md = [f"# MGCC comparison — preset `{base.preset['name']}`", "", "## Test metrics over seeds", "",
-          seeds_table(summary, seeds), ""]
+          seeds_table(summary, seeds), "", folders_note({name: folders[name] for name in names}), ""]
     if len(names) > 1:
         per_image = {name: [run.folder(folders[name][1]) / "evaluation" / "per_image.csv" for run in runs.values()]
                      for name in names}
