@@ -92,8 +92,8 @@ def _parameters(function) -> set[str]:
                                      *[f"label {a}" for a in cli.LABEL_COMMANDS]])
 def test_the_options_of_each_command_are_the_parameters_of_its_function(command):
     """Every parameter of a command's function is an option, and every option a parameter."""
-    parser = cli._subparser(cli.build_parser(), command)
-    options = {a.dest for a in parser._actions if a.dest not in ("help",)}
+    cli.build_parser()
+    options = {a.dest for a in cli.PARSERS[command]._actions if a.dest not in ("help",)}
     target = cli._load(cli.COMMANDS[command.split()[0]])
     function = getattr(target, command.split()[1]) if " " in command else target
     assert options == _parameters(function)

@@ -74,13 +74,13 @@ class Parser(argparse.ArgumentParser):
 
 
 class Once(argparse.Action):
-    """A value that may be given as a positional argument or as an option, but not both."""
+    """A value that may be given as a positional argument or as an option, once."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         if values is None:  # the positional form, not given
             return
         if hasattr(namespace, self.dest):
-            parser.error(f"{self.dest.upper()} given twice (as an argument and as --{self.dest.replace('_', '-')})")
+            parser.error(f"{self.dest.upper()} given twice (as {self.dest.upper()} or --{self.dest.replace('_', '-')})")
         setattr(namespace, self.dest, values)
 
 
@@ -112,9 +112,16 @@ def data_options(parser: argparse.ArgumentParser) -> None:
                **({"type": number_or_text} if name == "mask_threshold" else {}))
 
 
-def command(subparsers: Any, name: str, help: str, description: str = "") -> argparse.ArgumentParser:
-    return subparsers.add_parser(name, help=help, description=description or help, prog=f"{subparsers._prog_prefix} {name}",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+#: "run", "label serve", ...: the parser of each command (filled by `build_parser`)
+PARSERS: dict[str, argparse.ArgumentParser] = {}
+
+
+def command(subparsers: Any, name: str, help: str, description: str = "", parent: str = "") -> argparse.ArgumentParser:
+    """The parser of `mgcc [parent] name`."""
+    full = f"{parent} {name}".strip()
+    PARSERS[full] = subparsers.add_parser(name, help=help, description=description or help, prog=f"mgcc {full}",
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    return PARSERS[full]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,8 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     label = command(commands, "label", "MONAI Label for the MGCC bundle (for 3D Slicer users)")
     actions = label.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=Parser)
-    command(actions, "setup", "create (or check) the MONAI Label virtual environment (.venv-label); idempotent")
-    p = command(actions, "studies", "write a phantom studies folder (datastore) with some images already labeled")
+    command(actions, "setup", "create (or check) the MONAI Label virtual environment (.venv-label); idempotent",
+            parent="label")
+    p = command(actions, "studies", "write a phantom studies folder (datastore) with some images already labeled",
+                parent="label")
     required(p, "out", "the studies folder to write")
     option(p, "n", "number of images (default 24)", type=int)
     option(p, "size", "image size in pixels (default 128)", type=int)
@@ -187,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     option(p, "labeled", "how many images come labeled (default 8)", type=int)
     for name, text in (("app", "build the MONAI Label app folder (the sample monaibundle app + a copy of the bundle)"),
                        ("serve", "start `monailabel start_server` with the app and the bundle (Ctrl-C stops)")):
-        p = command(actions, name, text)
+        p = command(actions, name, text, parent="label")
         if name == "serve":
             required(p, "studies", "the datastore folder (PNG images; labels go to <studies>/labels/final)")
         else:
@@ -230,19 +239,12 @@ def parse(argv: list[str]) -> tuple[str, Callable[..., Any], dict[str, Any]]:
     if action is not None:  # `mgcc label <action>`
         name = f"{name} {action}"
     if unknown:  # said by the command's own parser, so the message names it
-        _subparser(parser, name).error(f"unrecognized arguments: {' '.join(unknown)}")
+        PARSERS[name].error(f"unrecognized arguments: {' '.join(unknown)}")
     for key in values.pop("_required", []):
         if key not in values:
-            _subparser(parser, name).error(f"{key.upper()} (or --{key.replace('_', '-')}) is required")
+            PARSERS[name].error(f"{key.upper()} (or --{key.replace('_', '-')}) is required")
     target = _load(COMMANDS[name.split()[0]])
     return name, getattr(target(), action) if action else target, values
-
-
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    for word in name.split():
-        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        parser = action.choices[word]
-    return parser
 
 
 def _load(target: str) -> Any:
