@@ -160,3 +160,13 @@ def test_an_out_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
     line = _cli_error(["export", str(stage), "--out", str(a_file / "below")], capsys)
     assert line == f"mgcc export: error: --out {a_file / 'below'}: {a_file} is a file, not a folder; nothing was written"
     assert a_file.read_text() == "mine"
+
+
+def test_an_unknown_stage_or_variant_is_named_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    line = _cli_error(["run", "--preset", "demo", "--out", str(out), "--stage", "segmentaton"], capsys)
+    assert line.startswith("mgcc run: error: --stage segmentaton: unknown stage; stages: prepare, autoencoder")
+    line = _cli_error(["compare", "--preset", "demo", "--out", str(out), "--variants", "supervised,mgcc-imaginary"],
+                      capsys)
+    assert line.startswith("mgcc compare: error: --variants: unknown variant(s) ['mgcc-imaginary']")
+    assert not out.exists()

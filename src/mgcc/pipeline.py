@@ -409,13 +409,10 @@ def run(preset: str = "demo", data: str | None = None, out: str | None = None, s
             --image-pattern, --mask-pattern, --classes, --id-column, --class-column, --group-column,
             --mask-threshold.
     """
+    chosen = [s for s in STAGES if stage is None or s.name == stage]
+    if not chosen:
+        raise UsageError(f"--stage {stage}: unknown stage; stages: {', '.join(s.name for s in STAGES)}")
     run_ = make_run(preset, data, out, data_options)
-    if stage is None:
-        execute_stages(run_, STAGES)
-    else:
-        chosen = [s for s in STAGES if s.name == stage]
-        if not chosen:
-            raise UsageError(f"--stage {stage}: unknown stage; stages: {', '.join(s.name for s in STAGES)}")
-        execute_stages(run_, chosen, force=True)
+    execute_stages(run_, chosen, force=stage is not None)
     report = run_.folder("report") / "report.md"
     print(f"[mgcc] report: {report}" if report.exists() else f"[mgcc] outputs in {run_.out}")
