@@ -11,7 +11,6 @@ and a stage whose fingerprint changed runs again (and with it every stage that r
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -279,13 +278,6 @@ STAGES: list[Stage] = [
 ]
 
 
-def _set_options(options: Any) -> dict[str, Any]:
-    """The data options that are set, as a dict (`checked_options` gives a dict or a dataclass)."""
-    if dataclasses.is_dataclass(options):
-        options = dataclasses.asdict(options)
-    return {k: v for k, v in dict(options or {}).items() if v is not None}
-
-
 def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
     """What the stage runs with, each part hashed: its preset entries, the bundle config files it runs, its own
     settings, and the fingerprints recorded by the stages it reads from. The part names are stored in each stage's
@@ -299,7 +291,7 @@ def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
     if stage.reads_data_folder:
         parts["preset data"] = fingerprint({"preset": run.preset.get("data", {}),
                                             "folder": str(run.data) if run.data else None,
-                                            **_set_options(run.data_options)})
+                                            **run.data_options})
     if stage.reads_whole_preset:
         parts["preset (all)"] = fingerprint(run.preset)
     if stage.configs:
