@@ -75,7 +75,7 @@ def test_fid_and_kid_are_near_zero_for_identical_sets_and_grow_with_a_shift(extr
 
 @pytest.mark.parametrize("n_a, n_b, dim", [(60, 80, 16), (30, 40, 256)], ids=["full-rank", "rank-deficient"])
 def test_fid_equals_monai_fidmetric(n_a, n_b, dim):
-    """The eigenvalue form of the trace term gives MONAI's value (scipy's matrix square root), also when there are
+    """The singular-value form of the trace term gives MONAI's value (scipy's matrix square root), also when there are
     fewer images than features, as with 400 samples and 2048-d Inception features."""
     from monai.metrics import FIDMetric
 

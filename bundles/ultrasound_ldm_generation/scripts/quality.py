@@ -176,13 +176,17 @@ class FeatureExtractor:
 
 def fid_value(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
     """Frechet distance between the Gaussians fitted to two feature sets, |mu_a - mu_b|^2 + Tr(S_a) + Tr(S_b) -
-    2 Tr((S_a S_b)^1/2). The trace of the square root is the sum of the square roots of the eigenvalues of S_a S_b
-    (real and non-negative up to rounding: S_a S_b is similar to a positive semi-definite matrix), which gives MONAI
-    ``FIDMetric``'s value without its full matrix square root (scipy ``sqrtm``), 5x faster for 2048-d features."""
+    2 Tr((S_a S_b)^1/2): MONAI ``FIDMetric``'s value without a d x d matrix function. With the centred features
+    A (n_a x d) and B (n_b x d), S_a S_b = A^T A B^T B / c (c = (n_a - 1)(n_b - 1)) has the same non-zero
+    eigenvalues as (A B^T)(A B^T)^T / c, so Tr((S_a S_b)^1/2) is the sum of the singular values of A B^T / sqrt(c):
+    an n_a x n_b SVD instead of the eigenvalues of a 2048 x 2048 product (0.1 s instead of 13-27 s on 2 cores for
+    the demo's sets)."""
     a, b = features_a.double(), features_b.double()
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
-    trace_sqrt = torch.linalg.eigvals(cov_a @ cov_b).sqrt().real.sum()
-    return float((a.mean(0) - b.mean(0)).square().sum() + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt)
+    centred_a, centred_b = a - a.mean(0), b - b.mean(0)
+    scale_a, scale_b = len(a) - 1, len(b) - 1
+    trace_sqrt = torch.linalg.svdvals(centred_a @ centred_b.T).sum() / (scale_a * scale_b) ** 0.5
+    traces = centred_a.square().sum() / scale_a + centred_b.square().sum() / scale_b
+    return float((a.mean(0) - b.mean(0)).square().sum() + traces - 2 * trace_sqrt)
 
 
 def kid_value(features_a: torch.Tensor, features_b: torch.Tensor, subsets: int, subset_size: int, seed: int) -> dict:
