@@ -1,6 +1,7 @@
 """Stage bookkeeping: records, completeness, failures, presets."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -304,3 +305,21 @@ def test_only_variants_that_train_on_synthetic_images_depend_on_the_generator(tm
     after = {name: fingerprint_parts(run, stage) for name, stage in stages.items()}
     changed = sorted(name for name in VARIANTS if after[name] != before[name])
     assert changed == ["mgcc-both", "mgcc-synthetic", "mgcc-synthetic-pairs"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"data": {}, "ldm": {}', "is not valid JSON"),
+    ('["data", "ldm", "segmentation"]', "expected a JSON object"),
+    ('{"data": 5, "ldm": {}, "segmentation": {}}', r"section\(s\) data must be JSON objects"),
+])
+def test_a_malformed_preset_file_is_one_line_naming_it(tmp_path, capsys, text, message):
+    from mgcc.cli import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--preset", str(bad), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err and re.search(message, err), err
+    assert not (tmp_path / "out").exists()

@@ -59,3 +59,22 @@ def test_report_writes_generator_lesion_and_test_numbers(tmp_path):
            "was generated from | -0.096 (0.75 of 48) |" in report
     assert "| 61.50 |" in report and "12.00 ± 1.00" in report  # FID, KID x 1000
     assert "(the ceiling of decoded samples) | 10.50 ± 1.00 |" in report
+
+
+def test_stale_stage_folders_are_not_reported(tmp_path):
+    """`evaluate.stale-1/` (an earlier run kept aside) is neither a model in the summary nor a learning curve."""
+    out = tmp_path / "run"
+    _write(out / "prepare" / "dataset" / "datalist.json", {"training": [], "test": []})
+    for name, dice in (("evaluate", 0.7), ("evaluate.stale-1", 0.2)):
+        _write(out / name / "evaluation" / "summary.json", {"dice": {"mean": dice, "std": 0.1}, "n": 10})
+    for name in ("segmentation", "segmentation.stale-1"):
+        (out / name).mkdir(parents=True)
+        (out / name / "training_history.csv").write_text("iteration,loss\n1,0.5\n2,0.4\n")
+
+    write_report(out, out / "report", {"name": "test"})
+
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert list(summary["test"]) == ["evaluate"] and summary["test"]["evaluate"]["dice"]["mean"] == 0.7
+    report = (out / "report" / "report.md").read_text()
+    assert ".stale-1" not in report
+    assert [p.name for p in (out / "report" / "figures").glob("segmentation*")] == ["segmentation_training_history.png"]

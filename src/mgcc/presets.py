@@ -34,9 +34,14 @@ def load_preset(name_or_path: str | Path) -> dict[str, Any]:
         preset = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise PresetError(f"preset {path} is not valid JSON: {err}") from err
+    if not isinstance(preset, dict):
+        raise PresetError(f"preset {path}: expected a JSON object with sections data, ldm and segmentation")
     missing = [k for k in ("data", "ldm", "segmentation") if k not in preset]
     if missing:
         raise PresetError(f"preset {path} lacks section(s) {missing}")
+    not_objects = [k for k in ("data", "ldm", "segmentation") if not isinstance(preset[k], dict)]
+    if not_objects:
+        raise PresetError(f"preset {path}: section(s) {', '.join(not_objects)} must be JSON objects")
     unknown = sorted(set(preset["data"]) - DATA_KEYS) + sorted(
         f"phantom.{key}" for key in set(preset["data"].get("phantom", {})) - PHANTOM_KEYS)
     if unknown:
