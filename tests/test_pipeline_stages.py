@@ -323,3 +323,12 @@ def test_a_malformed_preset_file_is_one_line_naming_it(tmp_path, capsys, text, m
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(bad) in err and re.search(message, err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_stage_record_says_which_precision_the_bundle_ran_in(tmp_path):
+    line = "2026-12-04 16:00:00,000 - scripts.inferer - INFO - precision: bfloat16 autocast, channels-last"
+    result = run_process("train", [sys.executable, "-c", f"print({line!r})"], tmp_path, tmp_path / "train" / "log.txt")
+    write_record(tmp_path, result)
+    assert read_record(tmp_path, "train")["precision"] == "bfloat16 autocast, channels-last"
+    quiet = run_process("other", [sys.executable, "-c", "print('no precision here')"], tmp_path, tmp_path / "log.txt")
+    assert quiet.precision is None and "precision" not in quiet.to_json()

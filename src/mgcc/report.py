@@ -92,7 +92,8 @@ def report_summary(out: Path, evaluations: dict[str, Any], quality: dict[str, An
     result: dict[str, Any] = {"test": evaluations, "stages": {}}
     for folder in sorted(p for p in out.iterdir() if (p / "stage.json").is_file()):
         record = read_record(out, folder.name)
-        result["stages"][record["name"]] = {"seconds": record["seconds"], "peak_rss_mb": record["peak_rss_mb"]}
+        result["stages"][record["name"]] = {"seconds": record["seconds"], "peak_rss_mb": record["peak_rss_mb"],
+                                            **({"precision": record["precision"]} if "precision" in record else {})}
     if quality is not None:
         result["generator"] = {key: quality[key] for key in ("fid", "kid", "frame_intensity_ratio",
                                                              "reconstruction_validation", "diversity_msssim",
@@ -107,10 +108,11 @@ def report_summary(out: Path, evaluations: dict[str, Any], quality: dict[str, An
 
 
 def stage_table(out: Path) -> str:
-    lines = ["| stage | wall time (s) | peak RSS (MB) |", "|---|---|---|"]
+    lines = ["| stage | wall time (s) | peak RSS (MB) | precision |", "|---|---|---|---|"]
     for folder in sorted(p for p in out.iterdir() if (p / "stage.json").is_file()):
         record = read_record(out, folder.name)
-        lines.append(f"| {record['name']} | {record['seconds']:.1f} | {record['peak_rss_mb']:.0f} |")
+        lines.append(f"| {record['name']} | {record['seconds']:.1f} | {record['peak_rss_mb']:.0f} | "
+                     f"{record.get('precision', '')} |")
     return "\n".join(lines)
 
 

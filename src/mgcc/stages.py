@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -20,6 +21,8 @@ from typing import Any, Callable, Sequence
 from mgcc.errors import MgccError, UsageError
 
 RECORD = "stage.json"
+#: the line the segmentation bundle's `AutocastInferer` logs when built: `... - INFO - precision: float32`
+PRECISION_LINE = re.compile(r" - INFO - precision: (.+)$")
 STARTED = "started.json"
 
 
@@ -34,10 +37,13 @@ class StageResult:
     peak_rss_mb: float
     command: list[str] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)  # the hashed parts of what the stage ran with
+    precision: str | None = None  # what the segmentation bundle's forward passes ran in (its log's `precision:` line)
 
     def to_json(self) -> dict[str, Any]:
         record = {"name": self.name, "seconds": round(self.seconds, 2), "peak_rss_mb": round(self.peak_rss_mb, 1),
                   "command": self.command}
+        if self.precision:
+            record["precision"] = self.precision
         if self.inputs:
             record["inputs"] = self.inputs
             record["fingerprint"] = fingerprint(self.inputs)
@@ -122,9 +128,10 @@ def write_record(out: Path, result: StageResult) -> None:
 
 def run_process(name: str, command: list[str], cwd: Path, log_file: Path, env: dict[str, str] | None = None
                 ) -> StageResult:
-    """Run `command`, streaming its output to the console and `log_file`; measure wall time and peak RSS."""
+    """Run `command`, streaming its output to the console and `log_file`; measure wall time and peak RSS, and
+    note the precision the process says it ran in (a `precision: ...` log line)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start, precision = time.perf_counter(), None
     with open(log_file, "ab") as log:
         log.write(f"$ (cd {cwd} && {' '.join(command)})\n".encode())
         proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -134,11 +141,13 @@ def run_process(name: str, command: list[str], cwd: Path, log_file: Path, env: d
             sys.stdout.buffer.write(line)
             sys.stdout.flush()
             log.write(line)
+            found = PRECISION_LINE.search(line.decode(errors="replace"))
+            precision = found.group(1).strip() if found else precision
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise StageError(f"stage '{name}' failed with exit code {proc.returncode}; see {log_file}")
-    return StageResult(name, time.perf_counter() - start, usage.ru_maxrss / 1024.0, command)
+    return StageResult(name, time.perf_counter() - start, usage.ru_maxrss / 1024.0, command, precision=precision)
 
 
 def unknown_override_keys(config_paths: Sequence[Path], overrides: dict[str, Any]) -> list[str]:
