@@ -6,7 +6,7 @@ version, changelog entry and `eval_metrics` (the BUSI test split of RUN, and any
 `metadata.json` files. Commit the weights once, after their numbers are measured (docs/results.md).
 
     python scripts/ship_release.py outputs/busi-release --version 1.0.0 \
-        --external stu=outputs/busi-release/external/STU-Hospital-all --note "..."
+        --external stu=outputs/busi-release/external/STU-Hospital-all --note "..." --generator-note "..."
 """
 
 import argparse
@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--model", default="segmentation", help="the training stage folder of RUN to ship")
     parser.add_argument("--version", required=True)
-    parser.add_argument("--note", required=True, help="the changelog entry (both bundles)")
+    parser.add_argument("--note", required=True, help="the segmentation bundle's changelog entry")
+    parser.add_argument("--generator-note", required=True, help="the generator bundle's changelog entry")
     parser.add_argument("--external", action="append", default=[], metavar="NAME=FOLDER",
                         help="an `mgcc evaluate` output folder, reported as NAME_mean_dice, ...")
     args = parser.parse_args()
@@ -46,7 +47,7 @@ def main() -> None:
     _release(SEG_BUNDLE, args.version, args.note, metrics)
     install_generator(args.run, LDM_BUNDLE)
     quality = json.loads((args.run / "quality" / "quality.json").read_text())
-    _release(LDM_BUNDLE, args.version, args.note, quality_metrics(quality))
+    _release(LDM_BUNDLE, args.version, args.generator_note, quality_metrics(quality))
     print(f"shipped {stage} and the generator of {args.run} as version {args.version}: {metrics}")
 
 
