@@ -35,10 +35,12 @@ def evaluate(args_file: Path, amp: bool, out: Path) -> dict[str, float]:
     return per_image(out / "evaluation" / "per_image.csv")
 
 
-def train_bf16(run: Path, work: Path) -> dict[str, float]:
-    """RUN's segmentation stage trained again in bfloat16 (same args, seed and data), then its evaluate stage."""
+def train_again(run: Path, work: Path, amp: bool) -> dict[str, float]:
+    """RUN's segmentation stage trained again with channels-last, in bfloat16 or float32 (same args, seed and data;
+    channels-last draws the dropout masks in memory order, so the float32 run is the control that differs from the
+    bfloat16 run in the rounding only), then its evaluate stage in float32."""
     train = json.loads((run / "segmentation" / "args.json").read_text())
-    train.update(output_dir=str(work), ckpt_dir=str(work / "models"), amp=True, channels_last=True, resume=False,
+    train.update(output_dir=str(work), ckpt_dir=str(work / "models"), amp=amp, channels_last=True, resume=False,
                  show_progress=False)
     work.mkdir(parents=True, exist_ok=True)
     (work / "train_args.json").write_text(json.dumps(train, indent=2))
@@ -88,9 +90,16 @@ def main() -> None:
         results[name] = paired(dice["fp32"], dice["bf16"])
         print(name, json.dumps(results[name]))
     if opts.train:
-        fp32 = per_image(opts.train / "evaluate" / "evaluation" / "per_image.csv")
-        results[f"training_{opts.train.name}"] = paired(fp32, train_bf16(opts.train, opts.work / "training"))
-        print("training", json.dumps(results[f"training_{opts.train.name}"]))
+        dice = {"fp32": per_image(opts.train / "evaluate" / "evaluation" / "per_image.csv")}
+        for precision in ("bf16_channels_last", "fp32_channels_last"):
+            folder = opts.work / f"training_{precision}"
+            done = folder / "evaluate" / "evaluation" / "per_image.csv"
+            dice[precision] = per_image(done) if done.is_file() else train_again(opts.train, folder, "bf16" in precision)
+        results[f"training_{opts.train.name}"] = {
+            "bf16_channels_last_vs_fp32_channels_last": paired(dice["fp32_channels_last"], dice["bf16_channels_last"]),
+            "fp32_channels_last_vs_fp32 (another dropout draw)": paired(dice["fp32"], dice["fp32_channels_last"]),
+            "bf16_channels_last_vs_fp32": paired(dice["fp32"], dice["bf16_channels_last"])}
+        print("training", json.dumps(results[f"training_{opts.train.name}"], default=float))
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps({"model": "bundles/ultrasound_mgcc_segmentation/models/model.pt", **results},
                                    indent=2, default=float))
