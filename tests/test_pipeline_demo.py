@@ -198,6 +198,14 @@ def test_compare_over_two_seeds_then_an_external_test(tiny_preset, tmp_path):
     result = out / "external" / "other-all" / "evaluate" / "evaluation"
     summary = json.loads((result / "summary.json").read_text())
     assert summary["n"] == 10 and (result / "per_image.csv").is_file() and (result / "overlay_worst.png").is_file()
+    assert summary["images_seen_in_training"] == 0
+    own = subprocess.run([sys.executable, "-m", "mgcc", "evaluate", "--model", str(out / "segmentation-mgcc-labeled"),
+                          "--data", str(out / "prepare" / "dataset"), "--section", "all", "--out", str(tmp_path / "own")],
+                         capture_output=True, text=True, env=ENV)
+    assert own.returncode == 0, own.stdout[-3000:] + own.stderr[-3000:]
+    seen = json.loads((tmp_path / "own" / "evaluate" / "evaluation" / "summary.json").read_text())
+    assert 0 < seen["images_seen_in_training"] < seen["n"]  # its training and validation images, not its test split
+    assert f"{seen['images_seen_in_training']} of them seen in training: not a held-out test" in own.stdout
     args = json.loads((out / "external" / "other-all" / "evaluate" / "args.json").read_text())
     assert args["spatial_size"] == [32, 32] and args["base_channels"] == 4
     assert args["config_file"][1].endswith("train_labeled_only.json")

@@ -89,12 +89,16 @@ def evaluate(model: str, data: str, section: str = "test", out: str | None = Non
                               "only_class": only_class,
                               "weights_mtime_ns": (stage / "models" / "model.pt").stat().st_mtime_ns})
     execute_stages(run, [STAGES[0], scoring])
-    summary = json.loads((run.folder("evaluate") / "evaluation" / "summary.json").read_text())
+    summary_file = run.folder("evaluate") / "evaluation" / "summary.json"
+    summary = json.loads(summary_file.read_text())
     seen = seen_in_training(stage, run.dataset, run.folder("evaluate") / "datalist.json")
+    summary["images_seen_in_training"] = len(seen)  # counted in the summary, not only said
+    summary_file.write_text(json.dumps(summary, indent=2))
     if seen:
         print(f"[mgcc] warning: {len(seen)} of the {summary['n']} scored images were in the model's training or "
               f"validation split (same pixels, e.g. {Path(seen[0]).name}): this is not a held-out test", file=sys.stderr)
+    not_held_out = f" ({len(seen)} of them seen in training: not a held-out test)" if seen else ""
     print(f"[mgcc] {stage.name} on {data} ({section}): Dice {summary['dice']['mean']:.4f} ± {summary['dice']['std']:.4f}"
-          f", n {summary['n']} -> {run.folder('evaluate') / 'evaluation'}")
+          f", n {summary['n']}{not_held_out} -> {run.folder('evaluate') / 'evaluation'}")
     if (stage.parent / "report" / "report.md").is_file() and run.out.parent == stage.parent / "external":
         print(f"[mgcc] to list it in the run's report: mgcc run --preset PRESET --out {stage.parent} --stage report")
