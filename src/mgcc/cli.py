@@ -41,6 +41,8 @@ DATA_OPTION_HELP = {
     "mask_threshold": "masks with more than one non-zero value are lesion where >= T (0..255); "
                       "default: half their maximum",
 }
+#: what `evaluate` and `export` take as MODEL
+MODEL_HELP = "a run folder, a training stage folder (<run>/segmentation-mgcc-real) or its models/model.pt"
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
 
 
@@ -169,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_options(p)
 
     p = command(commands, "evaluate", "score a trained model on another dataset (an external test)")
-    required(p, "model", "a run folder, a training stage folder (<run>/segmentation-mgcc-real) or its models/model.pt")
+    required(p, "model", MODEL_HELP)
     required(p, "data", "the dataset: BUSI layout, generic layout (with the data options) or a prepared folder")
     option(p, "section", "test (the dataset's test split, split with --seed; default) or all (every image)")
     option(p, "out", "output folder (default <run>/external/<dataset name>-<section>)")
@@ -179,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_options(p)
 
     p = command(commands, "export", "write ready MONAI bundles of a trained run (no overrides needed)")
-    required(p, "model", "a run folder, a training stage folder (<run>/segmentation-mgcc-real) or its models/model.pt")
+    required(p, "model", MODEL_HELP)
     option(p, "out", "output folder; gets ultrasound_mgcc_segmentation/ (and ultrasound_ldm_generation/)")
     flag(p, "generator", "also export the run's generator, when the run trained one (default true)")
 
