@@ -27,11 +27,13 @@ from pathlib import Path
 from mgcc.compare import parse_seeds, parse_variants, plan, seed_run, tabulate
 from mgcc.pipeline import execute_stages, make_run
 from mgcc.presets import load_preset
+from mgcc.variants import adopt_legacy_folders, evaluation_folder, training_folder
 
 
-def jobs(stages: list, folders: dict[str, tuple[str, str]], names: list[str], base) -> dict[str, list[str]]:
+def jobs(stages: list, names: list[str], base) -> dict[str, list[str]]:
     """Job name -> stage names, in order: the generator chain with the variants that read its samples, then one
     job per other variant."""
+    folders = {name: (training_folder(name), evaluation_folder(name)) for name in names}
     generator = [s.name for s in stages if s.name not in {n for pair in folders.values() for n in pair}
                  and s.name != "prepare"]
     by_name = {s.name: s for s in stages}
@@ -59,11 +61,11 @@ def main() -> None:
 
     names = parse_variants(args.variants)
     base = make_run(load_preset(args.preset), args.data, args.out, {})
-    folders, stages = plan(base, names)
+    stages = plan(base, names)
     if args.no_quality:
         stages = [s for s in stages if s.name != "quality"]
     runs = {seed: seed_run(base, seed) for seed in parse_seeds(args.seeds, base.preset["data"]["seed"])}
-    work = jobs(stages, folders, names, base)
+    work = jobs(stages, names, base)
 
     if args.job:
         seed, job = args.job.split(":")
@@ -71,6 +73,7 @@ def main() -> None:
         return
 
     for run in runs.values():  # every job of a seed reads its split: prepare it first, here
+        adopt_legacy_folders(run.out, base.variant)
         execute_stages(run, [s for s in stages if s.name == "prepare"])
     logs = Path(args.out) / "concurrent_logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -98,7 +101,7 @@ def main() -> None:
         print(f"[concurrent] seed {seed} {job}: exit {p.poll()}", flush=True)
     print(f"[concurrent] {time.monotonic() - started:.0f} s", flush=True)
     if all(p.poll() == 0 for p in procs.values()):
-        tabulate(base, runs, names, folders)
+        tabulate(base, runs, names)
 
 
 if __name__ == "__main__":

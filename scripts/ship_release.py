@@ -1,6 +1,6 @@
 """Put a trained run's models into the project's own bundles: the release step (maintainers only).
 
-Copies the segmentation model of RUN/MODEL (a training stage folder, default `segmentation`) and RUN's generator
+Copies the segmentation model of RUN/MODEL (a training stage folder, default `segmentation-mgcc-synthetic`) and RUN's generator
 into `bundles/*/models/`, makes every bundle config's defaults the models' settings, and writes the release
 version, changelog entry and `eval_metrics` (the BUSI test split of RUN, and any external tests given) into both
 `metadata.json` files. Commit the weights once, after their numbers are measured (docs/results.md).
@@ -31,7 +31,7 @@ def _release(bundle: Path, version: str, note: str, metrics: dict[str, float]) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
-    parser.add_argument("--model", default="segmentation", help="the training stage folder of RUN to ship")
+    parser.add_argument("--model", default="segmentation-mgcc-synthetic", help="the training stage folder of RUN to ship")
     parser.add_argument("--version", required=True)
     parser.add_argument("--note", required=True, help="the segmentation bundle's changelog entry")
     parser.add_argument("--generator-note", required=True, help="the generator bundle's changelog entry")

@@ -4,6 +4,7 @@
 import inspect
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,24 @@ def test_export_of_a_run_without_a_trained_model_names_the_argument_and_says_why
     assert not (tmp_path / "bundles").exists()
     line = _cli_error(["evaluate", "--model", str(run), "--data", str(tmp_path)], capsys)
     assert line.startswith(f"mgcc evaluate: error: --model {run}: ") and "no trained segmentation model yet" in line
+
+
+def test_a_run_with_several_trained_models_is_not_guessed_from(tmp_path, capsys):
+    """After `mgcc compare` a run holds a model per variant: MODEL must name one; with one, the run is enough."""
+    run = _run_without_model(tmp_path)
+    for variant in ("supervised", "mgcc-synthetic"):
+        stage = run / f"segmentation-{variant}"
+        (stage / "models").mkdir(parents=True)
+        (stage / "args.json").write_text("{}")
+        (stage / "models" / "model.pt").write_bytes(b"")
+    (run / "segmentation-mgcc-real.stale-1" / "models").mkdir(parents=True)  # an earlier run is not a candidate
+    line = _cli_error(["export", str(run), "--out", str(tmp_path / "bundles")], capsys)
+    assert line == (f"mgcc export: error: MODEL {run}: the run has 2 trained models (segmentation-mgcc-synthetic, "
+                    f"segmentation-supervised): name one, e.g. MODEL {run / 'segmentation-mgcc-synthetic'}")
+    from mgcc.trained import training_stage
+
+    shutil.rmtree(run / "segmentation-supervised")
+    assert training_stage(run) == run / "segmentation-mgcc-synthetic"
 
 
 def test_an_out_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):

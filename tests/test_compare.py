@@ -85,13 +85,22 @@ def test_summary_over_seeds_is_the_mean_and_sample_std_of_the_seed_means():
     assert single["a"]["dice"]["std"] is None and "| a | 0.6000 |" in seeds_table(single, [0])
 
 
-def test_the_variant_that_mgcc_run_trains_is_the_runs_own_stage():
-    from mgcc.compare import stage_names
+def test_every_variant_is_in_a_folder_named_after_it_and_the_runs_own_variant_is_mgcc_runs_stage(tmp_path):
+    """With busi-cpu, `mgcc run` trains mgcc-synthetic: `mgcc compare` names its folders as every other variant's,
+    and runs it with the very stage `mgcc run` runs (same fingerprint), so it is not trained twice."""
+    from mgcc.compare import plan
+    from mgcc.pipeline import Run, fingerprint_parts, run_stages
 
-    preset = load_preset("busi-cpu")  # trains MGCC with synthetic unlabeled images
-    assert stage_names("mgcc-synthetic", preset) == ("segmentation", "evaluate")
-    assert stage_names("mgcc-real", preset) == ("segmentation-mgcc-real", "evaluate-mgcc-real")
-    assert stage_names("mgcc-labeled", preset) == ("segmentation-mgcc-labeled", "evaluate-mgcc-labeled")
+    run = Run(load_preset("busi-cpu"), tmp_path)
+    stages = {s.name: s for s in plan(run, ["supervised", "mgcc-real", "mgcc-synthetic"])}
+    assert [name for name in stages if "-" in name] == [
+        "segmentation-supervised", "evaluate-supervised", "segmentation-mgcc-real", "evaluate-mgcc-real",
+        "segmentation-mgcc-synthetic", "evaluate-mgcc-synthetic"]
+    own = {s.name: s for s in run_stages(run.preset)}
+    for name in ("segmentation-mgcc-synthetic", "evaluate-mgcc-synthetic"):
+        assert fingerprint_parts(run, stages[name]) == fingerprint_parts(run, own[name])
+    assert fingerprint_parts(run, stages["segmentation-mgcc-real"]) != fingerprint_parts(
+        run, own["segmentation-mgcc-synthetic"])
 
 
 @pytest.mark.parametrize("variants, generator", [
@@ -134,13 +143,14 @@ def test_the_concurrent_runner_keeps_the_generator_and_its_readers_in_one_job(tm
     (tmp_path / "data").mkdir()
     base = make_run(load_preset("busi-cpu"), str(tmp_path / "data"), str(tmp_path / "out"), {})
     names = ["supervised", "mgcc-real", "mgcc-synthetic"]
-    folders, stages = plan(base, names)
-    assert module.jobs(stages, folders, names, base) == {
-        "generator": ["autoencoder", "diffusion", "sample", "quality", "segmentation", "evaluate"],
+    stages = plan(base, names)
+    assert module.jobs(stages, names, base) == {
+        "generator": ["autoencoder", "diffusion", "sample", "quality", "segmentation-mgcc-synthetic",
+                      "evaluate-mgcc-synthetic"],
         "supervised": ["segmentation-supervised", "evaluate-supervised"],
         "mgcc-real": ["segmentation-mgcc-real", "evaluate-mgcc-real"]}
-    folders, stages = plan(base, ["supervised", "mgcc-labeled"])
-    assert module.jobs(stages, folders, ["supervised", "mgcc-labeled"], base) == {
+    stages = plan(base, ["supervised", "mgcc-labeled"])
+    assert module.jobs(stages, ["supervised", "mgcc-labeled"], base) == {
         "supervised": ["segmentation-supervised", "evaluate-supervised"],
         "mgcc-labeled": ["segmentation-mgcc-labeled", "evaluate-mgcc-labeled"]}
 
@@ -163,41 +173,27 @@ def test_the_table_also_measures_the_unlabeled_images_against_the_decoders_alone
     images; the figure beside the table."""
     import json
 
-    from mgcc.compare import plan, tabulate
+    from mgcc.compare import tabulate
     from mgcc.pipeline import make_run
 
     names = ["supervised", "mgcc-labeled", "mgcc-real"]
     (tmp_path / "data").mkdir()
     base = make_run(load_preset("busi-cpu"), str(tmp_path / "data"), str(tmp_path / "out"), {})
-    folders, _ = plan(base, names)
     runs = {seed: seed_run(base, seed) for seed in (0, 1)}
     images = [f"img_{i}.png" for i in range(30)]
     for seed, run in runs.items():
         for name, value in zip(names, (0.5, 0.6, 0.7)):
-            train, evaluate = folders[name]
+            train, evaluate = f"segmentation-{name}", f"evaluate-{name}"
             (run.folder(train)).mkdir(parents=True)
             (run.folder(train) / "stage.json").write_text(json.dumps({"name": train, "seconds": 10.0}))
             (run.folder(evaluate) / "evaluation").mkdir(parents=True)
             write_scores(run.folder(evaluate) / "evaluation" / "per_image.csv", {k: value for k in images})
             (run.folder(evaluate) / "evaluation" / "summary.json").write_text(
                 json.dumps({m: {"mean": value + seed / 100, "std": 0.1} for m in ("dice", "iou", "hd95")} | {"n": 30}))
-    tabulate(base, runs, names, folders)
+    tabulate(base, runs, names)
     report = json.loads((base.folder("compare") / "compare.json").read_text())
     assert report["paired_dice_differences"]["mgcc-real"]["mean"] == pytest.approx(0.2)
     assert set(report["paired_dice_differences_to_ablation"]) == {"mgcc-real"}
     assert report["paired_dice_differences_to_ablation"]["mgcc-real"]["mean"] == pytest.approx(0.1)
     assert "## Against `mgcc-labeled`" in (base.folder("compare") / "compare.md").read_text()
-    assert report["folders"]["mgcc-real"] == {"training": "segmentation-mgcc-real", "evaluation": "evaluate-mgcc-real"}
-    assert "mgcc-real `segmentation-mgcc-real/` + `evaluate-mgcc-real/`" in (base.folder("compare") / "compare.md").read_text()
     assert (base.folder("compare") / "compare.png").stat().st_size > 10_000
-
-
-def test_the_table_says_which_folder_holds_each_variant():
-    """With busi-cpu, MGCC with synthetic unlabeled images is what `mgcc run` trains: its folders are the run's own
-    `segmentation/` and `evaluate/`, and the table says so."""
-    from mgcc.compare import folders_note, stage_names
-
-    preset = load_preset("busi-cpu")
-    note = folders_note({name: stage_names(name, preset) for name in ("supervised", "mgcc-synthetic")})
-    assert note == ("Folders of each seed's run: supervised `segmentation-supervised/` + `evaluate-supervised/`; "
-                    "mgcc-synthetic `segmentation/` + `evaluate/` (the run's own model, as `mgcc run` trains it).")

@@ -21,8 +21,8 @@ from mgcc.presets import load_preset
 
 pytestmark = pytest.mark.integration
 
-STAGES = ["prepare", "autoencoder", "diffusion", "sample", "quality", "segmentation", "evaluate", "lesions", "report",
-          "package"]
+STAGES = ["prepare", "autoencoder", "diffusion", "sample", "quality", "segmentation-mgcc-synthetic",
+          "evaluate-mgcc-synthetic", "lesions", "report", "package"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -80,8 +80,8 @@ def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_
         assert record["seconds"] > 0 and record["peak_rss_mb"] > 0
     samples = sorted((out / "sample" / "images").glob("*.png"))
     assert len(samples) == 6
-    summary = json.loads((out / "evaluate" / "evaluation" / "summary.json").read_text())
-    with open(out / "evaluate" / "evaluation" / "per_image.csv") as f:
+    summary = json.loads((out / "evaluate-mgcc-synthetic" / "evaluation" / "summary.json").read_text())
+    with open(out / "evaluate-mgcc-synthetic" / "evaluation" / "per_image.csv") as f:
         per_image = [float(row["dice"]) for row in csv.DictReader(f)]
     assert len(per_image) == summary["n"] and abs(np.mean(per_image) - summary["dice"]["mean"]) < 1e-6
     report = (out / "report" / "report.md").read_text()
@@ -101,7 +101,7 @@ def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_
     assert numbers["synthetic_mask_dice"] == rates["synthetic"]["mask_dice"] and rates["synthetic"]["mask_dice"]["n"] == 6
     real = rates["real_test"]
     assert numbers["real_test_lesion_rate"] == real["rate"] == real["with_clear_lesion"] / real["images"]
-    assert real["images"] == summary["n"] and numbers["test"]["evaluate"]["n"] == summary["n"]
+    assert real["images"] == summary["n"] and numbers["test"]["evaluate-mgcc-synthetic"]["n"] == summary["n"]
     assert numbers["generator"]["fid"]["num_generated"] == 6 and "kid" in numbers["generator"]
 
     # the packaged bundle runs with no overrides, and it, the Deploy app and a MONAI Label server serving it give the
@@ -158,14 +158,14 @@ def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_
 
     # the training stage as a kill after its last validation, before its last checkpoint, leaves it: the rerun
     # resumes from the checkpoint before
-    models = out / "segmentation" / "models"
+    models = out / "segmentation-mgcc-synthetic" / "models"
     (models / "checkpoint_epoch=2.pt").unlink()
-    (out / "segmentation" / "stage.json").unlink()
+    (out / "segmentation-mgcc-synthetic" / "stage.json").unlink()
     third = mgcc_run(tiny_preset, out)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     assert f"Restored all variables from {models / 'checkpoint_epoch=1.pt'}" in third.stdout
     assert "Epoch: 2/2, Iter: 1/3" in third.stdout and "Epoch: 1/2" not in third.stdout
-    assert (models / "checkpoint_epoch=2.pt").is_file() and not list(out.glob("segmentation.stale-*"))
+    assert (models / "checkpoint_epoch=2.pt").is_file() and not list(out.glob("segmentation*.stale-*"))
 
 
 def test_compare_over_two_seeds_then_an_external_test(tiny_preset, tmp_path):
@@ -250,6 +250,6 @@ def test_a_pip_installed_wheel_runs_the_pipeline_from_another_folder(tiny_preset
                               cwd=elsewhere, capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
     out = elsewhere / "outputs" / "tiny-real"  # the default output folder is under the working folder
-    assert (out / "ldm_models" / "autoencoder.pt").is_file() and (out / "segmentation" / "models" / "model.pt").is_file()
+    assert (out / "ldm_models" / "autoencoder.pt").is_file() and (out / "segmentation-mgcc-real" / "models" / "model.pt").is_file()
     after = sorted(p.relative_to(site) for p in site.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     assert after == shipped, "a run wrote into the installed package"

@@ -91,17 +91,18 @@ def test_a_changed_preset_value_reruns_exactly_the_stages_that_depend_on_it(tmp_
 
 
 def test_the_built_in_stages_keep_the_record_keys_of_existing_runs(tmp_path):
-    """The part names are stored in every `stage.json`: a renamed part would rerun every stage of an existing run.
+    """The part names are stored in every `stage.json`: a renamed part would rerun every stage of an existing run
+    (the stage names that became variant names are rewritten by `adopt_legacy_folders`, see test_variants.py).
     The whole preset and the data folder are flags, not magic entries of `reads`."""
-    from mgcc.pipeline import STAGES, Run, Stage, fingerprint_parts
+    from mgcc.pipeline import Run, Stage, fingerprint_parts, run_stages
 
     run = Run(load_preset("demo"), tmp_path, tmp_path, {"layout": "generic"})
-    keys = {stage.name: sorted(fingerprint_parts(run, stage)) for stage in STAGES}
+    keys = {stage.name: sorted(fingerprint_parts(run, stage)) for stage in run_stages(run.preset)}
     assert keys["prepare"] == ["preset data"]
-    assert keys["report"] == ["preset (all)", "stage evaluate", "stage lesions", "stage quality"]
+    assert keys["report"] == ["preset (all)", "stage evaluate-mgcc-synthetic", "stage lesions", "stage quality"]
     assert keys["sample"] == ["bundle configs", "preset ldm.autoencoder", "preset ldm.common", "preset ldm.diffusion",
                               "preset ldm.sample", "stage diffusion"]
-    assert keys["segmentation"] == ["bundle configs", "preset segmentation.common", "preset segmentation.train",
+    assert keys["segmentation-mgcc-synthetic"] == ["bundle configs", "preset segmentation.common", "preset segmentation.train",
                                     "settings", "stage prepare", "stage sample"]  # the demo trains on samples
     for special in ("", "data"):
         with pytest.raises(AssertionError, match="reads_whole_preset / reads_data_folder"):
@@ -293,11 +294,12 @@ def test_a_misspelled_preset_entry_is_refused_before_anything_runs(tmp_path):
 def test_only_variants_that_train_on_synthetic_images_depend_on_the_generator(tmp_path):
     """Adding the generator's stages to a run later (`mgcc compare --variants mgcc-synthetic`) must not retrain the
     variants that never read its samples; the variant that does read them must notice a new sample."""
-    from mgcc.compare import VARIANTS
     from mgcc.pipeline import Run, fingerprint_parts, segmentation_stage
     from mgcc.stages import write_record
 
     run = Run(load_preset("busi-cpu"), tmp_path)
+    from mgcc.variants import VARIANTS
+
     stages = {name: segmentation_stage(name, *VARIANTS[name]) for name in VARIANTS}
     before = {name: fingerprint_parts(run, stage) for name, stage in stages.items()}
     (tmp_path / "sample").mkdir()

@@ -20,7 +20,7 @@ rates = {}
 for folder in sorted(p for p in diag.iterdir() if p.is_dir() and not p.name.endswith("_pred")):
     out = diag / f"{folder.name}_pred"
     run_bundle(f"diag-{folder.name}", diag, SEG_BUNDLE, LESIONS_CONFIGS,
-               {"input_dir": str(folder), "datalist": None, "ckpt_dir": str(judge.folder("segmentation") / "models"),
+               {"input_dir": str(folder), "datalist": None, "ckpt_dir": str(judge.model_folder / "models"),
                 "output_dir": str(out)}, shared=judge.overrides("segmentation"))
     rates[folder.name] = lesion_rate(out.glob("*_seg.png"))
     print(folder.name, rates[folder.name]["with_clear_lesion"], "/", rates[folder.name]["images"], flush=True)

@@ -39,14 +39,14 @@ def train_again(run: Path, work: Path, amp: bool) -> dict[str, float]:
     """RUN's segmentation stage trained again with channels-last, in bfloat16 or float32 (same args, seed and data;
     channels-last draws the dropout masks in memory order, so the float32 run is the control that differs from the
     bfloat16 run in the rounding only), then its evaluate stage in float32."""
-    train = json.loads((run / "segmentation" / "args.json").read_text())
+    train = json.loads((run / "segmentation-mgcc-synthetic" / "args.json").read_text())
     train.update(output_dir=str(work), ckpt_dir=str(work / "models"), amp=amp, channels_last=True, resume=False,
                  show_progress=False)
     work.mkdir(parents=True, exist_ok=True)
     (work / "train_args.json").write_text(json.dumps(train, indent=2))
     subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--args_file", str(work / "train_args.json")],
                    cwd=BUNDLE, check=True, stdout=open(work / "train_log.txt", "w"), stderr=subprocess.STDOUT)
-    evaluate_args = json.loads((run / "evaluate" / "args.json").read_text())
+    evaluate_args = json.loads((run / "evaluate-mgcc-synthetic" / "args.json").read_text())
     evaluate_args.update(output_dir=str(work / "evaluate"), ckpt_dir=str(work / "models"), amp=False,
                          channels_last=False, show_progress=False)
     (work / "evaluate_args.json").write_text(json.dumps(evaluate_args, indent=2))
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "bf16-accuracy")
     opts = parser.parse_args()
     results = json.loads(opts.out.read_text()) if opts.out.is_file() else {}
-    sets = {"busi_test": opts.run / "evaluate" / "args.json",
+    sets = {"busi_test": opts.run / "evaluate-mgcc-synthetic" / "args.json",
             "stu_hospital": opts.run / "external" / "STU-Hospital-all-segmentation" / "evaluate" / "args.json"}
     for name, args_file in sets.items():
         if name in results:
@@ -90,7 +90,7 @@ def main() -> None:
         results[name] = paired(dice["fp32"], dice["bf16"])
         print(name, json.dumps(results[name]))
     if opts.train:
-        dice = {"fp32": per_image(opts.train / "evaluate" / "evaluation" / "per_image.csv")}
+        dice = {"fp32": per_image(opts.train / "evaluate-mgcc-synthetic" / "evaluation" / "per_image.csv")}
         for precision in ("bf16_channels_last", "fp32_channels_last"):
             folder = opts.work / f"training_{precision}"
             done = folder / "evaluate" / "evaluation" / "per_image.csv"

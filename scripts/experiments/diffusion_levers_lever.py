@@ -57,7 +57,7 @@ def judge(judge_run: Path, images: Path, out: Path) -> Path:
     pred = out / f"judged_by_{judge_run.name}"
     if not pred.exists():
         run_bundle(f"judge-{judge_run.name}", out, SEG_BUNDLE, LESIONS_CONFIGS,
-                   {"input_dir": str(images), "datalist": None, "ckpt_dir": str(run.folder("segmentation") / "models"),
+                   {"input_dir": str(images), "datalist": None, "ckpt_dir": str(run.model_folder / "models"),
                     "output_dir": str(pred)}, shared=run.overrides("segmentation"))
     return pred
 

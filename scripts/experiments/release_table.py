@@ -12,7 +12,8 @@ from mgcc.compare import paired_dice_differences
 #: variant -> (training stage, evaluation stage, STU evaluation folder under <run>/external)
 VARIANTS = {
     "supervised-only": ("segmentation-supervised", "evaluate-supervised", "STU-Hospital-all-segmentation-supervised"),
-    "MGCC, synthetic unlabeled": ("segmentation", "evaluate", "STU-Hospital-all-segmentation"),
+    "MGCC, synthetic unlabeled": ("segmentation-mgcc-synthetic", "evaluate-mgcc-synthetic",
+                                  "STU-Hospital-all-segmentation"),
 }
 
 

@@ -42,7 +42,8 @@ DATA_OPTION_HELP = {
                       "default: half their maximum",
 }
 #: what `evaluate` and `export` take as MODEL
-MODEL_HELP = "a run folder, a training stage folder (<run>/segmentation-mgcc-real) or its models/model.pt"
+MODEL_HELP = ("a training stage folder (<run>/segmentation-mgcc-synthetic), its models/model.pt, or a run folder with "
+              "one trained model")
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
 
 

@@ -20,23 +20,13 @@ import numpy as np
 
 from mgcc.errors import UsageError
 from mgcc.figures import plot_comparison
-from mgcc.pipeline import STAGES, Run, Stage, evaluate_stage, execute_stages, make_run, segmentation_stage
+from mgcc.pipeline import GENERATOR_STAGES, Run, Stage, evaluate_stage, execute_stages, make_run, segmentation_stage
 from mgcc.presets import load_preset
 from mgcc.report import METRICS, metrics_table
 from mgcc.stages import read_record
+from mgcc.variants import VARIANTS, adopt_legacy_folders, evaluation_folder, training_folder
 
-#: variant -> (bundle config files, overrides); the table reads top to bottom as the ablation does
-VARIANTS: dict[str, tuple[list[str], dict]] = {
-    "supervised": (["train.json", "train_supervised.json"], {}),
-    "mgcc-labeled": (["train.json", "train_labeled_only.json"], {}),
-    "mgcc-real": (["train.json"], {"unlabeled_source": "real"}),
-    "mgcc-synthetic": (["train.json"], {"unlabeled_source": "synthetic"}),
-    "mgcc-both": (["train.json"], {"unlabeled_source": "both"}),
-    # a mask-conditioned generator's samples with their masks as labeled pairs, the real unlabeled images unlabeled
-    "mgcc-synthetic-pairs": (["train.json", "train_synthetic_pairs.json"], {"unlabeled_source": "real"}),
-}
 ABLATION = "mgcc-labeled"  # the auxiliary decoders without unlabeled images
-GENERATOR_STAGES = ("prepare", "autoencoder", "diffusion", "sample", "quality")
 
 
 def seeded_preset(preset: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -137,17 +127,6 @@ def seeds_table(summary: dict[str, dict], seeds: list[int]) -> str:
     return "\n".join(lines) + f"\n\nSeeds: {', '.join(map(str, seeds))}; std is the sample standard deviation over seeds."
 
 
-def stage_names(variant: str, preset: dict[str, Any]) -> tuple[str, str]:
-    """The training and evaluation stages of a variant. The variant that trains what `mgcc run` trains (MGCC with
-    the preset's unlabeled source) is the run's own `segmentation` / `evaluate`, so a comparison next to a run
-    does not train that model twice."""
-    files, overrides = VARIANTS[variant]
-    source = preset["segmentation"].get("train", {}).get("unlabeled_source", "real")  # train.json's default
-    if files == ["train.json"] and overrides == {"unlabeled_source": source}:
-        return "segmentation", "evaluate"
-    return f"segmentation-{variant}", f"evaluate-{variant}"
-
-
 def seed_run(base: Run, seed: int) -> Run:
     """The run of one seed: the base run itself when the seed changes nothing, else `<out>/seed-<seed>`."""
     spec = seeded_preset(base.preset, seed)
@@ -172,57 +151,47 @@ def compare(preset: str = "busi-cpu", data: str | None = None, out: str | None =
     names = parse_variants(variants)
     base = make_run(load_preset(preset), data, out, data_options)
     chosen_seeds = parse_seeds(seeds, base.preset["data"]["seed"])
-    folders, stages = plan(base, names)
+    stages = plan(base, names)
     runs = {seed: seed_run(base, seed) for seed in chosen_seeds}
     for seed, run in runs.items():
         print(f"[mgcc] seed {seed} -> {run.out}", flush=True)
+        adopt_legacy_folders(run.out, base.variant)
         execute_stages(run, stages)
-    tabulate(base, runs, names, folders)
+    tabulate(base, runs, names)
 
 
-def plan(base: Run, names: list[str]) -> tuple[dict[str, tuple[str, str]], list[Stage]]:
-    """Each variant's (training, evaluation) stage names, and the stages every seed runs in order: prepare, the
-    generator's stages when a variant reads its samples, then each variant's training and evaluation."""
-    folders = {name: stage_names(name, base.preset) for name in names}
+def plan(base: Run, names: list[str]) -> list[Stage]:
+    """The stages every seed runs in order: prepare, the generator's stages when a variant reads its samples, then
+    each variant's training and evaluation (in `segmentation-<variant>/`, `evaluate-<variant>/`). The variant that
+    `mgcc run` trains with the preset runs with the preset's settings alone, as there, so a comparison next to a run
+    does not train that model twice."""
     variant_stages = []
     for name in names:
         files, overrides = VARIANTS[name]
-        variant = "mgcc" if folders[name][0] == "segmentation" else name
-        variant_stages += [segmentation_stage(variant, files, {} if variant == "mgcc" else overrides),
-                           evaluate_stage(variant)]
+        variant_stages += [segmentation_stage(name, files, {} if name == base.variant else overrides),
+                           evaluate_stage(name)]
     needs_samples = any("sample" in stage.reads_from(base) for stage in variant_stages)
-    stages = [s for s in STAGES if s.name in GENERATOR_STAGES and (needs_samples or s.name == "prepare")]
-    return folders, stages + variant_stages
+    return [s for s in GENERATOR_STAGES if needs_samples or s.name == "prepare"] + variant_stages
 
 
-def folders_note(folders: dict[str, tuple[str, str]]) -> str:
-    """Which folder of a seed's run holds each variant: `segmentation-<variant>/` and `evaluate-<variant>/`, except
-    the variant that `mgcc run` trains with the preset, which is the run's own `segmentation/` and `evaluate/`."""
-    parts = [f"{name} `{train}/` + `{evaluate}/`" + (" (the run's own model, as `mgcc run` trains it)"
-                                                    if train == "segmentation" else "")
-             for name, (train, evaluate) in folders.items()]
-    return "Folders of each seed's run: " + "; ".join(parts) + "."
-
-
-def tabulate(base: Run, runs: dict[int, Run], names: list[str], folders: dict[str, tuple[str, str]]) -> None:
+def tabulate(base: Run, runs: dict[int, Run], names: list[str]) -> None:
     """`<out>/compare/compare.md`, `compare.json` and `compare.png` from the finished evaluations of every seed."""
-    per_seed = {seed: {name: json.loads((run.folder(folders[name][1]) / "evaluation" / "summary.json").read_text())
-                       for name in names} for seed, run in runs.items()}
-    seconds = {seed: {name: read_record(run.out, folders[name][0])["seconds"] for name in names}
+    per_seed = {seed: {name: json.loads((run.folder(evaluation_folder(name)) / "evaluation" / "summary.json")
+                                        .read_text()) for name in names} for seed, run in runs.items()}
+    seconds = {seed: {name: read_record(run.out, training_folder(name))["seconds"] for name in names}
                for seed, run in runs.items()}
     summary = over_seeds(per_seed, seconds)
     seeds = list(runs)
     report: dict[str, Any] = {"preset": base.preset["name"], "seeds": seeds, "variants": names,
-                              "folders": {name: {"training": folders[name][0], "evaluation": folders[name][1]}
-                                          for name in names},
                               "summary": summary,
                               "per_seed": {str(seed): {"folder": str(run.out), "results": per_seed[seed],
                                                        "training_seconds": seconds[seed]}
                                            for seed, run in runs.items()}}
     md = [f"# MGCC comparison — preset `{base.preset['name']}`", "", "## Test metrics over seeds", "",
-          seeds_table(summary, seeds), "", folders_note({name: folders[name] for name in names}), ""]
+          seeds_table(summary, seeds), "", "Each variant's model and test results are in `segmentation-<variant>/` and "
+          "`evaluate-<variant>/` of each seed's run.", ""]
     if len(names) > 1:
-        per_image = {name: [run.folder(folders[name][1]) / "evaluation" / "per_image.csv" for run in runs.values()]
+        per_image = {name: [run.folder(evaluation_folder(name)) / "evaluation" / "per_image.csv" for run in runs.values()]
                      for name in names}
         report["paired_dice_differences"] = paired_dice_differences(per_image, names[0])
         md += ["## Paired per test image, pooled over seeds (bootstrap within seeds)", "",

@@ -265,7 +265,8 @@ def export(model: str, out: str, generator: bool = True) -> None:
     """Write ready bundles of a trained run: the segmentation bundle (and the generator bundle) under OUT.
 
     Args:
-        model: a run folder, a training stage folder (`<run>/segmentation-mgcc-real`) or its `models/model.pt`.
+        model: a training stage folder (`<run>/segmentation-mgcc-synthetic`), its `models/model.pt`, or a run folder
+            with one trained model.
         out: output folder; gets `ultrasound_mgcc_segmentation/` (and `ultrasound_ldm_generation/`).
         generator: also export the run's generator, when the run trained one.
     """

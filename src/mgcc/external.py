@@ -1,7 +1,7 @@
 """`mgcc evaluate`: score a trained MGCC model on another dataset (an external test).
 
-The model is a training stage folder of a run (`<run>/segmentation[-variant]/`, holding `args.json` and
-`models/model.pt`), its run folder (its `segmentation/` stage), or the `model.pt` in such a folder. The dataset is
+The model is a training stage folder of a run (`<run>/segmentation-<variant>/`, holding `args.json` and
+`models/model.pt`), the `model.pt` in such a folder, or a run folder with one trained model. The dataset is
 any form `mgcc run` takes. It is prepared under `<out>/prepare/dataset`, and the segmentation bundle's
 `evaluate.json` runs with the model's own configs and settings (width, input size, perturbations) on its test
 split or on all its images, writing the same per-image CSV, summary and overlays as a run's evaluation, under
@@ -19,7 +19,7 @@ from typing import Any
 from mgcc import SEG_BUNDLE
 from mgcc.data.datalist import SECTIONS, label_path
 from mgcc.errors import UsageError
-from mgcc.pipeline import STAGES, Run, Stage, execute_stages, make_run
+from mgcc.pipeline import GENERATOR_STAGES, Run, Stage, execute_stages, make_run
 from mgcc.stages import StageResult, run_bundle
 from mgcc.trained import model_settings, training_stage
 
@@ -57,7 +57,8 @@ def evaluate(model: str, data: str, section: str = "test", out: str | None = Non
     """Score a trained MGCC model on a dataset: per-image CSV, summary JSON and overlays.
 
     Args:
-        model: a run folder, a training stage folder (`<run>/segmentation-mgcc-real`) or its `models/model.pt`.
+        model: a training stage folder (`<run>/segmentation-mgcc-synthetic`), its `models/model.pt`, or a run folder
+            with one trained model.
         data: the dataset: BUSI layout, generic layout (with the data options) or a prepared folder.
         section: `test` (the test split of the dataset, split with --seed) or `all` (every image).
         out: output folder; default `<run>/external/<dataset name>-<section>`.
@@ -88,7 +89,7 @@ def evaluate(model: str, data: str, section: str = "test", out: str | None = Non
                     settings={"model": str(stage), "model_settings": settings, "section": section,
                               "only_class": only_class,
                               "weights_mtime_ns": (stage / "models" / "model.pt").stat().st_mtime_ns})
-    execute_stages(run, [STAGES[0], scoring])
+    execute_stages(run, [GENERATOR_STAGES[0], scoring])
     summary_file = run.folder("evaluate") / "evaluation" / "summary.json"
     summary = json.loads(summary_file.read_text())
     seen = seen_in_training(stage, run.dataset, run.folder("evaluate") / "datalist.json")

@@ -2,6 +2,9 @@
 
 prepare -> autoencoder -> diffusion -> sample -> quality -> segmentation -> evaluate -> lesions -> report -> package
 
+Each stage writes `<out>/<stage>/`, except that the segmentation model's training and evaluation are named after the
+variant the preset trains (`segmentation-mgcc-synthetic/`, `evaluate-mgcc-synthetic/`; see `mgcc.variants`).
+
 Every bundle stage goes through the bundles' own configs via `python -m monai.bundle run`; this module only
 decides folders and overrides. A stage whose `stage.json` record and outputs exist is skipped, so a rerun after
 a crash continues where it stopped, unless what the stage would run with changed since: each record keeps a
@@ -20,8 +23,9 @@ from typing import Any, Callable, Sequence
 from mgcc import LDM_BUNDLE, SEG_BUNDLE
 from mgcc.errors import UsageError
 from mgcc.presets import PresetError, load_preset
-from mgcc.stages import (StageResult, fingerprint, is_complete, make_output_folder, missing_outputs, read_record,
-                         read_started, run_bundle, run_python, stage_dir, write_record, write_started)
+from mgcc.stages import (StageResult, bundle_settings, fingerprint, is_complete, make_output_folder, missing_outputs,
+                         read_record, read_started, run_bundle, run_python, stage_dir, write_record, write_started)
+from mgcc.variants import adopt_legacy_folders, evaluation_folder, run_variant, training_folder
 
 DEFAULT_OUT = Path("outputs")  # under the working folder
 
@@ -77,6 +81,16 @@ class Run:
     @property
     def samples(self) -> Path:
         return self.folder("sample") / "images"
+
+    @property
+    def variant(self) -> str:
+        """The segmentation variant the preset trains (`mgcc-synthetic`, ...), which names its folders."""
+        return run_variant(self.preset)
+
+    @property
+    def model_folder(self) -> Path:
+        """The training folder of that variant: `segmentation-<variant>/`."""
+        return self.folder(training_folder(self.variant))
 
     def overrides(self, bundle: str, *sections: str) -> dict[str, Any]:
         """Bundle overrides from the preset: `<bundle>.common`, then each named section, on top of `dataset_dir`."""
@@ -149,15 +163,6 @@ def _quality(run: Run) -> StageResult:
                       shared=run.overrides("ldm", "autoencoder"))
 
 
-def bundle_settings(bundle: Path, config_files: Sequence[str], overrides: dict[str, Any]) -> dict[str, Any]:
-    """The top-level settings a bundle workflow runs with: its config files merged in order, then `overrides` (what
-    `monai.bundle run` does with `--config_file a.json b.json` and keyword overrides)."""
-    settings: dict[str, Any] = {}
-    for config in config_files:
-        settings.update(json.loads((bundle / "configs" / config).read_text()))
-    return {**settings, **overrides}
-
-
 def trains_on_synthetic(settings: dict[str, Any]) -> bool:
     """Whether a segmentation training with these (merged) settings reads the generator's samples."""
     return bool(settings.get("synthetic_pairs") or (
@@ -165,10 +170,10 @@ def trains_on_synthetic(settings: dict[str, Any]) -> bool:
 
 
 def segmentation_stage(variant: str, config_files: list[str], overrides: dict[str, Any]) -> Stage:
-    """Train one segmentation variant under `segmentation[-variant]/` (with `compile`, every variant of the run shares
+    """Train one segmentation variant under `segmentation-<variant>/` (with `compile`, every variant of the run shares
     one compilation cache, `<out>/inductor_cache`: only the first compiles). A run stopped midway resumes from its
     last checkpoint (every `val_interval` iterations)."""
-    name = "segmentation" if variant == "mgcc" else f"segmentation-{variant}"
+    name = training_folder(variant)
 
     def training_overrides(run: Run) -> dict[str, Any]:
         """The variant's settings: the preset's `segmentation.train`, then the variant's own overrides."""
@@ -195,9 +200,8 @@ def segmentation_stage(variant: str, config_files: list[str], overrides: dict[st
 
 
 def evaluate_stage(variant: str) -> Stage:
-    """Evaluate one trained variant on the test split under `evaluate[-variant]/`."""
-    trained = "segmentation" if variant == "mgcc" else f"segmentation-{variant}"
-    name = "evaluate" if variant == "mgcc" else f"evaluate-{variant}"
+    """Evaluate one trained variant on the test split under `evaluate-<variant>/`."""
+    trained, name = training_folder(variant), evaluation_folder(variant)
 
     def execute(run: Run) -> StageResult:
         return run_bundle(name, run.out, SEG_BUNDLE, EVALUATE_CONFIGS,
@@ -221,7 +225,7 @@ def _lesions(run: Run) -> StageResult:
             "real_test": {"datalist": str(run.dataset / "datalist.json"), "datalist_section": "test"}}
     start = time.perf_counter()
     results = [run_bundle("lesions", run.out, SEG_BUNDLE, LESIONS_CONFIGS,
-                          {**source, "ckpt_dir": str(run.folder("segmentation") / "models"),
+                          {**source, "ckpt_dir": str(run.model_folder / "models"),
                            "output_dir": str(folder / name)}, shared=run.overrides("segmentation"))
                for name, source in sets.items()]
     rates = {name: lesion_rate((folder / name).glob("*_seg.png")) for name in sets}
@@ -245,14 +249,15 @@ def _package(run: Run) -> StageResult:
 
     def work(folder: Path) -> None:
         name = run.out.name
-        export_segmentation(run.folder("segmentation"), folder / SEG_BUNDLE.name, name)
+        export_segmentation(run.model_folder, folder / SEG_BUNDLE.name, name)
         export_generator(run.out, folder / LDM_BUNDLE.name, name)
 
     return run_python("package", run.out, work)
 
 
 LDM_READS = ("ldm.common", "ldm.autoencoder")
-STAGES: list[Stage] = [
+#: the stages up to the generator's quality, the same for every preset
+GENERATOR_STAGES: list[Stage] = [
     Stage(name="prepare", outputs=["dataset/datalist.json", "summary.json"], execute=_prepare,
           reads_data_folder=True),
     Stage(name="autoencoder", outputs=["autoencoder_history.csv", "../ldm_models/autoencoder.pt"], execute=_autoencoder,
@@ -266,16 +271,28 @@ STAGES: list[Stage] = [
           configs=SAMPLE_CONFIGS),
     Stage(name="quality", outputs=["quality.json"], execute=_quality, reads=LDM_READS, after=("sample",),
           bundle=LDM_BUNDLE, configs=QUALITY_CONFIGS),
-    segmentation_stage("mgcc", ["train.json"], {}),
-    evaluate_stage("mgcc"),
-    Stage(name="lesions", outputs=["lesion_rate.json"], execute=_lesions, reads=("segmentation.common",),
-          after=("segmentation", "sample"), bundle=SEG_BUNDLE, configs=LESIONS_CONFIGS),
-    Stage(name="report", outputs=["report.md", "report.html", "summary.json"], execute=_report,
-          reads_whole_preset=True, after=("quality", "evaluate", "lesions")),
-    Stage(name="package", outputs=[f"{SEG_BUNDLE.name}/models/model.ts", f"{SEG_BUNDLE.name}/models/model.onnx",
-                                   f"{LDM_BUNDLE.name}/models/diffusion.pt"], execute=_package,
-          after=("segmentation", "evaluate", "sample", "quality")),
 ]
+#: what `mgcc run --stage` takes: the stages by what they do (segmentation and evaluate: the preset's variant's)
+STAGE_NAMES = ("prepare", "autoencoder", "diffusion", "sample", "quality", "segmentation", "evaluate", "lesions",
+               "report", "package")
+
+
+def run_stages(preset: dict[str, Any]) -> list[Stage]:
+    """The stages of `mgcc run` with `preset`, in order; the segmentation model trained is the preset's variant."""
+    variant = run_variant(preset)
+    trained, evaluated = training_folder(variant), evaluation_folder(variant)
+    return [
+        *GENERATOR_STAGES,
+        segmentation_stage(variant, ["train.json"], {}),
+        evaluate_stage(variant),
+        Stage(name="lesions", outputs=["lesion_rate.json"], execute=_lesions, reads=("segmentation.common",),
+              after=(trained, "sample"), bundle=SEG_BUNDLE, configs=LESIONS_CONFIGS),
+        Stage(name="report", outputs=["report.md", "report.html", "summary.json"], execute=_report,
+              reads_whole_preset=True, after=("quality", evaluated, "lesions")),
+        Stage(name="package", outputs=[f"{SEG_BUNDLE.name}/models/model.ts", f"{SEG_BUNDLE.name}/models/model.onnx",
+                                       f"{LDM_BUNDLE.name}/models/diffusion.pt"], execute=_package,
+              after=(trained, evaluated, "sample", "quality")),
+    ]
 
 
 def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
@@ -396,15 +413,21 @@ def run(preset: str = "demo", data: str | None = None, out: str | None = None, s
             prepared by `mgcc prepare` (split again with the preset's seed); default: the preset's phantom data.
         out: output folder; default `outputs/<preset>`.
         stage: run only this stage (forced, even if complete): one of prepare, autoencoder, diffusion, sample,
-            quality, segmentation, evaluate, lesions, report, package.
+            quality, segmentation, evaluate, lesions, report, package (segmentation and evaluate: the preset's
+            variant's, in `segmentation-<variant>/` and `evaluate-<variant>/`).
         data_options: `mgcc prepare`'s options for a generic-layout dataset: --layout, --images, --masks,
             --image-pattern, --mask-pattern, --classes, --id-column, --class-column, --group-column,
             --mask-threshold.
     """
-    chosen = [s for s in STAGES if stage is None or s.name == stage]
+    spec = preset if isinstance(preset, dict) else load_preset(preset)
+    stages = run_stages(spec)
+    variant = run_variant(spec)
+    folder = {"segmentation": training_folder(variant), "evaluate": evaluation_folder(variant)}.get(stage, stage)
+    chosen = [s for s in stages if stage is None or s.name == folder]
     if not chosen:
-        raise UsageError(f"--stage {stage}: unknown stage; stages: {', '.join(s.name for s in STAGES)}")
-    run_ = make_run(preset, data, out, data_options)
+        raise UsageError(f"--stage {stage}: unknown stage; stages: {', '.join(STAGE_NAMES)}")
+    run_ = make_run(spec, data, out, data_options)
+    adopt_legacy_folders(run_.out, variant)
     execute_stages(run_, chosen, force=stage is not None)
     report = run_.folder("report") / "report.md"
     print(f"[mgcc] report: {report}" if report.exists() else f"[mgcc] outputs in {run_.out}")

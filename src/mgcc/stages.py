@@ -59,6 +59,15 @@ def stage_dir(out: Path, name: str) -> Path:
     return Path(out) / name
 
 
+def bundle_settings(bundle: Path, config_files: Sequence[str], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The top-level settings a bundle workflow runs with: its config files merged in order, then `overrides` (what
+    `monai.bundle run` does with `--config_file a.json b.json` and keyword overrides)."""
+    settings: dict[str, Any] = {}
+    for config in config_files:
+        settings.update(json.loads((bundle / "configs" / config).read_text()))
+    return {**settings, **overrides}
+
+
 def make_output_folder(folder: Path, option: str = "--out") -> None:
     """Create `folder` and its parents; a file where a folder must be is refused by name (nothing written)."""
     for path in (folder, *folder.parents):
@@ -100,7 +109,7 @@ def read_record(out: Path, name: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _write_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)  # atomic: a killed run never leaves a half-written file
@@ -110,7 +119,7 @@ def write_started(out: Path, name: str, inputs: dict[str, str]) -> None:
     """`started.json`: what a stage was started with, so a rerun after an interruption knows whether it may resume."""
     folder = stage_dir(out, name)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / STARTED, {"inputs": inputs, "fingerprint": fingerprint(inputs)})
+    write_json_atomic(folder / STARTED, {"inputs": inputs, "fingerprint": fingerprint(inputs)})
 
 
 def read_started(folder: Path) -> dict[str, Any] | None:
@@ -123,7 +132,7 @@ def read_started(folder: Path) -> dict[str, Any] | None:
 
 
 def write_record(out: Path, result: StageResult) -> None:
-    _write_atomic(stage_dir(out, result.name) / RECORD, result.to_json())
+    write_json_atomic(stage_dir(out, result.name) / RECORD, result.to_json())
 
 
 def run_process(name: str, command: list[str], cwd: Path, log_file: Path, env: dict[str, str] | None = None

@@ -18,17 +18,29 @@ RUN_ONLY = ("config_file", "meta_file", "logging_file", "bundle_root", "dataset_
             "val_interval", "num_workers", "num_threads", "show_progress")
 
 
+def _is_training_stage(folder: Path) -> bool:
+    return (folder / "args.json").is_file() and (folder / "models" / "model.pt").is_file()
+
+
 def training_stage(model: Path, argument: str = "--model") -> Path:
-    """The training stage folder of `model` (a run folder, a training stage folder, or its `models/model.pt`);
-    `argument` is how the command names it in an error."""
+    """The training stage folder of `model`: a training stage folder, its `models/model.pt`, or a run folder with
+    one trained model (`segmentation-<variant>/`, or `segmentation/` in a run made before folders were named after
+    the variant); `argument` is how the command names it in an error."""
     model = model.resolve()
-    for candidate in (model / "segmentation", model, model.parent.parent if model.suffix == ".pt" else None):
-        if candidate is not None and (candidate / "args.json").is_file() and (candidate / "models" / "model.pt").is_file():
-            return candidate
+    if model.suffix == ".pt" and _is_training_stage(model.parent.parent):
+        return model.parent.parent
+    if _is_training_stage(model):
+        return model
+    trained = sorted(p for p in model.glob("segmentation*") if ".stale-" not in p.name and _is_training_stage(p))
+    if len(trained) == 1:
+        return trained[0]
+    if trained:
+        raise UsageError(f"{argument} {model}: the run has {len(trained)} trained models "
+                         f"({', '.join(p.name for p in trained)}): name one, e.g. {argument} {trained[0]}")
     if model.is_dir() and any(model.glob("*/stage.json")):  # a run whose segmentation stage has not finished
-        raise UsageError(f"{argument} {model}: the run has no trained segmentation model yet "
-                         f"({model / 'segmentation' / 'models' / 'model.pt'} is missing); finish its segmentation "
-                         f"stage (mgcc run --preset PRESET --out {model}) or name a training stage folder")
+        raise UsageError(f"{argument} {model}: the run has no trained segmentation model yet (no "
+                         "segmentation-<variant>/models/model.pt); finish its segmentation stage "
+                         f"(mgcc run --preset PRESET --out {model}) or name a training stage folder")
     raise UsageError(f"{argument} {model}: not a run, a training stage folder (args.json + models/model.pt) "
                      "or the model.pt of one")
 
