@@ -4,6 +4,9 @@
 Training runs the bundle's own ``SemiSupervisedTrainer`` (MGCC: 4 labeled + 4 unlabeled images, all four
 decoders, BCE+Dice, consistency, SGD) on a fixed in-memory batch, in these variants of the same computation:
 
+* ``auto``: what the bundle runs by default (``amp`` and ``channels_last`` ``"auto"``): bfloat16 autocast with
+  channels-last on a CPU with bfloat16 instructions or a GPU, float32 NCHW (as ``eager``) elsewhere; the result
+  says which (``precision``);
 * ``eager``: NCHW tensors, every activation stored - the reference implementation's eager training loop;
 * ``channels_last``: the same network and step with NHWC (``torch.channels_last``) tensors
   (bundle key ``channels_last``);
@@ -23,7 +26,7 @@ decoders, BCE+Dice, consistency, SGD) on a fixed in-memory batch, in these varia
 ``--rounds N`` runs the whole list of training cases N times, interleaved, and reports each case's median, so a
 change in background load hits every case alike.
 
-Inference times the main path at batch 1: ``eager``; ``torchscript`` (traced, frozen); ``bf16`` (eager under the
+Inference times the main path at batch 1: ``auto`` (the bundle's default, as in training); ``eager``; ``torchscript`` (traced, frozen); ``bf16`` (eager under the
 bundle's ``AutocastInferer`` with channels-last, what ``inference.json --amp true --channels_last true`` runs);
 ``torchscript_bf16`` (bfloat16 weights, channels-last, traced and frozen); ``reference`` (the authors' network in
 eval mode, with ``--reference``); ``onnxruntime`` and ``openvino`` (the network exported with MONAI's
@@ -62,8 +65,8 @@ from pathlib import Path
 from mgcc.bundles import import_bundle_scripts
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_mgcc_segmentation"
-TRAIN_MODES = ("eager", "channels_last", "checkpoint_aux", "compile", "bf16", "bf16_channels_last", "bf16_compile")
-INFER_MODES = ("eager", "torchscript", "bf16", "torchscript_bf16", "onnxruntime", "openvino")
+TRAIN_MODES = ("auto", "eager", "channels_last", "checkpoint_aux", "compile", "bf16", "bf16_channels_last", "bf16_compile")
+INFER_MODES = ("auto", "eager", "torchscript", "bf16", "torchscript_bf16", "onnxruntime", "openvino")
 REFERENCE_URL = "https://github.com/FengheTan9/Multi-Level-Global-Context-Cross-Consistency"
 
 
@@ -95,8 +98,12 @@ def train_case(case: dict) -> dict:
     scripts = load_bundle_scripts()
     device = torch.device(case["device"])
     torch.manual_seed(0)
-    channels_last = "channels_last" in case["mode"] or case["mode"] == "checkpoint_aux"
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if case["mode"] == "auto":
+        inferer = scripts.inferer.AutocastInferer("auto", device, channels_last="auto")
+    else:
+        channels_last = "channels_last" in case["mode"] or case["mode"] == "checkpoint_aux"
+        inferer = scripts.inferer.AutocastInferer(case["mode"].startswith("bf16"), device, channels_last=channels_last)
+    fmt = inferer.memory_format
     net = scripts.network.MGCCNet(base_channels=case["width"], checkpoint_aux=case["mode"] == "checkpoint_aux")
     net = net.to(device, memory_format=fmt)
     half, size = case["batch"] // 2, case["size"]
@@ -116,7 +123,7 @@ def train_case(case: dict) -> dict:
         optimizer=torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4),
         loss_function=DiceCELoss(sigmoid=True, lambda_ce=0.5, lambda_dice=1.0),
         consistency_weight=scripts.trainer.SigmoidRampUp(7.0, 100),
-        inferer=scripts.inferer.AutocastInferer(case["mode"].startswith("bf16"), device, channels_last=channels_last),
+        inferer=inferer,
         compile=case["mode"].endswith("compile"),
         decollate=False,
     )
@@ -137,7 +144,7 @@ def train_case(case: dict) -> dict:
     seconds = sum(timed) / len(timed)
     return {**case, "seconds_per_iteration": seconds, "iterations_per_second": 1.0 / seconds,
             "first_iteration_seconds": times[0], "peak_memory_mib": peak_memory_mib(device),
-            "loss": float(trainer.state.output["loss"])}
+            "loss": float(trainer.state.output["loss"]), "precision": inferer.precision}
 
 
 def load_reference(checkout: str, module: str):
@@ -211,11 +218,12 @@ def infer_case(case: dict) -> dict:
         net = scripts.network.MGCCNet(base_channels=case["width"])
     net = net.to(device).eval()
     x = torch.rand(1, 1, case["size"], case["size"], device=device)
-    forward = net
-    if mode == "bf16":
-        net = net.to(memory_format=torch.channels_last)
-        inferer = scripts.inferer.AutocastInferer(True, device, channels_last=True)
-        forward = lambda image: inferer(image, net)  # noqa: E731
+    forward, precision = net, "float32"
+    if mode in ("bf16", "auto"):
+        choice = True if mode == "bf16" else "auto"
+        inferer = scripts.inferer.AutocastInferer(choice, device, channels_last=choice)
+        net = net.to(memory_format=inferer.memory_format)
+        forward, precision = (lambda image: inferer(image, net)), inferer.precision  # noqa: E731
     with torch.no_grad():
         if mode == "torchscript":
             forward = torch.jit.freeze(torch.jit.trace(net, x))
@@ -233,7 +241,7 @@ def infer_case(case: dict) -> dict:
             forward(x)
         synchronize(device)
     ms = 1000.0 * (time.perf_counter() - tic) / case["iterations"]
-    return {**case, "ms_per_image": ms, "peak_memory_mib": peak_memory_mib(device)}
+    return {**case, "ms_per_image": ms, "peak_memory_mib": peak_memory_mib(device), "precision": precision}
 
 
 def exported(net, x, runtime: str, threads: int):
@@ -299,13 +307,19 @@ def add_speedups(report: dict) -> None:
                 r["speedup_vs_reference"] = base / r[key]
 
 
+def mode_cell(result: dict) -> str:
+    """The mode, and for ``auto`` what it ran: ``auto (float32)``."""
+    return f"auto ({result['precision']})" if result["mode"] == "auto" and "precision" in result else result["mode"]
+
+
 def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [
         "# MGCC segmentation benchmark",
         "",
         f"Device: {env['device']} ({env['device_name']}), torch {env['torch']}, MONAI {env['monai']}, "
-        f"{env['threads']} CPU threads, batch {report['batch']} (half labeled, half unlabeled).",
+        f"{env['threads']} CPU threads, batch {report['batch']} (half labeled, half unlabeled); CPU with bfloat16 "
+        f"instructions: {'yes' if env.get('cpu_bfloat16_instructions') else 'no'}.",
         "",
         "## Training (one MGCC step: the bundle's trainer, or the authors' step for `reference`)",
         "",
@@ -323,7 +337,7 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['size']} | {r['width']} | {r['mode']} | failed: {r['error']} | | | | |")
             continue
         lines.append(
-            f"| {r['size']} | {r['width']} | {r['mode']} | {r['seconds_per_iteration']:.3f} | "
+            f"| {r['size']} | {r['width']} | {mode_cell(r)} | {r['seconds_per_iteration']:.3f} | "
             f"{r['iterations_per_second']:.3f} | {r['peak_memory_mib']:.0f} | {speedup(r, 'eager')} | "
             f"{speedup(r, 'reference')} |"
         )
@@ -332,7 +346,7 @@ def markdown(report: dict) -> str:
     for r in report["inference"]:
         value = f"failed: {r['error']}" if "error" in r else f"{r['ms_per_image']:.1f}"
         vs = f"{r['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in r else "-"
-        lines.append(f"| {r['size']} | {r['width']} | {r['mode']} | {value} | {vs} |")
+        lines.append(f"| {r['size']} | {r['width']} | {mode_cell(r)} | {value} | {vs} |")
     lines += [
         "",
         "Peak memory: peak resident set size of the case's process on CPU; `torch.cuda.max_memory_allocated` on CUDA.",
@@ -388,6 +402,7 @@ def main() -> None:
             "monai": monai.__version__,
             "python": platform.python_version(),
             "threads": args.threads or torch.get_num_threads(),
+            "cpu_bfloat16_instructions": load_bundle_scripts().inferer.cpu_has_native_bfloat16(),
         },
         "batch": args.batch,
         "iterations": args.iterations,

@@ -145,6 +145,19 @@ def test_class_folders_differing_only_in_case_are_one_line(tmp_path):
                                  "move the images of Benign into benign (nothing was written)")
 
 
+def test_capitalised_class_folders_alone_are_named_with_the_spelling_to_use(tmp_path):
+    """Before: "layout not recognised: neither BUSI class folders (benign/, ...)" with no word about the case."""
+    source = tmp_path / "raw"
+    for label in ("Benign", "Malignant"):
+        for k in range(1, 4):
+            _pair(source / label / f"{label.lower()} ({k}).png", source / label / f"{label.lower()} ({k})_mask.png", k)
+    with pytest.raises(DatasetError) as caught:
+        prepare_dataset(source, tmp_path / "out")
+    assert _one_line(caught) == (f"{source}: class folders Benign/, Malignant/: BUSI's class folders are lower case: "
+                                 "rename them benign/, malignant/ (nothing was written)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_class_csv_spellings_differing_only_in_case_are_one_line(tmp_path):
     """Before: one line per row spelled 'Benign' (5 lines here), with no hint."""
     source = tmp_path / "raw"

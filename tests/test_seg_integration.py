@@ -125,15 +125,24 @@ def test_benchmark_script_writes_json_and_markdown(tmp_path):
     not_a_checkout = tmp_path / "not-a-checkout"
     not_a_checkout.mkdir()
     run([sys.executable, str(script), "--out", str(out), "--sizes", "32", "--widths", "16", "--modes", "eager",
-         "checkpoint_aux", "bf16", "--iterations", "1", "--warmup", "1", "--infer_iterations", "2", "--threads", "1",
-         "--rounds", "2", "--reference", str(not_a_checkout), "--infer_modes", "eager", "bf16"])
+         "checkpoint_aux", "bf16", "auto", "--iterations", "1", "--warmup", "1", "--infer_iterations", "2",
+         "--threads", "1", "--rounds", "2", "--reference", str(not_a_checkout), "--infer_modes", "eager", "bf16", "auto"])
     report = json.loads(Path(f"{out}.json").read_text())
-    assert [r["mode"] for r in report["training"]] == ["reference", "eager", "checkpoint_aux", "bf16"]
+    assert [r["mode"] for r in report["training"]] == ["reference", "eager", "checkpoint_aux", "bf16", "auto"]
+    # `auto` is what the bundle runs by default on this machine, and the report says which precision that was
+    from mgcc.bundles import import_bundle_scripts
+
+    inferer = import_bundle_scripts(BUNDLE).inferer
+    expected = inferer.AutocastInferer("auto", "cpu", channels_last="auto").precision
+    assert report["training"][-1]["precision"] == report["inference"][-1]["precision"] == expected
+    assert report["training"][3]["precision"] == "bfloat16 autocast"  # the `bf16` mode: NCHW
+    assert report["environment"]["cpu_bfloat16_instructions"] == inferer.cpu_has_native_bfloat16()
+    assert f"| 32 | 16 | auto ({expected}) |" in Path(f"{out}.md").read_text()
     reference, *ours = report["training"]
     assert "not found" in reference["error"] and str(not_a_checkout) in reference["error"]
     assert all("error" not in r and r["seconds_per_iteration"] > 0 and r["peak_memory_mib"] > 0 for r in ours)
     assert all(len(r["rounds_seconds_per_iteration"]) == 2 for r in ours)
-    assert [r["mode"] for r in report["inference"]] == ["reference", "eager", "bf16"]
+    assert [r["mode"] for r in report["inference"]] == ["reference", "eager", "bf16", "auto"]
     assert all("error" not in r and r["ms_per_image"] > 0 for r in report["inference"][1:])
     assert "| 32 | 16 | checkpoint_aux |" in Path(f"{out}.md").read_text()
 

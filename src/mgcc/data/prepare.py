@@ -113,6 +113,12 @@ def _unrecognised_layout(source: Path) -> Problem | None:
     pngs = [path for path in entries if path.is_file() and path.suffix.lower() == ".png"]
     if any(name in KNOWN_CLASSES for name in folders) or not (folders or pngs):
         return None
+    cased = [name for name in folders if name.lower() in KNOWN_CLASSES]
+    if cased:
+        several = len(cased) > 1
+        return Problem(source, f"class folder{'s' * several} {', '.join(n + '/' for n in cased)}: BUSI's class "
+                               f"folders are lower case: rename {'them' if several else 'it'} "
+                               f"{', '.join(n.lower() + '/' for n in cased)}")
     found = f"folders {', '.join(folders[:6])}{', ...' if len(folders) > 6 else ''}" if folders else "no folders"
     if pngs:
         found += f", {len(pngs)} PNG files at the top"
