@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from mgcc import LDM_BUNDLE, SEG_BUNDLE
 from mgcc.errors import UsageError
