@@ -83,7 +83,7 @@ def make_output_folder(folder: Path, option: str = "--out") -> None:
 UNREADABLE = {"fingerprint": "unreadable"}
 
 
-def _json_or_none(path: Path) -> Any:
+def read_json_or_none(path: Path) -> Any:
     """The JSON in `path`; None when it is missing, truncated or not JSON (e.g. cut short by a kill)."""
     try:
         return json.loads(path.read_text())
@@ -95,7 +95,7 @@ def missing_outputs(out: Path, name: str, outputs: list[str]) -> list[str]:
     """The declared outputs of a stage that are absent, or JSON files that cannot be read (cut short)."""
     folder = stage_dir(out, name)
     return [rel for rel in outputs if not (folder / rel).exists()
-            or (rel.endswith(".json") and _json_or_none(folder / rel) is None)]
+            or (rel.endswith(".json") and read_json_or_none(folder / rel) is None)]
 
 
 def is_complete(out: Path, name: str, outputs: list[str]) -> bool:
@@ -105,7 +105,7 @@ def is_complete(out: Path, name: str, outputs: list[str]) -> bool:
 
 def read_record(out: Path, name: str) -> dict[str, Any] | None:
     """The stage's `stage.json`; None when missing or unreadable (the stage then counts as not complete)."""
-    record = _json_or_none(stage_dir(out, name) / RECORD)
+    record = read_json_or_none(stage_dir(out, name) / RECORD)
     return record if isinstance(record, dict) else None
 
 
@@ -127,7 +127,7 @@ def read_started(folder: Path) -> dict[str, Any] | None:
     path = Path(folder) / STARTED
     if not path.is_file():
         return None
-    started = _json_or_none(path)
+    started = read_json_or_none(path)
     return started if isinstance(started, dict) else UNREADABLE
 
 

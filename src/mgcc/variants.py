@@ -9,13 +9,12 @@ them (and rewrites the records that name them, so nothing trains again).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from mgcc import SEG_BUNDLE
 from mgcc.errors import MgccError
-from mgcc.stages import RECORD, STARTED, bundle_settings, fingerprint, write_json_atomic
+from mgcc.stages import RECORD, STARTED, bundle_settings, fingerprint, read_json_or_none, write_json_atomic
 
 #: variant -> (bundle config files, overrides); the comparison table reads top to bottom as the ablation does
 VARIANTS: dict[str, tuple[list[str], dict]] = {
@@ -64,13 +63,6 @@ def run_variant(preset: dict[str, Any]) -> str:
     return variant
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def adopt_legacy_folders(out: Path, default_variant: str) -> None:
     """Rename the `segmentation/` and `evaluate/` of a run made before folders were named after the variant to
     `segmentation-<variant>/` and `evaluate-<variant>/`: the variant its `args.json` trained, else `default_variant`
@@ -79,7 +71,7 @@ def adopt_legacy_folders(out: Path, default_variant: str) -> None:
     legacy = out / LEGACY_FOLDERS[0]
     if not any((out / name).is_dir() for name in LEGACY_FOLDERS):
         return
-    args = _read_json(legacy / "args.json")
+    args = read_json_or_none(legacy / "args.json")
     variant = (variant_of(args["config_file"], args) if isinstance(args, dict) and "config_file" in args else None
                ) or default_variant
     renames = {LEGACY_FOLDERS[0]: training_folder(variant), LEGACY_FOLDERS[1]: evaluation_folder(variant)}
@@ -99,7 +91,7 @@ def _rename_in_records(out: Path, renames: dict[str, str]) -> None:
     keys of its inputs, and the fingerprints that change with them (a stage's fingerprint is the hash of its
     inputs, which hold the fingerprints of the stages it reads from). The report is left to run again."""
     records = {p.parent.name: record for p in out.glob(f"*/{RECORD}")
-               if ".stale-" not in p.parent.name and isinstance(record := _read_json(p), dict) and "inputs" in record}
+               if ".stale-" not in p.parent.name and isinstance(record := read_json_or_none(p), dict) and "inputs" in record}
     new_fingerprints: dict[str, str] = {}
 
     def renamed_inputs(inputs: dict[str, str]) -> dict[str, str]:
@@ -127,7 +119,7 @@ def _rename_in_records(out: Path, renames: dict[str, str]) -> None:
             write_json_atomic(out / name / RECORD, {**record, "name": name, "inputs": inputs,
                                                     "fingerprint": new_fingerprint(name)})
     for path in out.glob(f"*/{STARTED}"):
-        started = _read_json(path)
+        started = read_json_or_none(path)
         if isinstance(started, dict) and isinstance(started.get("inputs"), dict) and path.parent.name != "report":
             inputs = renamed_inputs(started["inputs"])
             if inputs != started["inputs"]:
