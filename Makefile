@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast venv label-env deploy-env clean
+.PHONY: demo test test-fast test-other-precision venv label-env deploy-env clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,10 +32,19 @@ deploy-env:
 
 ## Default test suite, then the integration tests (marked `integration`), which use the two extra environments.
 ## They run one process per core (`-n 2`), a test file per worker (its module fixtures are built once); each
-## test's own processes use one thread.
+## test's own processes use one thread. Then the tests marked `precision` as on the other kind of CPU.
 test: $(STAMP) label-env deploy-env
 	$(PY) -m pytest
 	$(PY) -m pytest -m integration -n 2 --dist loadfile
+	$(MAKE) test-other-precision
+
+## The integration tests whose results the precision could change, with `amp: auto` acting as on the other kind of
+## CPU (MGCC_CPU_BFLOAT16): float32 on a CPU with bfloat16 in hardware, bfloat16 (oneDNN's reference kernels, same
+## rounding, slower) on one without.
+OTHER_CPU_BF16 = $(PY) -c "from mgcc import SEG_BUNDLE; from mgcc.bundles import import_bundle_scripts; \
+	print(0 if import_bundle_scripts(SEG_BUNDLE).inferer.cpu_has_native_bfloat16() else 1)"
+test-other-precision: $(STAMP) label-env deploy-env
+	MGCC_CPU_BFLOAT16=$$($(OTHER_CPU_BF16)) $(PY) -m pytest -m "integration and precision" -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -x -q

@@ -93,6 +93,7 @@ def test_explicit_false_forces_float32_even_where_bfloat16_is_fast(cpu_bfloat16,
     (True, None, True),  # no /proc/cpuinfo: oneDNN's word
 ])
 def test_capability_check(monkeypatch, onednn, flags, expected):
+    monkeypatch.delenv(scripts.inferer.CPU_BF16_ENV, raising=False)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
     monkeypatch.setattr(scripts.inferer, "_cpu_flags", lambda: flags)
     scripts.inferer.cpu_has_native_bfloat16.cache_clear()
@@ -102,10 +103,33 @@ def test_capability_check(monkeypatch, onednn, flags, expected):
         scripts.inferer.cpu_has_native_bfloat16.cache_clear()
 
 
-def test_the_configs_default_to_auto():
+@pytest.mark.parametrize("value, expected", [("1", True), ("0", False)])
+@pytest.mark.parametrize("onednn, flags", [(False, {"avx2"}), (True, {"avx2", "avx512_bf16"})])
+def test_the_environment_switch_overrides_the_capability_check(monkeypatch, onednn, flags, value, expected):
+    """``MGCC_CPU_BFLOAT16`` makes ``auto`` act as on the other kind of CPU, whatever this one has."""
+    monkeypatch.setenv(scripts.inferer.CPU_BF16_ENV, value)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    monkeypatch.setattr(scripts.inferer, "_cpu_flags", lambda: flags)
+    scripts.inferer.cpu_has_native_bfloat16.cache_clear()
+    try:
+        assert scripts.inferer.cpu_has_native_bfloat16() is expected
+        assert AutocastInferer(device="cpu").dtype == (torch.bfloat16 if expected else torch.float32)
+        monkeypatch.setenv(scripts.inferer.CPU_BF16_ENV, "yes")
+        scripts.inferer.cpu_has_native_bfloat16.cache_clear()
+        with pytest.raises(ValueError, match="environment variable MGCC_CPU_BFLOAT16 must be 1 or 0, got 'yes'"):
+            scripts.inferer.cpu_has_native_bfloat16()
+    finally:
+        scripts.inferer.cpu_has_native_bfloat16.cache_clear()
+
+
+def test_training_chooses_its_precision_and_masks_are_float32_on_every_machine():
+    """Training and validation run ``auto``; inference and evaluation run float32, so ``inference.json``, its
+    ONNX and TorchScript exports, the Deploy app and MONAI Label give one mask for an image on every CPU."""
     import json
 
     configs = Path(scripts.__file__).parents[1] / "configs"
-    for name in ("train.json", "inference.json"):
-        config = json.loads((configs / name).read_text())
-        assert (config["amp"], config["channels_last"]) == ("auto", "auto"), name
+    train = json.loads((configs / "train.json").read_text())
+    assert (train["amp"], train["channels_last"]) == ("auto", "auto")
+    inference = json.loads((configs / "inference.json").read_text())
+    assert (inference["amp"], inference["channels_last"]) == (False, "auto")
+    assert json.loads((configs / "evaluate.json").read_text())["amp"] is False

@@ -203,8 +203,10 @@ def test_bundle_checks_and_torchscript_export(trained, prepared_phantom, tmp_pat
         assert torch.allclose(scripted(x), net(x), atol=1e-5)
 
 
+@pytest.mark.precision
 def test_onnx_export_runs_in_onnx_runtime_with_the_checkpoints_masks(trained, prepared_phantom, tmp_path):
-    """`onnx_export` + `configs/inference_onnx.json` (ONNX Runtime) give the masks of the PyTorch checkpoint."""
+    """`onnx_export` + `configs/inference_onnx.json` (ONNX Runtime) give the masks of the PyTorch checkpoint, float32
+    against float32 (`inference.json` runs float32 on every machine)."""
     models = tmp_path / "models"
     models.mkdir()
     (models / "model.pt").write_bytes((trained / "models" / "model.pt").read_bytes())
@@ -239,8 +241,9 @@ def test_a_checkpoint_refuses_a_config_of_another_width_or_size(trained, prepare
     assert not out.exists() or not list(out.glob("*_seg.png"))
 
 
+@pytest.mark.precision
 def test_score_config_ranks_images_by_decoder_disagreement_and_keeps_the_masks(trained, prepared_phantom, tmp_path):
-    """`inference.json` + `score.json`: the same masks, plus `disagreement.json` (one score per image, highest
+    """`inference.json` + `score.json`: the same masks (both float32), plus `disagreement.json` (one score per image, highest
     first, the same on a rerun) and, on request, the per-pixel maps."""
     common = dict(dataset_dir=prepared_phantom, datalist=prepared_phantom / "datalist.json", ckpt_dir=trained / "models")
     run_config("configs/inference.json", output_dir=tmp_path / "plain", **common)

@@ -40,6 +40,7 @@ def history(root: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.precision
 def test_resume_after_a_kill_reaches_the_same_result(prepared_phantom, tmp_path):
     schedule = ["--max_iterations", "12", "--val_interval", "4"]
     run(train_cmd("configs/train.json", prepared_phantom, tmp_path / "straight", *schedule))
@@ -147,16 +148,19 @@ def test_benchmark_script_writes_json_and_markdown(tmp_path):
     assert "| 32 | 16 | checkpoint_aux |" in Path(f"{out}.md").read_text()
 
 
+@pytest.mark.precision
 def test_compiled_training_computes_what_eager_computes(prepared_phantom, tmp_path):
     """`compile true` (torch.compile of the training forward) changes speed, not the result: with inductor's random
-    numbers drawn as in eager mode, every logged loss matches the eager run, and the checkpoint loads unchanged."""
+    numbers drawn as in eager mode, every logged loss matches the eager run, and the checkpoint loads unchanged.
+    Both run float32 (`--amp false`): with bfloat16 autocast, inductor's fused kernels round differently from eager's
+    and the losses part by bfloat16 rounding (a few 1e-3), which is not what this test is about."""
     same_random = tmp_path / "same_random.json"
     same_random.write_text(json.dumps({"initialize": [
         "$setattr(torch._inductor.config, 'fallback_random', True)",
         "$scripts.config.use_compile_cache(@compile_cache_dir) if scripts.config.flag(@compile, 'compile') else None",
         "$monai.utils.set_determinism(seed=@seed)",
     ]}))
-    schedule = ["--max_iterations", "4", "--val_interval", "2"]
+    schedule = ["--max_iterations", "4", "--val_interval", "2", "--amp", "false"]
     for mode in ("eager", "compiled"):
         run(train_cmd(configs("configs/train.json", str(same_random)), prepared_phantom, tmp_path / mode, *schedule,
                       "--compile", str(mode == "compiled").lower()))

@@ -100,8 +100,17 @@ def _swap_in(incoming: Path, target: Path) -> None:
 
 
 def summary_metrics(prefix: str, summary: dict) -> dict[str, float]:
-    """`eval_metrics` entries of an evaluation's `summary.json`: `<prefix>_mean_{dice,iou,hd95}`."""
-    return {f"{prefix}_mean_{m}": round(summary[m]["mean"], 4) for m in ("dice", "iou", "hd95")}
+    """`eval_metrics` entries of an evaluation's `summary.json`: `<prefix>_mean_{dice,iou,hd95}`, and where the test
+    set has them, `<prefix>_lesion_mean_dice`, `<prefix>_sensitivity` and `<prefix>_specificity`."""
+    metrics = {f"{prefix}_mean_{m}": round(summary[m]["mean"], 4) for m in ("dice", "iou", "hd95")}
+    lesion, free = summary.get("lesion_images") or {}, summary.get("lesion_free_images") or {}
+    if lesion.get("dice") and free.get("n"):  # lesion Dice differs from the mean only with lesion-free images
+        metrics[f"{prefix}_lesion_mean_dice"] = round(lesion["dice"]["mean"], 4)
+    if lesion.get("sensitivity") is not None:
+        metrics[f"{prefix}_sensitivity"] = round(lesion["sensitivity"], 4)
+    if free.get("specificity") is not None:
+        metrics[f"{prefix}_specificity"] = round(free["specificity"], 4)
+    return metrics
 
 
 def quality_metrics(quality: dict) -> dict[str, float]:

@@ -3,6 +3,7 @@
 
 * ``TrainingHistory``: ``training_history.csv``, one row per training iteration and one per validation.
 * ``EvaluationReport``: ``per_image.csv``, ``summary.json`` and overlay figures of an evaluation run.
+* ``PredictionsManifest``: ``predictions.json`` of an inference run, saying per image whether a lesion was found.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["TrainingHistory", "EvaluationReport", "HISTORY_COLUMNS", "TRAINING_COLUMNS"]
+from .data import image_stem
+
+__all__ = ["TrainingHistory", "EvaluationReport", "PredictionsManifest", "HISTORY_COLUMNS", "TRAINING_COLUMNS",
+           "detection_metrics"]
 
 #: what the trainer reports per iteration (its output keys; also the logged scalars of ``train.json``)
 TRAINING_COLUMNS = ("loss", "supervised_loss", "consistency_loss", "consistency_weight", "lr")
@@ -79,6 +83,26 @@ class TrainingHistory:
         self._append({"iteration": self.trainer.state.iteration, "val_dice": validator.state.metrics[self.metric_name]})
 
 
+def detection_metrics(rows: list[dict]) -> dict:
+    """Lesion images and lesion-free images apart, from per-image rows (``dice``, ``label_pixels``,
+    ``pred_pixels``, ``overlap_pixels``): Dice and sensitivity (the prediction overlaps the truth) on images with
+    a lesion; specificity (the prediction is empty) on images without. ``None`` where a group has no image."""
+    lesion = [r for r in rows if r["label_pixels"] > 0]
+    free = [r for r in rows if r["label_pixels"] == 0]
+    dice = np.asarray([r["dice"] for r in lesion], dtype=np.float64)
+    return {
+        "lesion_images": {
+            "n": len(lesion),
+            "dice": {"mean": float(dice.mean()), "std": float(dice.std())} if lesion else None,
+            "sensitivity": float(np.mean([r["overlap_pixels"] > 0 for r in lesion])) if lesion else None,
+        },
+        "lesion_free_images": {
+            "n": len(free),
+            "specificity": float(np.mean([r["pred_pixels"] == 0 for r in free])) if free else None,
+        },
+    }
+
+
 class EvaluationReport:
     """Per-image metrics table, summary and overlay figures of an evaluation run.
 
@@ -88,8 +112,9 @@ class EvaluationReport:
     diagonal (the largest possible distance) when exactly one of them is empty. Dice and IoU get the same
     rule from the metrics (``ignore_empty=False``: both empty scores 1, otherwise 0).
 
-    Writes into ``output_dir``: ``per_image.csv`` (image, class, dice, iou, hd95, label_pixels, pred_pixels),
-    ``summary.json`` (n, mean and std of each metric) and ``overlay_{best,median,worst}.png``.
+    Writes into ``output_dir``: ``per_image.csv`` (image, class, dice, iou, hd95, label_pixels, pred_pixels,
+    overlap_pixels), ``summary.json`` (n, mean and std of each metric over all images, and ``detection_metrics``:
+    Dice and sensitivity on lesion images, specificity on lesion-free ones) and ``overlay_{best,median,worst}.png``.
 
     Args:
         output_dir: folder for the results.
@@ -147,6 +172,7 @@ class EvaluationReport:
                     "hd95": hd95,
                     "label_pixels": label_px,
                     "pred_pixels": pred_px,
+                    "overlap_pixels": int((rec["label"] & rec["pred"]).sum()),
                 }
             )
         os.makedirs(self.output_dir, exist_ok=True)
@@ -158,10 +184,13 @@ class EvaluationReport:
         for key in ("dice", "iou", "hd95"):
             values = np.asarray([r[key] for r in rows], dtype=np.float64)
             summary[key] = {"mean": float(values.mean()), "std": float(values.std())}
+        summary.update(detection_metrics(rows))
         summary["rules"] = {
             "threshold": "sigmoid >= 0.5",
             "empty_masks": "dice/iou: both empty = 1, one empty = 0; hd95: both empty = 0, one empty = image diagonal",
             "hd95_units": "pixels of the evaluated (resized) image",
+            "sensitivity": "share of lesion images whose prediction overlaps the ground truth",
+            "specificity": "share of lesion-free images (empty ground truth) whose prediction is empty",
         }
         with open(os.path.join(self.output_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
@@ -188,3 +217,39 @@ class EvaluationReport:
             fig.tight_layout()
             fig.savefig(os.path.join(self.output_dir, f"overlay_{tag}.png"), dpi=100)
             plt.close(fig)
+
+
+class PredictionsManifest:
+    """``<output_dir>/predictions.json``: per image its mask file, the mask's lesion pixels and ``"lesion"`` (false:
+    no lesion found, the mask is empty), so "no lesion" is an answer a script can read, not a black image to open.
+    The log says how many images had none.
+
+    Args:
+        output_dir: the folder the masks are written to.
+        output_postfix, output_ext: the mask file names, as the mask writer (``SaveImaged``) makes them.
+    """
+
+    def __init__(self, output_dir: str, output_postfix: str = "seg", output_ext: str = ".png") -> None:
+        self.output_dir, self.suffix = output_dir, f"_{output_postfix}{output_ext}"
+        self.results: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.results.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        outputs = engine.state.output
+        for item in outputs if isinstance(outputs, Sequence) else [outputs]:
+            source = str(item["image"].meta["filename_or_obj"])
+            pixels = int((item["pred"] > 0).sum())
+            self.results.append({"image": source, "mask": image_stem(source) + self.suffix, "lesion": pixels > 0,
+                                 "lesion_pixels": pixels})
+
+    def _write(self, engine: Engine) -> None:
+        os.makedirs(self.output_dir, exist_ok=True)
+        empty = sum(not r["lesion"] for r in self.results)
+        with open(os.path.join(self.output_dir, "predictions.json"), "w") as f:
+            json.dump({"images": len(self.results), "no_lesion": empty, "results": self.results}, f, indent=2)
+        engine.logger.info(f"{len(self.results)} masks written to {self.output_dir}; no lesion found in {empty} of them "
+                           "(empty masks; predictions.json lists each image)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 #: /proc/cpuinfo flags of x86 CPUs with bfloat16 arithmetic in hardware (AVX-512 BF16, AMX, AVX-NE-CONVERT)
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx_ne_convert")
+#: environment switch that overrides the CPU check: ``1`` makes ``auto`` act as on a CPU with bfloat16 in hardware
+#: (on other CPUs oneDNN's reference kernels then give the same rounding, only slower), ``0`` as on one without
+CPU_BF16_ENV = "MGCC_CPU_BFLOAT16"
 
 
 def _cpu_flags() -> set[str] | None:
@@ -36,7 +40,13 @@ def _cpu_flags() -> set[str] | None:
 def cpu_has_native_bfloat16() -> bool:
     """Whether this CPU runs bfloat16 convolutions fast: oneDNN takes bfloat16 here and, where the CPU lists its
     x86 feature flags, one of ``BF16_CPU_FLAGS`` is among them (oneDNN also accepts plain AVX-512, where it
-    emulates bfloat16 more slowly than float32). Checked once per process."""
+    emulates bfloat16 more slowly than float32). Checked once per process. ``MGCC_CPU_BFLOAT16=1`` or ``0`` in the
+    environment overrides the check, to reproduce either kind of machine on the other."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise ValueError(f"environment variable {CPU_BF16_ENV} must be 1 or 0, got {forced!r}")
+        return forced == "1"
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
     flags = _cpu_flags()
