@@ -353,3 +353,34 @@ def test_8bit_gray_levels_pass_and_a_blank_image_is_warned_about():
     with pytest.warns(UserWarning, match="blank image"):
         transform({"image": torch.zeros(1, 16, 16)})
     scripts.transforms.AsGrayscale2Dd("label", gray_levels=False)({"label": torch.zeros(1, 16, 16)})  # masks: no check
+
+
+def test_a_lesion_smaller_than_the_minimum_share_becomes_no_lesion_and_the_mask_still_inverts():
+    """`EmptyBelowAread` zeroes a probability map whose lesion covers less than `min_fraction` of it, keeps larger
+    ones untouched, and its output still inverts to the input's size (what the bundle's postprocessing does next)."""
+    from monai.data import MetaTensor
+    from monai.transforms import Compose, Invertd, Resized
+
+    resize = Compose([Resized(keys="image", spatial_size=(16, 16))])
+    image = resize({"image": MetaTensor(torch.rand(1, 40, 24))})["image"]
+    rule = scripts.postprocessing.EmptyBelowAread(keys="pred", min_fraction=0.05)
+    for pixels, kept in ((12, False), (13, True)):  # 12 / 256 = 0.047 < 0.05 <= 13 / 256
+        prob = torch.zeros(1, 16, 16)
+        prob.view(-1)[:pixels] = 0.9
+        pred = MetaTensor(prob, meta=image.meta, applied_operations=image.applied_operations)
+        out = rule({"pred": pred, "image": image})
+        assert bool(out["pred"].any()) is kept, pixels
+        inverted = Invertd(keys="pred", transform=resize, orig_keys="image")(out)["pred"]
+        assert inverted.shape == (1, 40, 24)
+    assert scripts.postprocessing.EmptyBelowAread(keys="pred")({"pred": torch.full((1, 4, 4), 0.9)})["pred"].all()
+    with pytest.raises(ValueError, match="config key 'min_lesion_fraction' must be in \\[0, 1\\), got 1.5"):
+        scripts.postprocessing.EmptyBelowAread(keys="pred", min_fraction=1.5)
+
+
+def test_inference_and_evaluation_decide_no_lesion_alike():
+    """The share below which a prediction is "no lesion" is the same for the masks users get and the numbers
+    evaluate.json reports; training's model selection runs without it."""
+    configs = BUNDLE / "configs"
+    inference, evaluate, train = (json.loads((configs / f"{n}.json").read_text()) for n in ("inference", "evaluate", "train"))
+    assert inference["min_lesion_fraction"] == evaluate["min_lesion_fraction"]
+    assert train["min_lesion_fraction"] == 0.0

@@ -1,6 +1,7 @@
 # Copyright (c) MGCC-MONAI contributors. Licensed under the Apache License, Version 2.0.
 """Code of the ultrasound_mgcc_segmentation bundle (imported by the configs as ``scripts``)."""
 
-from . import config, data, handlers, inferer, network, onnx_network, score, trainer, transforms
+from . import config, data, handlers, inferer, network, onnx_network, postprocessing, score, trainer, transforms
 
-__all__ = ["config", "data", "handlers", "inferer", "network", "onnx_network", "score", "trainer", "transforms"]
+__all__ = ["config", "data", "handlers", "inferer", "network", "onnx_network", "postprocessing", "score", "trainer",
+           "transforms"]
