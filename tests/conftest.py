@@ -42,18 +42,39 @@ def busi_checked(busi_cases):
 
 
 @pytest.fixture(scope="session")
-def busi_release_test_split(busi_checked) -> list:
-    """The checked cases of the release split's test section: seed 0, labeled fraction 1, near-copies grouped
-    (what `configs/busi-release.json` prepares)."""
+def busi_normal_checked(busi_cases):
+    """Every case of class `normal` (no lesion, empty masks) read and checked once."""
+    from mgcc.data.validate import check_case
+
+    checked = [check_case(case)[0] for case in busi_cases if case.label == "normal"]
+    assert all(facts is not None for facts in checked)
+    return checked
+
+
+def _test_split(checked: list) -> list:
+    """The checked cases that `mgcc prepare` puts in the test split at seed 0, labeled fraction 1, near-copies grouped."""
     import numpy as np
 
     from mgcc.data.split import SplitItem, assign_splits, near_duplicate_groups
 
-    groups = near_duplicate_groups([f.case.id for f in busi_checked], np.stack([f.thumbnail for f in busi_checked]))
+    groups = near_duplicate_groups([f.case.id for f in checked], np.stack([f.thumbnail for f in checked]))
     near = {identifier: group[0] for group in groups for identifier in group}
-    items = [SplitItem(f.case.id, f.case.label, f.pixel_sha256, near_copy_of=near.get(f.case.id)) for f in busi_checked]
+    items = [SplitItem(f.case.id, f.case.label, f.pixel_sha256, near_copy_of=near.get(f.case.id)) for f in checked]
     assignments = assign_splits(items, seed=0, labeled_fraction=1.0)
-    return [f for f in busi_checked if assignments[f.case.id].split == "test"]
+    return [f for f in checked if assignments[f.case.id].split == "test"]
+
+
+@pytest.fixture(scope="session")
+def busi_release_with_normal_test_split(busi_checked, busi_normal_checked) -> list:
+    """The test section of `mgcc prepare BUSI --include-normal --labeled-fraction 1` (the split of release 2.0)."""
+    return _test_split(busi_checked + busi_normal_checked)
+
+
+@pytest.fixture(scope="session")
+def busi_release_test_split(busi_checked) -> list:
+    """The checked cases of the release split's test section: seed 0, labeled fraction 1, near-copies grouped
+    (what `configs/busi-release.json` prepares)."""
+    return _test_split(busi_checked)
 
 
 @pytest.fixture(scope="session")

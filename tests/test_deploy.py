@@ -308,3 +308,40 @@ def test_a_run_that_fails_midway_says_so_in_predictions_json(deploy_python, bund
     assert proc.returncode != 0
     manifest = json.loads((out / "predictions.json").read_text())
     assert manifest["status"] == "failed" and manifest["error"] and manifest["results"] == []
+
+
+NO_LESION_CHECK = r"""
+import json, sys
+import numpy as np
+import pydicom
+out = []
+for f in sys.argv[1:]:
+    seg = pydicom.dcmread(f)
+    out.append({"modality": seg.Modality, "frames": int(seg.NumberOfFrames), "segments": len(seg.SegmentSequence),
+                "lesion_pixels": int(np.asarray(seg.pixel_array).sum())})
+print(json.dumps(out))
+"""
+
+
+def test_no_lesion_is_an_empty_mask_and_a_valid_empty_seg(deploy_python, bundle, images, tmp_path):
+    """"No lesion" (here forced: the bundle's `min_lesion_fraction` above any lesion's share) is an answer: empty
+    masks, `lesion: false` in `predictions.json`, and a DICOM SEG that reads, with its segment and no lesion pixel."""
+    quiet = tmp_path / bundle.name
+    shutil.copytree(bundle, quiet, ignore=shutil.ignore_patterns("model.ts", "model.onnx"))
+    config = json.loads((quiet / "configs" / "inference.json").read_text())
+    config["min_lesion_fraction"] = 0.99
+    (quiet / "configs" / "inference.json").write_text(json.dumps(config, indent=4))
+    dicom = tmp_path / "dicom"
+    run([deploy_python, APP / "png_to_us_dicom.py", dicom / "study", *sorted(images.glob("*.png"))[:2]])
+    for inputs, out in ((images, tmp_path / "png_out"), (dicom, tmp_path / "dicom_out")):
+        run_app(deploy_python, inputs, out, quiet)
+        manifest = json.loads((out / "predictions.json").read_text())
+        assert manifest["status"] == "complete" and manifest["results"], manifest
+        for rec in manifest["results"]:
+            assert rec["lesion"] is False and rec["lesion_pixels"] == 0, rec
+            mask = np.array(Image.open(rec["mask"]))
+            assert mask.shape == (rec["rows"], rec["columns"]) and not mask.any()
+    segs = sorted((tmp_path / "dicom_out" / "dicom_seg").glob("*.dcm"))
+    assert len(segs) == 2
+    checked = json.loads(run([deploy_python, "-c", NO_LESION_CHECK, *segs]).stdout.strip().splitlines()[-1])
+    assert all(c == {"modality": "SEG", "frames": 1, "segments": 1, "lesion_pixels": 0} for c in checked), checked

@@ -123,7 +123,7 @@ class MaskWriterOperator(Operator):
         PILImage.fromarray(binary * 255).save(target)
         record.pop("wh_order")
         seconds["write"] = round(time.perf_counter() - start, 4)
-        record.update(mask=str(target), lesion_pixels=int(binary.sum()), seconds=seconds)
+        record.update(mask=str(target), lesion=bool(binary.any()), lesion_pixels=int(binary.sum()), seconds=seconds)
         self._manifest.add(record)
         if self._emit_seg:
             op_output.emit(Image(binary, metadata={"source": record["source"]}), "seg_image")
