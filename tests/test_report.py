@@ -39,6 +39,10 @@ def test_report_writes_generator_lesion_and_test_numbers(tmp_path):
                           "mask_dice": {"mean": 0.71, "std": 0.05, "n": 8}},
             "real_test": {"rate": 0.9, "with_clear_lesion": 9, "images": 10, "rule": rule}})
     _write(out / "evaluate" / "evaluation" / "summary.json", {"dice": {"mean": 0.7, "std": 0.2}, "n": 10})
+    _write(out / "evaluate-with-normal" / "evaluation" / "summary.json", {
+        "dice": {"mean": 0.72, "std": 0.2}, "n": 12,
+        "lesion_images": {"n": 10, "dice": {"mean": 0.7, "std": 0.2}, "sensitivity": 0.9},
+        "lesion_free_images": {"n": 2, "specificity": 0.5}})
     for name in ("prepare", "quality"):
         write_record(out, StageResult(name, 1.5, 100.0))
 
@@ -59,6 +63,9 @@ def test_report_writes_generator_lesion_and_test_numbers(tmp_path):
            "was generated from | -0.096 (0.75 of 48) |" in report
     assert "| 61.50 |" in report and "12.00 ± 1.00" in report  # FID, KID x 1000
     assert "(the ceiling of decoded samples) | 10.50 ± 1.00 |" in report
+    assert ("- evaluate-with-normal: lesion images: Dice 0.7000, lesion found in 90.0% of 10; lesion-free images: "
+            "50.0% of 2 left empty") in report
+    assert "- evaluate:" not in report  # no lesion-free image: the mean Dice says it all
 
 
 def test_stale_stage_folders_are_not_reported(tmp_path):

@@ -20,6 +20,7 @@ from mgcc import SEG_BUNDLE
 from mgcc.data.datalist import SECTIONS, label_path
 from mgcc.errors import UsageError
 from mgcc.pipeline import GENERATOR_STAGES, Run, Stage, execute_stages, make_run
+from mgcc.report import detection_text
 from mgcc.stages import StageResult, run_bundle
 from mgcc.trained import model_settings, training_stage
 
@@ -99,7 +100,9 @@ def evaluate(model: str, data: str, section: str = "test", out: str | None = Non
         print(f"[mgcc] warning: {len(seen)} of the {summary['n']} scored images were in the model's training or "
               f"validation split (same pixels, e.g. {Path(seen[0]).name}): this is not a held-out test", file=sys.stderr)
     not_held_out = f" ({len(seen)} of them seen in training: not a held-out test)" if seen else ""
+    detection = detection_text(summary)
     print(f"[mgcc] {stage.name} on {data} ({section}): Dice {summary['dice']['mean']:.4f} ± {summary['dice']['std']:.4f}"
-          f", n {summary['n']}{not_held_out} -> {run.folder('evaluate') / 'evaluation'}")
+          f", n {summary['n']}{not_held_out}{'; ' + detection if detection else ''} -> "
+          f"{run.folder('evaluate') / 'evaluation'}")
     if (stage.parent / "report" / "report.md").is_file() and run.out.parent == stage.parent / "external":
         print(f"[mgcc] to list it in the run's report: mgcc run --preset PRESET --out {stage.parent} --stage report")

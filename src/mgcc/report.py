@@ -38,6 +38,16 @@ def metrics_table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(head + [metrics_row(name, summary) for name, summary in rows.items()])
 
 
+def detection_text(summary: dict[str, Any]) -> str:
+    """Lesion images and lesion-free images apart, in words, where the evaluation has lesion-free images (their
+    empty masks make the mean Dice above a different number from the Dice on lesions): "" otherwise."""
+    lesion, free = summary.get("lesion_images") or {}, summary.get("lesion_free_images") or {}
+    if not free.get("n") or not lesion.get("n"):
+        return ""
+    return (f"lesion images: Dice {lesion['dice']['mean']:.4f}, lesion found in {lesion['sensitivity']:.1%} of "
+            f"{lesion['n']}; lesion-free images: {free['specificity']:.1%} of {free['n']} left empty")
+
+
 def _kid(value: dict[str, Any]) -> str:
     return f"{value['mean'] * 1000:.2f} ± {value['std'] * 1000:.2f}" if "mean" in value else "n/a"
 
@@ -167,6 +177,7 @@ def write_report(out: Path, folder: Path, preset: dict[str, Any]) -> Path:
     md += ["## Test metrics", "", "Per image, then averaged (mean ± std); Dice/IoU at sigmoid 0.5; "
            "HD95 in pixels of the evaluated size; an empty prediction on an empty mask scores 1.", "",
            metrics_table(evaluations) if evaluations else "No evaluation results yet.", ""]
+    md += [f"- {name}: {detection_text(summary)}" for name, summary in evaluations.items() if detection_text(summary)]
     for name in evaluations:
         overlays = sorted((out / name / "evaluation").glob("*.png"))
         if overlays:
