@@ -112,7 +112,8 @@ def inference_datalist(
     input_dir: str | None, datalist: str | None = None, section: str = "test", output_dir: str | None = None
 ) -> list[dict]:
     """Images to segment: a datalist section if ``datalist`` is given, else every image file of ``input_dir``
-    (PNG, JPEG, BMP, NIfTI; sorted by name; other files are skipped with a warning that lists them).
+    (PNG, JPEG, BMP, NIfTI; sorted by name; other files are skipped with a warning that lists them; a broken
+    link is refused, counted and named).
 
     A NIfTI input that is not one 2D image of 8-bit gray levels (a volume, NaN, int16 beyond 255, floats within
     0..1) is refused naming it (``transforms.nifti_problem``). With ``output_dir``, refuses what would lose or mix up results: an output folder that is the input
@@ -122,7 +123,13 @@ def inference_datalist(
     else:
         if not input_dir or not os.path.isdir(input_dir):
             raise InputError(f"input_dir is not a folder: {input_dir}")
-        found = sorted(f for f in glob.glob(os.path.join(input_dir, "*")) if os.path.isfile(f))
+        entries = glob.glob(os.path.join(input_dir, "*"))
+        broken = sorted(f for f in entries if os.path.islink(f) and not os.path.exists(f))
+        if broken:
+            raise InputError(f"{len(broken)} broken link(s) in input_dir {input_dir}, their images are missing: "
+                             + ", ".join(f"{os.path.basename(f)} -> {os.readlink(f)}" for f in broken[:5])
+                             + (" ..." if len(broken) > 5 else ""))
+        found = sorted(f for f in entries if os.path.isfile(f))
         files = [f for f in found if f.lower().endswith(IMAGE_SUFFIXES)]
         skipped = [os.path.basename(f) for f in found if not f.lower().endswith(IMAGE_SUFFIXES)]
         if skipped:

@@ -251,5 +251,5 @@ class PredictionsManifest:
         empty = sum(not r["lesion"] for r in self.results)
         with open(os.path.join(self.output_dir, "predictions.json"), "w") as f:
             json.dump({"images": len(self.results), "no_lesion": empty, "results": self.results}, f, indent=2)
-        engine.logger.info(f"{len(self.results)} masks written to {self.output_dir}; no lesion found in {empty} of them "
-                           "(empty masks; predictions.json lists each image)")
+        engine.logger.info(f"{len(self.results)} masks written to {self.output_dir}; no lesion found in {empty} of "
+                           "them (empty masks; predictions.json lists each image)")

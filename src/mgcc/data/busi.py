@@ -1,13 +1,17 @@
-"""Scan a dataset in the BUSI layout: `<root>/<class>/<name>.png` with masks `<name>_mask.png`, `<name>_mask_<k>.png`."""
+"""Scan a dataset in the BUSI layout: `<root>/<class>/<name>.png` with masks `<name>_mask.png`, `<name>_mask_<k>.png`
+(also `_mask<k>`, `_mask (<k>)`)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from mgcc.data.records import KNOWN_CLASSES, Problem, SourceCase, case_id, duplicate_id_problems
+from mgcc.data.records import (KNOWN_CLASSES, Problem, SourceCase, broken_link_problems, case_id,
+                                duplicate_id_problems, is_broken_link)
 
-MASK_NAME = re.compile(r"(?P<stem>.+?)_mask(_\d+)?\.png", re.IGNORECASE)
+#: `<name>_mask.png` and its numbered extra masks as BUSI names them (`_mask_1`) and as copies of it rename them
+#: (`_mask1`, `_mask (2)`, `_mask-2`)
+MASK_NAME = re.compile(r"(?P<stem>.+?)_mask(?:[_ -]?\(?\d+\)?)?\.png", re.IGNORECASE)
 
 
 def is_png(path: Path) -> bool:
@@ -22,10 +26,12 @@ def _busi_id(label: str, stem: str) -> str:
 def _scan_class(folder: Path) -> tuple[list[SourceCase], list[Problem]]:
     label = folder.name
     files = sorted(path for path in folder.iterdir() if not path.name.startswith("."))
-    problems = [Problem(path, "not a PNG file; ignored", fatal=False) for path in files if not is_png(path)]
+    problems = broken_link_problems(files)
+    problems += [Problem(path, "not a PNG file; ignored", fatal=False) for path in files
+                 if not is_png(path) and not is_broken_link(path)]
     pngs = [path for path in files if is_png(path)]
     if not pngs:
-        return [], [Problem(folder, "empty class folder: no PNG images")]
+        return [], problems + [Problem(folder, "empty class folder: no PNG images")]
     masks: dict[str, list[Path]] = {}
     images: dict[str, Path] = {}
     for path in pngs:

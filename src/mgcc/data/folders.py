@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mgcc.data.busi import is_png
-from mgcc.data.records import DEFAULT_CLASS, KNOWN_CLASSES, Problem, SourceCase, case_id, duplicate_id_problems
+from mgcc.data.records import (DEFAULT_CLASS, KNOWN_CLASSES, Problem, SourceCase, broken_link_problems, case_id,
+                                duplicate_id_problems, is_broken_link)
 
 
 def pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -62,16 +63,30 @@ def same_folder_problem(folder: Path) -> Problem:
                            f"them apart{hint}")
 
 
+#: raster formats `prepare` does not read, named when a folder holds them instead of PNG files
+OTHER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+
+
 def _pngs(folder: Path) -> tuple[list[Path], list[Problem]]:
     if not folder.is_dir():
         return [], [Problem(folder, "folder not found")]
     files = sorted(path for path in folder.iterdir() if not path.name.startswith("."))
-    problems = [Problem(path, "not a PNG file; ignored", fatal=False) for path in files if not is_png(path)]
+    problems = broken_link_problems(files)
+    problems += [Problem(path, "not a PNG file; ignored", fatal=False) for path in files
+                 if not is_png(path) and not is_broken_link(path)]
     pngs = [path for path in files if is_png(path)]
     if not pngs:
         inner = [path.name for path in _subfolders(folder)]
-        hint = (f" (it holds the folders {', '.join(inner[:5])}{', ...' if len(inner) > 5 else ''}: name the one "
-                f"to read, e.g. {folder.name}/{inner[0]})") if inner else ""
+        other = Counter(path.suffix.lower() for path in files if path.suffix.lower() in OTHER_IMAGE_SUFFIXES)
+        if other:
+            hint = (f" (it holds {sum(other.values())} images of another format: "
+                    f"{', '.join(f'{n} {suffix}' for suffix, n in other.most_common())}; `mgcc prepare` reads PNG "
+                    "images and masks: convert them to PNG)")
+        elif inner:
+            hint = (f" (it holds the folders {', '.join(inner[:5])}{', ...' if len(inner) > 5 else ''}: name the one "
+                    f"to read, e.g. {folder.name}/{inner[0]})")
+        else:
+            hint = ""
         problems.append(Problem(folder, "empty folder: no PNG files" + hint))
     return pngs, problems
 
@@ -149,8 +164,26 @@ class ClassTable:
     listed: dict[str, str]
 
 
+#: how spreadsheet files begin: xlsx / ods (zip archives) and the older xls (OLE2 compound files)
+SPREADSHEET_MAGIC = {b"PK\x03\x04": "a spreadsheet workbook (xlsx or ods, a zip archive)",
+                     b"\xd0\xcf\x11\xe0": "an Excel 97-2003 workbook (xls)"}
+
+
+def _spreadsheet_kind(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return None
+    return SPREADSHEET_MAGIC.get(head)
+
+
 def _read_rows(csv_path: Path, columns: ClassColumns) -> tuple[list[dict[str, str]], Problem | None]:
     """The CSV's rows (header names stripped, a byte-order mark ignored), or the one problem that makes it unusable."""
+    kind = _spreadsheet_kind(csv_path)
+    if kind:
+        return [], Problem(csv_path, f"class CSV is {kind}, not CSV text: save the sheet as CSV (UTF-8) and pass "
+                                     "that file")
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)

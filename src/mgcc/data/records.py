@@ -88,6 +88,17 @@ class DatasetError(ValueError):
             super().__init__(f"{len(self.problems)} problem(s) in the dataset, nothing was written:\n{listed}")
 
 
+def is_broken_link(path: Path) -> bool:
+    """A symbolic link whose target does not exist."""
+    return path.is_symlink() and not path.exists()
+
+
+def broken_link_problems(paths: list[Path]) -> list[Problem]:
+    """One fatal problem per broken link, naming the link and where it points: its file is missing, not ignorable."""
+    return [Problem(path, f"broken link: its target {os.readlink(path)} does not exist") for path in paths
+            if is_broken_link(path)]
+
+
 def case_id(stem: str) -> str:
     """A file- and URL-safe id from a file stem: lower case, digit runs padded to 4, other runs -> `_`.
 
