@@ -1,5 +1,5 @@
-"""Issue 41, third round of bad input: each test makes the input itself and checks the one line a person can act on
-(or the result that is right instead)."""
+"""Files that are not what they seem: broken links, renamed masks, images of another format, a spreadsheet for a
+CSV. Each test makes the input itself and checks the one line a person can act on (or the right result instead)."""
 
 import os
 from pathlib import Path
