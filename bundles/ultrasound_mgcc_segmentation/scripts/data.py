@@ -31,6 +31,7 @@ __all__ = [
     "synthetic_datalist",
     "unlabeled_datalist",
     "inference_datalist",
+    "mask_name_formatter",
     "latest_checkpoint",
     "SemiSupervisedBatches",
     "IterationSampler",
@@ -86,6 +87,15 @@ def image_stem(path: str) -> str:
     """The file name without its image suffix (``.nii.gz`` counted as one): the name outputs are written under."""
     name = os.path.basename(str(path))
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else os.path.splitext(name)[0]
+
+
+def mask_name_formatter(metadict: dict, saver: object) -> dict:
+    """``SaveImaged``'s ``output_name_formatter``: a mask is named after ``image_stem`` of its input (``X.NII.GZ`` ->
+    ``X_seg.png``; MONAI's own naming strips only a lower-case ``.gz``), the name ``inference_datalist`` checks for
+    clashes and ``predictions.json`` records. MONAI removes one extension from ``subject``: the stem gets a stand-in."""
+    source = str((metadict or {}).get("filename_or_obj", getattr(saver, "_data_index", 0)))
+    stand_in = os.path.join(os.path.dirname(source), image_stem(source) + ".input")
+    return {"subject": stand_in, "idx": (metadict or {}).get("patch_index")}
 
 
 def unlabeled_datalist(source: str, datalist: str, synthetic_dir: str | None) -> list[dict]:
