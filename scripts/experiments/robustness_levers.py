@@ -17,7 +17,7 @@ left empty (lesion-free images). Paired differences against `current` / the plai
 intervals over images (seeds pooled, each image paired within its seed). Test split untouched.
 
     python scripts/experiments/robustness_levers.py --iterations 1500 --seeds 0 1 \
-        --out docs/experiments/release-2.0-levers
+        --out docs/results/release-2.0-levers
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def paired(a: list[float], b: list[float], seed: int = 0) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "release-2.0-levers")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "experiments" / "release-2.0-levers")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "release-2.0-levers")
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--rows", nargs="+", default=list(ROWS))
