@@ -230,12 +230,14 @@ def test_evaluation_report_applies_the_empty_mask_rules(tmp_path):
     from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU
 
     size = 16
-    label = torch.zeros(4, 1, size, size)
-    pred = torch.zeros(4, 1, size, size)
+    label = torch.zeros(5, 1, size, size)
+    pred = torch.zeros(5, 1, size, size)
     label[1, :, 4:8, 4:8] = 1  # lesion missed: one mask empty
     label[2, :, 4:8, 4:8] = 1
     pred[2, :, 4:8, 5:9] = 1  # partial overlap
     pred[3, :, 0:2, 0:2] = 1  # a lesion drawn on a lesion-free image
+    label[4, :, 4:8, 4:8] = 1
+    pred[4, :, 10:12, 10:12] = 1  # a lesion drawn, but not where the lesion is: not found
     # sample 0: both empty
     details = {
         "dice": DiceMetric(include_background=True, ignore_empty=False, reduction="none")(pred, label),
@@ -245,7 +247,7 @@ def test_evaluation_report_applies_the_empty_mask_rules(tmp_path):
     outputs = [
         {"image": MetaTensor(torch.rand(1, size, size), meta={"filename_or_obj": f"/x/img_{i}.png"}),
          "label": label[i], "pred": pred[i]}
-        for i in range(4)
+        for i in range(5)
     ]
     engine = SimpleNamespace(
         state=SimpleNamespace(output=outputs, metric_details=details), logger=__import__("logging").getLogger("t")
@@ -256,17 +258,17 @@ def test_evaluation_report_applies_the_empty_mask_rules(tmp_path):
     report._write(engine)
     with open(tmp_path / "per_image.csv") as f:
         rows = list(__import__("csv").DictReader(f))
-    assert [r["image"] for r in rows] == ["img_0.png", "img_1.png", "img_2.png", "img_3.png"]
+    assert [r["image"] for r in rows] == ["img_0.png", "img_1.png", "img_2.png", "img_3.png", "img_4.png"]
     assert rows[0]["class"] == "normal"
     assert float(rows[0]["dice"]) == 1.0 and float(rows[0]["iou"]) == 1.0 and float(rows[0]["hd95"]) == 0.0
     assert float(rows[1]["dice"]) == 0.0 and float(rows[1]["hd95"]) == pytest.approx(np.hypot(size, size))
     assert float(rows[2]["dice"]) == pytest.approx(2 * 12 / 32) and float(rows[2]["hd95"]) == pytest.approx(1.0)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["n"] == 4
-    assert summary["dice"]["mean"] == pytest.approx((1.0 + 0.0 + 0.75 + 0.0) / 4)
-    # lesion images (1, 2): Dice over them, one of two found; lesion-free images (0, 3): one of two left empty
-    assert summary["lesion_images"] == {"n": 2, "dice": {"mean": pytest.approx(0.375), "std": pytest.approx(0.375)},
-                                        "sensitivity": 0.5}
+    assert summary["n"] == 5
+    assert summary["dice"]["mean"] == pytest.approx((1.0 + 0.0 + 0.75 + 0.0 + 0.0) / 5)
+    # lesion images (1, 2, 4): Dice over them, one of three found; lesion-free images (0, 3): one of two left empty
+    lesion_dice = {"mean": pytest.approx(0.25), "std": pytest.approx(np.std([0, 0.75, 0]))}
+    assert summary["lesion_images"] == {"n": 3, "dice": lesion_dice, "sensitivity": pytest.approx(1 / 3)}
     assert summary["lesion_free_images"] == {"n": 2, "specificity": 0.5}
     assert (tmp_path / "overlay_worst.png").is_file()
 
