@@ -85,3 +85,18 @@ def test_stale_stage_folders_are_not_reported(tmp_path):
     report = (out / "report" / "report.md").read_text()
     assert ".stale-1" not in report
     assert [p.name for p in (out / "report" / "figures").glob("segmentation*")] == ["segmentation_training_history.png"]
+
+
+def test_eval_metrics_carry_detection_numbers_only_where_the_test_set_has_them():
+    from mgcc.export import summary_metrics
+
+    plain = {"dice": {"mean": 0.7}, "iou": {"mean": 0.6}, "hd95": {"mean": 9.0}, "n": 10,
+             "lesion_images": {"n": 10, "dice": {"mean": 0.7, "std": 0.2}, "sensitivity": 0.9},
+             "lesion_free_images": {"n": 0, "specificity": None}}
+    assert summary_metrics("test", plain) == {"test_mean_dice": 0.7, "test_mean_iou": 0.6, "test_mean_hd95": 9.0,
+                                              "test_sensitivity": 0.9}
+    with_normal = {**plain, "lesion_images": {"n": 8, "dice": {"mean": 0.65, "std": 0.2}, "sensitivity": 0.875},
+                   "lesion_free_images": {"n": 2, "specificity": 0.5}}
+    assert summary_metrics("test", with_normal) == {"test_mean_dice": 0.7, "test_mean_iou": 0.6, "test_mean_hd95": 9.0,
+                                                    "test_lesion_mean_dice": 0.65, "test_sensitivity": 0.875,
+                                                    "test_specificity": 0.5}

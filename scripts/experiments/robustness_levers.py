@@ -32,11 +32,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "src"))
-from mgcc import LDM_BUNDLE, SEG_BUNDLE  # noqa: E402
-from mgcc.bundles import importable_as_scripts  # noqa: E402
+from mgcc import LDM_BUNDLE, SEG_BUNDLE
+from mgcc.bundles import importable_as_scripts
 
+REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
 STU_OPTIONS = ["--images", ".", "--masks", ".", "--image-pattern", "Test_Image_{id}.png", "--mask-pattern", "mask_{id}.png"]
 ROWS = {"current": [], "batch_dice": [str(Path(__file__).with_name("batch_dice.json"))],
