@@ -380,9 +380,12 @@ def test_a_lesion_smaller_than_the_minimum_share_becomes_no_lesion_and_the_mask_
 
 
 def test_inference_and_evaluation_decide_no_lesion_alike():
-    """The share below which a prediction is "no lesion" is the same for the masks users get and the numbers
-    evaluate.json reports; training's model selection runs without it."""
+    """The share below which a prediction is "no lesion", and the flip test-time augmentation, are the same for the
+    masks users get and the numbers evaluate.json reports; training's model selection runs without them."""
     configs = BUNDLE / "configs"
     inference, evaluate, train = (json.loads((configs / f"{n}.json").read_text()) for n in ("inference", "evaluate", "train"))
     assert inference["min_lesion_fraction"] == evaluate["min_lesion_fraction"]
     assert train["min_lesion_fraction"] == 0.0
+    assert inference["flip_tta"] == evaluate["flip_tta"]
+    assert inference["network_def"]["flip_tta"] == evaluate["network_def#flip_tta"] == "@flip_tta"
+    assert "flip_tta" not in train["network_def"]

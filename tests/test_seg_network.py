@@ -204,6 +204,24 @@ def test_the_network_scripts_and_the_scripted_model_gives_the_checkpoints_output
         scripted(torch.rand(1, 1, 40, 48))
 
 
+def test_flip_tta_averages_the_image_and_its_mirror_and_is_mirror_equivariant():
+    """``flip_tta``: the logit of the mean probability over the image and its left-right mirror; so the mask of a
+    mirrored image is the mirrored mask (the plain network is not), and training ignores it."""
+    torch.manual_seed(0)
+    plain = MGCCNet(base_channels=4, input_size=(32, 48)).eval()
+    tta = MGCCNet(base_channels=4, input_size=(32, 48), flip_tta=True).eval()
+    tta.load_state_dict(plain.state_dict())  # no weights of its own
+    x = torch.randn(2, 1, 32, 48)
+    with torch.no_grad():
+        expected = (torch.sigmoid(plain(x)) + torch.sigmoid(plain(x.flip(-1)).flip(-1))) / 2
+        out = tta(x)
+        assert torch.allclose(torch.sigmoid(out), expected, atol=1e-5)
+        assert torch.allclose(tta(x.flip(-1)), out.flip(-1), atol=1e-4)
+        assert not torch.allclose(plain(x.flip(-1)), plain(x).flip(-1), atol=1e-2)
+        assert torch.equal(torch.jit.script(tta)(x), out)  # what ckpt_export writes keeps it
+    assert len(tta.train()(x)) == 4
+
+
 def test_width_and_size_options_are_checked_or_normalised():
     net = network.MGCCNet(base_channels=8.0, input_size=64)  # what `--base_channels 8.0 --spatial_size 64` give
     assert net.input_size.tolist() == [64, 64] and net.encoder[0][0].out_channels == 8

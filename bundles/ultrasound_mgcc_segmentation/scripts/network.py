@@ -15,7 +15,8 @@ A U-shaped network for 2D binary segmentation:
   uses levels ``(3, 3, 3)``.
 
 In ``eval()`` mode (and in training with ``train_aux_decoders=False``) only the encoder, the three
-ConvMixer stages and the main decoder run, and the network returns one logit map ``(B, 1, H, W)``.
+ConvMixer stages and the main decoder run, and the network returns one logit map ``(B, 1, H, W)``; with
+``flip_tta`` (inference only) that map averages the lesion probabilities of the image and its left-right mirror.
 In training mode with auxiliary decoders it returns ``(main, aux_1, aux_2, aux_3)``.
 """
 
@@ -166,6 +167,9 @@ class MGCCNet(nn.Module):
         checkpoint_aux: recompute the auxiliary decoders (and their perturbed feature copies) in the
             backward pass instead of storing their activations (``torch.utils.checkpoint``); same result,
             less memory, about one extra auxiliary forward pass of compute.
+        flip_tta: in ``eval()`` mode, segment the image and its left-right mirror in one batch and return the logit
+            of their mean probability (test-time augmentation: a lesion's side is arbitrary in a B-mode image).
+            Adds no weights, so it is a setting of the inference configs and travels into the exports.
         input_size: the ``spatial_size`` the network is trained at. Kept as the buffer ``input_size`` (so it is
             saved with the weights and travels with them; ``[0, 0]``: not recorded), which
             ``checked_checkpoint`` compares with a config's ``spatial_size`` before the weights are used.
@@ -182,6 +186,7 @@ class MGCCNet(nn.Module):
         aux_perturbations: Sequence[str] = ("feature_dropout", "dropout", "feature_noise"),
         train_aux_decoders: bool = True,
         checkpoint_aux: bool = False,
+        flip_tta: bool = False,
         input_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
@@ -204,6 +209,7 @@ class MGCCNet(nn.Module):
         self.aux_perturbations = tuple(aux_perturbations)
         self.train_aux_decoders = train_aux_decoders
         self.checkpoint_aux = checkpoint_aux
+        self.flip_tta = bool(flip_tta)
 
         self.encoder = nn.ModuleList(
             ConvBlock(c_in, c_out) for c_in, c_out in zip([in_channels, *channels[:-1]], channels)
@@ -238,10 +244,19 @@ class MGCCNet(nn.Module):
     def forward(self, x: torch.Tensor):
         """Main logits ``(B, out_channels, H, W)``; in training with auxiliary decoders ``(main, aux_1, ...)``.
         TorchScript compiles the first path only (an exported network is for inference)."""
-        features = self.encode(x)
+        if self.flip_tta and not self.training:
+            both = self.main_logits(torch.cat([x, x.flip(-1)]))
+            probability = (torch.sigmoid(both[: x.shape[0]]) + torch.sigmoid(both[x.shape[0]:].flip(-1))) / 2
+            probability = probability.clamp(1e-6, 1 - 1e-6)
+            return torch.log(probability) - torch.log1p(-probability)  # the logit; exports as plain ONNX ops
         if not torch.jit.is_scripting():
             if self.training and self.train_aux_decoders:
-                return self._forward_with_aux(x, features)
+                return self._forward_with_aux(x, self.encode(x))
+        return self.main_logits(x)
+
+    def main_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The main decoder's logits: encoder, the three ConvMixer stages, main decoder."""
+        features = self.encode(x)
         bottleneck = features[-1]
         for stage in self.global_context:
             bottleneck = stage(bottleneck)
