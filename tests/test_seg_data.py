@@ -316,7 +316,9 @@ def _odd_images(folder: Path) -> list[Path]:
 
 def test_inference_reads_every_pixel_format_as_prepare_does(tmp_path):
     """Training images are what `mgcc prepare` writes; inference must see the same grey levels for the same file."""
-    from mgcc.data.validate import LUMA_WEIGHTS, read_image
+    from mgcc.data.validate import read_image
+
+    LUMA_WEIGHTS = scripts.image_contract.LUMA_WEIGHTS
 
     load = scripts.transforms.LoadImageGrayscaled(keys="image", image_only=True)
     for path in _odd_images(tmp_path):
@@ -389,3 +391,22 @@ def test_inference_and_evaluation_decide_no_lesion_alike():
     assert inference["flip_tta"] == evaluate["flip_tta"]
     assert inference["network_def"]["flip_tta"] == evaluate["network_def#flip_tta"] == "@flip_tta"
     assert "flip_tta" not in train["network_def"]
+
+
+def test_the_flip_tta_mirror_is_left_right_on_the_bundles_input(tmp_path):
+    """``flip_tta`` mirrors the network input's first spatial axis; through inference.json's preprocessing that is
+    the image's width (MONAI's readers put x first), so the augmentation mirrors left and right, never depth."""
+    from monai.bundle import ConfigParser
+
+    from mgcc.bundles import importable_as_scripts
+
+    pixels = np.zeros((32, 48), dtype=np.uint8)  # 32 rows (depth) x 48 columns (width)
+    pixels[:, :24] = 200  # left half bright
+    Image.fromarray(pixels).save(tmp_path / "left.png")
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    with importable_as_scripts(BUNDLE):
+        image = parser.get_parsed_content("preprocessing")({"image": str(tmp_path / "left.png")})["image"]
+    width_axis = image[0].mean(dim=1)  # the axis flip_tta mirrors (dim 2 of the batch, dim 1 here)
+    assert image.shape == (1, 128, 128)
+    assert width_axis[:64].mean() > 0.6 and width_axis[64:].mean() < 0.2  # gray levels scaled to 0..1

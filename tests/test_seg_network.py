@@ -160,10 +160,10 @@ def test_checkpoint_of_another_width_or_unreadable_is_named(tmp_path):
     assert checked(str(path), 8) == str(path)  # not trained yet: the configs still parse
     torch.save(MGCCNet(base_channels=4).state_dict(), path)
     assert checked(str(path), 4) == str(path)
-    with pytest.raises(ValueError, match="trained with base_channels 4, the config says 8: run with --base_channels 4"):
+    with pytest.raises(SystemExit, match="trained with base_channels 4, the config says 8: run with --base_channels 4"):
         checked(str(path), 8)
     path.write_bytes(path.read_bytes()[:500])
-    with pytest.raises(ValueError, match="model.pt: not a readable PyTorch checkpoint"):
+    with pytest.raises(SystemExit, match="model.pt: not a readable PyTorch checkpoint"):
         checked(str(path), 4)
 
 
@@ -173,7 +173,7 @@ def test_the_training_size_travels_with_the_weights(tmp_path):
     path = tmp_path / "model.pt"
     torch.save(MGCCNet(base_channels=4, input_size=[128, 128]).state_dict(), path)
     assert network.checked_checkpoint(str(path), 4, [128, 128]) == str(path)
-    with pytest.raises(ValueError, match=r"trained at spatial_size \[128, 128\], the config says \[256, 256\]"):
+    with pytest.raises(SystemExit, match=r"trained at spatial_size \[128, 128\], the config says \[256, 256\]"):
         network.checked_checkpoint(str(path), 4, [256, 256])
     net = MGCCNet(base_channels=4, input_size=[256, 256])
     net.load_state_dict(torch.load(path, weights_only=True))
@@ -205,19 +205,21 @@ def test_the_network_scripts_and_the_scripted_model_gives_the_checkpoints_output
 
 
 def test_flip_tta_averages_the_image_and_its_mirror_and_is_mirror_equivariant():
-    """``flip_tta``: the logit of the mean probability over the image and its left-right mirror; so the mask of a
-    mirrored image is the mirrored mask (the plain network is not), and training ignores it."""
+    """``flip_tta``: the logit of the mean probability over the image and its left-right mirror (the first spatial
+    axis: width in MONAI's layout); so the mask of a mirrored image is the mirrored mask (the plain network's is
+    not), and training ignores it."""
     torch.manual_seed(0)
     plain = MGCCNet(base_channels=4, input_size=(32, 48)).eval()
     tta = MGCCNet(base_channels=4, input_size=(32, 48), flip_tta=True).eval()
     tta.load_state_dict(plain.state_dict())  # no weights of its own
     x = torch.randn(2, 1, 32, 48)
     with torch.no_grad():
-        expected = (torch.sigmoid(plain(x)) + torch.sigmoid(plain(x.flip(-1)).flip(-1))) / 2
+        expected = (torch.sigmoid(plain(x)) + torch.sigmoid(plain(x.flip(2)).flip(2))) / 2
         out = tta(x)
         assert torch.allclose(torch.sigmoid(out), expected, atol=1e-5)
-        assert torch.allclose(tta(x.flip(-1)), out.flip(-1), atol=1e-4)
-        assert not torch.allclose(plain(x.flip(-1)), plain(x).flip(-1), atol=1e-2)
+        assert torch.allclose(tta(x.flip(2)), out.flip(2), atol=1e-4)
+        assert not torch.allclose(tta(x.flip(3)), out.flip(3), atol=1e-2)  # depth is not mirrored
+        assert not torch.allclose(plain(x.flip(2)), plain(x).flip(2), atol=1e-2)
         assert torch.equal(torch.jit.script(tta)(x), out)  # what ckpt_export writes keeps it
     assert len(tta.train()(x)) == 4
 

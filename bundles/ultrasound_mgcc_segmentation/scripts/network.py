@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .data import InputError
+
 __all__ = ["MGCCNet", "checked_checkpoint", "feature_noise", "dropout", "feature_dropout", "PERTURBATIONS"]
 
 
@@ -168,8 +170,10 @@ class MGCCNet(nn.Module):
             backward pass instead of storing their activations (``torch.utils.checkpoint``); same result,
             less memory, about one extra auxiliary forward pass of compute.
         flip_tta: in ``eval()`` mode, segment the image and its left-right mirror in one batch and return the logit
-            of their mean probability (test-time augmentation: a lesion's side is arbitrary in a B-mode image).
-            Adds no weights, so it is a setting of the inference configs and travels into the exports.
+            of their mean probability (test-time augmentation: a lesion's side is arbitrary in a B-mode image, its
+            depth is not). The mirror flips the first spatial axis, the image's width in MONAI's ``(C, W, H)``
+            layout, which the bundle's loaders give. Adds no weights, so it is a setting of the inference configs
+            and travels into the exports.
         input_size: the ``spatial_size`` the network is trained at. Kept as the buffer ``input_size`` (so it is
             saved with the weights and travels with them; ``[0, 0]``: not recorded), which
             ``checked_checkpoint`` compares with a config's ``spatial_size`` before the weights are used.
@@ -245,8 +249,8 @@ class MGCCNet(nn.Module):
         """Main logits ``(B, out_channels, H, W)``; in training with auxiliary decoders ``(main, aux_1, ...)``.
         TorchScript compiles the first path only (an exported network is for inference)."""
         if self.flip_tta and not self.training:
-            both = self.main_logits(torch.cat([x, x.flip(-1)]))
-            probability = (torch.sigmoid(both[: x.shape[0]]) + torch.sigmoid(both[x.shape[0]:].flip(-1))) / 2
+            both = self.main_logits(torch.cat([x, x.flip(2)]))
+            probability = (torch.sigmoid(both[: x.shape[0]]) + torch.sigmoid(both[x.shape[0]:].flip(2))) / 2
             probability = probability.clamp(1e-6, 1 - 1e-6)
             return torch.log(probability) - torch.log1p(-probability)  # the logit; exports as plain ONNX ops
         if not torch.jit.is_scripting():
@@ -284,24 +288,25 @@ class MGCCNet(nn.Module):
 
 def checked_checkpoint(path: str, base_channels: int, spatial_size: Sequence[int] | None = None) -> str:
     """``path`` after checking that it is a readable MGCCNet checkpoint of width ``base_channels`` trained at
-    ``spatial_size`` (when the checkpoint records it); otherwise one line that names the file and the
-    ``base_channels`` or ``spatial_size`` it was trained with. A missing file is left to the ``CheckpointLoader``
-    (it names it when it runs), so configs parse without a trained model."""
+    ``spatial_size`` (when the checkpoint records it); otherwise ``data.InputError``: one line that names the file
+    and the ``base_channels`` or ``spatial_size`` it was trained with, all that ``python -m monai.bundle run``
+    prints (exit 1). A missing file is left to the ``CheckpointLoader`` (it names it when it runs), so configs
+    parse without a trained model."""
     if not os.path.isfile(path):
         return path
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     state = state.get("model", state) if isinstance(state, dict) else state
     first = state.get("encoder.0.0.weight") if isinstance(state, dict) else None
     if first is None:
-        raise ValueError(f"{path}: not an MGCCNet checkpoint (no 'encoder.0.0.weight' entry)")
+        raise InputError(f"{path}: not an MGCCNet checkpoint (no 'encoder.0.0.weight' entry)")
     if first.shape[0] != int(base_channels):
-        raise ValueError(f"{path}: trained with base_channels {first.shape[0]}, the config says {base_channels}: "
+        raise InputError(f"{path}: trained with base_channels {first.shape[0]}, the config says {base_channels}: "
                          f"run with --base_channels {first.shape[0]}")
     trained = [int(v) for v in state.get("input_size", torch.zeros(2)).tolist()]
     if spatial_size is not None and any(trained) and trained != [int(v) for v in spatial_size]:
-        raise ValueError(f"{path}: trained at spatial_size {trained}, the config says {list(spatial_size)}: "
+        raise InputError(f"{path}: trained at spatial_size {trained}, the config says {list(spatial_size)}: "
                          f"run with --spatial_size \"{trained}\"")
     return path
