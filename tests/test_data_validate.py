@@ -54,7 +54,7 @@ def test_truncated_png_is_reported_not_skipped(raw, tmp_path):
     image = raw / "benign" / "benign (2).png"
     image.write_bytes(image.read_bytes()[:-40])
     problems = _problems(raw, tmp_path / "out")
-    assert len(problems) == 1 and str(image) in problems[0] and "unreadable or truncated PNG" in problems[0]
+    assert len(problems) == 1 and str(image) in problems[0] and "unreadable or truncated image" in problems[0]
 
 
 def test_file_that_is_not_png_is_reported(raw, tmp_path):

@@ -288,7 +288,7 @@ def test_predictions_manifest_says_which_images_have_no_lesion(tmp_path):
     assert (written["images"], written["no_lesion"]) == (2, 1)
     assert written["results"] == [
         {"image": "/x/normal (1).png", "mask": "normal (1)_seg.png", "lesion": False, "lesion_pixels": 0},
-        {"image": "/x/scan.nii.gz", "mask": "scan_seg.png", "lesion": True, "lesion_pixels": 6}]
+        {"image": "/x/scan.nii.gz", "mask": "scan_seg.nii.gz", "lesion": True, "lesion_pixels": 6}]
 
 
 def _odd_images(folder: Path) -> list[Path]:

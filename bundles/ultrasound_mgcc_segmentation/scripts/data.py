@@ -24,7 +24,7 @@ from monai.data import list_data_collate, load_decathlon_datalist
 from monai.transforms import Randomizable
 from torch.utils.data import Dataset, Sampler
 
-from .transforms import nifti_problem
+from .image_contract import IMAGE_SUFFIXES, image_problem, is_nifti
 
 __all__ = [
     "datalist_section",
@@ -32,13 +32,11 @@ __all__ = [
     "unlabeled_datalist",
     "inference_datalist",
     "mask_name_formatter",
+    "mask_name",
     "latest_checkpoint",
     "SemiSupervisedBatches",
     "IterationSampler",
 ]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".nii", ".nii.gz")
-
 
 def datalist_section(datalist: str, section: str, allow_empty: bool = False) -> list[dict]:
     """Entries of one section of a prepared ``datalist.json`` with paths made absolute."""
@@ -89,10 +87,17 @@ def image_stem(path: str) -> str:
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else os.path.splitext(name)[0]
 
 
+def mask_name(path: str, suffix: str = "_seg.png") -> str:
+    """The file name of an input's mask: ``image_stem`` + ``suffix``, whose extension becomes ``.nii.gz`` for a NIfTI
+    input (NIfTI in gives NIfTI out: ``X.NII.GZ`` -> ``X_seg.nii.gz``; ``Y.PNG`` -> ``Y_seg.png``), the name
+    ``inference_datalist`` checks for clashes and ``predictions.json`` records."""
+    return image_stem(path) + (image_stem(suffix) + ".nii.gz" if is_nifti(path) else suffix)
+
+
 def mask_name_formatter(metadict: dict, saver: object) -> dict:
-    """``SaveImaged``'s ``output_name_formatter``: a mask is named after ``image_stem`` of its input (``X.NII.GZ`` ->
-    ``X_seg.png``; MONAI's own naming strips only a lower-case ``.gz``), the name ``inference_datalist`` checks for
-    clashes and ``predictions.json`` records. MONAI removes one extension from ``subject``: the stem gets a stand-in."""
+    """``SaveImaged``'s ``output_name_formatter``: a mask is named after ``image_stem`` of its input (MONAI's own
+    naming strips only a lower-case ``.gz``), as ``mask_name`` says. MONAI removes one extension from ``subject``:
+    the stem gets a stand-in."""
     source = str((metadict or {}).get("filename_or_obj", getattr(saver, "_data_index", 0)))
     stand_in = os.path.join(os.path.dirname(source), image_stem(source) + ".input")
     return {"subject": stand_in, "idx": (metadict or {}).get("patch_index")}
@@ -125,9 +130,11 @@ def inference_datalist(
     (PNG, JPEG, BMP, NIfTI; sorted by name; other files are skipped with a warning that lists them; a broken
     link is refused, counted and named).
 
-    A NIfTI input that is not one 2D image of 8-bit gray levels (a volume, NaN, int16 beyond 255, floats within
-    0..1) is refused naming it (``transforms.nifti_problem``). With ``output_dir``, refuses what would lose or mix up results: an output folder that is the input
-    folder (a rerun would segment the masks), and two inputs that would write the same ``<name>_seg.png``."""
+    Every input is checked by the image contract (``image_contract.check_image``: a truncated file, a 32-bit float
+    image, a NIfTI volume or one of NaN or normalised values ...): the first refused one stops the run with its
+    one line, before the model runs. With ``output_dir``, refuses what would lose or mix up results: an output
+    folder that is the input folder (a rerun would segment the masks), and two inputs that would write the same
+    mask file (``mask_name``)."""
     if datalist:
         files = [d["image"] for d in datalist_section(datalist, section)]
     else:
@@ -150,7 +157,7 @@ def inference_datalist(
             raise InputError(f"no PNG, JPEG, BMP or NIfTI images in input_dir {input_dir}"
                              + (f" (it holds {folders} folder(s): images are not searched in subfolders)" if folders else ""))
     for f in files:
-        problem = nifti_problem(f)
+        problem = image_problem(f)
         if problem:
             raise InputError(problem)
     if output_dir is not None:
@@ -161,11 +168,11 @@ def inference_datalist(
                              "choose another output_dir")
         writes: dict[str, str] = {}
         for f in files:
-            stem = image_stem(f)
-            if stem in writes:
-                raise InputError(f"{writes[stem]} and {f} would both be written as {stem}_seg.png in {output_dir}; "
+            name = mask_name(f)
+            if name in writes:
+                raise InputError(f"{writes[name]} and {f} would both be written as {name} in {output_dir}; "
                                  "rename one of them")
-            writes[stem] = f
+            writes[name] = f
     return [{"image": f} for f in files]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from .data import image_stem
+from .data import mask_name
 
 __all__ = ["TrainingHistory", "EvaluationReport", "PredictionsManifest", "HISTORY_COLUMNS", "TRAINING_COLUMNS",
            "detection_metrics"]
@@ -243,7 +243,7 @@ class PredictionsManifest:
         for item in outputs if isinstance(outputs, Sequence) else [outputs]:
             source = str(item["image"].meta["filename_or_obj"])
             pixels = int((item["pred"] > 0).sum())
-            self.results.append({"image": source, "mask": image_stem(source) + self.suffix, "lesion": pixels > 0,
+            self.results.append({"image": source, "mask": mask_name(source, self.suffix), "lesion": pixels > 0,
                                  "lesion_pixels": pixels})
 
     def _write(self, engine: Engine) -> None:

@@ -1,6 +1,9 @@
 """Read source PNGs into 8-bit grayscale images and binary masks, and check every case.
 
-Conversion rules (each applied one is reported as a warning, except the lossless ones):
+Conversion rules: the segmentation bundle's image contract (``scripts/image_contract.py``), so a training image
+is the image the bundle, MONAI Label and the Deploy app would segment (each applied rule is reported as a warning,
+except the lossless ones):
+- EXIF orientation honoured (the image as viewers show it; its mask is turned the same way by its own EXIF).
 - 1-bit image: 0/1 -> 0/255.
 - 16-bit image: v8 = round(v16 * 255 / 65535) (full range to full range).
 - palette image: expanded through its palette to RGB(A), then as below.
@@ -22,18 +25,19 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image
 
+from mgcc import SEG_BUNDLE
+from mgcc.bundles import import_bundle_scripts
 from mgcc.data.records import Problem, SourceCase
 
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 #: the smallest image side accepted, in pixels (smaller images are refused)
 MIN_SIDE = 32
 #: how every note about a thresholded mask starts
 NON_BINARY = "non-binary mask"
-LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 #: how every note about a resampled mask starts
 RESAMPLED = "mask resampled"
 #: the reason of a mask whose size and aspect ratio differ from its image's (its detail: "<mask WxH> vs <image WxH>")
@@ -50,64 +54,55 @@ class UnreadableFile(ValueError):
     """A file that cannot be decoded, or whose pixel format cannot be converted."""
 
 
-def open_png(path: Path) -> Image.Image:
-    """Decode a PNG fully (so truncation is found now); raise `UnreadableFile` with the reason."""
+def _contract() -> ModuleType:
+    """The segmentation bundle's image contract (``scripts/image_contract.py``): what an image may be and how it
+    becomes 8-bit grayscale, the rules the bundle, the MONAI Label app and the Deploy app apply to the same file."""
+    return import_bundle_scripts(SEG_BUNDLE).image_contract
+
+
+def open_png(path: Path) -> tuple[Image.Image, list[str]]:
+    """Decode a PNG fully (so truncation is found now), turned by its EXIF orientation as the bundle turns it, and
+    the notes; raise `UnreadableFile` with the contract's reason."""
+    contract = _contract()
     try:
         with Image.open(path) as image:
             if image.format != "PNG":
                 raise UnreadableFile(f"not a PNG file (format {image.format})")
-            image.load()
-            return image
+        return contract.open_raster(path)
+    except contract.ImageRefused as refused:
+        raise UnreadableFile(refused.reason) from None
     except UnreadableFile:
         raise
     except Exception as error:  # any decoder failure means the file cannot be used
-        raise UnreadableFile(f"unreadable or truncated PNG ({type(error).__name__}: {error})") from error
+        raise UnreadableFile(f"unreadable or truncated image ({type(error).__name__}: {error})") from error
 
 
-def _channels(image: Image.Image) -> tuple[np.ndarray, list[str]]:
-    """Pixel values as float (H, W, C) with C in {1, 3} after palette expansion and alpha compositing."""
-    notes = []
-    if image.mode in ("P", "PA"):
-        image = image.convert("RGBA")
-        notes.append("palette image converted through its palette")
-    if image.mode in SIXTEEN_BIT_MODES:
-        values = np.asarray(image).astype(np.float64)
-        if values.min() < 0 or values.max() > 65535:
-            raise UnreadableFile(f"pixel values outside 0..65535 in mode {image.mode}")
-        notes.append("16-bit image scaled to 8 bits (v * 255 / 65535)")
-        return (values * 255.0 / 65535.0)[..., None], notes
-    if image.mode == "1":
-        return np.asarray(image, dtype=np.float64)[..., None] * 255.0, notes
-    if image.mode not in ("L", "LA", "RGB", "RGBA"):
-        raise UnreadableFile(f"unsupported pixel mode {image.mode}")
-    values = np.asarray(image, dtype=np.float64)
-    if values.ndim == 2:
-        values = values[..., None]
-    if image.mode in ("LA", "RGBA"):
-        alpha = values[..., -1:]
-        values = values[..., :-1]
-        if np.any(alpha < 255):
-            values = values * alpha / 255.0
-            notes.append("alpha channel composited over black")
-    return values, notes
+def _channels(path: Path) -> tuple[np.ndarray, list[str]]:
+    """Pixel values as float (H, W, C), C in {1, 3}, by the contract's rules (palette, 16-bit, alpha), and notes."""
+    image, notes = open_png(path)
+    contract = _contract()
+    try:
+        values, more = contract.channels(image, path)
+    except contract.ImageRefused as refused:
+        raise UnreadableFile(refused.reason) from None
+    return values, notes + more
 
 
 def read_image(path: Path) -> tuple[np.ndarray, list[str]]:
-    """An 8-bit grayscale image (H, W) and the notes of the conversions applied."""
-    values, notes = _channels(open_png(path))
-    if values.shape[-1] == 3:
-        if np.all(values == values[..., :1]):
-            values = values[..., :1]
-        else:
-            values = (values @ LUMA_WEIGHTS)[..., None]
-            notes.append("RGB image with differing channels converted with BT.601 luma")
-    return np.clip(np.rint(values[..., 0]), 0, 255).astype(np.uint8), notes
+    """An 8-bit grayscale image (H, W), exactly as the bundle's loader makes it, and the notes of the conversions."""
+    image, notes = open_png(path)
+    contract = _contract()
+    try:
+        pixels, more = contract.grayscale8(image, path)
+    except contract.ImageRefused as refused:
+        raise UnreadableFile(refused.reason) from None
+    return pixels, notes + more
 
 
 def read_mask(path: Path, threshold: float | None = None) -> tuple[np.ndarray, list[str]]:
     """A boolean mask (H, W) and notes. One non-zero value at most: lesion where non-zero. More (a non-binary
     mask, noted): lesion where the value (largest channel, 0..255) is >= `threshold`, default half the maximum."""
-    values, _ = _channels(open_png(path))
+    values, _ = _channels(path)
     strength = values.max(axis=-1)
     levels = np.unique(strength[strength > 0])
     if levels.size <= 1:
