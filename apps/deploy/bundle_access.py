@@ -9,9 +9,11 @@ arrays are bit-for-bit what `python -m monai.bundle run` would feed the network.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -130,8 +132,19 @@ def check_postprocessing(parser, name: str = "postprocessing") -> list[str]:
     return names
 
 
+def bundle_image_contract() -> ModuleType:
+    """The bundle's image contract (`scripts/image_contract.py` of the bundle whose configs `read_bundle_config`
+    read): what an input may be and how it becomes 8-bit grayscale, as `python -m monai.bundle run`, `mgcc prepare`
+    and the MONAI Label app decide it."""
+    try:
+        return importlib.import_module("scripts.image_contract")
+    except ImportError as ex:
+        raise InputError(f"the bundle has no image contract (scripts/image_contract.py): {ex}") from ex
+
+
 class BundleImageReader:
-    """Reads an image file with the `LoadImage`/`LoadImaged` transform of the bundle's preprocessing."""
+    """Reads an image file with the `LoadImage`/`LoadImaged` transform of the bundle's preprocessing; its sizes
+    and refusals are the bundle's image contract's (`contract`)."""
 
     def __init__(self, parser, preprocessing: str = "preprocessing", key: str = "image"):
         from monai.transforms import LoadImage, LoadImaged
@@ -143,6 +156,7 @@ class BundleImageReader:
                 f"bundle `{preprocessing}` has no LoadImage/LoadImaged transform; the app reads inputs with it"
             )
         self.loader = loaders[0]
+        self.contract = bundle_image_contract()
         self.key = key
         self.dict_keys = list(getattr(self.loader, "keys", []))
         if isinstance(self.loader, LoadImaged) and key not in self.dict_keys:
@@ -152,15 +166,15 @@ class BundleImageReader:
         """Returns `(array, metadata, wh_order)`: the loaded array (as the bundle's loader makes it), its
         metadata dict, and whether the spatial axes are (width, height) (MONAI's PIL reader) or (height, width)."""
         from monai.data import MetaTensor
-        from PIL import Image as PILImage
 
         try:
-            with PILImage.open(path) as im:
-                width, height = im.size
+            width, height = self.contract.raster_size(path)  # as viewers show it (EXIF orientation)
             if isinstance(self.dict_keys, list) and self.dict_keys:
                 img = self.loader({self.key: str(path)})[self.key]
             else:
                 img = self.loader(str(path))
+        except self.contract.ImageRefused as refused:
+            raise InputError(str(refused)) from None
         except Exception as ex:
             raise InputError(f"{path}: cannot read as an image: {ex}") from ex
         if not isinstance(img, MetaTensor):

@@ -24,7 +24,7 @@ from monai.deploy.core import ConditionType, Fragment, Image, Operator, Operator
 from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
 
-from bundle_access import BundleImageReader
+from bundle_access import BundleImageReader, bundle_image_contract
 from errors import InputError
 from writers import RunManifest, read_timing
 
@@ -45,7 +45,8 @@ def classify_inputs(input_path: Path, exclude: Path | None = None) -> tuple[list
     input_path = Path(input_path)
     if not input_path.exists():
         raise InputError(f"{input_path}: input path does not exist")
-    files = [input_path] if input_path.is_file() else sorted(p for p in input_path.rglob("*") if p.is_file())
+    files = [input_path] if input_path.is_file() else sorted(p for p in input_path.rglob("*")
+                                                                 if p.is_file() or p.is_symlink())
     if exclude is not None:
         files = [f for f in files if not f.resolve().is_relative_to(Path(exclude).resolve())]
     images, dicoms, skipped = [], [], []
@@ -70,18 +71,13 @@ def _is_dicom_file(path: Path) -> bool:
 
 
 def check_image_files(files: list[Path]) -> None:
-    """Decode-check every image before any inference, so a broken file stops the run before masks are written."""
-    from PIL import Image as PILImage
-
-    bad = []
-    for f in files:
-        try:
-            with PILImage.open(f) as im:
-                im.verify()
-        except Exception as ex:
-            bad.append(f"{f} ({type(ex).__name__}: {ex})")
+    """Check every image by the bundle's image contract before any inference, so a file the bundle would refuse
+    (a broken link, a truncated file, an unsupported pixel mode) stops the run, with the bundle's one line for
+    each, before masks are written."""
+    contract = bundle_image_contract()
+    bad = [problem for problem in map(contract.image_problem, files) if problem]
     if bad:
-        raise InputError(f"{len(bad)} input file(s) cannot be read as images: " + "; ".join(bad[:10]))
+        raise InputError(f"{len(bad)} input file(s) cannot be segmented: " + "; ".join(bad[:10]))
 
 
 # ----------------------------------------------------------------------------------------------- image files
@@ -116,10 +112,7 @@ class ImageFileSourceOperator(Operator):
         start = time.perf_counter()
         array, meta, wh_order = self._reader(path)
         rel = path.name if self._root.is_file() else str(path.relative_to(self._root))
-        from PIL import Image as PILImage
-
-        with PILImage.open(path) as im:
-            width, height = im.size
+        width, height = self._reader.contract.raster_size(path)  # as viewers show it: the mask overlays that
         record = {"source": str(path), "name": str(Path(rel).with_suffix(".png")), "rows": height,
                   "columns": width, "wh_order": wh_order, "kind": "image", **read_timing(start)}
         op_output.emit(Image(array, metadata=meta), self.image_port)

@@ -9,15 +9,16 @@ and strategy ``mgcc_disagreement``, ``MGCCDisagreementScoring``); the bundle's `
 model-zoo convention, which MONAI Deploy needs), so the infer task squeezes the channel for MONAI Label's 2D writer
 (``ChannelFirstBundleInferTask``, which on CPU also runs the bundle's ONNX export when it has one); and an input check in front of ``/infer``: the model is a 2D
 grayscale network, and MONAI Label answers any exception with a bare ``500 Internal Server Error``, so a
-clinician uploading the wrong file would learn nothing. Requests that cannot be segmented are refused with a
-4xx status and a sentence saying what was wrong:
+clinician uploading the wrong file would learn nothing. What an image may be is decided by the served bundle's
+image contract (``<bundle>/scripts/image_contract.py``, the rules of ``python -m monai.bundle run``, ``mgcc prepare``
+and the Deploy app: 16-bit, palette, RGBA and EXIF-rotated images are segmented as the bundle segments them).
+Requests that cannot be segmented are refused with a 4xx status and the contract's sentence:
 
-- unknown model name                        -> 404
-- image id not in the datastore             -> 404
-- not a PNG / JPEG / NIfTI file, unreadable -> 415
-- truncated or corrupt file                 -> 422
-- RGBA, 16-bit, palette, 1-bit images       -> 415 (8-bit grayscale or RGB only)
-- a 3D volume (NIfTI with more than one slice) -> 422
+- unknown model name, image id not in the datastore, a broken link  -> 404
+- not a PNG / JPEG / BMP / NIfTI file, a pixel mode the contract refuses -> 415
+- truncated or corrupt file, a 3D volume, values that are not 8-bit gray levels -> 422
+- smaller than ``MIN_SIZE`` or larger than ``MAX_PIXELS`` (this server's own limits) -> 422
+- weights that do not fit the bundle's config (scoring; the bundle's one-line ``InputError``) -> 422
 
 ``mgcc label serve`` copies this file into the app folder it starts the server with.
 """
@@ -25,10 +26,12 @@ clinician uploading the wrong file would learn nothing. Requests that cannot be 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
 import sys
+from types import ModuleType
 
 import torch
 from fastapi import HTTPException
@@ -41,9 +44,8 @@ from monailabel.utils.others.class_utils import unload_module
 
 logger = logging.getLogger(__name__)
 
-PNG_JPEG = (".png", ".jpg", ".jpeg")
-NIFTI = (".nii", ".nii.gz")
-ACCEPTED_MODES = {"L": "8-bit grayscale", "RGB": "8-bit RGB"}
+#: HTTP status of each kind of the image contract's refusals (``ImageRefused.kind``)
+STATUS = {"missing": 404, "format": 415, "unreadable": 422, "shape": 422, "values": 422}
 MIN_SIZE = 16
 MAX_PIXELS = 4096 * 4096
 
@@ -83,9 +85,14 @@ class InputError(Exception):
         self.message = message
 
 
-def _suffix(path: str) -> str:
-    lower = path.lower()
-    return ".nii.gz" if lower.endswith(".nii.gz") else os.path.splitext(lower)[1]
+@functools.lru_cache(maxsize=None)
+def image_contract(bundle_path: str) -> ModuleType:
+    """The bundle's ``scripts/image_contract.py`` (self-contained: numpy, torch, Pillow, nibabel), loaded once."""
+    path = os.path.join(bundle_path, "scripts", "image_contract.py")
+    spec = importlib.util.spec_from_file_location(f"mgcc_image_contract_{abs(hash(bundle_path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _check_size(width: int, height: int, name: str) -> None:
@@ -95,72 +102,27 @@ def _check_size(width: int, height: int, name: str) -> None:
         raise InputError(422, f"{name}: image is {width}x{height} pixels; at most {MAX_PIXELS} pixels are accepted.")
 
 
-def check_png_jpeg(path: str, name: str) -> None:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.verify()  # structure and checksums, without decoding
-        with Image.open(path) as im:
-            im.load()  # decodes every pixel: catches truncated data that verify() lets through
-            mode, (width, height) = im.mode, im.size
-    except UnidentifiedImageError:
-        raise InputError(415, f"{name}: not a readable PNG or JPEG image.") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(422, f"{name}: corrupt or truncated image ({e}).") from None
-    if mode not in ACCEPTED_MODES:
-        hint = {
-            "RGBA": "an RGBA image (with transparency)",
-            "LA": "a grayscale image with transparency",
-            "I;16": "a 16-bit image",
-            "I;16B": "a 16-bit image",
-            "I": "a 32-bit integer image",
-            "F": "a floating-point image",
-            "P": "a palette image",
-            "1": "a 1-bit image",
-        }.get(mode, f"an image of mode {mode}")
-        raise InputError(
-            415,
-            f"{name}: {hint}; the MGCC model takes 8-bit grayscale (or 8-bit RGB) B-mode images. "
-            "Export the image as an 8-bit grayscale PNG.",
-        )
-    _check_size(width, height, name)
-
-
-def check_nifti(path: str, name: str) -> None:
-    import nibabel as nib
-    import numpy as np
-
-    try:
-        img = nib.load(path)
-        shape = img.shape
-        np.asanyarray(img.dataobj)  # reads all voxels: catches truncated files
-    except Exception as e:  # nibabel raises several types for damaged files
-        raise InputError(422, f"{name}: not a readable NIfTI image ({e}).") from None
-    spatial = [s for s in shape[2:] if s != 1]
-    if len(shape) < 2 or spatial:
-        raise InputError(
-            422,
-            f"{name}: a volume of shape {tuple(shape)}; the MGCC model is 2D and takes one image "
-            "(a PNG, or a one-slice NIfTI of shape (W, H) or (W, H, 1)).",
-        )
-    _check_size(int(shape[0]), int(shape[1]), name)
-
-
-def check_image(path: str, name: str | None = None) -> None:
-    """Raise ``InputError`` unless ``path`` is an image the MGCC model can segment."""
+def check_image(path: str, contract: ModuleType, name: str | None = None) -> None:
+    """Raise ``InputError`` (status and the contract's sentence, naming ``name``) unless ``path`` is an image the
+    bundle's ``contract`` accepts and of a size this server takes."""
     name = name or os.path.basename(path)
-    if not os.path.isfile(path):
-        raise InputError(404, f"{name}: image file not found.")
-    if os.path.getsize(path) == 0:
-        raise InputError(422, f"{name}: empty file.")
-    suffix = _suffix(path)
-    if suffix in PNG_JPEG:
-        check_png_jpeg(path, name)
-    elif suffix in NIFTI:
-        check_nifti(path, name)
+    try:
+        contract.check_image(path)
+    except contract.ImageRefused as refused:
+        raise InputError(STATUS[refused.kind], f"{name}: {refused.reason}") from None
+    if contract.is_nifti(path):
+        import nibabel as nib
+
+        width, height = nib.load(path).shape[:2]
     else:
-        raise InputError(415, f"{name}: unsupported file type '{suffix}'; send a PNG, JPEG or NIfTI image.")
+        width, height = contract.raster_size(path)
+    _check_size(int(width), int(height), name)
+
+
+def bundle_stop(stop: SystemExit) -> HTTPException:
+    """A bundle's ``InputError`` (a ``SystemExit``: one line, exit 1 under ``monai.bundle run``) as a 422 with that
+    line, so it answers the request instead of ending the worker."""
+    return HTTPException(status_code=422, detail=str(stop.code).removeprefix("error: "))
 
 
 @contextlib.contextmanager
@@ -237,7 +199,10 @@ class MGCCDisagreementScoring(ScoringMethod):
             preprocessing = parser.get_parsed_content("preprocessing")
             network = parser.get_parsed_content("network")
             inferer = parser.get_parsed_content("inferer")
-            weights = parser.get_parsed_content("handlers#0#load_path")  # checked against the config's width and size
+            try:
+                weights = parser.get_parsed_content("handlers#0#load_path")  # checked against the config's width, size
+            except SystemExit as stop:
+                raise bundle_stop(stop) from None
             state = torch.load(weights, map_location=device, weights_only=True)
             network.load_state_dict(state["model"] if isinstance(state.get("model"), dict) else state)
             network.eval()
@@ -304,8 +269,11 @@ class MGCCLabelApp(_monaibundle.MyApp, MONAILabelApp):
                 if not path or not os.path.exists(path):
                     raise HTTPException(status_code=404, detail=f"{name} is not in the datastore.")
             try:
-                check_image(path, name)
+                check_image(path, image_contract(self._infers[model].bundle_path), name)
             except InputError as e:
                 logger.warning(f"Refused infer request: {e.message}")
                 raise HTTPException(status_code=e.status, detail=e.message) from None
-        return super().infer(request, datastore)
+        try:
+            return super().infer(request, datastore)
+        except SystemExit as stop:
+            raise bundle_stop(stop) from None
