@@ -10,21 +10,26 @@ Each iteration consumes one batch of ``scripts.data.SemiSupervisedBatches``:
 from __future__ import annotations
 
 import math
+import os
 import random
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from monai.handlers import CheckpointSaver
 from monai.utils import CommonKeys as Keys
 from torch.optim.swa_utils import AveragedModel
 
 from .data import IterationSampler
 
-__all__ = ["iterations_to_epochs", "SigmoidRampUp", "SemiSupervisedTrainer", "MeanTeacherTrainer", "RandomStates", "KeyMetricState"]
+__all__ = ["iterations_to_epochs", "SigmoidRampUp", "SemiSupervisedTrainer", "MeanTeacherTrainer", "RandomStates", "KeyMetricState",
+           "AtomicCheckpointSaver"]
 
 
 def iterations_to_epochs(max_iterations: int, val_interval: int) -> int:
@@ -212,3 +217,42 @@ class KeyMetricState:
 
     def load_state_dict(self, state: dict) -> None:
         self.saver.load_state_dict(state)
+
+
+class _AtomicSave(BaseSaveHandler):
+    """Save handler writing each checkpoint to a temporary file beside it (``.<name>.<random>.part``) and renaming
+    it over the target, so the target is always a complete checkpoint, the old one or the new one. Wraps MONAI's
+    disk saver (its folder and fixed file name); a fixed name is never removed before the save that replaces it."""
+
+    def __init__(self, disk_saver) -> None:
+        self.dirname, self.filename, self.disk_saver = disk_saver.dirname, disk_saver.filename, disk_saver
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        target = os.path.join(self.dirname, self.filename or filename)
+        fd, part = tempfile.mkstemp(dir=self.dirname, prefix=f".{os.path.basename(target)}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(part, 0o644)  # mkstemp creates it private
+            os.replace(part, target)
+        except BaseException:
+            os.unlink(part)
+            raise
+
+    def remove(self, filename: str) -> None:
+        if self.filename is None:  # a fixed name is replaced by the next save: removing it first would leave none
+            self.disk_saver.remove(filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """``monai.handlers.CheckpointSaver`` whose files are replaced atomically: MONAI writes in place (and ignite
+    deletes the previous best ``model.pt`` before writing the next), so a run killed while saving left a truncated
+    ``model.pt`` that a server (MONAI Label) then failed to load. Same arguments as ``CheckpointSaver``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = _AtomicSave(checkpoint.save_handler)
