@@ -28,8 +28,8 @@ from torch.optim.swa_utils import AveragedModel
 
 from .data import IterationSampler
 
-__all__ = ["iterations_to_epochs", "SigmoidRampUp", "SemiSupervisedTrainer", "MeanTeacherTrainer", "RandomStates", "KeyMetricState",
-           "AtomicCheckpointSaver"]
+__all__ = ["iterations_to_epochs", "SigmoidRampUp", "SemiSupervisedTrainer", "MeanTeacherTrainer", "RandomStates",
+           "KeyMetricState", "AtomicCheckpointSaver"]
 
 
 def iterations_to_epochs(max_iterations: int, val_interval: int) -> int:

@@ -134,8 +134,9 @@ def prepare_app(
     The bundle is copied to `<app>/model/<bundle folder name>/`. Configs and code are refreshed on every
     call; `models/` is copied only when the app's copy has no `model.pt` yet (so weights retrained through
     MONAI Label survive a restart) or when `fresh_model` is set; the temporary `.<name>.part` files of a checkpoint
-    save that a kill cut short are removed (the bundle saves atomically: `model.pt` is whole). With `studies`, the MONAI Label settings of
-    `label_overrides(studies)` are written into the copy; `overrides` (bundle id -> value) come last.
+    save that a kill cut short are removed (the bundle saves atomically: `model.pt` is whole). With `studies`, the
+    MONAI Label settings of `label_overrides(studies)` are written into the copy; `overrides` (bundle id -> value)
+    come last.
     """
     bundle = Path(bundle or DEFAULT_BUNDLE).resolve()
     for required in ("configs/metadata.json", "configs/inference.json"):
