@@ -9,7 +9,8 @@ Input, detected from the folder's content:
 * ultrasound DICOM files (single-frame, Modality US): one mask PNG each, `<output>/masks/<SOPInstanceUID>.png`,
   and one DICOM Segmentation each in `<output>/dicom_seg/`, referencing the source instance and carrying its
   patient and study identifiers (the SDK's `DICOMSegmentationWriterOperator`, built on highdicom).
-A folder holding both kinds is refused; other files are skipped and listed in `<output>/predictions.json`.
+A folder holding both kinds is refused; other files, and image files that cannot be decoded (a corrupt or
+truncated PNG), are skipped and listed in `<output>/predictions.json`: the other images are still segmented.
 
 The model and all pre- and post-processing come from the MGCC segmentation bundle: its TorchScript export
 (`models/model.ts`, configs embedded by `python -m monai.bundle ckpt_export`) or the bundle folder itself, run by
@@ -61,6 +62,19 @@ APP_VERSION = "0.1.0"
 CONFIG_NAMES = ["inference"]
 
 
+def readable_images(files: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Splits image files into those that decode and those that do not (with the reason, naming the file), so one
+    corrupt file in a batch is listed instead of stopping the whole run."""
+    readable, unreadable = [], []
+    for f in files:
+        try:
+            check_image_files([f])
+            readable.append(f)
+        except InputError as ex:
+            unreadable.append((f, f"cannot be read as an image: {str(ex).split(': ', 1)[-1]}"))
+    return readable, unreadable
+
+
 class MGCCUltrasoundSegApp(Application):
     """Segments breast lesions in 2D ultrasound images (PNG or DICOM) with the MGCC segmentation bundle."""
 
@@ -92,7 +106,11 @@ class MGCCUltrasoundSegApp(Application):
             listed = ", ".join(p.name for p, _ in skipped[:5]) or "no files at all"
             raise InputError(f"{input_path}: no image ({', '.join(IMAGE_SUFFIXES)}) or DICOM file to segment "
                              f"(found: {listed})")
-        check_image_files(images)
+        images, unreadable = readable_images(images)
+        if unreadable and not images:
+            raise InputError(f"{input_path}: none of the {len(unreadable)} image file(s) can be read: "
+                             + "; ".join(reason for _, reason in unreadable[:10]))
+        skipped += unreadable
         manifest = RunManifest(output_path / "predictions.json", {
             "app": f"MGCC ultrasound segmentation {APP_VERSION}",
             "bundle": str(bundle_path), "model": str(model_path), "bundle_name": meta.get("name", ""),
