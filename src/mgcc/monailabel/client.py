@@ -11,7 +11,8 @@ Runs in the MONAI Label environment (`.venv-label`); each command prints one JSO
     ... score mgcc_disagreement                        # /scoring/{method}, waiting for it to finish
     ... next-sample mgcc_disagreement                  # /activelearning/{strategy}
     ... train MODEL --params '{"max_epochs": 2}'  /  ... train-status [--wait 600]
-    ... benchmark [--model M] [--images a,b] [--n 100] [--concurrency 4] [--out FILE]   # load test of /infer
+    ... benchmark [--model M] [--images a,b | --files LIST] [--n 100] [--concurrency 4] [--save-dir D]
+        [--out FILE]                                   # load test of /infer
 
 `mgcc label` (the launcher, main environment) runs this file in the MONAI Label environment.
 """
@@ -93,26 +94,43 @@ def wait_for_training(client: MONAILabelClient, timeout: float, poll: float = 2.
         time.sleep(poll)
 
 
-def benchmark(url: str, model: str, images: list[str], n: int, concurrency: int) -> dict:
-    """`n` /infer requests on datastore images (round robin), `concurrency` at a time; latencies in seconds."""
+def benchmark(url: str, model: str, images: list[str], n: int, concurrency: int, files: list[str] | None = None,
+              save_dir: Path | None = None) -> dict:
+    """`n` /infer requests from `concurrency` clients, each sending its share one after another (client `k` sends
+    requests k, k + concurrency, ...), on datastore images or, with `files`, uploads (round robin); latencies in
+    seconds. With `save_dir`, each answer's mask is kept as `<save_dir>/<request>.png` and every request is listed
+    (`requests_detail`: index, client, image, status, latency, mask)."""
+    sources = files or images
 
-    def one(i: int) -> tuple[float, str]:
+    def one(i: int) -> dict:
         with tempfile.TemporaryDirectory() as tmp:  # a client per request: results land in its own folder
             start = time.perf_counter()
+            record = {"i": i, "client": i % concurrency, "image": sources[i % len(sources)], "status": 200}
             try:
-                result, _ = MONAILabelClient(url, tmpdir=tmp).infer(model, images[i % len(images)], {})
+                image, file = ("", sources[i % len(sources)]) if files else (sources[i % len(sources)], None)
+                result, _ = MONAILabelClient(url, tmpdir=tmp).infer(model, image, {}, file=file)
                 ok = result is not None and Path(result).read_bytes()[:8] == PNG_MAGIC
-                return time.perf_counter() - start, "" if ok else "answer is not a PNG label"
+                record["error"] = "" if ok else "answer is not a PNG label"
+                if ok and save_dir is not None:
+                    record["mask"] = str(shutil.move(result, Path(save_dir) / f"{i:05d}.png"))
             except MONAILabelClientException as e:
-                return time.perf_counter() - start, str(e.msg)[:200]
+                refused = _refusal(e)
+                record.update(status=refused.status, error=str(refused.detail)[:200])
+            record["latency_s"] = time.perf_counter() - start
+            return record
 
+    def client(k: int) -> list[dict]:
+        return [one(i) for i in range(k, n, concurrency)]
+
+    if save_dir is not None:
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(one, range(n)))
+        results = sorted((r for rs in pool.map(client, range(concurrency)) for r in rs), key=lambda r: r["i"])
     wall = time.perf_counter() - wall
-    latencies = sorted(t for t, _ in results)
-    failures = [message for _, message in results if message]
-    return {
+    latencies = sorted(r["latency_s"] for r in results)
+    failures = [r["error"] for r in results if r["error"]]
+    summary = {
         "requests": n, "concurrency": concurrency, "succeeded": n - len(failures), "failed": len(failures),
         "failures": failures[:5],
         "latency_s": {
@@ -122,6 +140,9 @@ def benchmark(url: str, model: str, images: list[str], n: int, concurrency: int)
         },
         "wall_s": wall, "throughput_rps": n / wall,
     }
+    if save_dir is not None:
+        summary["requests_detail"] = results
+    return summary
 
 
 def run_benchmark(client: MONAILabelClient, args: argparse.Namespace) -> dict:
@@ -130,10 +151,13 @@ def run_benchmark(client: MONAILabelClient, args: argparse.Namespace) -> dict:
     model = args.model or (models[0] if len(models) == 1 else None)
     if model not in models:
         raise Refused(404, f"--model must be one of {models}")
-    images = args.images.split(",") if args.images else sorted(client.datastore().get("objects", {}))
-    if not images:
-        raise Refused(404, "no images: pass --images or add images to the server's studies folder")
-    result = benchmark(client.get_server_url(), model, images, args.n, args.concurrency)
+    files = Path(args.files).read_text().split("\n") if args.files else None
+    files = [f for f in files if f] if files else None
+    images = args.images.split(",") if args.images else [] if files else sorted(client.datastore().get("objects", {}))
+    if not images and not files:
+        raise Refused(404, "no images: pass --images or --files, or add images to the server's studies folder")
+    result = benchmark(client.get_server_url(), model, images, args.n, args.concurrency, files,
+                       Path(args.save_dir) if args.save_dir else None)
     result.update({"url": client.get_server_url(), "model": model, "images": len(images),
                    "model_config": info["models"][model], "host": platform.node(),
                    "date": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -167,6 +191,8 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("benchmark")
     q.add_argument("--model", help="model name (default: the server's only model)")
     q.add_argument("--images", help="comma-separated datastore image ids (default: the whole datastore)")
+    q.add_argument("--files", help="a text file listing image files (one a line) to upload instead")
+    q.add_argument("--save-dir", help="folder that keeps every answer's mask (<request>.png), listed per request")
     q.add_argument("--n", type=int, default=100)
     q.add_argument("--concurrency", type=int, default=4)
     q.add_argument("--out", help="JSON file for the result")
