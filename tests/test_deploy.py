@@ -253,7 +253,7 @@ def _bad_not_image(d: Path, py: Path) -> None:
 
 
 def _bad_corrupt_png(d: Path, py: Path, images: Path) -> None:
-    """Only a corrupt PNG: nothing to segment (one corrupt file among good ones is listed: tests/test_serving_faults.py)."""
+    """Only a corrupt PNG: nothing to segment (one among good ones is listed: tests/test_serving_faults.py)."""
     d.mkdir()
     (d / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but truncated")
 
