@@ -222,6 +222,7 @@ def test_flip_tta_averages_the_image_and_its_mirror_and_is_mirror_equivariant():
         assert not torch.allclose(plain(x.flip(2)), plain(x).flip(2), atol=1e-2)
         assert torch.equal(torch.jit.script(tta)(x), out)  # what ckpt_export writes keeps it
     assert len(tta.train()(x)) == 4
+    assert MGCCNet(base_channels=4, flip_tta="false").flip_tta is False  # as `--flip_tta false` passes it
 
 
 def test_width_and_size_options_are_checked_or_normalised():

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .config import flag
 from .data import InputError
 
 __all__ = ["MGCCNet", "checked_checkpoint", "feature_noise", "dropout", "feature_dropout", "PERTURBATIONS"]
@@ -213,7 +214,7 @@ class MGCCNet(nn.Module):
         self.aux_perturbations = tuple(aux_perturbations)
         self.train_aux_decoders = train_aux_decoders
         self.checkpoint_aux = checkpoint_aux
-        self.flip_tta = bool(flip_tta)
+        self.flip_tta = flag(flip_tta, "flip_tta")  # `--flip_tta false` arrives as the string 'false'
 
         self.encoder = nn.ModuleList(
             ConvBlock(c_in, c_out) for c_in, c_out in zip([in_channels, *channels[:-1]], channels)
