@@ -63,16 +63,16 @@ CONFIG_NAMES = ["inference"]
 
 
 def readable_images(files: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Splits image files into those that decode and those that do not (with the reason, naming the file), so one
-    corrupt file in a batch is listed instead of stopping the whole run."""
-    readable, unreadable = [], []
+    """Splits image files into those the input check accepts and those it refuses, with its reason, so one corrupt
+    file in a batch is listed instead of stopping the whole run."""
+    readable, refused = [], []
     for f in files:
         try:
             check_image_files([f])
             readable.append(f)
-        except InputError as ex:
-            unreadable.append((f, f"cannot be read as an image: {str(ex).split(': ', 1)[-1]}"))
-    return readable, unreadable
+        except InputError as ex:  # "1 input file(s) cannot be ...: <file>: <reason>"
+            refused.append((f, str(ex).split(": ", 1)[-1].removeprefix(f"{f}: ")))
+    return readable, refused
 
 
 class MGCCUltrasoundSegApp(Application):
@@ -108,8 +108,8 @@ class MGCCUltrasoundSegApp(Application):
                              f"(found: {listed})")
         images, unreadable = readable_images(images)
         if unreadable and not images:
-            raise InputError(f"{input_path}: none of the {len(unreadable)} image file(s) can be read: "
-                             + "; ".join(reason for _, reason in unreadable[:10]))
+            raise InputError(f"{input_path}: none of the {len(unreadable)} image file(s) can be segmented: "
+                             + "; ".join(f"{path.name}: {reason}" for path, reason in unreadable[:10]))
         skipped += unreadable
         manifest = RunManifest(output_path / "predictions.json", {
             "app": f"MGCC ultrasound segmentation {APP_VERSION}",
