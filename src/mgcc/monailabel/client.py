@@ -158,7 +158,7 @@ def run_benchmark(client: MONAILabelClient, args: argparse.Namespace) -> dict:
         raise Refused(404, "no images: pass --images or --files, or add images to the server's studies folder")
     result = benchmark(client.get_server_url(), model, images, args.n, args.concurrency, files,
                        Path(args.save_dir) if args.save_dir else None)
-    result.update({"url": client.get_server_url(), "model": model, "images": len(images),
+    result.update({"url": client.get_server_url(), "model": model, "images": len(files or images),
                    "model_config": info["models"][model], "host": platform.node(),
                    "date": time.strftime("%Y-%m-%d %H:%M:%S")})
     if args.out:
