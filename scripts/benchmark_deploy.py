@@ -52,17 +52,44 @@ print(sum(p.numel() for p in net.parameters()))
 #: model forms made by an export of the checkpoint: (file, `python -m monai.bundle` command for the input size)
 EXPORTS = {
     "torchscript": ("models/model.ts", lambda size: ["ckpt_export", "network_def"]),
-    "onnx": ("models/model.onnx", lambda size: ["onnx_export", "network_def", "--use_trace", "True", "--input_shape",
-                                                json.dumps([1, 1, *size]), "--converter_kwargs", "{'dynamo': False}"]),
+    "onnx": (
+        "models/model.onnx",
+        lambda size: [
+            "onnx_export",
+            "network_def",
+            "--use_trace",
+            "True",
+            "--input_shape",
+            json.dumps([1, 1, *size]),
+            "--converter_kwargs",
+            "{'dynamo': False}",
+        ],
+    ),
 }
 
 
 def export_model(bundle: Path, form: str, size: list[int]) -> Path:
     """Export the bundle's `models/model.pt` as `form` (a key of EXPORTS) at input `size`; returns the file."""
     filepath, export = EXPORTS[form]
-    subprocess.run([sys.executable, "-m", "monai.bundle", *export(size), "--filepath", filepath, "--ckpt_file",
-                    "models/model.pt", "--meta_file", "configs/metadata.json", "--config_file",
-                    "configs/inference.json"], cwd=bundle, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            *export(size),
+            "--filepath",
+            filepath,
+            "--ckpt_file",
+            "models/model.pt",
+            "--meta_file",
+            "configs/metadata.json",
+            "--config_file",
+            "configs/inference.json",
+        ],
+        cwd=bundle,
+        check=True,
+        capture_output=True,
+    )
     return bundle / filepath
 
 
@@ -87,8 +114,13 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bundle", type=Path, default=REPO / "bundles" / "ultrasound_mgcc_segmentation")
     ap.add_argument("--width", type=int, default=None, help="override base_channels (default: the bundle's)")
-    ap.add_argument("--model-forms", nargs="+", choices=["bundle_folder", *EXPORTS], default=["torchscript", "onnx"],
-                    help="what the app is given, each timed in turn: the bundle folder with its checkpoint, or an export")
+    ap.add_argument(
+        "--model-forms",
+        nargs="+",
+        choices=["bundle_folder", *EXPORTS],
+        default=["torchscript", "onnx"],
+        help="what the app is given, each timed in turn: the bundle folder with its checkpoint, or an export",
+    )
     ap.add_argument("--compare-bundle", action="store_true", help="also time `python -m monai.bundle run`")
     ap.add_argument("--deploy-python", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmark_deploy.json")
@@ -111,15 +143,18 @@ def main(argv=None) -> None:
         images = tmp / "images"
         images.mkdir()
         for src in sorted(p for p in Path(raw).rglob("*.png") if "_mask" not in p.name)[: args.n]:
-            shutil.copy(src, images / f"{src.parent.name}_{src.stem.replace(' ', '_').replace('(', '').replace(')', '')}.png")
+            shutil.copy(
+                src, images / f"{src.parent.name}_{src.stem.replace(' ', '_').replace('(', '').replace(')', '')}.png"
+            )
         files = sorted(images.glob("*.png"))
         one = tmp / "one"
         one.mkdir()
         shutil.copy(files[0], one / files[0].name)
 
         source = tmp / args.bundle.name
-        shutil.copytree(args.bundle, source, ignore=shutil.ignore_patterns("eval", "logs", "runs", "__pycache__", "*.ts",
-                                                                          "*.onnx"))
+        shutil.copytree(
+            args.bundle, source, ignore=shutil.ignore_patterns("eval", "logs", "runs", "__pycache__", "*.ts", "*.onnx")
+        )
         (source / "models").mkdir(exist_ok=True)
         config_path = source / "configs" / "inference.json"
         config = json.loads(config_path.read_text())
@@ -132,11 +167,17 @@ def main(argv=None) -> None:
 
         result = {
             "what": "MONAI Deploy app (apps/deploy), MGCC segmentation bundle, phantom PNG folder",
-            "images": len(files), "image_size": [args.size, args.size],
-            "spatial_size": config.get("spatial_size"), "base_channels": config.get("base_channels"),
+            "images": len(files),
+            "image_size": [args.size, args.size],
+            "spatial_size": config.get("spatial_size"),
+            "base_channels": config.get("base_channels"),
             "weights": "bundle models/model.pt" if trained else "seeded random (timing only)",
-            "machine": {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg(),
-                        "platform": platform.platform(), "python": platform.python_version()},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "loadavg_before": os.getloadavg(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+            },
             "runs": {},
         }
         for form in args.model_forms:  # one after another, each in its own copy of the bundle
@@ -150,32 +191,57 @@ def main(argv=None) -> None:
             manifest = json.loads((tmp / form / "outN" / "predictions.json").read_text())
             if len(manifest["results"]) != len(files):
                 raise SystemExit(f"error: the app wrote {len(manifest['results'])} masks for {len(files)} images")
-            per_image = {phase: round(statistics.mean(r["seconds"][phase] for r in manifest["results"]), 4)
-                         for phase in ("read", "inference", "write")}
+            per_image = {
+                phase: round(statistics.mean(r["seconds"][phase] for r in manifest["results"]), 4)
+                for phase in ("read", "inference", "write")
+            }
             per_image["rest"] = round(full_run["wall_s"] / len(files) - sum(per_image.values()), 4)
             result["runs"][form] = {
                 "model": manifest["model"].replace(str(tmp), "<tmp>"),
-                "one_image_run": start_run, "n_image_run": full_run,
+                "one_image_run": start_run,
+                "n_image_run": full_run,
                 "images_per_second": round(len(files) / full_run["wall_s"], 3),
                 "steady_state_images_per_second": (  # none when start-up noise exceeds the N-image work
                     round((len(files) - 1) / (full_run["wall_s"] - start_run["wall_s"]), 3)
-                    if full_run["wall_s"] > start_run["wall_s"] else None),
+                    if full_run["wall_s"] > start_run["wall_s"]
+                    else None
+                ),
                 "seconds_per_image": per_image,
                 "peak_rss_mib": full_run["peak_rss_mib"],
-                "lesion_pixel_fraction": round(sum(r["lesion_pixels"] for r in manifest["results"])
-                                               / (len(files) * args.size * args.size), 4),
+                "lesion_pixel_fraction": round(
+                    sum(r["lesion_pixels"] for r in manifest["results"]) / (len(files) * args.size * args.size), 4
+                ),
             }
             print(form, json.dumps(result["runs"][form]), flush=True)
         result["machine"]["loadavg_after"] = os.getloadavg()
         if args.compare_bundle:
-            bundle_run = timed([sys.executable, "-m", "monai.bundle", "run", "--config_file",
-                                "configs/inference.json", "--input_dir", images, "--output_dir", tmp / "bundle_out"],
-                               cwd=source)
+            bundle_run = timed(
+                [
+                    sys.executable,
+                    "-m",
+                    "monai.bundle",
+                    "run",
+                    "--config_file",
+                    "configs/inference.json",
+                    "--input_dir",
+                    images,
+                    "--output_dir",
+                    tmp / "bundle_out",
+                ],
+                cwd=source,
+            )
             result["bundle_run"] = {**bundle_run, "images_per_second": round(len(files) / bundle_run["wall_s"], 3)}
-        versions = subprocess.run([deploy_py, "-c", "import warnings; warnings.simplefilter('ignore'); import torch, "
-                                   "monai, monai.deploy, holoscan; print(torch.__version__, monai.__version__, "
-                                   "monai.deploy.__version__, holoscan.__version__, torch.cuda.is_available())"],
-                                  capture_output=True, text=True).stdout.split()
+        versions = subprocess.run(
+            [
+                deploy_py,
+                "-c",
+                "import warnings; warnings.simplefilter('ignore'); import torch, "
+                "monai, monai.deploy, holoscan; print(torch.__version__, monai.__version__, "
+                "monai.deploy.__version__, holoscan.__version__, torch.cuda.is_available())",
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
         result["versions"] = dict(zip(["torch", "monai", "monai_deploy_app_sdk", "holoscan", "cuda"], versions))
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

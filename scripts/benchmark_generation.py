@@ -28,7 +28,9 @@ BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_ldm_gener
 #: the busi-gpu preset's generator (one place: configs/busi-gpu.json)
 PRESETS = {
     "quick": {"spatial_size": [64, 64]},
-    "full": json.loads((Path(__file__).resolve().parents[1] / "configs" / "busi-gpu.json").read_text())["ldm"]["common"],
+    "full": json.loads((Path(__file__).resolve().parents[1] / "configs" / "busi-gpu.json").read_text())["ldm"][
+        "common"
+    ],
 }
 
 
@@ -36,14 +38,19 @@ def build(preset: str, device: torch.device, class_conditional: bool):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "train_autoencoder.json"), str(BUNDLE / "configs" / "train_diffusion.json")])
+    parser.read_config(
+        [str(BUNDLE / "configs" / "train_autoencoder.json"), str(BUNDLE / "configs" / "train_diffusion.json")]
+    )
     parser.update({**PRESETS[preset], "class_conditional": class_conditional, "device": f"$torch.device('{device}')"})
     get = parser.get_parsed_content
     keys = ("autoencoder_def", "discriminator_def", "network_def", "noise_scheduler", "adv_loss", "latent_channels")
     with importable_as_scripts(BUNDLE):  # the configs import the bundle's package as `scripts`
         parts = {key: get(key) for key in keys}
-    return parts | {"spatial_size": parser["spatial_size"], "ae_channels": parser["ae_channels"],
-                    "class_names": parser["class_names"]}
+    return parts | {
+        "spatial_size": parser["spatial_size"],
+        "ae_channels": parser["ae_channels"],
+        "class_names": parser["class_names"],
+    }
 
 
 def sync(device: torch.device) -> None:
@@ -65,7 +72,10 @@ def reset_peak(device: torch.device) -> None:
 
 def loader(shape, batch_size: int, batches: int, class_names):
     data = [
-        {"image": torch.rand(batch_size, *shape), "class": [class_names[i % len(class_names)] for i in range(batch_size)]}
+        {
+            "image": torch.rand(batch_size, *shape),
+            "class": [class_names[i % len(class_names)] for i in range(batch_size)],
+        }
         for _ in range(batches)
     ]
     return data
@@ -138,12 +148,19 @@ def bench_preset(preset: str, device: torch.device, batch_size: int, iterations:
     result["diffusion_train_peak_mib"] = peak_memory_mib(device)
 
     diffusion.eval()
-    scheduler = DDIMScheduler(num_train_timesteps=1000, schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195, clip_sample=False)
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000, schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195, clip_sample=False
+    )
     sampler = scripts.sampler.LatentSamplingInferer(
-        LatentDiffusionInferer(scheduler, scale_factor=1.0), autoencoder, scripts.diffusion.ScaleFactor(parts["latent_channels"]), steps
+        LatentDiffusionInferer(scheduler, scale_factor=1.0),
+        autoencoder,
+        scripts.diffusion.ScaleFactor(parts["latent_channels"]),
+        steps,
     )
     down = 2 ** (len(parts["ae_channels"]) - 1)
-    noise = torch.randn(sample_batch, parts["latent_channels"], *[s // down for s in parts["spatial_size"]], device=device)
+    noise = torch.randn(
+        sample_batch, parts["latent_channels"], *[s // down for s in parts["spatial_size"]], device=device
+    )
     reset_peak(device)
     with torch.no_grad():
         sampler(noise[:1], diffusion)  # warm-up
@@ -210,7 +227,9 @@ def main(argv=None) -> dict:
     }
     for preset in args.presets:
         print(f"benchmarking preset '{preset}' on {device} ...", flush=True)
-        report["results"].append(bench_preset(preset, device, args.batch_size, args.iterations, args.sample_batch, args.steps))
+        report["results"].append(
+            bench_preset(preset, device, args.batch_size, args.iterations, args.sample_batch, args.steps)
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))

@@ -46,15 +46,22 @@ def serve_and_measure(app: Path, studies: Path, name: str, args: argparse.Namesp
     port = free_port()
     env = {**server_env(), "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     with open(log, "w") as out:
-        proc = subprocess.Popen(server_command(app, studies, name, port=port), cwd=app, stdout=out,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            server_command(app, studies, name, port=port),
+            cwd=app,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         started = time.perf_counter()
         wait_for_server(url, proc, timeout=300, log=log)
         start_up = time.perf_counter() - started
-        answer = label_client(url, "benchmark", "--model", name, "--n", args.n, "--concurrency", args.concurrency,
-                              timeout=3600)
+        answer = label_client(
+            url, "benchmark", "--model", name, "--n", args.n, "--concurrency", args.concurrency, timeout=3600
+        )
         if answer.get("status") != 200:
             raise SystemExit(f"error: benchmark failed: {answer}")
         result = answer["answer"]
@@ -81,17 +88,24 @@ def main(argv=None) -> None:
 
     setup_environment(quiet=True)
     settings = {"base_channels": args.width, "spatial_size": [args.size, args.size]}
-    result = {"what": "MONAI Label /infer (apps/monailabel), MGCC segmentation bundle, phantom studies",
-              **settings, "image_size": [args.image_size, args.image_size], "threads": args.threads,
-              "weights": "seeded random (timing only)",
-              "machine": {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg(), "platform": platform.platform()},
-              "forms": {}}
+    result = {
+        "what": "MONAI Label /infer (apps/monailabel), MGCC segmentation bundle, phantom studies",
+        **settings,
+        "image_size": [args.image_size, args.image_size],
+        "threads": args.threads,
+        "weights": "seeded random (timing only)",
+        "machine": {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg(), "platform": platform.platform()},
+        "forms": {},
+    }
     with tempfile.TemporaryDirectory(prefix="mgcc_bench_label_") as tmp:
         tmp = Path(tmp)
         studies = make_studies(tmp / "studies", n=8, size=args.image_size, seed=1, labeled=0)
         source = tmp / "source" / args.bundle.name
-        shutil.copytree(args.bundle, source, ignore=shutil.ignore_patterns("eval", "logs", "runs", "__pycache__",
-                                                                          "*.pt", "*.ts", "*.onnx"))
+        shutil.copytree(
+            args.bundle,
+            source,
+            ignore=shutil.ignore_patterns("eval", "logs", "runs", "__pycache__", "*.pt", "*.ts", "*.onnx"),
+        )
         (source / "models").mkdir(exist_ok=True)
         config_path = source / "configs" / "inference.json"
         config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **settings}, indent=4))
@@ -103,9 +117,20 @@ def main(argv=None) -> None:
                 export_model(bundle, form, settings["spatial_size"])
             app, name = prepare_app(tmp / form / "work", bundle, studies)
             measured = serve_and_measure(app, studies, name, args, tmp / form / "server.log")
-            result["forms"][form] = {k: measured[k] for k in ("requests", "concurrency", "succeeded", "failed",
-                                                              "latency_s", "wall_s", "throughput_rps",
-                                                              "server_start_s", "onnx_runtime_used")}
+            result["forms"][form] = {
+                k: measured[k]
+                for k in (
+                    "requests",
+                    "concurrency",
+                    "succeeded",
+                    "failed",
+                    "latency_s",
+                    "wall_s",
+                    "throughput_rps",
+                    "server_start_s",
+                    "onnx_runtime_used",
+                )
+            }
             print(form, json.dumps(result["forms"][form]), flush=True)
     result["machine"]["loadavg_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -56,8 +56,12 @@ def counted(step) -> int:
 def matmul_case(dtype: torch.dtype, n: int, iterations: int) -> dict:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     seconds = timed(lambda: a @ b, iterations)
-    return {"case": f"matmul {n}x{n} {str(dtype).replace('torch.', '')}", "gflop": 2 * n**3 / 1e9,
-            "seconds": seconds, "gflops_per_second": 2 * n**3 / seconds / 1e9}
+    return {
+        "case": f"matmul {n}x{n} {str(dtype).replace('torch.', '')}",
+        "gflop": 2 * n**3 / 1e9,
+        "seconds": seconds,
+        "gflops_per_second": 2 * n**3 / seconds / 1e9,
+    }
 
 
 def network_cases(size: int, width: int, batch: int, iterations: int) -> list[dict]:
@@ -85,19 +89,31 @@ def network_cases(size: int, width: int, batch: int, iterations: int) -> list[di
     for name, step, n in (("train_step", train_step, batch), ("inference", inference, 1)):
         flops = counted(step)
         seconds = timed(step, iterations)
-        cases.append({"case": f"{name} {size}x{size} width {width} batch {n}", "gflop": flops / 1e9,
-                      "seconds": seconds, "gflops_per_second": flops / seconds / 1e9})
+        cases.append(
+            {
+                "case": f"{name} {size}x{size} width {width} batch {n}",
+                "gflop": flops / 1e9,
+                "seconds": seconds,
+                "gflops_per_second": flops / seconds / 1e9,
+            }
+        )
     return cases
 
 
 def markdown(report: dict) -> str:
     peak = report["fp32_matmul_gflops_per_second"]
-    lines = [f"# Achieved GFLOP/s ({report['machine']['cpu']}, {report['threads']} threads, torch "
-             f"{report['machine']['torch']})", "",
-             "| case | GFLOP | seconds | GFLOP/s | share of the fp32 matmul peak |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Achieved GFLOP/s ({report['machine']['cpu']}, {report['threads']} threads, torch "
+        f"{report['machine']['torch']})",
+        "",
+        "| case | GFLOP | seconds | GFLOP/s | share of the fp32 matmul peak |",
+        "|---|---|---|---|---|",
+    ]
     for case in report["cases"]:
-        lines.append(f"| {case['case']} | {case['gflop']:.2f} | {case['seconds']:.3f} | "
-                     f"{case['gflops_per_second']:.1f} | {case['gflops_per_second'] / peak:.0%} |")
+        lines.append(
+            f"| {case['case']} | {case['gflop']:.2f} | {case['seconds']:.3f} | "
+            f"{case['gflops_per_second']:.1f} | {case['gflops_per_second'] / peak:.0%} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -113,17 +129,29 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cases = [matmul_case(torch.float32, args.matmul_size, args.iterations),
-             matmul_case(torch.bfloat16, args.matmul_size, args.iterations)]
+    cases = [
+        matmul_case(torch.float32, args.matmul_size, args.iterations),
+        matmul_case(torch.bfloat16, args.matmul_size, args.iterations),
+    ]
     for size in args.sizes:
         for width in args.widths:
             cases += network_cases(size, width, args.batch, args.iterations)
             print(json.dumps(cases[-2:]), flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    report = {"machine": {"cpu": cpu, "capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__},
-              "threads": args.threads, "command": " ".join(sys.argv), "cases": cases,
-              "fp32_matmul_gflops_per_second": cases[0]["gflops_per_second"]}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    report = {
+        "machine": {"cpu": cpu, "capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__},
+        "threads": args.threads,
+        "command": " ".join(sys.argv),
+        "cases": cases,
+        "fp32_matmul_gflops_per_second": cases[0]["gflops_per_second"],
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

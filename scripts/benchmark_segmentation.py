@@ -65,7 +65,16 @@ from pathlib import Path
 from mgcc.bundles import import_bundle_scripts
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_mgcc_segmentation"
-TRAIN_MODES = ("auto", "eager", "channels_last", "checkpoint_aux", "compile", "bf16", "bf16_channels_last", "bf16_compile")
+TRAIN_MODES = (
+    "auto",
+    "eager",
+    "channels_last",
+    "checkpoint_aux",
+    "compile",
+    "bf16",
+    "bf16_channels_last",
+    "bf16_compile",
+)
 INFER_MODES = ("auto", "eager", "torchscript", "bf16", "torchscript_bf16", "onnxruntime", "openvino")
 REFERENCE_URL = "https://github.com/FengheTan9/Multi-Level-Global-Context-Cross-Consistency"
 
@@ -142,9 +151,15 @@ def train_case(case: dict) -> dict:
     trainer.run()
     timed = times[case["warmup"] :]
     seconds = sum(timed) / len(timed)
-    return {**case, "seconds_per_iteration": seconds, "iterations_per_second": 1.0 / seconds,
-            "first_iteration_seconds": times[0], "peak_memory_mib": peak_memory_mib(device),
-            "loss": float(trainer.state.output["loss"]), "precision": inferer.precision}
+    return {
+        **case,
+        "seconds_per_iteration": seconds,
+        "iterations_per_second": 1.0 / seconds,
+        "first_iteration_seconds": times[0],
+        "peak_memory_mib": peak_memory_mib(device),
+        "loss": float(trainer.state.output["loss"]),
+        "precision": inferer.precision,
+    }
 
 
 def load_reference(checkout: str, module: str):
@@ -171,8 +186,10 @@ def reference_case(case: dict) -> dict:
     ours = load_bundle_scripts().network.MGCCNet(base_channels=case["width"])
     count = sum(p.numel() for p in net.parameters())
     if count != sum(p.numel() for p in ours.parameters()):
-        raise SystemExit(f"width {case['width']}: reference has {count} parameters, the bundle's network "
-                         f"{sum(p.numel() for p in ours.parameters())}: not the same computation")
+        raise SystemExit(
+            f"width {case['width']}: reference has {count} parameters, the bundle's network "
+            f"{sum(p.numel() for p in ours.parameters())}: not the same computation"
+        )
     del ours
     net = net.to(device).train()
     criterion = load_reference(case["reference"], "utils.losses").BCEDiceLoss()
@@ -200,8 +217,14 @@ def reference_case(case: dict) -> dict:
         times.append(time.perf_counter() - tic)
     timed = times[case["warmup"] :]
     seconds = sum(timed) / len(timed)
-    return {**case, "seconds_per_iteration": seconds, "iterations_per_second": 1.0 / seconds,
-            "peak_memory_mib": peak_memory_mib(device), "loss": float(loss), "parameters": count}
+    return {
+        **case,
+        "seconds_per_iteration": seconds,
+        "iterations_per_second": 1.0 / seconds,
+        "peak_memory_mib": peak_memory_mib(device),
+        "loss": float(loss),
+        "parameters": count,
+    }
 
 
 def infer_case(case: dict) -> dict:
@@ -258,8 +281,11 @@ def exported(net, x, runtime: str, threads: int):
         return lambda _: network(x)  # the bundle's own module: the tensor conversions are timed too
     import openvino
 
-    compiled = openvino.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                                          "INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino.Core().compile_model(
+        path,
+        "CPU",
+        {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"},
+    )
     request = compiled.create_infer_request()
     return lambda _: request.infer({0: array})
 
@@ -286,9 +312,13 @@ def median_of(results: list[dict]) -> dict:
     if not ok:
         return results[0]
     seconds = statistics.median(r["seconds_per_iteration"] for r in ok)
-    return {**ok[0], "seconds_per_iteration": seconds, "iterations_per_second": 1.0 / seconds,
-            "peak_memory_mib": max(r["peak_memory_mib"] for r in ok),
-            "rounds_seconds_per_iteration": [r["seconds_per_iteration"] for r in ok]}
+    return {
+        **ok[0],
+        "seconds_per_iteration": seconds,
+        "iterations_per_second": 1.0 / seconds,
+        "peak_memory_mib": max(r["peak_memory_mib"] for r in ok),
+        "rounds_seconds_per_iteration": [r["seconds_per_iteration"] for r in ok],
+    }
 
 
 def reference_commit(checkout: str) -> str:
@@ -341,8 +371,13 @@ def markdown(report: dict) -> str:
             f"{r['iterations_per_second']:.3f} | {r['peak_memory_mib']:.0f} | {speedup(r, 'eager')} | "
             f"{speedup(r, 'reference')} |"
         )
-    lines += ["", "## Inference (main path, batch 1)", "", "| size | width | mode | ms/image | speed-up vs reference |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Inference (main path, batch 1)",
+        "",
+        "| size | width | mode | ms/image | speed-up vs reference |",
+        "|---|---|---|---|---|",
+    ]
     for r in report["inference"]:
         value = f"failed: {r['error']}" if "error" in r else f"{r['ms_per_image']:.1f}"
         vs = f"{r['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in r else "-"
@@ -397,7 +432,9 @@ def main() -> None:
     report = {
         "environment": {
             "device": args.device,
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+            "device_name": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or platform.machine(),
             "torch": torch.__version__,
             "monai": monai.__version__,
             "python": platform.python_version(),
@@ -415,19 +452,35 @@ def main() -> None:
     shapes = list(itertools.product(args.sizes, args.widths))
     modes = [] if args.no_training else (["reference"] if args.reference else []) + args.modes
     train_cases = [
-        {"kind": "reference" if mode == "reference" else "train", "device": args.device, "size": size,
-         "width": width, "mode": mode, "batch": args.batch, "iterations": args.iterations, "warmup": args.warmup,
-         **({"reference": str(Path(args.reference).resolve())} if mode == "reference" else {})}
-        for size, width in shapes for mode in modes
+        {
+            "kind": "reference" if mode == "reference" else "train",
+            "device": args.device,
+            "size": size,
+            "width": width,
+            "mode": mode,
+            "batch": args.batch,
+            "iterations": args.iterations,
+            "warmup": args.warmup,
+            **({"reference": str(Path(args.reference).resolve())} if mode == "reference" else {}),
+        }
+        for size, width in shapes
+        for mode in modes
     ]
     rounds = [[run_case(case, args.threads, args.timeout) for case in train_cases] for _ in range(args.rounds)]
     report["training"] = [median_of(list(results)) for results in zip(*rounds)]
     if not args.no_inference:
         infer_modes = (["reference"] if args.reference else []) + args.infer_modes
         for (size, width), mode in itertools.product(shapes, infer_modes):
-            case = {"kind": "infer", "device": args.device, "size": size, "width": width, "mode": mode,
-                    "iterations": args.infer_iterations, "warmup": 2,
-                    **({"reference": str(Path(args.reference).resolve())} if mode == "reference" else {})}
+            case = {
+                "kind": "infer",
+                "device": args.device,
+                "size": size,
+                "width": width,
+                "mode": mode,
+                "iterations": args.infer_iterations,
+                "warmup": 2,
+                **({"reference": str(Path(args.reference).resolve())} if mode == "reference" else {}),
+            }
             report["inference"].append(run_case(case, args.threads, args.timeout))
     add_speedups(report)
 

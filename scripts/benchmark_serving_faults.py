@@ -57,9 +57,13 @@ def machine_facts() -> dict:
     """CPU model, cores, whether the CPU has AVX-512 BF16, load average, OS."""
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    return {"cpu_model": fields.get("Model name", "").strip(), "cores": os.cpu_count(),
-            "avx512_bf16": "avx512_bf16" in fields.get("Flags", "").split(), "loadavg": os.getloadavg(),
-            "platform": platform.platform()}
+    return {
+        "cpu_model": fields.get("Model name", "").strip(),
+        "cores": os.cpu_count(),
+        "avx512_bf16": "avx512_bf16" in fields.get("Flags", "").split(),
+        "loadavg": os.getloadavg(),
+        "platform": platform.platform(),
+    }
 
 
 def busi_images(root: Path = BUSI) -> list[Path]:
@@ -94,8 +98,18 @@ def bundle_reference(images_dir: Path, work: Path) -> dict[str, np.ndarray]:
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "logs", "runs", "__pycache__"))
     out = work / "reference"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-           "--input_dir", str(images_dir), "--output_dir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--input_dir",
+        str(images_dir),
+        "--output_dir",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=bundle, capture_output=True, text=True, env={**os.environ, **THREADS})
     if proc.returncode != 0:
         raise SystemExit(f"error: the bundle's inference failed:\n{proc.stderr[-3000:]}")
@@ -119,9 +133,14 @@ def agreement(masks: list[tuple[str, Path]], reference: dict[str, np.ndarray]) -
             continue
         dices.append(dice(got, ref))
         identical += int(np.array_equal(got, ref))
-    return {"masks": len(masks), "identical": identical, "dice_at_least_0.99": sum(d >= DICE_OK for d in dices),
-            "min_dice": round(min(dices), 4) if dices else None, "mean_dice": round(float(np.mean(dices)), 5)
-            if dices else None, "shape_errors": shape_errors[:5]}
+    return {
+        "masks": len(masks),
+        "identical": identical,
+        "dice_at_least_0.99": sum(d >= DICE_OK for d in dices),
+        "min_dice": round(min(dices), 4) if dices else None,
+        "mean_dice": round(float(np.mean(dices)), 5) if dices else None,
+        "shape_errors": shape_errors[:5],
+    }
 
 
 def sha256(path: Path) -> str:
@@ -148,8 +167,10 @@ def write_faults(folder: Path, good: Path, bomb: bool = True) -> dict[str, Path]
     (folder / "truncated.png").write_bytes(data[: len(data) // 2])
     noise = np.random.default_rng(0).integers(0, 256, (4200, 4200), dtype=np.uint8)
     Image.fromarray(noise).save(folder / "oversized_4200x4200.png")
-    faults = {"malformed upload (truncated PNG)": folder / "truncated.png",
-              "oversized upload (4200x4200, 17.6 Mpixel)": folder / "oversized_4200x4200.png"}
+    faults = {
+        "malformed upload (truncated PNG)": folder / "truncated.png",
+        "oversized upload (4200x4200, 17.6 Mpixel)": folder / "oversized_4200x4200.png",
+    }
     if bomb:
         Image.new("L", (14000, 14000)).save(folder / "bomb_14000x14000.png")
         faults["decompression bomb (14000x14000 PNG, 196 Mpixel)"] = folder / "bomb_14000x14000.png"
@@ -166,11 +187,24 @@ def children(pid: int) -> list[int]:
 
 def start_serve(studies: Path, workdir: Path, port: int, log: Path) -> subprocess.Popen:
     """`mgcc label serve` on the shipped bundle, in its own process group, one intra-op thread per process."""
-    cmd = [str(Path(sys.executable).parent / "mgcc"), "label", "serve", "--studies", str(studies), "--workdir",
-           str(workdir), "--port", str(port), "--no-setup", "--overrides", json.dumps(SERVED_TRAIN)]
+    cmd = [
+        str(Path(sys.executable).parent / "mgcc"),
+        "label",
+        "serve",
+        "--studies",
+        str(studies),
+        "--workdir",
+        str(workdir),
+        "--port",
+        str(port),
+        "--no-setup",
+        "--overrides",
+        json.dumps(SERVED_TRAIN),
+    ]
     with open(log, "a") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **THREADS},
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **THREADS}, start_new_session=True
+        )
 
 
 def kill_all(launcher: subprocess.Popen, sig: int) -> None:
@@ -214,9 +248,25 @@ def load_with_faults(url: str, model: str, uploads: list[Path], faults: dict[str
     listing, masks, out = work / "uploads.txt", work / "load_masks", work / "load.json"
     listing.write_text("\n".join(map(str, uploads)) + "\n")
     n = args.clients * args.requests
-    cmd = [str(label_venv() / "bin" / "python"), str(CLIENT), "--url", url, "benchmark", "--model", model,
-           "--files", str(listing), "--n", str(n), "--concurrency", str(args.clients), "--save-dir", str(masks),
-           "--out", str(out)]
+    cmd = [
+        str(label_venv() / "bin" / "python"),
+        str(CLIENT),
+        "--url",
+        url,
+        "benchmark",
+        "--model",
+        model,
+        "--files",
+        str(listing),
+        "--n",
+        str(n),
+        "--concurrency",
+        str(args.clients),
+        "--save-dir",
+        str(masks),
+        "--out",
+        str(out),
+    ]
     load = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=server_env())
     deadline = time.monotonic() + args.timeout
 
@@ -225,11 +275,19 @@ def load_with_faults(url: str, model: str, uploads: list[Path], faults: dict[str
 
     def send(what: str, path: Path) -> dict:
         before, start = answered(), time.perf_counter()
-        r = label_client(url, "infer", model, "--file", str(path), "--out", str(work / f"{path.stem}_mask.png"),
-                         timeout=300)
-        return {"fault": what, "file": path.name, "bytes": path.stat().st_size, "status": r["status"],
-                "detail": r.get("detail", r.get("answer")), "seconds": round(time.perf_counter() - start, 2),
-                "load_answers_meanwhile": answered() - before, "load_running_when_answered": load.poll() is None}
+        r = label_client(
+            url, "infer", model, "--file", str(path), "--out", str(work / f"{path.stem}_mask.png"), timeout=300
+        )
+        return {
+            "fault": what,
+            "file": path.name,
+            "bytes": path.stat().st_size,
+            "status": r["status"],
+            "detail": r.get("detail", r.get("answer")),
+            "seconds": round(time.perf_counter() - start, 2),
+            "load_answers_meanwhile": answered() - before,
+            "load_running_when_answered": load.poll() is None,
+        }
 
     while load.poll() is None and answered() < n // 2 and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -261,12 +319,17 @@ def watch_and_kill(launcher: subprocess.Popen, model_pt: Path, timeout: float) -
     groups = {launcher.pid, *children(launcher.pid)}
     kill_all(launcher, signal.SIGKILL)
     time.sleep(1.0)
-    return {"killed_after_s": round(time.monotonic() - start, 2), "trigger": "model.pt write started" if trigger
-            else "timeout (no write seen)", "state_at_trigger": {"model_pt": trigger[0] if trigger else None,
-                                                                 "other_files": trigger[1] if trigger else None},
-            "left_in_models": {p.name: p.stat().st_size for p in sorted(folder.iterdir())},
-            "model_pt_complete_after_kill": model_pt.is_file() and complete_checkpoint(model_pt),
-            "survivors": survivors(groups)}
+    return {
+        "killed_after_s": round(time.monotonic() - start, 2),
+        "trigger": "model.pt write started" if trigger else "timeout (no write seen)",
+        "state_at_trigger": {
+            "model_pt": trigger[0] if trigger else None,
+            "other_files": trigger[1] if trigger else None,
+        },
+        "left_in_models": {p.name: p.stat().st_size for p in sorted(folder.iterdir())},
+        "model_pt_complete_after_kill": model_pt.is_file() and complete_checkpoint(model_pt),
+        "survivors": survivors(groups),
+    }
 
 
 def label_part(args, uploads: list[Path], studies_images: list[Path], reference: dict, work: Path) -> dict:
@@ -289,8 +352,13 @@ def label_part(args, uploads: list[Path], studies_images: list[Path], reference:
         result["load"]["statuses"] = sorted({r["status"] for r in detail})
         before_sha = sha256(model_pt)
         before = {Path(r["image"]).name: Path(r["mask"]) for r in detail if r.get("mask")}
-        r = label_client(url, "train", model, "--params", json.dumps(
-            {"max_epochs": 3, "val_split": 0.25, "device": "cpu", "multi_gpu": False}))
+        r = label_client(
+            url,
+            "train",
+            model,
+            "--params",
+            json.dumps({"max_epochs": 3, "val_split": 0.25, "device": "cpu", "multi_gpu": False}),
+        )
         if r["status"] != 200:
             raise SystemExit(f"error: /train refused: {r}")
         kill = watch_and_kill(launcher, model_pt, timeout=args.timeout)
@@ -303,10 +371,14 @@ def label_part(args, uploads: list[Path], studies_images: list[Path], reference:
         for name in sorted(before)[: args.after_restart]:
             out = work / "after_restart" / name
             r = label_client(url, "infer", model, "--file", str(uploads[0].parent / name), "--out", str(out))
-            same = r["status"] == 200 and np.array_equal(np.asarray(Image.open(out)),
-                                                         np.asarray(Image.open(before[name])))
-            checks[name] = {"status": r["status"], "same_as_before_train": bool(same),
-                            **({"detail": r["detail"]} if r["status"] != 200 else {})}
+            same = r["status"] == 200 and np.array_equal(
+                np.asarray(Image.open(out)), np.asarray(Image.open(before[name]))
+            )
+            checks[name] = {
+                "status": r["status"],
+                "same_as_before_train": bool(same),
+                **({"detail": r["detail"]} if r["status"] != 200 else {}),
+            }
         kill["infer_after_restart"] = checks
         kill["answers_same_as_before"] = sum(c["same_as_before_train"] for c in checks.values())
         result["kill_during_train"] = kill
@@ -323,19 +395,34 @@ def deploy_part(args, images: list[Path], corrupt: Path, reference: dict, work: 
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    cmd = [str(deploy_py), str(REPO / "apps" / "deploy"), "-i", str(images[0].parent), "-o", str(out), "-m",
-           str(work.parent / "bundle")]
+    cmd = [
+        str(deploy_py),
+        str(REPO / "apps" / "deploy"),
+        "-i",
+        str(images[0].parent),
+        "-o",
+        str(out),
+        "-m",
+        str(work.parent / "bundle"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **THREADS}, timeout=args.timeout * 4)
     wall = time.perf_counter() - start
     manifest = json.loads((out / "predictions.json").read_text()) if (out / "predictions.json").is_file() else {}
     masks = [(Path(r["source"]).name, Path(r["mask"])) for r in manifest.get("results", [])]
     lines = [line for line in proc.stderr.splitlines() if corrupt.name in line]
-    return {"inputs": len(images), "corrupt_file": corrupt.name, "exit_code": proc.returncode,
-            "status": manifest.get("status"), "masks": len(list((out / "masks").glob("*.png"))) if out.is_dir() else 0,
-            "skipped": [{"source": Path(s["source"]).name, "reason": s["reason"]} for s in manifest.get("skipped", [])],
-            "stderr_lines_naming_the_corrupt_file": lines[:3], "wall_s": round(wall, 1),
-            "images_per_second": round(len(masks) / wall, 2), "agreement_with_bundle": agreement(masks, reference),
-            "model": str(manifest.get("model", "")).replace(str(REPO) + "/", "")}
+    return {
+        "inputs": len(images),
+        "corrupt_file": corrupt.name,
+        "exit_code": proc.returncode,
+        "status": manifest.get("status"),
+        "masks": len(list((out / "masks").glob("*.png"))) if out.is_dir() else 0,
+        "skipped": [{"source": Path(s["source"]).name, "reason": s["reason"]} for s in manifest.get("skipped", [])],
+        "stderr_lines_naming_the_corrupt_file": lines[:3],
+        "wall_s": round(wall, 1),
+        "images_per_second": round(len(masks) / wall, 2),
+        "agreement_with_bundle": agreement(masks, reference),
+        "model": str(manifest.get("model", "")).replace(str(REPO) + "/", ""),
+    }
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -344,33 +431,41 @@ def table(result: dict) -> str:
     label = result.get("label")
     if label:
         load, agree = label["load"], label["load"]["agreement_with_bundle"]
-        rows.append(f"| MONAI Label `/infer`: {load['concurrency']} clients x {load['requests'] // load['concurrency']}"
-                    f" BUSI uploads | {load['succeeded']}/{load['requests']} answered 200; p50 "
-                    f"{load['latency_s']['median']:.2f} s, p95 {load['latency_s']['p95']:.2f} s, "
-                    f"{load['throughput_rps']:.2f} req/s; vs the bundle's own masks: {agree['dice_at_least_0.99']}/"
-                    f"{agree['masks']} Dice >= 0.99 ({agree['identical']} pixel-identical, min Dice "
-                    f"{agree['min_dice']}) |")
+        rows.append(
+            f"| MONAI Label `/infer`: {load['concurrency']} clients x {load['requests'] // load['concurrency']}"
+            f" BUSI uploads | {load['succeeded']}/{load['requests']} answered 200; p50 "
+            f"{load['latency_s']['median']:.2f} s, p95 {load['latency_s']['p95']:.2f} s, "
+            f"{load['throughput_rps']:.2f} req/s; vs the bundle's own masks: {agree['dice_at_least_0.99']}/"
+            f"{agree['masks']} Dice >= 0.99 ({agree['identical']} pixel-identical, min Dice "
+            f"{agree['min_dice']}) |"
+        )
         for fault in label["faults"]:
             running = "still running" if fault["load_running_when_answered"] else "finished"
-            rows.append(f"| {fault['fault']}, sent at half load | {fault['status']} \"{fault['detail']}\" in "
-                        f"{fault['seconds']} s; {fault['load_answers_meanwhile']} load answers served meanwhile, load "
-                        f"{running} when it was answered |")
+            rows.append(
+                f'| {fault["fault"]}, sent at half load | {fault["status"]} "{fault["detail"]}" in '
+                f"{fault['seconds']} s; {fault['load_answers_meanwhile']} load answers served meanwhile, load "
+                f"{running} when it was answered |"
+            )
         kill = label["kill_during_train"]
-        rows.append(f"| SIGKILL when `/train` starts writing `model.pt`, then `mgcc label serve` again | "
-                    f"{kill['trigger']} after {kill['killed_after_s']} s; model.pt complete after the kill: "
-                    f"{kill['model_pt_complete_after_kill']}, unchanged: {kill['model_pt_unchanged']}; after restart "
-                    f"({kill['restart_s']} s) {kill['answers_same_as_before']}/{len(kill['infer_after_restart'])} "
-                    f"answers identical to before `/train` |")
+        rows.append(
+            f"| SIGKILL when `/train` starts writing `model.pt`, then `mgcc label serve` again | "
+            f"{kill['trigger']} after {kill['killed_after_s']} s; model.pt complete after the kill: "
+            f"{kill['model_pt_complete_after_kill']}, unchanged: {kill['model_pt_unchanged']}; after restart "
+            f"({kill['restart_s']} s) {kill['answers_same_as_before']}/{len(kill['infer_after_restart'])} "
+            f"answers identical to before `/train` |"
+        )
     deploy = result.get("deploy")
     if deploy:
         agree = deploy["agreement_with_bundle"]
         listed = [s for s in deploy["skipped"] if s["source"] == deploy["corrupt_file"]]
-        rows.append(f"| Deploy app: {deploy['inputs']} BUSI images, 1 truncated | exit {deploy['exit_code']}, "
-                    f"{deploy['masks']} masks, corrupt file listed: {bool(listed)} "
-                    f"(\"{listed[0]['reason'] if listed else ''}\"); {deploy['images_per_second']} images/s "
-                    f"({deploy['wall_s']} s with start-up); "
-                    f"vs the bundle's own masks: {agree['dice_at_least_0.99']}/{agree['masks']} Dice >= 0.99 "
-                    f"({agree['identical']} pixel-identical, min Dice {agree['min_dice']}) |")
+        rows.append(
+            f"| Deploy app: {deploy['inputs']} BUSI images, 1 truncated | exit {deploy['exit_code']}, "
+            f"{deploy['masks']} masks, corrupt file listed: {bool(listed)} "
+            f'("{listed[0]["reason"] if listed else ""}"); {deploy["images_per_second"]} images/s '
+            f"({deploy['wall_s']} s with start-up); "
+            f"vs the bundle's own masks: {agree['dice_at_least_0.99']}/{agree['masks']} Dice >= 0.99 "
+            f"({agree['identical']} pixel-identical, min Dice {agree['min_dice']}) |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -399,13 +494,18 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(images_dir, ignore_errors=True)
     copies = copy_images(chosen, images_dir)
     corrupt = copies[-1] if corrupt_source else None
-    result = {"what": "serving under load and faults, shipped segmentation bundle, BUSI images (Al-Dhabyani et al. "
-                      "2020)", "machine": machine_facts(), "bundle": str(BUNDLE.relative_to(REPO)),
-              "model_pt_sha256": sha256(BUNDLE / "models" / "model.pt"), "correct_means": f"Dice >= {DICE_OK} "
-              "against `python -m monai.bundle run --config_file configs/inference.json` on the same file",
-              "command": " ".join(["nice -n 10 .venv/bin/python scripts/benchmark_serving_faults.py",
-                                   *(argv or sys.argv[1:])]).strip(),
-              "date": time.strftime("%Y-%m-%d %H:%M")}
+    result = {
+        "what": "serving under load and faults, shipped segmentation bundle, BUSI images (Al-Dhabyani et al. 2020)",
+        "machine": machine_facts(),
+        "bundle": str(BUNDLE.relative_to(REPO)),
+        "model_pt_sha256": sha256(BUNDLE / "models" / "model.pt"),
+        "correct_means": f"Dice >= {DICE_OK} "
+        "against `python -m monai.bundle run --config_file configs/inference.json` on the same file",
+        "command": " ".join(
+            ["nice -n 10 .venv/bin/python scripts/benchmark_serving_faults.py", *(argv or sys.argv[1:])]
+        ).strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     if corrupt:
         data = corrupt.read_bytes()
         corrupt.unlink()  # the reference is the bundle's output on the readable files
@@ -430,7 +530,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.with_suffix(".md").write_text(
         f"# Serving under load and faults\n\n{machine['cpu_model']}, {machine['cores']} cores, avx512_bf16: "
         f"{machine['avx512_bf16']}, load average {machine['loadavg'][0]:.1f} at the start (a training shared the "
-        f"machine). `{result['command']}`, {result['date']}.\n\n{md}")
+        f"machine). `{result['command']}`, {result['date']}.\n\n{md}"
+    )
     print(md)
 
 

@@ -33,15 +33,21 @@ from mgcc.bundles import import_bundle_scripts
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_ldm_generation"
 
 
-def real_images(dataset: Path, sections: list[str], classes: list[str], size: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def real_images(
+    dataset: Path, sections: list[str], classes: list[str], size: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images of the datalist ``sections`` whose class is in ``classes``, through the LDM bundle's preprocessing."""
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train_autoencoder.json"))
     parser["spatial_size"] = size
     transform = Compose(parser.get_parsed_content("preprocessing_transforms"))
     datalist = json.loads((dataset / "datalist.json").read_text())
-    items = [dict(e, image=str(dataset / e["image"])) for s in sections for e in datalist.get(s, [])
-             if e.get("class") in classes]
+    items = [
+        dict(e, image=str(dataset / e["image"]))
+        for s in sections
+        for e in datalist.get(s, [])
+        if e.get("class") in classes
+    ]
     if not items:
         raise SystemExit(f"{dataset / 'datalist.json'}: no {sections} images of the classes {classes}")
     images = torch.stack([torch.as_tensor(transform(item)["image"]) for item in items]).float()
@@ -49,7 +55,9 @@ def real_images(dataset: Path, sections: list[str], classes: list[str], size: li
     return images, labels
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, n_classes: int, epochs: int, seed: int) -> torch.nn.Module:
+def train_classifier(
+    images: torch.Tensor, labels: torch.Tensor, n_classes: int, epochs: int, seed: int
+) -> torch.nn.Module:
     """A small CNN, class-balanced cross-entropy, horizontal flips; Adam for ``epochs`` passes."""
     set_determinism(seed)
     size = tuple(images.shape[1:])
@@ -100,10 +108,14 @@ def markdown(report: dict) -> str:
     ]
     for name in ("real_validation", "conditional_samples"):
         r = report[name]
-        cells = [f"{r['per_class'][c]['agreement']:.2f} (n={r['per_class'][c]['n']})" if c in r["per_class"] else "-"
-                 for c in report["classes"]]
+        cells = [
+            f"{r['per_class'][c]['agreement']:.2f} (n={r['per_class'][c]['n']})" if c in r["per_class"] else "-"
+            for c in report["classes"]
+        ]
         n = sum(v["n"] for v in r["per_class"].values())
-        lines.append(f"| {name.replace('_', ' ')} | {n} | {r['overall']:.3f} | {r['balanced']:.3f} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {name.replace('_', ' ')} | {n} | {r['overall']:.3f} | {r['balanced']:.3f} | " + " | ".join(cells) + " |"
+        )
     lines += ["", f"Chance (balanced): {1 / len(report['classes']):.2f}.", ""]
     return "\n".join(lines)
 
@@ -121,8 +133,10 @@ def main() -> None:
     samples, records = import_bundle_scripts(BUNDLE).quality.load_samples(str(args.samples))
     unknown = sorted({r.get("class") for r in records} - set(args.classes), key=str)
     if unknown:
-        raise SystemExit(f"{args.samples / 'manifest.json'}: samples of classes {unknown} are not among {args.classes} "
-                         "(is this a class-conditional model's sample folder?)")
+        raise SystemExit(
+            f"{args.samples / 'manifest.json'}: samples of classes {unknown} are not among {args.classes} "
+            "(is this a class-conditional model's sample folder?)"
+        )
     wanted = torch.tensor([args.classes.index(r["class"]) for r in records])
     size = list(samples.shape[2:])
 
@@ -130,8 +144,14 @@ def main() -> None:
     val_x, val_y = real_images(args.dataset, ["validation"], args.classes, size)
     net = train_classifier(train_x, train_y, len(args.classes), args.epochs, args.seed)
     report = {
-        "dataset": str(args.dataset), "samples": str(args.samples), "classes": args.classes, "epochs": args.epochs,
-        "seed": args.seed, "train_images": len(train_x), "num_samples": len(samples), "size": size,
+        "dataset": str(args.dataset),
+        "samples": str(args.samples),
+        "classes": args.classes,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "train_images": len(train_x),
+        "num_samples": len(samples),
+        "size": size,
         "real_validation": agreement(predict(net, val_x), val_y, args.classes),
         "conditional_samples": agreement(predict(net, samples), wanted, args.classes),
     }

@@ -51,17 +51,45 @@ def main() -> None:
     shutil.copy(Path(args.ckpt_dir) / "model.pt", models / "model.pt")
     size = [args.spatial_size, args.spatial_size]
     export = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "onnx_export", "network_def", "--filepath", str(models / "model.onnx"),
-         "--ckpt_file", str(models / "model.pt"), "--meta_file", "configs/metadata.json", "--config_file",
-         "configs/inference.json", "--base_channels", str(args.base_channels), "--use_trace", "True",
-         "--input_shape", json.dumps([1, 1, *size]), "--converter_kwargs", "{'dynamo': False}"],
-        cwd=SEG_BUNDLE, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "onnx_export",
+            "network_def",
+            "--filepath",
+            str(models / "model.onnx"),
+            "--ckpt_file",
+            str(models / "model.pt"),
+            "--meta_file",
+            "configs/metadata.json",
+            "--config_file",
+            "configs/inference.json",
+            "--base_channels",
+            str(args.base_channels),
+            "--use_trace",
+            "True",
+            "--input_shape",
+            json.dumps([1, 1, *size]),
+            "--converter_kwargs",
+            "{'dynamo': False}",
+        ],
+        cwd=SEG_BUNDLE,
+        capture_output=True,
+        text=True,
+    )
     if export.returncode != 0:
         raise SystemExit(f"onnx_export failed:\n{export.stderr[-3000:]}")
 
     dataset = Path(args.dataset).resolve()
-    common = {"dataset_dir": str(dataset), "datalist": str(dataset / "datalist.json"), "datalist_section": args.section,
-              "ckpt_dir": str(models), "spatial_size": size, "base_channels": args.base_channels}
+    common = {
+        "dataset_dir": str(dataset),
+        "datalist": str(dataset / "datalist.json"),
+        "datalist_section": args.section,
+        "ckpt_dir": str(models),
+        "spatial_size": size,
+        "base_channels": args.base_channels,
+    }
     runs = {"torch": ["inference.json"], "onnx": ["inference.json", "inference_onnx.json"]}
     seconds = {}
     for name, configs in runs.items():
@@ -80,8 +108,12 @@ def main() -> None:
     pixels = sum(np.asarray(Image.open(dataset / e["label"])).size for e in entries)
     same = sum(a * np.asarray(Image.open(dataset / e["label"])).size for a, e in zip(agreement, entries))
     report = {
-        "images": len(entries), "section": args.section, "spatial_size": size, "base_channels": args.base_channels,
-        "pixel_agreement": same / pixels, "lowest_image_agreement": min(agreement),
+        "images": len(entries),
+        "section": args.section,
+        "spatial_size": size,
+        "base_channels": args.base_channels,
+        "pixel_agreement": same / pixels,
+        "lowest_image_agreement": min(agreement),
         "dice": {name: statistics.mean(values) for name, values in dices.items()},
         "dice_difference": statistics.mean(dices["onnx"]) - statistics.mean(dices["torch"]),
         "seconds": seconds,

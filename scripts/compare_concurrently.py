@@ -34,8 +34,9 @@ def jobs(stages: list, names: list[str], base) -> dict[str, list[str]]:
     """Job name -> stage names, in order: the generator chain with the variants that read its samples, then one
     job per other variant."""
     folders = {name: (training_folder(name), evaluation_folder(name)) for name in names}
-    generator = [s.name for s in stages if s.name not in {n for pair in folders.values() for n in pair}
-                 and s.name != "prepare"]
+    generator = [
+        s.name for s in stages if s.name not in {n for pair in folders.values() for n in pair} and s.name != "prepare"
+    ]
     by_name = {s.name: s for s in stages}
     result: dict[str, list[str]] = {"generator": list(generator)} if generator else {}
     for name in names:
@@ -77,17 +78,31 @@ def main() -> None:
         execute_stages(run, [s for s in stages if s.name == "prepare"])
     logs = Path(args.out) / "concurrent_logs"
     logs.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, __file__, "--preset", args.preset, "--out", args.out, "--variants", args.variants,
-            "--seeds", ",".join(map(str, runs))] + (["--data", args.data] if args.data else []) + \
-        (["--no-quality"] if args.no_quality else [])
+    argv = (
+        [
+            sys.executable,
+            __file__,
+            "--preset",
+            args.preset,
+            "--out",
+            args.out,
+            "--variants",
+            args.variants,
+            "--seeds",
+            ",".join(map(str, runs)),
+        ]
+        + (["--data", args.data] if args.data else [])
+        + (["--no-quality"] if args.no_quality else [])
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     started = time.monotonic()
     procs = {}
     for seed in runs:
         for job in work:
             log = open(logs / f"seed-{seed}-{job}.log", "ab")
-            procs[(seed, job)] = subprocess.Popen(argv + ["--job", f"{seed}:{job}"], stdout=log, stderr=subprocess.STDOUT,
-                                                  env=env, start_new_session=True)
+            procs[(seed, job)] = subprocess.Popen(
+                argv + ["--job", f"{seed}:{job}"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
     print(f"[concurrent] {len(procs)} jobs: {', '.join(f'{s}:{j}' for s, j in procs)}", flush=True)
     while any(p.poll() is None for p in procs.values()):
         if args.deadline and time.monotonic() - started > args.deadline:

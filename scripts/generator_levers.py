@@ -42,12 +42,18 @@ def parse_row(text: str) -> tuple[str, dict]:
 
 
 def summarise(quality: dict, settings: dict, train_seconds: float | None, sampling_seconds: float) -> dict:
-    return {"settings": settings, "train_seconds": train_seconds, "sampling_seconds": sampling_seconds,
-            "fid": quality["fid"], "kid": quality["kid"], "frame_intensity_ratio": quality["frame_intensity_ratio"],
-            "msssim": quality["diversity_msssim"]["generated"]["mean"],
-            "possible_copies": quality["nearest_neighbour_rmse"]["possible_copies"],
-            "num_samples": quality["num_samples"], "floor": {"fid": quality["fid"].get("validation_vs_train"),
-                                                             "kid": quality["kid"].get("validation_vs_train")}}
+    return {
+        "settings": settings,
+        "train_seconds": train_seconds,
+        "sampling_seconds": sampling_seconds,
+        "fid": quality["fid"],
+        "kid": quality["kid"],
+        "frame_intensity_ratio": quality["frame_intensity_ratio"],
+        "msssim": quality["diversity_msssim"]["generated"]["mean"],
+        "possible_copies": quality["nearest_neighbour_rmse"]["possible_copies"],
+        "num_samples": quality["num_samples"],
+        "floor": {"fid": quality["fid"].get("validation_vs_train"), "kid": quality["kid"].get("validation_vs_train")},
+    }
 
 
 def pipeline_row(folder: Path) -> dict:
@@ -61,8 +67,11 @@ def pipeline_row(folder: Path) -> dict:
 def score_row(run: Path, work: Path, settings: dict) -> dict:
     """Sample with the row's settings, then evaluate; returns the quality figures and the sampling time."""
     base = json.loads((run / "sample" / "args.json").read_text())  # the run's own sampler settings (sample count...)
-    ldm = {k: v for k, v in base.items()
-           if k not in ("config_file", "meta_file", "logging_file", "bundle_root", "sample_dir")}
+    ldm = {
+        k: v
+        for k, v in base.items()
+        if k not in ("config_file", "meta_file", "logging_file", "bundle_root", "sample_dir")
+    }
     ldm.update(ckpt_dir=str(run / "ldm_models"), output_dir=str(work))
     settings = dict(settings)
     train_seconds = settings.pop("train_seconds", None)
@@ -70,29 +79,47 @@ def score_row(run: Path, work: Path, settings: dict) -> dict:
     samples = work / "samples"
     start = time.perf_counter()
     # the run's settings are passed where the configs know them; the row's own settings must all be known
-    run_bundle(f"{work.name}-sample", work.parent, LDM_BUNDLE, ["inference.json"],
-               {**settings, "diffusion_path": diffusion, "sample_dir": str(samples)}, shared=ldm)
+    run_bundle(
+        f"{work.name}-sample",
+        work.parent,
+        LDM_BUNDLE,
+        ["inference.json"],
+        {**settings, "diffusion_path": diffusion, "sample_dir": str(samples)},
+        shared=ldm,
+    )
     sampling = time.perf_counter() - start
-    run_bundle(f"{work.name}-quality", work.parent, LDM_BUNDLE, ["train_autoencoder.json", "evaluate.json"],
-               {"sample_dir": str(samples), "feature_cache_dir": str(run / "quality" / "feature_cache")}, shared=ldm)
+    run_bundle(
+        f"{work.name}-quality",
+        work.parent,
+        LDM_BUNDLE,
+        ["train_autoencoder.json", "evaluate.json"],
+        {"sample_dir": str(samples), "feature_cache_dir": str(run / "quality" / "feature_cache")},
+        shared=ldm,
+    )
     quality = json.loads((work / "quality.json").read_text())
     return summarise(quality, {"diffusion": diffusion, **settings}, train_seconds, sampling)
 
 
 def table(rows: dict) -> str:
-    lines = ["| lever | FID | KID x 1000 (mean ± std) | frame ratio | MS-SSIM | copies | training s | sampling s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| lever | FID | KID x 1000 (mean ± std) | frame ratio | MS-SSIM | copies | training s | sampling s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     floor = None
     for name, r in rows.items():
         kid = r["kid"]["generated_vs_train"]
         train = f"{r['train_seconds']:.0f}" if r["train_seconds"] else ""
-        lines.append(f"| {name} | {r['fid']['generated_vs_train']:.1f} | {kid['mean'] * 1000:.1f} ± {kid['std'] * 1000:.1f} "
-                     f"| {r['frame_intensity_ratio']:.3f} | {r['msssim']:.3f} | {r['possible_copies']} | {train} "
-                     f"| {r['sampling_seconds']:.0f} |")
+        lines.append(
+            f"| {name} | {r['fid']['generated_vs_train']:.1f} | {kid['mean'] * 1000:.1f} ± {kid['std'] * 1000:.1f} "
+            f"| {r['frame_intensity_ratio']:.3f} | {r['msssim']:.3f} | {r['possible_copies']} | {train} "
+            f"| {r['sampling_seconds']:.0f} |"
+        )
         floor = floor or r["floor"]
     if floor and floor["fid"] is not None:
-        lines.append(f"| real validation vs train (floor) | {floor['fid']:.1f} | {floor['kid']['mean'] * 1000:.1f} ± "
-                     f"{floor['kid']['std'] * 1000:.1f} | 1 | | | | |")
+        lines.append(
+            f"| real validation vs train (floor) | {floor['fid']:.1f} | {floor['kid']['mean'] * 1000:.1f} ± "
+            f"{floor['kid']['std'] * 1000:.1f} | 1 | | | | |"
+        )
     return "\n".join(lines)
 
 

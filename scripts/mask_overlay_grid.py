@@ -20,8 +20,9 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask)
 
 
-def overlay_grid(samples: Path, predictions: Path | None, out: Path, count: int = 16, columns: int = 8,
-                 scale: int = 2) -> Path:
+def overlay_grid(
+    samples: Path, predictions: Path | None, out: Path, count: int = 16, columns: int = 8, scale: int = 2
+) -> Path:
     records = json.loads((samples / "manifest.json").read_text())["samples"][:count]
     if not records or not all(r.get("label") for r in records):
         raise SystemExit(f"{samples}/manifest.json: the samples have no masks (not a mask-conditioned generator)")
@@ -35,7 +36,7 @@ def overlay_grid(samples: Path, predictions: Path | None, out: Path, count: int 
             found = np.asarray(Image.open(predictions / f"{Path(record['file']).stem}_seg.png")) > 0
             marked[outline(found)] = (0, 255, 0)
         tiles.append(np.concatenate([rgb, marked], 0))
-    rows = [np.concatenate(tiles[i:i + columns], 1) for i in range(0, len(tiles), columns)]
+    rows = [np.concatenate(tiles[i : i + columns], 1) for i in range(0, len(tiles), columns)]
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     grid = np.concatenate(rows, 0)

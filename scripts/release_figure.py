@@ -28,7 +28,9 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 def _tile(image: Path, truth: Path, prediction: Path) -> tuple[Image.Image, float]:
     gray = Image.open(image).convert("L").resize((TILE, TILE), Image.BILINEAR)
-    masks = [np.asarray(Image.open(p).convert("L").resize((TILE, TILE), Image.NEAREST)) > 0 for p in (truth, prediction)]
+    masks = [
+        np.asarray(Image.open(p).convert("L").resize((TILE, TILE), Image.NEAREST)) > 0 for p in (truth, prediction)
+    ]
     rgb = np.stack([np.asarray(gray)] * 3, axis=-1)
     rgb[_outline(masks[0])] = (0, 220, 0)
     rgb[_outline(masks[1])] = (255, 40, 40)
@@ -39,21 +41,28 @@ def _tile(image: Path, truth: Path, prediction: Path) -> tuple[Image.Image, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", nargs=4, action="append", required=True,
-                        metavar=("NAME", "PREPARED", "SECTION", "PREDICTIONS"))
+    parser.add_argument(
+        "--set", nargs=4, action="append", required=True, metavar=("NAME", "PREPARED", "SECTION", "PREDICTIONS")
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--count", type=int, default=8)
     args = parser.parse_args()
     rows = []
     for name, prepared, section, predictions in args.set:
         datalist = json.loads((Path(prepared) / "datalist.json").read_text())
-        entries = sorted((e for s in (SECTIONS if section == "all" else (section,)) for e in datalist[s]),
-                         key=lambda e: e["image"])[: args.count]
+        entries = sorted(
+            (e for s in (SECTIONS if section == "all" else (section,)) for e in datalist[s]), key=lambda e: e["image"]
+        )[: args.count]
         tiles = []
         for entry in entries:
             stem = Path(entry["image"]).stem
-            tiles.append(_tile(Path(prepared) / entry["image"], Path(prepared) / "labels" / f"{stem}.png",
-                               Path(predictions) / f"{stem}_seg.png"))
+            tiles.append(
+                _tile(
+                    Path(prepared) / entry["image"],
+                    Path(prepared) / "labels" / f"{stem}.png",
+                    Path(predictions) / f"{stem}_seg.png",
+                )
+            )
         rows.append((name, tiles))
     sheet = Image.new("RGB", (args.count * TILE, len(rows) * (TILE + 32)), "white")
     draw = ImageDraw.Draw(sheet)

@@ -31,12 +31,19 @@ def _release(bundle: Path, version: str, note: str, metrics: dict[str, float]) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
-    parser.add_argument("--model", default="segmentation-mgcc-synthetic", help="the training stage folder of RUN to ship")
+    parser.add_argument(
+        "--model", default="segmentation-mgcc-synthetic", help="the training stage folder of RUN to ship"
+    )
     parser.add_argument("--version", required=True)
     parser.add_argument("--note", required=True, help="the segmentation bundle's changelog entry")
     parser.add_argument("--generator-note", required=True, help="the generator bundle's changelog entry")
-    parser.add_argument("--external", action="append", default=[], metavar="NAME=FOLDER",
-                        help="an `mgcc evaluate` output folder, reported as NAME_mean_dice, ...")
+    parser.add_argument(
+        "--external",
+        action="append",
+        default=[],
+        metavar="NAME=FOLDER",
+        help="an `mgcc evaluate` output folder, reported as NAME_mean_dice, ...",
+    )
     args = parser.parse_args()
     stage = args.run / args.model
     metrics = summary_metrics("test", _summary(args.run / args.model.replace("segmentation", "evaluate", 1)))

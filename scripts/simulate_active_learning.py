@@ -49,8 +49,10 @@ def oracle_label(entry: dict, root: Path) -> dict:
     """A pool image with its mask, as the annotator would return it: the prepared dataset's `labels/<name>`."""
     label = root / "labels" / Path(entry["image"]).name
     if not label.is_file():
-        raise SystemExit(f"{label}: no mask for pool image {entry['image']}; the simulation needs masks for every "
-                         "unlabeled image of the split (BUSI has them)")
+        raise SystemExit(
+            f"{label}: no mask for pool image {entry['image']}; the simulation needs masks for every "
+            "unlabeled image of the split (BUSI has them)"
+        )
     return {**entry, "label": str(label)}
 
 
@@ -84,15 +86,35 @@ def train_and_evaluate(run: Run, folder: Path) -> dict:
 
     def train() -> dict:
         resume = any(models.glob("checkpoint_epoch=*.pt"))
-        run_bundle("training", folder, SEG_BUNDLE, ["train.json"],
-                   {**run.section("segmentation", "train"), "unlabeled_source": "real", "output_dir": str(folder),
-                    "ckpt_dir": str(models), "resume": resume}, shared=shared)
+        run_bundle(
+            "training",
+            folder,
+            SEG_BUNDLE,
+            ["train.json"],
+            {
+                **run.section("segmentation", "train"),
+                "unlabeled_source": "real",
+                "output_dir": str(folder),
+                "ckpt_dir": str(models),
+                "resume": resume,
+            },
+            shared=shared,
+        )
         return {}
 
     def evaluate() -> dict:
-        run_bundle("evaluation", folder, SEG_BUNDLE, list(EVALUATE_CONFIGS),
-                   {**run.section("segmentation", "evaluate"), "output_dir": str(folder / "evaluation"),
-                    "ckpt_dir": str(models)}, shared={**shared, **run.section("segmentation", "train")})
+        run_bundle(
+            "evaluation",
+            folder,
+            SEG_BUNDLE,
+            list(EVALUATE_CONFIGS),
+            {
+                **run.section("segmentation", "evaluate"),
+                "output_dir": str(folder / "evaluation"),
+                "ckpt_dir": str(models),
+            },
+            shared={**shared, **run.section("segmentation", "train")},
+        )
         summary = json.loads((folder / "evaluation" / "evaluation" / "summary.json").read_text())
         return {metric: summary[metric]["mean"] for metric in ("dice", "iou", "hd95")}
 
@@ -105,11 +127,21 @@ def train_and_evaluate(run: Run, folder: Path) -> dict:
 def disagreement_scores(run: Run, folder: Path) -> dict[str, Any]:
     """The round's model scores its pool (the datalist's `unlabeled` section) with `configs/score.json`:
     `{"scores": {image: score}, "seconds": ...}`."""
+
     def score() -> dict:
-        run_bundle("scoring", folder, SEG_BUNDLE, ["inference.json", "score.json"],
-                   {"datalist": str(folder / "datalist.json"), "datalist_section": "unlabeled",
-                    "output_dir": str(folder / "scoring" / "out"), "ckpt_dir": str(folder / "models")},
-                   shared=shared_settings(run, folder))
+        run_bundle(
+            "scoring",
+            folder,
+            SEG_BUNDLE,
+            ["inference.json", "score.json"],
+            {
+                "datalist": str(folder / "datalist.json"),
+                "datalist_section": "unlabeled",
+                "output_dir": str(folder / "scoring" / "out"),
+                "ckpt_dir": str(folder / "models"),
+            },
+            shared=shared_settings(run, folder),
+        )
         return json.loads((folder / "scoring" / "out" / "disagreement.json").read_text())
 
     return step(folder / "scoring", score)
@@ -149,8 +181,16 @@ def follow(strategy: str, run: Run, out: Path, base: dict, start: Path, rounds: 
         print(f"[active learning] round {r}, {strategy}: {len(labeled)} labeled", flush=True)
         metrics = train_and_evaluate(run, folder)
         round_seconds = scoring["seconds"] + metrics["training_seconds"] + metrics["evaluation_seconds"]
-        rows.append({"round": r, "labeled": len(labeled), **metrics, "scoring_seconds": scoring["seconds"],
-                     "round_seconds": round(round_seconds, 1), "picked": sorted(Path(n).stem for n in names)})
+        rows.append(
+            {
+                "round": r,
+                "labeled": len(labeled),
+                **metrics,
+                "scoring_seconds": scoring["seconds"],
+                "round_seconds": round(round_seconds, 1),
+                "picked": sorted(Path(n).stem for n in names),
+            }
+        )
         previous = folder
     return rows
 
@@ -158,46 +198,79 @@ def follow(strategy: str, run: Run, out: Path, base: dict, start: Path, rounds: 
 def simulate(run: Run, out: Path, rounds: int, per_round: int, random_draws: int, jobs: int = 1) -> dict[str, Any]:
     """Round 0, then every strategy's rounds; `jobs` strategies at a time (each training is its own process, so on
     a GPU they share it); unless OMP_NUM_THREADS is set, each of those gets cores // jobs threads."""
-    check_settings(out, {"run": str(run.out), "preset": run.preset, "rounds": rounds, "per_round": per_round,
-                         "random_draws": random_draws})
+    check_settings(
+        out,
+        {
+            "run": str(run.out),
+            "preset": run.preset,
+            "rounds": rounds,
+            "per_round": per_round,
+            "random_draws": random_draws,
+        },
+    )
     root = run.dataset
     base = json.loads((root / "datalist.json").read_text())
     base = {section: absolute(entries, root) for section, entries in base.items()}
     start = write_datalist(out / "round-0", base, base["training"], base["unlabeled"])
     if len(base["unlabeled"]) < rounds * per_round:
         raise SystemExit(f"{root}: {len(base['unlabeled'])} pool images, fewer than {rounds} x {per_round}")
-    print(f"[active learning] round 0: {len(base['training'])} labeled, {len(base['unlabeled'])} in the pool", flush=True)
+    print(
+        f"[active learning] round 0: {len(base['training'])} labeled, {len(base['unlabeled'])} in the pool", flush=True
+    )
     first = train_and_evaluate(run, start)
     strategies = ["disagreement"] + [f"random-{k}" for k in range(random_draws)]
     # the trainings after round 0 run side by side: each gets its share of the cores
-    share = {} if jobs == 1 or "OMP_NUM_THREADS" in os.environ else \
-        {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    share = (
+        {}
+        if jobs == 1 or "OMP_NUM_THREADS" in os.environ
+        else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    )
     os.environ.update(share)
     try:
         with ThreadPoolExecutor(max_workers=jobs) as executor:
-            later = dict(zip(strategies, executor.map(
-                lambda s: follow(s, run, out, base, start, rounds, per_round), strategies)))
+            later = dict(
+                zip(strategies, executor.map(lambda s: follow(s, run, out, base, start, rounds, per_round), strategies))
+            )
     finally:
         for name in share:
             del os.environ[name]
-    results = {s: [{"round": 0, "labeled": len(base["training"]), **first,
-                    "round_seconds": first["training_seconds"] + first["evaluation_seconds"]}] + later[s]
-               for s in strategies}
-    return {"run": str(run.out), "preset": run.preset["name"], "rounds": rounds, "per_round": per_round,
-            "strategies": results}
+    results = {
+        s: [
+            {
+                "round": 0,
+                "labeled": len(base["training"]),
+                **first,
+                "round_seconds": first["training_seconds"] + first["evaluation_seconds"],
+            }
+        ]
+        + later[s]
+        for s in strategies
+    }
+    return {
+        "run": str(run.out),
+        "preset": run.preset["name"],
+        "rounds": rounds,
+        "per_round": per_round,
+        "strategies": results,
+    }
 
 
 def tabulate(report: dict[str, Any]) -> str:
     strategies = report["strategies"]
     random_names = [s for s in strategies if s.startswith("random")]
-    lines = ["| round | labeled images | disagreement Dice | random Dice (mean ± std over draws) | random draws | "
-             "time per round and strategy (s: scoring + training + test) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| round | labeled images | disagreement Dice | random Dice (mean ± std over draws) | random draws | "
+        "time per round and strategy (s: scoring + training + test) |",
+        "|---|---|---|---|---|---|",
+    ]
     for i, row in enumerate(strategies["disagreement"]):
         draws = np.array([strategies[s][i]["dice"] for s in random_names])
         spread = f" ± {draws.std(ddof=1):.3f}" if len(draws) > 1 else ""
         seconds = np.mean([strategies[s][i]["round_seconds"] for s in strategies])
-        lines.append(f"| {row['round']} | {row['labeled']} | {row['dice']:.3f} | {draws.mean():.3f}{spread} | "
-                     f"{', '.join(f'{d:.3f}' for d in draws)} | {seconds:.0f} |")
+        lines.append(
+            f"| {row['round']} | {row['labeled']} | {row['dice']:.3f} | {draws.mean():.3f}{spread} | "
+            f"{', '.join(f'{d:.3f}' for d in draws)} | {seconds:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -205,8 +278,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, rows in report["strategies"].items():
         x, y = [r["labeled"] for r in rows], [r["dice"] for r in rows]
-        style = dict(color="tab:red", lw=2, marker="o") if name == "disagreement" else \
-            dict(color="tab:gray", lw=1, marker=".", alpha=0.8)
+        style = (
+            dict(color="tab:red", lw=2, marker="o")
+            if name == "disagreement"
+            else dict(color="tab:gray", lw=1, marker=".", alpha=0.8)
+        )
         ax.plot(x, y, label=name, **style)
     ax.set_xlabel("labeled images")
     ax.set_ylabel("test Dice")

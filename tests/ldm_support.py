@@ -61,8 +61,12 @@ def run_bundle(config_files: list[str], workflow_type: str = "train", **override
     return workflow
 
 
-def parse_bundle(config_files: list[str], workflow_type: str = "infer",
-                 keys: tuple[str, ...] = ("inferer", "network", "prepare_batch", "dataset"), **overrides):
+def parse_bundle(
+    config_files: list[str],
+    workflow_type: str = "infer",
+    keys: tuple[str, ...] = ("inferer", "network", "prepare_batch", "dataset"),
+    **overrides,
+):
     """The parsed components ``keys`` of a bundle config (nothing run): ``parse_bundle(...).parser.get_parsed_content(id)``."""
     from monai.bundle import ConfigWorkflow
 

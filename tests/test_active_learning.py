@@ -26,8 +26,11 @@ POOL = [{"image": f"/d/images/case_{i}.png"} for i in range(10)]
 
 def test_disagreement_labels_the_highest_scores_and_random_draws_are_seeded(al):
     scores = {f"case_{i}": s for i, s in enumerate([0.1, 0.9, 0.3, 0.8, 0.0, 0.5, 0.2, 0.7, 0.4, 0.6])}
-    assert [e["image"] for e in al.choose("disagreement", POOL, scores, 3, 0)] == \
-        ["/d/images/case_1.png", "/d/images/case_3.png", "/d/images/case_7.png"]
+    assert [e["image"] for e in al.choose("disagreement", POOL, scores, 3, 0)] == [
+        "/d/images/case_1.png",
+        "/d/images/case_3.png",
+        "/d/images/case_7.png",
+    ]
     first, again, other = (al.choose("random-0", POOL, None, 4, seed) for seed in (1, 1, 2))
     assert first == again and first != other and len({e["image"] for e in first}) == 4
 
@@ -36,8 +39,11 @@ def test_the_annotator_returns_the_prepared_mask_and_refuses_a_pool_image_withou
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "case_1.png").write_bytes(b"mask")
     entry = al.oracle_label({"image": str(tmp_path / "images" / "case_1.png"), "class": "benign"}, tmp_path)
-    assert entry == {"image": str(tmp_path / "images" / "case_1.png"), "class": "benign",
-                     "label": str(tmp_path / "labels" / "case_1.png")}
+    assert entry == {
+        "image": str(tmp_path / "images" / "case_1.png"),
+        "class": "benign",
+        "label": str(tmp_path / "labels" / "case_1.png"),
+    }
     with pytest.raises(SystemExit, match="case_2.png"):
         al.oracle_label({"image": str(tmp_path / "images" / "case_2.png")}, tmp_path)
 
@@ -53,8 +59,13 @@ def test_table_has_one_row_per_round_with_the_random_mean(al):
     def row(r, dice):
         return {"round": r, "labeled": 10 + 2 * r, "dice": dice, "round_seconds": 10.0}
 
-    report = {"strategies": {"disagreement": [row(0, 0.5), row(1, 0.6)], "random-0": [row(0, 0.5), row(1, 0.4)],
-                             "random-1": [row(0, 0.5), row(1, 0.5)]}}
+    report = {
+        "strategies": {
+            "disagreement": [row(0, 0.5), row(1, 0.6)],
+            "random-0": [row(0, 0.5), row(1, 0.4)],
+            "random-1": [row(0, 0.5), row(1, 0.5)],
+        }
+    }
     lines = al.tabulate(report).splitlines()
     assert len(lines) == 4
     assert lines[3].startswith("| 1 | 12 | 0.600 | 0.450 ± 0.071 | 0.400, 0.500 |")
@@ -70,21 +81,29 @@ def test_strategies_run_at_once_give_the_same_simulation(al, tmp_path, monkeypat
     entries = [{"image": f"images/case_{i}.png"} for i in range(12)]
     for e in entries:
         (dataset / "labels" / Path(e["image"]).name).write_bytes(b"mask")
-    (dataset / "datalist.json").write_text(json.dumps({"training": entries[:2], "unlabeled": entries[2:],
-                                                       "validation": [], "test": []}))
+    (dataset / "datalist.json").write_text(
+        json.dumps({"training": entries[:2], "unlabeled": entries[2:], "validation": [], "test": []})
+    )
 
     threads = {}
 
     def fake_training(run, folder):
         datalist = json.loads((folder / "datalist.json").read_text())
         threads[folder.relative_to(tmp_path).as_posix()] = os.environ.get("OMP_NUM_THREADS")
-        return {"dice": len(datalist["training"]) / 100, "iou": 0.0, "hd95": 0.0, "training_seconds": 0.0,
-                "evaluation_seconds": 0.0}
+        return {
+            "dice": len(datalist["training"]) / 100,
+            "iou": 0.0,
+            "hd95": 0.0,
+            "training_seconds": 0.0,
+            "evaluation_seconds": 0.0,
+        }
 
     def fake_scores(run, folder):  # the previous round's pool, scored by its own size and the image number
         pool = json.loads((folder / "datalist.json").read_text())["unlabeled"]
-        return {"scores": {Path(e["image"]).stem: (int(Path(e["image"]).stem.split("_")[1]) * len(pool)) % 7
-                           for e in pool}, "seconds": 0.0}
+        return {
+            "scores": {Path(e["image"]).stem: (int(Path(e["image"]).stem.split("_")[1]) * len(pool)) % 7 for e in pool},
+            "seconds": 0.0,
+        }
 
     monkeypatch.setattr(al, "train_and_evaluate", fake_training)
     monkeypatch.setattr(al, "disagreement_scores", fake_scores)
@@ -117,10 +136,37 @@ def test_the_loop_runs_on_a_tiny_run_and_resumes(tmp_path):
     (tmp_path / "tiny.json").write_text(json.dumps(preset))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "mgcc", "run", "--preset", str(tmp_path / "tiny.json"), "--out", str(run),
-                    "--stage", "prepare"], check=True, capture_output=True, env=env)
-    command = [sys.executable, str(SCRIPT), "--run", str(run), "--preset", str(tmp_path / "tiny.json"),
-               "--rounds", "1", "--per-round", "2", "--random-draws", "1"]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mgcc",
+            "run",
+            "--preset",
+            str(tmp_path / "tiny.json"),
+            "--out",
+            str(run),
+            "--stage",
+            "prepare",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--run",
+        str(run),
+        "--preset",
+        str(tmp_path / "tiny.json"),
+        "--rounds",
+        "1",
+        "--per-round",
+        "2",
+        "--random-draws",
+        "1",
+    ]
     first = subprocess.run(command, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = run / "active-learning"

@@ -25,9 +25,11 @@ def _cli_error(argv: list[str], capsys) -> str:
 
 def test_a_misspelled_option_is_refused_before_anything_runs(tmp_path, capsys):
     out = tmp_path / "run"
-    for argv, wrong in ((["run", "--preset", "demo", "--dta", "x", "--out", str(out)], "--dta"),
-                        (["prepare", str(tmp_path), str(out), "--mask_patern", "*.png"], "--mask-patern"),
-                        (["compare", "--seed", "1"], "--seed")):  # not an abbreviation of --seeds
+    for argv, wrong in (
+        (["run", "--preset", "demo", "--dta", "x", "--out", str(out)], "--dta"),
+        (["prepare", str(tmp_path), str(out), "--mask_patern", "*.png"], "--mask-patern"),
+        (["compare", "--seed", "1"], "--seed"),
+    ):  # not an abbreviation of --seeds
         line = _cli_error(argv, capsys)
         assert line.startswith(f"mgcc {argv[0]}: error: unrecognized arguments: {wrong}")
     assert not out.exists()
@@ -35,10 +37,20 @@ def test_a_misspelled_option_is_refused_before_anything_runs(tmp_path, capsys):
     assert line.startswith("mgcc label serve: error: unrecognized arguments: --prot")
 
 
-@pytest.mark.parametrize(("words", "value"), [
-    (["--include-normal", "false"], False), (["--include_normal=false"], False), (["--include-normal", "FALSE"], False),
-    (["--no-include-normal"], False), (["--no_include_normal"], False), (["--include-normal"], True),
-    (["--include-normal", "True"], True), (["--include-normal=yes"], True), ([], None)])
+@pytest.mark.parametrize(
+    ("words", "value"),
+    [
+        (["--include-normal", "false"], False),
+        (["--include_normal=false"], False),
+        (["--include-normal", "FALSE"], False),
+        (["--no-include-normal"], False),
+        (["--no_include_normal"], False),
+        (["--include-normal"], True),
+        (["--include-normal", "True"], True),
+        (["--include-normal=yes"], True),
+        ([], None),
+    ],
+)
 def test_false_is_false(words, value):
     name, _, kwargs = cli.parse(["prepare", "a", "b", *words, "--layout", "false"])
     assert name == "prepare" and kwargs.get("include_normal") is value
@@ -53,19 +65,25 @@ def test_a_flag_with_another_word_is_refused(capsys):
 
 def test_include_normal_false_reaches_prepare_as_false(monkeypatch):
     seen = {}
-    monkeypatch.setattr("mgcc.data.prepare.prepare", lambda source, out, include_normal=False: seen.update(
-        include_normal=include_normal))
+    monkeypatch.setattr(
+        "mgcc.data.prepare.prepare",
+        lambda source, out, include_normal=False: seen.update(include_normal=include_normal),
+    )
     cli.main(["prepare", "src", "out", "--include-normal", "false"])
     assert seen["include_normal"] is False
 
 
 def test_each_spelling_of_an_option_gives_the_same_arguments():
-    spellings = [["export", "RUN", "--out", "X", "--generator", "false"],
-                 ["export", "--model", "RUN", "--out=X", "--no-generator"],
-                 ["export", "--out", "X", "--model=RUN", "--generator=false"],
-                 ["export", "--out", "X", "RUN", "--generator", "False"]]
+    spellings = [
+        ["export", "RUN", "--out", "X", "--generator", "false"],
+        ["export", "--model", "RUN", "--out=X", "--no-generator"],
+        ["export", "--out", "X", "--model=RUN", "--generator=false"],
+        ["export", "--out", "X", "RUN", "--generator", "False"],
+    ]
     assert all(cli.parse(argv)[2] == {"model": "RUN", "out": "X", "generator": False} for argv in spellings)
-    _, _, kwargs = cli.parse(["run", "--preset=busi-cpu", "--image_pattern", "case_{id}.png", "--mask-threshold", "200"])
+    _, _, kwargs = cli.parse(
+        ["run", "--preset=busi-cpu", "--image_pattern", "case_{id}.png", "--mask-threshold", "200"]
+    )
     assert kwargs == {"preset": "busi-cpu", "image_pattern": "case_{id}.png", "mask_threshold": 200}
     name, function, kwargs = cli.parse(["label", "studies", "--out", "s", "--n", "12"])
     assert name == "label studies" and function.__name__ == "studies" and kwargs == {"out": "s", "n": 12}
@@ -89,8 +107,9 @@ def _parameters(function) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("command", [*[c for c in cli.COMMANDS if c != "label"],
-                                     *[f"label {a}" for a in cli.LABEL_COMMANDS]])
+@pytest.mark.parametrize(
+    "command", [*[c for c in cli.COMMANDS if c != "label"], *[f"label {a}" for a in cli.LABEL_COMMANDS]]
+)
 def test_the_options_of_each_command_are_the_parameters_of_its_function(command):
     """Every parameter of a command's function is an option, and every option a parameter."""
     cli.build_parser()
@@ -118,7 +137,7 @@ def documented_mgcc_commands() -> list[tuple[str, str]]:
                 line = line.split("  #")[0].strip()
                 for prefix in (".venv/bin/mgcc ", "mgcc "):
                     if line.startswith(prefix) and " [--" not in line:  # a synopsis: [--option value]
-                        found.append((path.name, line[len(prefix):]))
+                        found.append((path.name, line[len(prefix) :]))
     return found
 
 
@@ -157,8 +176,10 @@ def test_a_run_with_several_trained_models_is_not_guessed_from(tmp_path, capsys)
         (stage / "models" / "model.pt").write_bytes(b"")
     (run / "segmentation-mgcc-real.stale-1" / "models").mkdir(parents=True)  # an earlier run is not a candidate
     line = _cli_error(["export", str(run), "--out", str(tmp_path / "bundles")], capsys)
-    assert line == (f"mgcc export: error: MODEL {run}: the run has 2 trained models (segmentation-mgcc-synthetic, "
-                    f"segmentation-supervised): name one, e.g. MODEL {run / 'segmentation-mgcc-synthetic'}")
+    assert line == (
+        f"mgcc export: error: MODEL {run}: the run has 2 trained models (segmentation-mgcc-synthetic, "
+        f"segmentation-supervised): name one, e.g. MODEL {run / 'segmentation-mgcc-synthetic'}"
+    )
     from mgcc.trained import training_stage
 
     shutil.rmtree(run / "segmentation-supervised")
@@ -177,7 +198,9 @@ def test_an_out_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
     line = _cli_error(["export", str(stage), "--out", str(a_file)], capsys)
     assert line == f"mgcc export: error: --out {a_file}: is a file, not a folder; nothing was written"
     line = _cli_error(["export", str(stage), "--out", str(a_file / "below")], capsys)
-    assert line == f"mgcc export: error: --out {a_file / 'below'}: {a_file} is a file, not a folder; nothing was written"
+    assert (
+        line == f"mgcc export: error: --out {a_file / 'below'}: {a_file} is a file, not a folder; nothing was written"
+    )
     assert a_file.read_text() == "mine"
 
 
@@ -185,7 +208,8 @@ def test_an_unknown_stage_or_variant_is_named_before_anything_is_written(tmp_pat
     out = tmp_path / "run"
     line = _cli_error(["run", "--preset", "demo", "--out", str(out), "--stage", "segmentaton"], capsys)
     assert line.startswith("mgcc run: error: --stage segmentaton: unknown stage; stages: prepare, autoencoder")
-    line = _cli_error(["compare", "--preset", "demo", "--out", str(out), "--variants", "supervised,mgcc-imaginary"],
-                      capsys)
+    line = _cli_error(
+        ["compare", "--preset", "demo", "--out", str(out), "--variants", "supervised,mgcc-imaginary"], capsys
+    )
     assert line.startswith("mgcc compare: error: --variants: unknown variant(s) ['mgcc-imaginary']")
     assert not out.exists()

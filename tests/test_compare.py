@@ -6,8 +6,15 @@ import pytest
 
 from pathlib import Path
 
-from mgcc.compare import (differences_table, over_seeds, paired_dice_differences, parse_seeds, seed_run,
-                          seeded_preset, seeds_table)
+from mgcc.compare import (
+    differences_table,
+    over_seeds,
+    paired_dice_differences,
+    parse_seeds,
+    seed_run,
+    seeded_preset,
+    seeds_table,
+)
 from mgcc.errors import UsageError
 from mgcc.pipeline import Run
 from mgcc.presets import load_preset
@@ -49,8 +56,10 @@ def test_differences_pool_seeds_and_resample_within_each(tmp_path):
     base = [write_scores(tmp_path / f"base{s}.csv", {k: 0.5 for k in images}) for s in range(2)]
     # seed 0: +0.2 on every image; seed 1: no change. Pooled mean +0.1; a bootstrap within seeds keeps
     # each seed's share, so the interval is a point; one that pooled images across seeds would not be.
-    ours = [write_scores(tmp_path / "ours0.csv", {k: 0.7 for k in images}),
-            write_scores(tmp_path / "ours1.csv", {k: 0.5 for k in images})]
+    ours = [
+        write_scores(tmp_path / "ours0.csv", {k: 0.7 for k in images}),
+        write_scores(tmp_path / "ours1.csv", {k: 0.5 for k in images}),
+    ]
     result = paired_dice_differences({"base": base, "ours": ours}, "base")["ours"]
     assert result["mean"] == pytest.approx(0.1) and result["n"] == 40
     assert result["ci95"] == pytest.approx([0.1, 0.1])
@@ -74,7 +83,12 @@ def test_seeds_parse_and_set_split_generator_and_training():
 
 def test_summary_over_seeds_is_the_mean_and_sample_std_of_the_seed_means():
     def result(dice):
-        return {"dice": {"mean": dice, "std": 0.3}, "iou": {"mean": dice - 0.1, "std": 0.3}, "hd95": {"mean": 9.0, "std": 1.0}, "n": 10}
+        return {
+            "dice": {"mean": dice, "std": 0.3},
+            "iou": {"mean": dice - 0.1, "std": 0.3},
+            "hd95": {"mean": 9.0, "std": 1.0},
+            "n": 10,
+        }
 
     per_seed = {0: {"a": result(0.6)}, 1: {"a": result(0.7)}, 2: {"a": result(0.8)}}
     summary = over_seeds(per_seed, {0: {"a": 10.0}, 1: {"a": 20.0}, 2: {"a": 30.0}})
@@ -94,20 +108,29 @@ def test_every_variant_is_in_a_folder_named_after_it_and_the_runs_own_variant_is
     run = Run(load_preset("busi-cpu"), tmp_path)
     stages = {s.name: s for s in plan(run, ["supervised", "mgcc-real", "mgcc-synthetic"])}
     assert [name for name in stages if "-" in name] == [
-        "segmentation-supervised", "evaluate-supervised", "segmentation-mgcc-real", "evaluate-mgcc-real",
-        "segmentation-mgcc-synthetic", "evaluate-mgcc-synthetic"]
+        "segmentation-supervised",
+        "evaluate-supervised",
+        "segmentation-mgcc-real",
+        "evaluate-mgcc-real",
+        "segmentation-mgcc-synthetic",
+        "evaluate-mgcc-synthetic",
+    ]
     own = {s.name: s for s in run_stages(run.preset)}
     for name in ("segmentation-mgcc-synthetic", "evaluate-mgcc-synthetic"):
         assert fingerprint_parts(run, stages[name]) == fingerprint_parts(run, own[name])
     assert fingerprint_parts(run, stages["segmentation-mgcc-real"]) != fingerprint_parts(
-        run, own["segmentation-mgcc-synthetic"])
+        run, own["segmentation-mgcc-synthetic"]
+    )
 
 
-@pytest.mark.parametrize("variants, generator", [
-    ("supervised,mgcc-labeled,mgcc-real", False),
-    ("supervised,mgcc-synthetic", True),
-    ("mgcc-real,mgcc-synthetic-pairs", True),
-])
+@pytest.mark.parametrize(
+    "variants, generator",
+    [
+        ("supervised,mgcc-labeled,mgcc-real", False),
+        ("supervised,mgcc-synthetic", True),
+        ("mgcc-real,mgcc-synthetic-pairs", True),
+    ],
+)
 def test_the_generator_trains_only_for_variants_that_read_its_samples(tmp_path, monkeypatch, variants, generator):
     import mgcc.compare
 
@@ -124,7 +147,7 @@ def test_the_generator_trains_only_for_variants_that_read_its_samples(tmp_path, 
     with pytest.raises(Planned):
         mgcc.compare.compare("demo", out=str(tmp_path), variants=variants)
     expected = ["prepare", "autoencoder", "diffusion", "sample", "quality"] if generator else ["prepare"]
-    assert planned[:len(expected)] == expected
+    assert planned[: len(expected)] == expected
     assert ("sample" in planned) == generator
 
 
@@ -136,8 +159,9 @@ def test_the_concurrent_runner_keeps_the_generator_and_its_readers_in_one_job(tm
     from mgcc.compare import plan
     from mgcc.pipeline import make_run
 
-    spec = importlib.util.spec_from_file_location("compare_concurrently",
-                                                  Path(__file__).resolve().parents[1] / "scripts" / "compare_concurrently.py")
+    spec = importlib.util.spec_from_file_location(
+        "compare_concurrently", Path(__file__).resolve().parents[1] / "scripts" / "compare_concurrently.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     (tmp_path / "data").mkdir()
@@ -145,24 +169,41 @@ def test_the_concurrent_runner_keeps_the_generator_and_its_readers_in_one_job(tm
     names = ["supervised", "mgcc-real", "mgcc-synthetic"]
     stages = plan(base, names)
     assert module.jobs(stages, names, base) == {
-        "generator": ["autoencoder", "diffusion", "sample", "quality", "segmentation-mgcc-synthetic",
-                      "evaluate-mgcc-synthetic"],
+        "generator": [
+            "autoencoder",
+            "diffusion",
+            "sample",
+            "quality",
+            "segmentation-mgcc-synthetic",
+            "evaluate-mgcc-synthetic",
+        ],
         "supervised": ["segmentation-supervised", "evaluate-supervised"],
-        "mgcc-real": ["segmentation-mgcc-real", "evaluate-mgcc-real"]}
+        "mgcc-real": ["segmentation-mgcc-real", "evaluate-mgcc-real"],
+    }
     stages = plan(base, ["supervised", "mgcc-labeled"])
     assert module.jobs(stages, ["supervised", "mgcc-labeled"], base) == {
         "supervised": ["segmentation-supervised", "evaluate-supervised"],
-        "mgcc-labeled": ["segmentation-mgcc-labeled", "evaluate-mgcc-labeled"]}
+        "mgcc-labeled": ["segmentation-mgcc-labeled", "evaluate-mgcc-labeled"],
+    }
 
 
 def test_the_comparison_figure_shows_every_seed_and_difference(tmp_path):
     from mgcc.figures import plot_comparison
 
     images = [f"img_{i}.png" for i in range(20)]
-    paths = {name: [write_scores(tmp_path / f"{name}-{seed}.csv", {k: value + 0.01 * seed for k in images})
-                    for seed in (0, 3)] for name, value in (("base", 0.5), ("better", 0.6))}
-    summaries = {seed: {name: {m: {"mean": value + 0.01 * seed} for m in ("dice", "iou", "hd95")}
-                        for name, value in (("base", 0.5), ("better", 0.6))} for seed in (0, 3)}
+    paths = {
+        name: [
+            write_scores(tmp_path / f"{name}-{seed}.csv", {k: value + 0.01 * seed for k in images}) for seed in (0, 3)
+        ]
+        for name, value in (("base", 0.5), ("better", 0.6))
+    }
+    summaries = {
+        seed: {
+            name: {m: {"mean": value + 0.01 * seed} for m in ("dice", "iou", "hd95")}
+            for name, value in (("base", 0.5), ("better", 0.6))
+        }
+        for seed in (0, 3)
+    }
     summary = over_seeds(summaries, {0: {"base": 1.0, "better": 2.0}, 3: {"base": 1.0, "better": 2.0}})
     out = plot_comparison(summary, [0, 3], paired_dice_differences(paths, "base"), "base", tmp_path / "c.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
@@ -189,7 +230,8 @@ def test_the_table_also_measures_the_unlabeled_images_against_the_decoders_alone
             (run.folder(evaluate) / "evaluation").mkdir(parents=True)
             write_scores(run.folder(evaluate) / "evaluation" / "per_image.csv", {k: value for k in images})
             (run.folder(evaluate) / "evaluation" / "summary.json").write_text(
-                json.dumps({m: {"mean": value + seed / 100, "std": 0.1} for m in ("dice", "iou", "hd95")} | {"n": 30}))
+                json.dumps({m: {"mean": value + seed / 100, "std": 0.1} for m in ("dice", "iou", "hd95")} | {"n": 30})
+            )
     tabulate(base, runs, names)
     report = json.loads((base.folder("compare") / "compare.json").read_text())
     assert report["paired_dice_differences"]["mgcc-real"]["mean"] == pytest.approx(0.2)

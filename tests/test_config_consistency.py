@@ -16,10 +16,26 @@ from mgcc import BUNDLES_DIR, PRESETS_DIR
 MODEL_KEYS = {
     "ultrasound_mgcc_segmentation": ["spatial_size", "base_channels"],
     "ultrasound_ldm_generation": [
-        "spatial_size", "image_channels", "latent_channels", "ae_channels", "ae_num_res_blocks", "ae_norm_num_groups",
-        "ae_nonlocal_attn", "ae_padding_mode", "dm_channels", "dm_attention_levels", "dm_num_head_channels",
-        "dm_num_res_blocks", "dm_norm_num_groups", "dm_padding_mode", "num_train_timesteps", "beta_start", "beta_end",
-        "latent_normalisation", "class_conditional", "mask_conditional",
+        "spatial_size",
+        "image_channels",
+        "latent_channels",
+        "ae_channels",
+        "ae_num_res_blocks",
+        "ae_norm_num_groups",
+        "ae_nonlocal_attn",
+        "ae_padding_mode",
+        "dm_channels",
+        "dm_attention_levels",
+        "dm_num_head_channels",
+        "dm_num_res_blocks",
+        "dm_norm_num_groups",
+        "dm_padding_mode",
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "latent_normalisation",
+        "class_conditional",
+        "mask_conditional",
     ],
 }
 #: preset section -> the bundle whose model settings it holds
@@ -60,6 +76,8 @@ def test_a_preset_sets_each_model_setting_once_in_its_common_section(preset):
 def test_the_bundle_default_segmentation_model_is_the_shipped_release_model():
     """The configs' defaults are the settings of the model in `models/model.pt` (`configs/busi-release.json`)."""
     common = json.loads((PRESETS_DIR / "busi-release.json").read_text())["segmentation"]["common"]
-    defaults = {key: next(iter(values.values())) for key, values in model_settings_by_config(
-        "ultrasound_mgcc_segmentation").items()}
+    defaults = {
+        key: next(iter(values.values()))
+        for key, values in model_settings_by_config("ultrasound_mgcc_segmentation").items()
+    }
     assert {key: common[key] for key in defaults} == defaults

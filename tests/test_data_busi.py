@@ -41,8 +41,10 @@ def test_near_copies_never_straddle_the_split(busi_checked):
     groups = near_duplicate_groups(ids, thumbnails)
     of = {identifier: group[0] for group in groups for identifier in group}
     assert 100 <= len(groups) <= 130 and of["malignant_0004"] == of["malignant_0005"]  # pairs looked at
-    items = [SplitItem(facts.case.id, facts.case.label, facts.pixel_sha256, near_copy_of=of.get(facts.case.id))
-             for facts in busi_checked]
+    items = [
+        SplitItem(facts.case.id, facts.case.label, facts.pixel_sha256, near_copy_of=of.get(facts.case.id))
+        for facts in busi_checked
+    ]
     correlation = thumbnails @ thumbnails.T
     for seed in range(3):
         split = np.array([assign_splits(items, seed=seed, labeled_fraction=1.0)[i].split for i in ids])

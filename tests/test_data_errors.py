@@ -21,7 +21,9 @@ def _save(array: np.ndarray, path: Path) -> Path:
     return path
 
 
-def _pair(image: Path, mask: Path, k: int, size: tuple[int, int] = (40, 48), mask_values: np.ndarray | None = None) -> None:
+def _pair(
+    image: Path, mask: Path, k: int, size: tuple[int, int] = (40, 48), mask_values: np.ndarray | None = None
+) -> None:
     """A grey image with a dark square and its 0/255 mask (or the mask given)."""
     pixels = np.random.default_rng(k).integers(90, 200, size=size, dtype=np.uint8)
     mask_array = np.zeros(size, np.uint8)
@@ -51,16 +53,23 @@ def _cli_error(argv: list[str], capsys) -> str:
 # 1. --labeled-fraction and --seed
 
 
-@pytest.mark.parametrize(("option", "value", "expected"), [
-    ("--labeled-fraction", "0", "--labeled-fraction: 0 is outside (0, 1]: give a fraction such as 0.125 or 1/8"),
-    ("--labeled-fraction", "1.5", "--labeled-fraction: 1.5 is outside (0, 1]"),
-    ("--labeled-fraction", "12.5%", "--labeled-fraction: '12.5%' is not a fraction in (0, 1] such as 0.125 or 1/8 "
-                                    "(a percentage: for 12.5% give 0.125)"),
-    ("--labeled-fraction", "abc", "--labeled-fraction: 'abc' is not a fraction in (0, 1] such as 0.125 or 1/8"),
-    ("--labeled-fraction", "1/0", "--labeled-fraction: '1/0' is not a fraction"),
-    ("--seed", "abc", "--seed: 'abc' is not a whole number (such as 0 or 42)"),
-    ("--seed", "1.5", "--seed: '1.5' is not a whole number"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--labeled-fraction", "0", "--labeled-fraction: 0 is outside (0, 1]: give a fraction such as 0.125 or 1/8"),
+        ("--labeled-fraction", "1.5", "--labeled-fraction: 1.5 is outside (0, 1]"),
+        (
+            "--labeled-fraction",
+            "12.5%",
+            "--labeled-fraction: '12.5%' is not a fraction in (0, 1] such as 0.125 or 1/8 "
+            "(a percentage: for 12.5% give 0.125)",
+        ),
+        ("--labeled-fraction", "abc", "--labeled-fraction: 'abc' is not a fraction in (0, 1] such as 0.125 or 1/8"),
+        ("--labeled-fraction", "1/0", "--labeled-fraction: '1/0' is not a fraction"),
+        ("--seed", "abc", "--seed: 'abc' is not a whole number (such as 0 or 42)"),
+        ("--seed", "1.5", "--seed: '1.5' is not a whole number"),
+    ],
+)
 def test_a_bad_fraction_or_seed_is_one_line_naming_the_option(tmp_path, capsys, option, value, expected):
     source = _busi(tmp_path / "raw")
     line = _cli_error(["prepare", str(source), str(tmp_path / "out"), option, value], capsys)
@@ -71,7 +80,9 @@ def test_a_bad_fraction_or_seed_is_one_line_naming_the_option(tmp_path, capsys, 
 def test_good_fractions_and_seeds_are_accepted(tmp_path, capsys):
     source = _busi(tmp_path / "raw")
     for k, (fraction, seed) in enumerate((("1/8", "7"), ("0.125", 7))):
-        cli.main(["prepare", str(source), str(tmp_path / f"out{k}"), "--labeled-fraction", fraction, "--seed", str(seed)])
+        cli.main(
+            ["prepare", str(source), str(tmp_path / f"out{k}"), "--labeled-fraction", fraction, "--seed", str(seed)]
+        )
         settings = json.loads((tmp_path / f"out{k}" / "manifest.json").read_text())["settings"]
         assert settings["labeled_fraction"] == 0.125 and settings["seed"] == 7
     capsys.readouterr()
@@ -96,7 +107,8 @@ def test_a_relative_class_csv_is_read_from_the_current_folder(tmp_path, monkeypa
     tried = tmp_path / "elsewhere" / "classes.csv"
     assert [str(problem) for problem in caught.value.problems] == [
         f"{tried}: class CSV not found (a relative --classes is read from the current folder, {tmp_path / 'elsewhere'}); "
-        f"did you mean --classes {source / 'classes.csv'}?"]
+        f"did you mean --classes {source / 'classes.csv'}?"
+    ]
     assert len(str(caught.value).splitlines()) == 1 and not (tmp_path / "out").exists()
     monkeypatch.chdir(tmp_path)
     summary = prepare_dataset(source, tmp_path / "out", DataOptions(classes=Path("raw") / "classes.csv"))
@@ -114,7 +126,9 @@ def test_capitalised_images_and_masks_folders_are_the_generic_layout(tmp_path):
     assert summary["images"] == 3 and summary["classes"] == {"lesion": 3}
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["layout"] == "folders"
-    assert manifest["images"][0]["source_image"] == "Images/c1.png" and manifest["images"][0]["source_masks"] == ["MASKS/c1.png"]
+    assert manifest["images"][0]["source_image"] == "Images/c1.png" and manifest["images"][0]["source_masks"] == [
+        "MASKS/c1.png"
+    ]
 
 
 def test_an_unrecognised_layout_is_one_line_suggesting_the_generic_options(tmp_path, capsys):
@@ -141,8 +155,10 @@ def test_when_no_image_pairs_with_a_mask_one_line_says_so_and_suggests_the_patte
         prepare_dataset(source, tmp_path / "out")
     lines = str(caught.value).splitlines()
     assert lines[0] == "25 problem(s) in the dataset, nothing was written:" and len(lines) == 4
-    assert lines[1] == (f"  {source / 'images'}: no image pairs with a mask (12 images, 12 masks; image pattern '{{id}}.png', "
-                        "mask pattern '{id}.png'): --mask-pattern '{id}_mask.png' pairs 12 of the 12 masks")
+    assert lines[1] == (
+        f"  {source / 'images'}: no image pairs with a mask (12 images, 12 masks; image pattern '{{id}}.png', "
+        "mask pattern '{id}.png'): --mask-pattern '{id}_mask.png' pairs 12 of the 12 masks"
+    )
     assert f"  {source / 'images'}: image without mask: 12 files (case_1.png, case_10.png, case_11.png, ...)" in lines
     assert any(line.startswith(f"  {source / 'masks'}: mask without image: 12 files (") for line in lines)
     assert len(caught.value.problems) == 25  # every problem is still in the list
@@ -158,7 +174,10 @@ def test_no_pairs_without_a_guess_shows_an_example_of_the_options(tmp_path):
         prepare_dataset(source, tmp_path / "out")
     first = str(caught.value.problems[0])
     assert "no image pairs with a mask (3 images, 3 masks" in first
-    assert "give the patterns that pair them, e.g. --image-pattern 'case_{id}.png' --mask-pattern 'case_{id}_mask.png'" in first
+    assert (
+        "give the patterns that pair them, e.g. --image-pattern 'case_{id}.png' --mask-pattern 'case_{id}_mask.png'"
+        in first
+    )
 
 
 def test_more_than_five_problems_with_one_reason_are_summarized():
@@ -166,7 +185,10 @@ def test_more_than_five_problems_with_one_reason_are_summarized():
     assert summarized(five) == [str(problem) for problem in five]
     six = five + [Problem(Path("/data/images/x5.png"), "image without mask")]
     other = Problem(Path("/data/masks/y.png"), "mask without image")
-    assert summarized([other] + six) == [str(other), "/data/images: image without mask: 6 files (x0.png, x1.png, x2.png, ...)"]
+    assert summarized([other] + six) == [
+        str(other),
+        "/data/images: image without mask: 6 files (x0.png, x1.png, x2.png, ...)",
+    ]
 
 
 # 5. images too small
@@ -177,7 +199,10 @@ def test_an_image_smaller_than_32_pixels_on_a_side_is_refused(tmp_path, capsys):
     _save(np.full((1, 1), 100, np.uint8), source / "benign" / "benign (6).png")
     _save(np.full((1, 1), 255, np.uint8), source / "benign" / "benign (6)_mask.png")
     line = _cli_error(["prepare", str(source), str(tmp_path / "out")], capsys)
-    assert line == f"error: {source / 'benign' / 'benign (6).png'}: image too small: 1x1 pixels (at least 32 on each side) (nothing was written)"
+    assert (
+        line
+        == f"error: {source / 'benign' / 'benign (6).png'}: image too small: 1x1 pixels (at least 32 on each side) (nothing was written)"
+    )
     assert not (tmp_path / "out").exists()
     _pair(source / "benign" / "benign (6).png", source / "benign" / "benign (6)_mask.png", 6, size=(31, 200))
     with pytest.raises(DatasetError, match=r"image too small: 200x31 pixels"):
@@ -199,15 +224,29 @@ def test_a_noisy_mask_gives_the_same_label_as_its_clean_copy(tmp_path, capsys):
     noisy[19, 10:30] = 200  # and one above
     expected = clean.copy()
     expected[8, 10:30] = 0
-    _pair(tmp_path / "clean" / "benign" / "benign (1).png", tmp_path / "clean" / "benign" / "benign (1)_mask.png", 1,
-          mask_values=expected)
-    _pair(tmp_path / "noisy" / "benign" / "benign (1).png", tmp_path / "noisy" / "benign" / "benign (1)_mask.png", 1,
-          mask_values=noisy)
+    _pair(
+        tmp_path / "clean" / "benign" / "benign (1).png",
+        tmp_path / "clean" / "benign" / "benign (1)_mask.png",
+        1,
+        mask_values=expected,
+    )
+    _pair(
+        tmp_path / "noisy" / "benign" / "benign (1).png",
+        tmp_path / "noisy" / "benign" / "benign (1)_mask.png",
+        1,
+        mask_values=noisy,
+    )
     for name in ("clean", "noisy"):
         for k in range(2, 5):
-            _pair(tmp_path / name / "benign" / f"benign ({k}).png", tmp_path / name / "benign" / f"benign ({k})_mask.png", k)
+            _pair(
+                tmp_path / name / "benign" / f"benign ({k}).png",
+                tmp_path / name / "benign" / f"benign ({k})_mask.png",
+                k,
+            )
     summaries = {name: prepare_dataset(tmp_path / name, tmp_path / f"{name}-out") for name in ("clean", "noisy")}
-    labels = {name: np.asarray(Image.open(tmp_path / f"{name}-out" / "labels" / "benign_0001.png")) for name in summaries}
+    labels = {
+        name: np.asarray(Image.open(tmp_path / f"{name}-out" / "labels" / "benign_0001.png")) for name in summaries
+    }
     assert np.array_equal(labels["clean"], labels["noisy"]) and labels["noisy"].max() == 255
     assert summaries["clean"]["thresholded_masks"] == 0 and summaries["noisy"]["thresholded_masks"] == 1
     manifest = json.loads((tmp_path / "noisy-out" / "manifest.json").read_text())
@@ -215,7 +254,10 @@ def test_a_noisy_mask_gives_the_same_label_as_its_clean_copy(tmp_path, capsys):
     cli.main(["prepare", str(tmp_path / "noisy"), str(tmp_path / "cli-out")])
     printed = capsys.readouterr()
     assert "non-binary masks binarized at half their maximum value: 1" in printed.out
-    assert "warning: non-binary mask (several non-zero values); binarized at half its maximum value: 1 file(s)" in printed.err
+    assert (
+        "warning: non-binary mask (several non-zero values); binarized at half its maximum value: 1 file(s)"
+        in printed.err
+    )
 
 
 def test_mask_threshold_chooses_the_level_and_two_valued_masks_keep_any_non_zero(tmp_path, capsys):
@@ -248,8 +290,10 @@ def test_malformed_json_is_one_line_naming_file_line_and_column(tmp_path):
     path.write_text('{\n  "training": [\n    {"image": "images/ab.png",}\n  ]\n}\n')
     with pytest.raises(DatasetError) as caught:
         read_json(path)
-    assert str(caught.value) == (f"{path}:3:31: malformed JSON at line 3, column 31: Expecting property name enclosed "
-                                 "in double quotes (nothing was written)")
+    assert str(caught.value) == (
+        f"{path}:3:31: malformed JSON at line 3, column 31: Expecting property name enclosed "
+        "in double quotes (nothing was written)"
+    )
     path.write_text('{"training": []}')
     assert read_json(path) == {"training": []}
 

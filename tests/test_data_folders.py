@@ -39,7 +39,9 @@ def _classes_csv(root: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 def test_pattern_pairs_images_and_masks(generic, tmp_path):
-    summary = prepare_dataset(generic, tmp_path / "out", DataOptions(image_pattern="case_{id}.png", mask_pattern="mask_{id}.png"))
+    summary = prepare_dataset(
+        generic, tmp_path / "out", DataOptions(image_pattern="case_{id}.png", mask_pattern="mask_{id}.png")
+    )
     assert summary["images"] == 10 and summary["classes"] == {"lesion": 10}
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     record = next(record for record in manifest["images"] if record["id"] == "case_0003")
@@ -53,7 +55,10 @@ def test_same_names_need_no_pattern(tmp_path):
         _save(np.zeros((32, 32), np.uint8), tmp_path / "raw" / "masks" / f"scan{k}.png")
     summary = prepare_dataset(tmp_path / "raw", tmp_path / "out")
     assert summary["images"] == 3 and sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == [
-        "scan0001.png", "scan0002.png", "scan0003.png"]
+        "scan0001.png",
+        "scan0002.png",
+        "scan0003.png",
+    ]
 
 
 def test_wildcard_mask_pattern_merges_several_masks(tmp_path):
@@ -65,23 +70,35 @@ def test_wildcard_mask_pattern_merges_several_masks(tmp_path):
     for name, value in (("b", 110), ("c", 120)):  # three images: one each for training, validation and test
         _save(np.full((32, 32), value, np.uint8), tmp_path / "raw" / "img" / f"{name}.png")
         _save(first, tmp_path / "raw" / "gt" / f"{name}_mask.png")
-    prepare_dataset(tmp_path / "raw", tmp_path / "out", DataOptions(images="img", masks="gt", mask_pattern="{id}_mask*.png"))
+    prepare_dataset(
+        tmp_path / "raw", tmp_path / "out", DataOptions(images="img", masks="gt", mask_pattern="{id}_mask*.png")
+    )
     label = np.asarray(Image.open(tmp_path / "out" / "labels" / "a.png"))
     assert label[0, 0] == label[9, 9] == 255 and (label > 0).sum() == 2
 
 
 def test_classes_from_csv(generic, tmp_path):
     rows = [(f"case_{k:04d}.png", "benign" if k <= 6 else "malignant") for k in range(1, 11)]
-    summary = prepare_dataset(generic, tmp_path / "out", DataOptions(image_pattern="case_{id}.png", mask_pattern="mask_{id}.png",
-                                                                     classes=_classes_csv(generic, rows)))
+    summary = prepare_dataset(
+        generic,
+        tmp_path / "out",
+        DataOptions(image_pattern="case_{id}.png", mask_pattern="mask_{id}.png", classes=_classes_csv(generic, rows)),
+    )
     assert summary["classes"] == {"benign": 6, "malignant": 4}
 
 
 def test_csv_problems_are_reported(generic, tmp_path):
-    rows = [(f"case_{k:04d}.png", "benign") for k in range(1, 9)] + [("case_0009.png", "cyst"), ("case_0042.png", "benign")]
+    rows = [(f"case_{k:04d}.png", "benign") for k in range(1, 9)] + [
+        ("case_0009.png", "cyst"),
+        ("case_0042.png", "benign"),
+    ]
     csv_path = _classes_csv(generic, rows)
     with pytest.raises(DatasetError) as caught:
-        prepare_dataset(generic, tmp_path / "out", DataOptions(image_pattern="case_{id}.png", mask_pattern="mask_{id}.png", classes=csv_path))
+        prepare_dataset(
+            generic,
+            tmp_path / "out",
+            DataOptions(image_pattern="case_{id}.png", mask_pattern="mask_{id}.png", classes=csv_path),
+        )
     reasons = [str(problem) for problem in caught.value.problems]
     assert any("classes.csv:10: unknown class 'cyst'" in reason for reason in reasons)
     assert any("'case_0042.png'" in reason and "not an image" in reason for reason in reasons)
@@ -90,12 +107,18 @@ def test_csv_problems_are_reported(generic, tmp_path):
 def test_image_missing_from_csv_is_refused(generic, tmp_path):
     csv_path = _classes_csv(generic, [(f"case_{k:04d}.png", "benign") for k in range(1, 10)])
     with pytest.raises(DatasetError, match="case_0010.png: no class for this image"):
-        prepare_dataset(generic, tmp_path / "out", DataOptions(image_pattern="case_{id}.png", mask_pattern="mask_{id}.png", classes=csv_path))
+        prepare_dataset(
+            generic,
+            tmp_path / "out",
+            DataOptions(image_pattern="case_{id}.png", mask_pattern="mask_{id}.png", classes=csv_path),
+        )
 
 
 def test_names_that_do_not_match_are_reported(generic, tmp_path):
     with pytest.raises(DatasetError) as caught:
-        prepare_dataset(generic, tmp_path / "out", DataOptions(image_pattern="case_{id}.png", mask_pattern="label_{id}.png"))
+        prepare_dataset(
+            generic, tmp_path / "out", DataOptions(image_pattern="case_{id}.png", mask_pattern="label_{id}.png")
+        )
     reasons = [str(problem) for problem in caught.value.problems]
     assert sum("does not match the mask pattern" in reason for reason in reasons) == 10
     assert sum("image without mask" in reason for reason in reasons) == 10
@@ -134,7 +157,7 @@ def patients(tmp_path) -> tuple[Path, Path]:
     rows += [(f"us{len(rows) + k:03d}.png", "benign", "") for k in range(2)]
     for k, (name, _, _) in enumerate(rows):
         mask = np.zeros((32, 32), np.uint8)
-        mask[4:9, 3:3 + k % 10 + 1] = 255
+        mask[4:9, 3 : 3 + k % 10 + 1] = 255
         _save(np.full((32, 32), 20 + 7 * k, np.uint8), root / "images" / name)  # every image has its own pixels
         _save(mask, root / "masks" / name)
     csv_path = root / "patients.csv"
@@ -152,7 +175,9 @@ def _sections_by_group(out: Path) -> dict[str, set[str]]:
 @pytest.mark.parametrize("seed", range(4))
 def test_a_patient_never_straddles_a_split(patients, tmp_path, seed):
     root, csv_path = patients
-    summary = prepare_dataset(root, tmp_path / "out", DataOptions(classes=csv_path, **PATIENT_COLUMNS), seed=seed, labeled_fraction=0.25)
+    summary = prepare_dataset(
+        root, tmp_path / "out", DataOptions(classes=csv_path, **PATIENT_COLUMNS), seed=seed, labeled_fraction=0.25
+    )
     by_group = _sections_by_group(tmp_path / "out")
     assert len(by_group) == 13 and len(by_group.pop(None)) <= 2  # the 2 images without a patient
     assert all(len(sections) == 1 for sections in by_group.values()), by_group  # training/unlabeled/validation/test
@@ -172,48 +197,82 @@ def test_the_manifest_records_the_group(patients, tmp_path):
 
 def test_without_a_group_column_the_record_has_no_group(patients, tmp_path):
     root, csv_path = patients
-    summary = prepare_dataset(root, tmp_path / "out", DataOptions(classes=csv_path, id_column="filename", class_column="diagnosis"))
+    summary = prepare_dataset(
+        root, tmp_path / "out", DataOptions(classes=csv_path, id_column="filename", class_column="diagnosis")
+    )
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert {record["group"] for record in manifest["images"]} == {None} and manifest["settings"]["group_column"] is None
     assert summary["multi_image_groups"] == 0
 
 
-@pytest.mark.parametrize(("columns", "missing"), [
-    ({"id_column": "filename", "class_column": "diagnosis", "group_column": "patient"}, "'patient'"),
-    ({"class_column": "label", "group_column": "patient_id"}, "'image', 'label'"),
-])
+@pytest.mark.parametrize(
+    ("columns", "missing"),
+    [
+        ({"id_column": "filename", "class_column": "diagnosis", "group_column": "patient"}, "'patient'"),
+        ({"class_column": "label", "group_column": "patient_id"}, "'image', 'label'"),
+    ],
+)
 def test_a_missing_column_is_one_line_naming_the_csv(patients, tmp_path, columns, missing):
     root, csv_path = patients
     with pytest.raises(DatasetError) as caught:
         prepare_dataset(root, tmp_path / "out", DataOptions(classes=csv_path, **columns))
     assert [str(problem) for problem in caught.value.problems] == [
-        f"{csv_path}: no column {missing} (columns: filename, diagnosis, age, patient_id)"]
+        f"{csv_path}: no column {missing} (columns: filename, diagnosis, age, patient_id)"
+    ]
     assert not (tmp_path / "out").exists()
 
 
 def test_column_options_need_a_class_csv(patients, tmp_path):
     root, csv_path = patients
-    with pytest.raises(DatasetError, match="--group-column names a column of the class CSV: give the CSV with --classes"):
+    with pytest.raises(
+        DatasetError, match="--group-column names a column of the class CSV: give the CSV with --classes"
+    ):
         prepare_dataset(root, tmp_path / "out", DataOptions(group_column="patient_id"))
     with pytest.raises(DatasetError, match="must differ from the id and class columns"):
-        prepare_dataset(root, tmp_path / "out", DataOptions(classes=csv_path, id_column="filename", class_column="diagnosis",
-                                                            group_column="diagnosis"))
+        prepare_dataset(
+            root,
+            tmp_path / "out",
+            DataOptions(classes=csv_path, id_column="filename", class_column="diagnosis", group_column="diagnosis"),
+        )
 
 
 def test_cli_group_column(patients, tmp_path, capsys):
     from mgcc import cli
 
     root, csv_path = patients
-    cli.main(["prepare", str(root), str(tmp_path / "out"), "--classes", str(csv_path), "--id-column", "filename",
-              "--class-column", "diagnosis", "--group-column", "patient_id"])
-    assert "groups by column 'patient_id' (merged with duplicates): 12 multi-image groups (30 images) kept together" in capsys.readouterr().out
+    cli.main(
+        [
+            "prepare",
+            str(root),
+            str(tmp_path / "out"),
+            "--classes",
+            str(csv_path),
+            "--id-column",
+            "filename",
+            "--class-column",
+            "diagnosis",
+            "--group-column",
+            "patient_id",
+        ]
+    )
+    assert (
+        "groups by column 'patient_id' (merged with duplicates): 12 multi-image groups (30 images) kept together"
+        in capsys.readouterr().out
+    )
     with pytest.raises(SystemExit) as stopped:
-        cli.main(["prepare", str(root), str(tmp_path / "other"), "--classes", str(csv_path), "--group-column", "patient"])
-    assert stopped.value.code == 2 and f"{csv_path}: no column 'image', 'class', 'patient' (columns:" in capsys.readouterr().err
+        cli.main(
+            ["prepare", str(root), str(tmp_path / "other"), "--classes", str(csv_path), "--group-column", "patient"]
+        )
+    assert (
+        stopped.value.code == 2
+        and f"{csv_path}: no column 'image', 'class', 'patient' (columns:" in capsys.readouterr().err
+    )
 
 
 def test_a_prepared_generic_dataset_is_split_again(generic, tmp_path):
     """Its class is `lesion` (no class CSV): `mgcc run/evaluate --data PREPARED` split it again without a word."""
-    prepare_dataset(generic, tmp_path / "once", DataOptions(image_pattern="case_{id}.png", mask_pattern="mask_{id}.png"))
+    prepare_dataset(
+        generic, tmp_path / "once", DataOptions(image_pattern="case_{id}.png", mask_pattern="mask_{id}.png")
+    )
     summary = prepare_any(tmp_path / "once", tmp_path / "twice", labeled_fraction=0.5, seed=1, include_normal=False)
     assert summary["images"] == 10 and summary["classes"] == {"lesion": 10}

@@ -111,12 +111,21 @@ def test_jpeg_images_beside_png_masks_are_named_as_the_format_problem(tmp_path):
         (root / "images" / f"c{k}.png").unlink()
     with pytest.raises(DatasetError) as caught:
         prepare_dataset(root, tmp_path / "out", DataOptions())
-    assert ("images: empty folder: no PNG files (it holds 8 images of another format: 8 .jpg; `mgcc prepare` reads "
-            "PNG images and masks: convert them to PNG)") in str(caught.value)
+    assert (
+        "images: empty folder: no PNG files (it holds 8 images of another format: 8 .jpg; `mgcc prepare` reads "
+        "PNG images and masks: convert them to PNG)"
+    ) in str(caught.value)
 
 
-@pytest.mark.parametrize("name, written", [("X.NII.GZ", "X_seg.nii.gz"), ("scan.v2.nii.gz", "scan.v2_seg.nii.gz"),
-                                           ("case.v2.png", "case.v2_seg.png"), ("Y.PNG", "Y_seg.png")])
+@pytest.mark.parametrize(
+    "name, written",
+    [
+        ("X.NII.GZ", "X_seg.nii.gz"),
+        ("scan.v2.nii.gz", "scan.v2_seg.nii.gz"),
+        ("case.v2.png", "case.v2_seg.png"),
+        ("Y.PNG", "Y_seg.png"),
+    ],
+)
 def test_masks_are_named_after_the_image_stem_whatever_the_extensions_case(tmp_path, name, written):
     """Before: `X.NII.GZ` was written as `X.NII_seg.png` (MONAI strips a lower-case `.gz` only), while the clash
     check and `predictions.json` said `X_seg.png`; then as `X_seg.png`, its affine and header lost. NIfTI in gives
@@ -139,9 +148,17 @@ def test_masks_are_named_after_the_image_stem_whatever_the_extensions_case(tmp_p
     if name.lower().endswith(".nii.gz"):
         nib.save(nib.Nifti1Image(np.zeros((8, 6), np.uint8), np.diag([0.3, 0.2, 1.0, 1.0])), source)
     save = scripts.transforms.SaveImageLikeInputd(
-        keys="pred", output_dir=str(tmp_path / "out"), output_postfix="seg", output_ext=".png",
-        output_dtype=np.uint8, scale=255, resample=False, separate_folder=False, print_log=False,
-        output_name_formatter=scripts.data.mask_name_formatter)
+        keys="pred",
+        output_dir=str(tmp_path / "out"),
+        output_postfix="seg",
+        output_ext=".png",
+        output_dtype=np.uint8,
+        scale=255,
+        resample=False,
+        separate_folder=False,
+        print_log=False,
+        output_name_formatter=scripts.data.mask_name_formatter,
+    )
     save({"pred": MetaTensor(torch.ones(1, 8, 6), meta={"filename_or_obj": str(source)})})
     assert [p.name for p in (tmp_path / "out").iterdir()] == [written]
     assert scripts.data.mask_name(name) == written

@@ -71,7 +71,9 @@ def test_a_small_network_finds_the_lesions(tmp_path):
     root = make_phantom_dataset(tmp_path, n=64, size=64, seed=0)
     images = sorted(path for path in root.glob("*/*.png") if "_mask" not in path.name and path.parent.name != "normal")
     inputs = torch.from_numpy(np.stack([_load(path) for path in images]) / 255.0).float()[:, None]
-    targets = torch.from_numpy(np.stack([_load(path.with_name(f"{path.stem}_mask.png")) > 0 for path in images])).float()[:, None]
+    targets = torch.from_numpy(
+        np.stack([_load(path.with_name(f"{path.stem}_mask.png")) > 0 for path in images])
+    ).float()[:, None]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny network: one thread is fastest on a shared CPU
     try:

@@ -52,7 +52,9 @@ def test_labels_are_the_union_of_all_mask_files(phantom_raw, prepared_phantom):
     multi = [record for record in manifest["images"] if len(record["source_masks"]) > 1]
     assert multi
     for record in multi:
-        union = np.logical_or.reduce([np.asarray(Image.open(phantom_raw / mask)) > 0 for mask in record["source_masks"]])
+        union = np.logical_or.reduce(
+            [np.asarray(Image.open(phantom_raw / mask)) > 0 for mask in record["source_masks"]]
+        )
         label = np.asarray(Image.open(prepared_phantom / record["label"])) > 0
         assert np.array_equal(label, union), record["id"]
         assert record["lesion_fraction"] == round(float(union.mean()), 6)

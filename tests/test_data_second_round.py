@@ -22,7 +22,9 @@ def _save(array: np.ndarray, path: Path) -> Path:
     return path
 
 
-def _pair(image: Path, mask: Path, k: int, size: tuple[int, int] = (40, 48), mask_size: tuple[int, int] | None = None) -> None:
+def _pair(
+    image: Path, mask: Path, k: int, size: tuple[int, int] = (40, 48), mask_size: tuple[int, int] | None = None
+) -> None:
     """A noisy grey image (no two alike) with a dark lesion, and its 0/255 mask (at `mask_size` if given)."""
     pixels = np.random.default_rng(k).integers(90, 200, size=size, dtype=np.uint8)
     pixels[8:20, 10:30] //= 4
@@ -66,13 +68,18 @@ def test_a_3d_nifti_for_inference_is_one_line_naming_the_file_before_the_model_r
     nib.save(nib.Nifti1Image(np.zeros((40, 36, 8), np.uint8), np.eye(4)), volume)
     with pytest.raises(SystemExit) as caught:
         scripts.data.inference_datalist(str(folder), output_dir=str(tmp_path / "out"))
-    assert str(caught.value) == (f"error: {volume}: a 3D image of 40 x 36 x 8 voxels; the model segments 2D images "
-                                 "(H x W, or H x W x 1/3): give one slice per file")
+    assert str(caught.value) == (
+        f"error: {volume}: a 3D image of 40 x 36 x 8 voxels; the model segments 2D images "
+        "(H x W, or H x W x 1/3): give one slice per file"
+    )
     volume.unlink()
     normalised = folder / "normalised.nii.gz"  # the gray-level checks too stop the run in one line, not a traceback
     nib.save(nib.Nifti1Image(np.linspace(0, 1, 40 * 36, dtype=np.float32).reshape(40, 36), np.eye(4)), normalised)
-    with pytest.raises(SystemExit, match=f"^error: {normalised}: values 0..1 look normalised to 0..1; the model expects "
-                                         "8-bit gray levels 0..255: multiply by 255 first.$"):
+    with pytest.raises(
+        SystemExit,
+        match=f"^error: {normalised}: values 0..1 look normalised to 0..1; the model expects "
+        "8-bit gray levels 0..255: multiply by 255 first.$",
+    ):
         scripts.data.inference_datalist(str(folder), output_dir=str(tmp_path / "out"))
     config = json.loads((BUNDLE / "configs" / "inference.json").read_text())
     assert "scripts.data.inference_datalist(" in config["dataset"]["data"]  # the check runs when the dataset is made
@@ -91,9 +98,11 @@ def test_a_tiny_dataset_gets_one_validation_image_or_is_refused_with_the_counts(
     assert summary["sections"]["validation"]["total"] == 1 and summary["sections"]["test"]["total"] >= 1
     with pytest.raises(DatasetError) as caught:
         prepare_dataset(_busi(tmp_path / "two", {"benign": 2}), tmp_path / "out2")
-    assert _one_line(caught) == (f"{tmp_path / 'two'}: too few images to split: 2 image(s) in 2 group(s) give training 1, "
-                                 "validation 0, test 1; at least 3 images in 3 groups (of duplicates and near-copies) "
-                                 "are needed, one each for training, validation and test (nothing was written)")
+    assert _one_line(caught) == (
+        f"{tmp_path / 'two'}: too few images to split: 2 image(s) in 2 group(s) give training 1, "
+        "validation 0, test 1; at least 3 images in 3 groups (of duplicates and near-copies) "
+        "are needed, one each for training, validation and test (nothing was written)"
+    )
     assert not (tmp_path / "out2").exists()
 
 
@@ -105,8 +114,10 @@ def test_only_normal_images_say_how_many_were_left_out_and_by_which_flag(tmp_pat
     source = _busi(tmp_path / "raw", {"normal": 7})
     with pytest.raises(DatasetError) as caught:
         prepare_dataset(source, tmp_path / "out")
-    assert _one_line(caught) == (f"{source}: no images to prepare: 7 images of class 'normal' were left out "
-                                 "(pass --include-normal to keep them) (nothing was written)")
+    assert _one_line(caught) == (
+        f"{source}: no images to prepare: 7 images of class 'normal' were left out "
+        "(pass --include-normal to keep them) (nothing was written)"
+    )
     assert prepare_dataset(source, tmp_path / "out", include_normal=True)["classes"] == {"normal": 7}
 
 
@@ -116,7 +127,9 @@ def test_only_normal_images_say_how_many_were_left_out_and_by_which_flag(tmp_pat
 def test_the_reference_layout_with_masks_in_masks_0_keeps_the_busi_classes(tmp_path):
     """Before: "masks: empty folder"; with --masks masks/0 every image became class `lesion`."""
     source = tmp_path / "raw"
-    names = [f"benign ({k}).png" for k in range(1, 5)] + [f"malignant ({k}).png" for k in range(1, 4)] + ["Normal (1).png"]
+    names = (
+        [f"benign ({k}).png" for k in range(1, 5)] + [f"malignant ({k}).png" for k in range(1, 4)] + ["Normal (1).png"]
+    )
     for k, name in enumerate(names, start=1):
         _pair(source / "images" / name, source / "masks" / "0" / name, k)
     summary = prepare_dataset(source, tmp_path / "out")
@@ -124,7 +137,10 @@ def test_the_reference_layout_with_masks_in_masks_0_keeps_the_busi_classes(tmp_p
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     first = manifest["images"][0]
     assert first["id"] == "benign_0001" and first["source_masks"] == ["masks/0/benign (1).png"]
-    assert prepare_dataset(source, tmp_path / "given", DataOptions(masks="masks/0"))["classes"] == {"benign": 4, "malignant": 3}
+    assert prepare_dataset(source, tmp_path / "given", DataOptions(masks="masks/0"))["classes"] == {
+        "benign": 4,
+        "malignant": 3,
+    }
     other = tmp_path / "plain"  # names that carry no class: the generic class, as before
     for k in range(1, 5):
         _pair(other / "images" / f"case{k}.png", other / "masks" / "0" / f"case{k}.png", k)
@@ -141,8 +157,10 @@ def test_class_folders_differing_only_in_case_are_one_line(tmp_path):
         _pair(source / "Benign" / f"benign ({k}).png", source / "Benign" / f"benign ({k})_mask.png", k)
     with pytest.raises(DatasetError) as caught:
         prepare_dataset(source, tmp_path / "out")
-    assert _one_line(caught) == (f"{source}: class folders Benign and benign differ only in case: the same class? "
-                                 "move the images of Benign into benign (nothing was written)")
+    assert _one_line(caught) == (
+        f"{source}: class folders Benign and benign differ only in case: the same class? "
+        "move the images of Benign into benign (nothing was written)"
+    )
 
 
 def test_capitalised_class_folders_alone_are_named_with_the_spelling_to_use(tmp_path):
@@ -153,8 +171,10 @@ def test_capitalised_class_folders_alone_are_named_with_the_spelling_to_use(tmp_
             _pair(source / label / f"{label.lower()} ({k}).png", source / label / f"{label.lower()} ({k})_mask.png", k)
     with pytest.raises(DatasetError) as caught:
         prepare_dataset(source, tmp_path / "out")
-    assert _one_line(caught) == (f"{source}: class folders Benign/, Malignant/: BUSI's class folders are lower case: "
-                                 "rename them benign/, malignant/ (nothing was written)")
+    assert _one_line(caught) == (
+        f"{source}: class folders Benign/, Malignant/: BUSI's class folders are lower case: "
+        "rename them benign/, malignant/ (nothing was written)"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -164,11 +184,15 @@ def test_class_csv_spellings_differing_only_in_case_are_one_line(tmp_path):
     for k in range(1, 11):
         _pair(source / "images" / f"c{k}.png", source / "masks" / f"c{k}.png", k)
     csv_path = source / "classes.csv"
-    csv_path.write_text("image,class\n" + "".join(f"c{k}.png,{'Benign' if k % 2 else 'benign'}\n" for k in range(1, 11)))
+    csv_path.write_text(
+        "image,class\n" + "".join(f"c{k}.png,{'Benign' if k % 2 else 'benign'}\n" for k in range(1, 11))
+    )
     with pytest.raises(DatasetError) as caught:
         prepare_dataset(source, tmp_path / "out", DataOptions(classes=csv_path))
-    assert _one_line(caught) == (f"{csv_path}: classes 'Benign' (5 rows) and 'benign' (5 rows) differ only in case: the "
-                                 "same class? write benign (nothing was written)")
+    assert _one_line(caught) == (
+        f"{csv_path}: classes 'Benign' (5 rows) and 'benign' (5 rows) differ only in case: the "
+        "same class? write benign (nothing was written)"
+    )
 
 
 # row 6: masks of another size than their image
@@ -181,9 +205,11 @@ def test_many_masks_of_another_size_are_one_line_with_the_count_and_examples(tmp
         _pair(source / "images" / f"c{k}.png", source / "masks" / f"c{k}.png", k, mask_size=(40, 40))
     with pytest.raises(DatasetError) as caught:
         prepare_dataset(source, tmp_path / "out")
-    assert _one_line(caught) == (f"{source / 'masks'}: mask of another size and aspect ratio than its image, so it cannot "
-                                 "be resampled to it (mask vs image, width x height): 30 files (c1.png 40x40 vs 48x40, "
-                                 "c2.png 40x40 vs 48x40, c3.png 40x40 vs 48x40, ...) (nothing was written)")
+    assert _one_line(caught) == (
+        f"{source / 'masks'}: mask of another size and aspect ratio than its image, so it cannot "
+        "be resampled to it (mask vs image, width x height): 30 files (c1.png 40x40 vs 48x40, "
+        "c2.png 40x40 vs 48x40, c3.png 40x40 vs 48x40, ...) (nothing was written)"
+    )
     assert len(caught.value.problems) == 30  # every problem is still listed
 
 
@@ -197,10 +223,14 @@ def test_images_and_masks_in_one_folder_without_a_mask_pattern_say_so(tmp_path):
         _pair(source / "all" / f"c{k}.png", source / "all" / f"c{k}_mask.png", k)
     with pytest.raises(DatasetError) as caught:
         prepare_dataset(source, tmp_path / "out", DataOptions(images="all", masks="all"))
-    assert _one_line(caught) == (f"{source / 'all'}: images and masks are in the same folder: pass --image-pattern and "
-                                 "--mask-pattern to tell them apart, here perhaps --mask-pattern '{id}_mask.png' "
-                                 "(nothing was written)")
-    summary = prepare_dataset(source, tmp_path / "out", DataOptions(images="all", masks="all", mask_pattern="{id}_mask.png"))
+    assert _one_line(caught) == (
+        f"{source / 'all'}: images and masks are in the same folder: pass --image-pattern and "
+        "--mask-pattern to tell them apart, here perhaps --mask-pattern '{id}_mask.png' "
+        "(nothing was written)"
+    )
+    summary = prepare_dataset(
+        source, tmp_path / "out", DataOptions(images="all", masks="all", mask_pattern="{id}_mask.png")
+    )
     assert summary["images"] == 7
 
 

@@ -23,8 +23,12 @@ def test_split_is_stratified_70_10_20():
     items = _items()
     counts = _counts(items, assign_splits(items, seed=0))
     assert counts == {
-        ("benign", "train"): 98, ("benign", "validation"): 14, ("benign", "test"): 28,
-        ("malignant", "train"): 42, ("malignant", "validation"): 6, ("malignant", "test"): 12,
+        ("benign", "train"): 98,
+        ("benign", "validation"): 14,
+        ("benign", "test"): 28,
+        ("malignant", "train"): 42,
+        ("malignant", "validation"): 6,
+        ("malignant", "test"): 12,
     }
 
 
@@ -87,7 +91,10 @@ def _grouped_items() -> list[SplitItem]:
     items = []
     for patient in range(36):
         label = "benign" if patient % 3 else "malignant"
-        items += [SplitItem(f"img_{len(items) + k:04d}", label, f"px{len(items) + k}", f"P{patient}") for k in range(2 + patient % 2)]
+        items += [
+            SplitItem(f"img_{len(items) + k:04d}", label, f"px{len(items) + k}", f"P{patient}")
+            for k in range(2 + patient % 2)
+        ]
     return items + [SplitItem(f"img_{len(items) + k:04d}", "benign", f"px{len(items) + k}") for k in range(6)]
 
 
@@ -95,7 +102,9 @@ def _grouped_items() -> list[SplitItem]:
 @pytest.mark.parametrize("fraction", [0.125, 0.5])
 def test_groups_never_straddle_splits_nor_labeled(seed, fraction):
     items = _grouped_items()
-    items[0] = SplitItem(items[0].id, items[0].label, items[-1].pixel_sha256, items[0].group)  # joins P0 and the last image
+    items[0] = SplitItem(
+        items[0].id, items[0].label, items[-1].pixel_sha256, items[0].group
+    )  # joins P0 and the last image
     assignments = assign_splits(items, seed=seed, labeled_fraction=fraction)
     by_group: dict[str, set] = {}
     for item in items:
@@ -107,8 +116,13 @@ def test_groups_never_straddle_splits_nor_labeled(seed, fraction):
 
 
 def test_split_groups_merge_same_pixels_or_same_group():
-    items = [SplitItem("d", "malignant", "x", "P1"), SplitItem("c", "benign", "y", "P1"), SplitItem("b", "benign", "x"),
-             SplitItem("e", "benign", "z", "P2"), SplitItem("a", "benign", "w", "")]
+    items = [
+        SplitItem("d", "malignant", "x", "P1"),
+        SplitItem("c", "benign", "y", "P1"),
+        SplitItem("b", "benign", "x"),
+        SplitItem("e", "benign", "z", "P2"),
+        SplitItem("a", "benign", "w", ""),
+    ]
     assert [[item.id for item in group] for group in split_groups(items)] == [["a"], ["b", "c", "d"], ["e"]]
     assert [[item.id for item in group] for group in duplicate_groups(items)] == [["a"], ["b", "d"], ["c"], ["e"]]
 
@@ -122,7 +136,10 @@ def test_images_in_groups_of_their_own_split_as_without_groups():
 
 def test_a_group_is_in_the_stratum_of_its_smallest_id():
     patient = {"benign_0000"} | {f"malignant_{k:04d}" for k in range(10)}  # one benign and ten malignant images
-    items = [SplitItem(item.id, item.label, item.pixel_sha256, "P" if item.id in patient else None) for item in _items(20, 20)]
+    items = [
+        SplitItem(item.id, item.label, item.pixel_sha256, "P" if item.id in patient else None)
+        for item in _items(20, 20)
+    ]
     assignments = assign_splits(items, seed=0, labeled_fraction=1.0)
     assert len({assignments[key] for key in patient}) == 1
     # the malignant stratum is the ten other malignant images: 2 test, 1 validation, 7 train
@@ -151,6 +168,8 @@ def test_near_duplicate_groups_join_correlated_thumbnails_in_chains():
 def test_near_copies_stay_on_one_side(seed):
     items = _items()
     for index in (3, 40, 170):
-        items[index] = SplitItem(items[index].id, items[index].label, items[index].pixel_sha256, near_copy_of="benign_0003")
+        items[index] = SplitItem(
+            items[index].id, items[index].label, items[index].pixel_sha256, near_copy_of="benign_0003"
+        )
     assignments = assign_splits(items, seed=seed)
     assert len({assignments[items[index].id] for index in (3, 40, 170)}) == 1

@@ -75,8 +75,10 @@ def test_image_without_mask_and_mask_without_image(raw, tmp_path):
 def test_mask_of_another_aspect_ratio_is_refused(raw, tmp_path):
     mask = _save(np.zeros((32, 30), np.uint8), raw / "benign" / "benign (1)_mask.png")
     problems = _problems(raw, tmp_path / "out")
-    assert problems == [f"{mask}: mask of another size and aspect ratio than its image, so it cannot be resampled to "
-                        "it (mask vs image, width x height): 30x32 vs 40x32"]
+    assert problems == [
+        f"{mask}: mask of another size and aspect ratio than its image, so it cannot be resampled to "
+        "it (mask vs image, width x height): 30x32 vs 40x32"
+    ]
 
 
 def test_mask_at_another_resolution_is_binarized_then_resampled(raw, tmp_path):
@@ -92,8 +94,10 @@ def test_mask_at_another_resolution_is_binarized_then_resampled(raw, tmp_path):
     expected = np.zeros((32, 40), np.uint8)
     expected[4:12, 5:15] = 255
     assert np.array_equal(mask, expected)
-    assert f"{raw / 'benign' / 'benign (1)_mask.png'}: mask resampled to its image's size (nearest, same aspect ratio)" \
+    assert (
+        f"{raw / 'benign' / 'benign (1)_mask.png'}: mask resampled to its image's size (nearest, same aspect ratio)"
         in summary["warning_list"]
+    )
 
 
 def test_all_problems_are_reported_together(raw, tmp_path):
@@ -223,7 +227,9 @@ def test_blank_images_full_masks_and_disagreeing_duplicates_are_reported(raw, tm
     other[20:30, 20:30] = 255
     _save(other, raw / "malignant" / "malignant (3)_mask.png")
     warnings = prepare_dataset(raw, tmp_path / "out")["warning_list"]
-    assert f"{blank}: image has 1 gray level(s): blank, or a mask (are the images and masks folders swapped?)" in warnings
+    assert (
+        f"{blank}: image has 1 gray level(s): blank, or a mask (are the images and masks folders swapped?)" in warnings
+    )
     assert f"{full}: mask covers 100% of the image: lesion everywhere?" in warnings
     assert f"{twin}: same pixels as benign (3).png with another class and mask" in warnings
 
@@ -233,6 +239,11 @@ def test_swapped_images_and_masks_leave_nothing_to_train_on(tmp_path):
         mask = np.zeros((32, 32), np.uint8)
         mask[8:20, 8:20] = 255
         _save(mask, tmp_path / "raw" / "images" / f"c{k}.png")  # every "image" is the same mask
-        _save(np.random.default_rng(k).integers(0, 255, (32, 32), dtype=np.uint8), tmp_path / "raw" / "masks" / f"c{k}.png")
+        _save(
+            np.random.default_rng(k).integers(0, 255, (32, 32), dtype=np.uint8),
+            tmp_path / "raw" / "masks" / f"c{k}.png",
+        )
     problems = _problems(tmp_path / "raw", tmp_path / "out")
-    assert problems == [f"{tmp_path / 'raw'}: no image left for training: the 8 images form 1 group(s) of duplicates and near-copies"]
+    assert problems == [
+        f"{tmp_path / 'raw'}: no image left for training: the 8 images form 1 group(s) of duplicates and near-copies"
+    ]

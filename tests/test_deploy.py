@@ -78,8 +78,9 @@ print(json.dumps(out))
 def run(cmd, cwd=None, check=True, timeout=TIMEOUT):
     proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -101,7 +102,7 @@ def images(tmp_path_factory) -> Path:
     sources = sorted(p for p in Path(raw).rglob("*.png") if "_mask" not in p.name)
     for i, src in enumerate(sources):
         gray = np.array(Image.open(src).convert("L"))
-        gray = gray[:ROWS, :ROWS] if i == 2 else gray[:ROWS, 8:8 + COLS]  # one square image
+        gray = gray[:ROWS, :ROWS] if i == 2 else gray[:ROWS, 8 : 8 + COLS]  # one square image
         if i == 1:
             rgb = np.stack([gray, (gray * 0.8).astype(np.uint8), (gray * 0.6).astype(np.uint8)], -1)
             Image.fromarray(rgb, "RGB").save(out / f"img_{i:02d}.png")
@@ -130,8 +131,21 @@ def bundle(tmp_path_factory, images) -> Path:
 def bundle_masks(bundle, images, tmp_path_factory) -> dict[str, np.ndarray]:
     """The bundle's own inference (`python -m monai.bundle run`) on the PNG folder: {image stem: mask}."""
     out = tmp_path_factory.mktemp("bundle_out")
-    run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-         "--input_dir", images, "--output_dir", out], cwd=bundle)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--input_dir",
+            images,
+            "--output_dir",
+            out,
+        ],
+        cwd=bundle,
+    )
     masks = {p.name[: -len("_seg.png")]: np.array(Image.open(p)) for p in sorted(out.glob("*_seg.png"))}
     assert sorted(masks) == sorted(p.stem for p in images.glob("*.png")), sorted(masks)
     fraction = np.concatenate([(m > 0).ravel() for m in masks.values()]).mean()
@@ -154,10 +168,30 @@ def assert_same_mask(app_png: Path, reference: np.ndarray) -> None:
 def export_onnx(bundle: Path) -> None:
     """`models/model.onnx` of the bundle's checkpoint, as the bundle's README exports it."""
     size = json.loads((bundle / "configs" / "inference.json").read_text())["spatial_size"]
-    run([sys.executable, "-m", "monai.bundle", "onnx_export", "network_def", "--filepath", "models/model.onnx",
-         "--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
-         "--config_file", "configs/inference.json", "--use_trace", "True", "--input_shape", json.dumps([1, 1, *size]),
-         "--converter_kwargs", "{'dynamo': False}"], cwd=bundle)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "onnx_export",
+            "network_def",
+            "--filepath",
+            "models/model.onnx",
+            "--ckpt_file",
+            "models/model.pt",
+            "--meta_file",
+            "configs/metadata.json",
+            "--config_file",
+            "configs/inference.json",
+            "--use_trace",
+            "True",
+            "--input_shape",
+            json.dumps([1, 1, *size]),
+            "--converter_kwargs",
+            "{'dynamo': False}",
+        ],
+        cwd=bundle,
+    )
 
 
 @pytest.mark.parametrize("model_form", ["bundle_folder", "torchscript", "onnx"])
@@ -167,9 +201,24 @@ def test_png_folder_matches_bundle(deploy_python, bundle, images, bundle_masks, 
     is given: exactly for the checkpoint and TorchScript; for the ONNX export (another runtime, so pixels whose logit
     is within float rounding of the threshold may flip) on at least 99.9% of the pixels."""
     if model_form == "torchscript":
-        run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", "models/model.ts",
-             "--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
-             "--config_file", "configs/inference.json"], cwd=bundle)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "monai.bundle",
+                "ckpt_export",
+                "network_def",
+                "--filepath",
+                "models/model.ts",
+                "--ckpt_file",
+                "models/model.pt",
+                "--meta_file",
+                "configs/metadata.json",
+                "--config_file",
+                "configs/inference.json",
+            ],
+            cwd=bundle,
+        )
         model = bundle / "models" / "model.ts"
     elif model_form == "onnx":  # a copy: the other tests run the shared bundle's checkpoint or TorchScript export
         model = tmp_path / bundle.name
@@ -266,13 +315,16 @@ def _bad_multiframe(d: Path, py: Path, images: Path) -> None:
     run([py, APP / "png_to_us_dicom.py", d, sorted(images.glob("*.png"))[0], "--frames", "4"])
 
 
-@pytest.mark.parametrize("case, make, expected", [
-    ("empty", _bad_empty, "no image"),
-    ("not_image", _bad_not_image, "report.txt"),
-    ("corrupt_png", _bad_corrupt_png, "zz_broken.png"),
-    ("no_pixel_data", _bad_no_pixel_data, "has no Pixel Data"),
-    ("multiframe", _bad_multiframe, "no single-frame ultrasound"),
-])
+@pytest.mark.parametrize(
+    "case, make, expected",
+    [
+        ("empty", _bad_empty, "no image"),
+        ("not_image", _bad_not_image, "report.txt"),
+        ("corrupt_png", _bad_corrupt_png, "zz_broken.png"),
+        ("no_pixel_data", _bad_no_pixel_data, "has no Pixel Data"),
+        ("multiframe", _bad_multiframe, "no single-frame ultrasound"),
+    ],
+)
 def test_bad_input_is_refused(deploy_python, bundle, images, tmp_path, case, make, expected):
     inputs = tmp_path / case
     if make in (_bad_empty, _bad_not_image):
@@ -325,7 +377,7 @@ print(json.dumps(out))
 
 
 def test_no_lesion_is_an_empty_mask_and_a_valid_empty_seg(deploy_python, bundle, images, tmp_path):
-    """"No lesion" (here forced: the bundle's `min_lesion_fraction` above any lesion's share) is an answer: empty
+    """ "No lesion" (here forced: the bundle's `min_lesion_fraction` above any lesion's share) is an answer: empty
     masks, `lesion: false` in `predictions.json`, and a DICOM SEG that reads, with its segment and no lesion pixel."""
     quiet = tmp_path / bundle.name
     shutil.copytree(bundle, quiet, ignore=shutil.ignore_patterns("model.ts", "model.onnx"))

@@ -25,8 +25,14 @@ BUNDLE = BUNDLES / "ultrasound_mgcc_segmentation"
 README = BUNDLE / "docs" / "README.md"
 LDM_BUNDLE = BUNDLES / "ultrasound_ldm_generation"
 #: appended to every segmentation command that runs a config (what it must not change is what the README says)
-SMALL = {"base_channels": 8, "spatial_size": [64, 64], "max_iterations": 2, "val_interval": 1, "num_workers": 0,
-         "show_progress": False}
+SMALL = {
+    "base_channels": 8,
+    "spatial_size": [64, 64],
+    "max_iterations": 2,
+    "val_interval": 1,
+    "num_workers": 0,
+    "show_progress": False,
+}
 
 
 def documented_commands(readme: Path) -> list[str]:
@@ -57,8 +63,17 @@ def as_test_command(command: str, paths: dict[str, Path], small: dict = SMALL) -
 
 def test_the_readme_lists_the_commands_a_user_needs():
     commands = documented_commands(README)
-    for needed in ("configs/train.json", "train_supervised.json", "train_labeled_only.json", "evaluate.json",
-                   "configs/inference.json", "ckpt_export", "onnx_export", "multi_gpu_train.json", "--resume true"):
+    for needed in (
+        "configs/train.json",
+        "train_supervised.json",
+        "train_labeled_only.json",
+        "evaluate.json",
+        "configs/inference.json",
+        "ckpt_export",
+        "onnx_export",
+        "multi_gpu_train.json",
+        "--resume true",
+    ):
         assert any(needed in c for c in commands), needed
 
 
@@ -78,8 +93,12 @@ def test_every_documented_bundle_command_runs(prepared_phantom, tmp_path):
         shutil.copy(prepared_phantom / entry["label"], samples / "masks" / name)
         records.append({"file": name, "label": f"masks/{name}"})
     (samples / "manifest.json").write_text(json.dumps({"samples": records}))
-    paths = {"/data/busi_prepared": prepared_phantom, "/data/new_images": images, "/data/masks": tmp_path / "masks",
-             "/data/ldm_samples": samples}
+    paths = {
+        "/data/busi_prepared": prepared_phantom,
+        "/data/new_images": images,
+        "/data/masks": tmp_path / "masks",
+        "/data/ldm_samples": samples,
+    }
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     commands = documented_commands(README)
     assert len(commands) >= 12, commands
@@ -96,15 +115,25 @@ def test_every_documented_generator_command_runs(prepared_phantom, tmp_path):
     """The LDM README's commands, with what its text says to add (`--dataset_dir`, `--output_dir`, `--ckpt_dir`)."""
     bundle = tmp_path / LDM_BUNDLE.name
     shutil.copytree(LDM_BUNDLE, bundle, ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
-    small = {**TINY, "autoencoder_max_epochs": 1, "diffusion_max_epochs": 1, "val_interval": 1, "num_workers": 0,
-             "dataset_dir": str(prepared_phantom), "output_dir": str(tmp_path / "logs"),
-             "ckpt_dir": str(tmp_path / "weights"), "num_samples": 2, "num_inference_steps": 2}
+    small = {
+        **TINY,
+        "autoencoder_max_epochs": 1,
+        "diffusion_max_epochs": 1,
+        "val_interval": 1,
+        "num_workers": 0,
+        "dataset_dir": str(prepared_phantom),
+        "output_dir": str(tmp_path / "logs"),
+        "ckpt_dir": str(tmp_path / "weights"),
+        "num_samples": 2,
+        "num_inference_steps": 2,
+    }
     paths = {"<prepared>": prepared_phantom, "<samples>": tmp_path / "samples"}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     commands = documented_commands(LDM_BUNDLE / "docs" / "README.md")
     assert len(commands) >= 6, commands
     for command in commands:
-        proc = subprocess.run(as_test_command(command, paths, small), cwd=bundle, env=env, capture_output=True,
-                              text=True, timeout=900)
+        proc = subprocess.run(
+            as_test_command(command, paths, small), cwd=bundle, env=env, capture_output=True, text=True, timeout=900
+        )
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     assert len(list((tmp_path / "samples").glob("*.png"))) == 2

@@ -14,6 +14,8 @@ def test_images_of_the_models_own_training_split_are_found(prepared_phantom, pha
     prepare_dataset(phantom_raw, again, labeled_fraction=0.25, seed=5)  # the same images, another split
     scored = section_datalist(again, "all", None, tmp_path)
     seen = seen_in_training(stage, again, scored)
-    trained = [r for r in json.loads((prepared_phantom / "manifest.json").read_text())["images"] if r["section"] != "test"]
+    trained = [
+        r for r in json.loads((prepared_phantom / "manifest.json").read_text())["images"] if r["section"] != "test"
+    ]
     assert len(seen) == len(trained) > 0
     assert seen_in_training(stage, again, section_datalist(again, "test", None, tmp_path)) != seen

@@ -70,7 +70,10 @@ def test_the_contract_and_the_bundle_loader_and_prepare_agree(tmp_path):
     lines = contract_lines(files)
     refused = {name for name, line in lines.items() if line}
     assert refused == {"broken.png", "truncated.png", "volume.nii.gz"}, lines
-    assert lines["broken.png"] == f"{files['broken.png']}: broken link: its target {tmp_path}/in/gone/scan.png does not exist"
+    assert (
+        lines["broken.png"]
+        == f"{files['broken.png']}: broken link: its target {tmp_path}/in/gone/scan.png does not exist"
+    )
     assert lines["truncated.png"].startswith(f"{files['truncated.png']}: unreadable or truncated image (OSError")
     assert lines["volume.nii.gz"].startswith(f"{files['volume.nii.gz']}: a 3D image of 40 x 56 x 4 voxels")
     assert all(len(line.splitlines()) == 1 for line in lines.values() if line)
@@ -137,8 +140,14 @@ print(json.dumps(out))
 
 
 def _run_json(python: Path, code: str, *args) -> dict:
-    proc = subprocess.run([str(python), "-c", code, *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [str(python), "-c", code, *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -165,7 +174,10 @@ def test_monai_label_and_deploy_apply_the_bundles_contract(tmp_path):
     load = scripts.transforms.LoadImageGrayscaled(keys="image", image_only=True)
     for name, path in rasters.items():
         if lines[name]:
-            assert deploy[name]["refused"] == f"1 input file(s) cannot be segmented: {lines[name]}", (name, deploy[name])
+            assert deploy[name]["refused"] == f"1 input file(s) cannot be segmented: {lines[name]}", (
+                name,
+                deploy[name],
+            )
         else:
             bundle = np.asarray(load({"image": str(path)})["image"]).squeeze()
             assert deploy[name]["wh_order"] and np.array_equal(np.array(deploy[name]["pixels"]), bundle), name
@@ -173,8 +185,9 @@ def test_monai_label_and_deploy_apply_the_bundles_contract(tmp_path):
 
 def _bundle_run(*args) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", *map(str, args)]
-    return subprocess.run(cmd, cwd=SEG_BUNDLE, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        cmd, cwd=SEG_BUNDLE, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
 
 
 @pytest.mark.integration
@@ -193,8 +206,9 @@ def test_bundle_run_writes_nifti_for_nifti_and_overlays_exif_images_as_shown(tmp
     header["descrip"] = b"scan 7"
     affine = np.array([[0.1, 0, 0, 5], [0, 0.2, 0, -3], [0, 0, 1, 0], [0, 0, 0, 1.0]])
     nib.save(nib.Nifti1Image(gray.T[..., None].astype(np.int16), affine, header=header), folder / "B.NII.GZ")
-    Image.fromarray(np.ascontiguousarray(np.rot90(gray, 1))).save(folder / "c.jpg", exif=_exif(EXIF_ROTATE_90),
-                                                                  quality=100)
+    Image.fromarray(np.ascontiguousarray(np.rot90(gray, 1))).save(
+        folder / "c.jpg", exif=_exif(EXIF_ROTATE_90), quality=100
+    )
     proc = _bundle_run("--input_dir", folder, "--output_dir", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out"
@@ -220,6 +234,7 @@ def test_weights_of_another_width_stop_the_bundle_run_with_one_line(tmp_path):
     proc = _bundle_run("--base_channels", "32", "--input_dir", tmp_path, "--output_dir", tmp_path / "out")
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ./models/model.pt: trained with base_channels 16, the config says 32: "
-                           "run with --base_channels 16"), proc.stderr[-2000:]
+    assert last.startswith(
+        "error: ./models/model.pt: trained with base_channels 16, the config says 32: run with --base_channels 16"
+    ), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

@@ -24,12 +24,21 @@ def test_code_lives_under_src_and_scripts_and_every_path_the_guides_name_exists(
     from mgcc import REPO_ROOT
 
     assert sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").rglob("*.py")) == []
-    guides = [REPO_ROOT / "README.md", *(REPO_ROOT / "docs").glob("*.md"), *(REPO_ROOT / "docs" / "experiments").glob("*.md")]
-    named = {(guide.name, path) for guide in guides
-             for path in re.findall(r"(?<![\w/.$])((?:scripts|src|apps|tests|docs)/[\w/.-]+\.py)\b", guide.read_text())}
+    guides = [
+        REPO_ROOT / "README.md",
+        *(REPO_ROOT / "docs").glob("*.md"),
+        *(REPO_ROOT / "docs" / "experiments").glob("*.md"),
+    ]
+    named = {
+        (guide.name, path)
+        for guide in guides
+        for path in re.findall(r"(?<![\w/.$])((?:scripts|src|apps|tests|docs)/[\w/.-]+\.py)\b", guide.read_text())
+    }
     roots = [REPO_ROOT, *(REPO_ROOT / "bundles").iterdir()]  # a bundle's `scripts/...` is relative to the bundle
-    assert named and [(guide, path) for guide, path in sorted(named)
-                      if not any((root / path).is_file() for root in roots)] == []
+    assert (
+        named
+        and [(guide, path) for guide, path in sorted(named) if not any((root / path).is_file() for root in roots)] == []
+    )
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -52,7 +61,9 @@ def import_graph() -> dict[str, set[str]]:
                 if node.level:  # relative: from the package, one level up per extra dot
                     anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join([*anchor, *([base] if base else [])])
-                targets |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names}
+                targets |= {
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
+                }
         graph[name] = {t for t in targets if t in modules and t != name}
     return graph
 
@@ -67,7 +78,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for target in sorted(graph[node]):
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         state[node] = 2

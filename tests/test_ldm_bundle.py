@@ -86,7 +86,9 @@ def test_perceptual_loss_needs_weights_and_uses_them(prepared_phantom, tmp_path)
 
     weights = tmp_path / "features.ts"
     torch.jit.save(torch.jit.script(Features()), str(weights))
-    run_bundle([AE], **common, **TINY, use_perceptual_loss=True, perceptual_weights_path=str(weights), autoencoder_max_epochs=1)
+    run_bundle(
+        [AE], **common, **TINY, use_perceptual_loss=True, perceptual_weights_path=str(weights), autoencoder_max_epochs=1
+    )
     with open(tmp_path / "out" / "autoencoder_history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows and all(float(r["perceptual_loss"]) > 0 for r in rows)
@@ -102,7 +104,9 @@ def test_killed_training_resumes(prepared_phantom, tmp_path):
         val_interval=10,
         **TINY,
     )
-    process = subprocess.Popen(cli_args([AE], **overrides), cwd=BUNDLE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        cli_args([AE], **overrides), cwd=BUNDLE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     deadline = time.time() + 240
     try:  # once epoch 2's checkpoint appears, epoch 1's is complete; kill wherever the run is then
         while not list((tmp_path / "ckpt").glob("autoencoder_resume_checkpoint_epoch=[2-9].pt")):
@@ -140,9 +144,17 @@ def test_multi_gpu_configs_under_torchrun_gloo(prepared_phantom, tmp_path):
     )
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
     stages = [
-        ([AE, str(CONFIGS / "multi_gpu_train_autoencoder.json")], dict(autoencoder_max_epochs=2, adv_warmup_epochs=1, val_interval=1)),
         (
-            [AE, DIFF, str(CONFIGS / "multi_gpu_train_autoencoder.json"), str(CONFIGS / "multi_gpu_train_diffusion.json")],
+            [AE, str(CONFIGS / "multi_gpu_train_autoencoder.json")],
+            dict(autoencoder_max_epochs=2, adv_warmup_epochs=1, val_interval=1),
+        ),
+        (
+            [
+                AE,
+                DIFF,
+                str(CONFIGS / "multi_gpu_train_autoencoder.json"),
+                str(CONFIGS / "multi_gpu_train_diffusion.json"),
+            ],
             dict(diffusion_max_epochs=1),
         ),
     ]
@@ -152,7 +164,9 @@ def test_multi_gpu_configs_under_torchrun_gloo(prepared_phantom, tmp_path):
         result = subprocess.run(torchrun + args[1:], cwd=BUNDLE, capture_output=True, text=True, timeout=400, env=env)
         assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     factors = re.findall(r"latent normalisation \(channel\): (.+)", result.stdout + result.stderr)
-    assert len(factors) == 2 and factors[0] == factors[1], f"both ranks must train with the same normalisation: {factors}"
+    assert len(factors) == 2 and factors[0] == factors[1], (
+        f"both ranks must train with the same normalisation: {factors}"
+    )
     for name in ("autoencoder.pt", "diffusion.pt"):
         assert (tmp_path / "ckpt" / name).is_file()
     with open(tmp_path / "out" / "autoencoder_validation.csv", newline="") as f:

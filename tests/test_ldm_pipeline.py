@@ -42,8 +42,13 @@ def trained(prepared_phantom, tmp_path_factory):
     (root / "ckpt_cond").mkdir()
     shutil.copy(root / "ckpt" / "autoencoder.pt", root / "ckpt_cond" / "autoencoder.pt")
     run_bundle([AE, DIFF], diffusion_max_epochs=1, **cond)
-    mask = dict(common, output_dir=str(root / "out_mask"), ckpt_dir=str(root / "ckpt_mask"), mask_conditional=True,
-                prediction_type="v_prediction")
+    mask = dict(
+        common,
+        output_dir=str(root / "out_mask"),
+        ckpt_dir=str(root / "ckpt_mask"),
+        mask_conditional=True,
+        prediction_type="v_prediction",
+    )
     (root / "ckpt_mask").mkdir()
     shutil.copy(root / "ckpt" / "autoencoder.pt", root / "ckpt_mask" / "autoencoder.pt")
     run_bundle([AE, DIFF], diffusion_max_epochs=1, **mask)
@@ -108,7 +113,9 @@ def test_latent_normalisation_is_saved_and_used(trained, tmp_path):
     settings = dict(trained["common"], num_samples=2, num_inference_steps=4)
     base = sample(settings, tmp_path / "base")
     recorded = json.loads((base / "manifest.json").read_text())["settings"]
-    assert recorded["scale_factor"] == pytest.approx(scale.tolist()) and recorded["latent_shift"] == pytest.approx(shift.tolist())
+    assert recorded["scale_factor"] == pytest.approx(scale.tolist()) and recorded["latent_shift"] == pytest.approx(
+        shift.tolist()
+    )
     # the same weights with another stored normalisation must give other images
     for name, entry in (("scale", "value"), ("shift", "shift")):
         changed = tmp_path / f"ckpt_{name}"
@@ -124,7 +131,9 @@ def test_latent_normalisation_is_saved_and_used(trained, tmp_path):
 
 def test_global_normalisation_is_one_scale_without_shift(trained):
     scripts = import_bundle_scripts(LDM_BUNDLE)
-    z_mu = torch.randn(6, 2, 2, 4, 4) * torch.tensor([1.0, 3.0]).view(1, 1, 2, 1, 1) + torch.tensor([5.0, -1.0]).view(1, 1, 2, 1, 1)
+    z_mu = torch.randn(6, 2, 2, 4, 4) * torch.tensor([1.0, 3.0]).view(1, 1, 2, 1, 1) + torch.tensor([5.0, -1.0]).view(
+        1, 1, 2, 1, 1
+    )
     batches = [{"z_mu": z_mu, "z_sigma": torch.zeros_like(z_mu)}]
     channel = scripts.diffusion.fit_scale_factor(batches, "cpu", "channel")
     normalised = channel.normalise(z_mu[:, 0])
@@ -156,14 +165,23 @@ def test_latents_are_encoded_once_with_mirrors_and_normalised(trained):
     from torch.utils.data import default_collate
 
     autoencoder = AutoencoderKL(
-        spatial_dims=2, in_channels=1, out_channels=1, latent_channels=2, channels=[8, 16], num_res_blocks=1,
-        norm_num_groups=8, attention_levels=[False, False], with_encoder_nonlocal_attn=False,
-        with_decoder_nonlocal_attn=False, include_fc=False,
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        latent_channels=2,
+        channels=[8, 16],
+        num_res_blocks=1,
+        norm_num_groups=8,
+        attention_levels=[False, False],
+        with_encoder_nonlocal_attn=False,
+        with_decoder_nonlocal_attn=False,
+        include_fc=False,
     )
     scripts.utils.load_weights(str(trained["root"] / "ckpt" / "autoencoder.pt"), autoencoder)
     images = torch.rand(3, 1, 32, 32)
-    items = scripts.diffusion.encode_latents(autoencoder.eval(), [{"image": i, "class": "benign"} for i in images],
-                                             "cpu", batch_size=2)
+    items = scripts.diffusion.encode_latents(
+        autoencoder.eval(), [{"image": i, "class": "benign"} for i in images], "cpu", batch_size=2
+    )
     z_mu, z_sigma = autoencoder.encode(images)
     mirrored_mu, _ = autoencoder.encode(images.flip(-1))
     assert len(items) == 3 and items[0]["class"] == "benign" and items[0]["z_mu"].shape == (2, 2, 16, 16)
@@ -210,19 +228,25 @@ def test_mask_conditional_training_sees_only_the_labeled_masks(trained, tmp_path
     lesion mask; the unlabeled images' masks (here a datalist that lists some) never reach it."""
     folder = Path(trained["mask"]["dataset_dir"])
     datalist = json.loads((folder / "datalist.json").read_text())
-    datalist = {k: [{key: str(folder / v) if key in ("image", "label") else v for key, v in item.items()} for item in items]
-                for k, items in datalist.items() if isinstance(items, list)}
+    datalist = {
+        k: [{key: str(folder / v) if key in ("image", "label") else v for key, v in item.items()} for item in items]
+        for k, items in datalist.items()
+        if isinstance(items, list)
+    }
     for item in datalist["unlabeled"]:
         item["label"] = datalist["training"][0]["label"]
     (tmp_path / "datalist.json").write_text(json.dumps(datalist))
-    parser = parse_bundle([AE, DIFF], "train", ("train#latents",), **trained["mask"],
-                          datalist=str(tmp_path / "datalist.json")).parser
+    parser = parse_bundle(
+        [AE, DIFF], "train", ("train#latents",), **trained["mask"], datalist=str(tmp_path / "datalist.json")
+    ).parser
     latents = parser.get_parsed_content("train#latents")
     masks = torch.stack([item["mask"] for item in latents])  # (N, 2, 1, h, w): as is and mirrored
     labeled = masks.amin(dim=(1, 2, 3, 4)) >= 0
     assert len(latents) == len(datalist["training"]) + len(datalist["unlabeled"])
     assert int(labeled.sum()) == len(datalist["training"])
-    assert (masks[~labeled] == -1).all() and masks[labeled].max() <= 1 and masks[labeled].amax(dim=(1, 2, 3, 4)).min() > 0
+    assert (
+        (masks[~labeled] == -1).all() and masks[labeled].max() <= 1 and masks[labeled].amax(dim=(1, 2, 3, 4)).min() > 0
+    )
     assert torch.equal(masks[:, 1], masks[:, 0].flip(-1))
     assert tuple(masks.shape[-2:]) == tuple(latents[0]["z_mu"].shape[-2:])
     stored = torch.load(Path(trained["mask"]["ckpt_dir"]) / "diffusion.pt", weights_only=True)
@@ -267,8 +291,9 @@ def test_mask_conditional_sampling_writes_labeled_pairs(trained, tmp_path):
     assert sorted(p.name for p in folder.glob("*.png")) == [s["file"] for s in manifest["samples"]]
     again = sample(settings, tmp_path / "b", batch_size=1)  # the same seeds: the same masks
     for record in manifest["samples"]:
-        assert np.array_equal(np.asarray(Image.open(folder / record["label"])),
-                              np.asarray(Image.open(again / record["label"])))
+        assert np.array_equal(
+            np.asarray(Image.open(folder / record["label"])), np.asarray(Image.open(again / record["label"]))
+        )
     # same noise, other mask: the mask reaches the network through the guided sampler and changes the image
     parser = parse_bundle([INFER], **settings).parser
     inferer, network = parser.get_parsed_content("inferer"), parser.get_parsed_content("network")
@@ -289,9 +314,13 @@ def test_v_prediction_trains_on_the_velocity_and_the_checkpoint_tells_the_sample
     for prediction_type in ("epsilon", "v_prediction", "sample"):
         scheduler = DDPMScheduler(1000, prediction_type=prediction_type)
         latents, target, _, kwargs = scripts.diffusion.LatentDiffusionPrepareBatch(
-            scripts.diffusion.ScaleFactor(2), 1000, scheduler=scheduler)(batch)
-        expected = {"epsilon": kwargs["noise"], "sample": latents,
-                    "v_prediction": scheduler.get_velocity(latents, kwargs["noise"], kwargs["timesteps"])}
+            scripts.diffusion.ScaleFactor(2), 1000, scheduler=scheduler
+        )(batch)
+        expected = {
+            "epsilon": kwargs["noise"],
+            "sample": latents,
+            "v_prediction": scheduler.get_velocity(latents, kwargs["noise"], kwargs["timesteps"]),
+        }
         assert torch.equal(target, expected[prediction_type]), prediction_type
     with pytest.raises(ValueError, match="trained with prediction_type 'epsilon', the config asks for 'v_prediction'"):
         scripts.diffusion.DiffusionSettings("v_prediction").load_state_dict({"prediction_type": "epsilon"})
@@ -305,8 +334,9 @@ def test_v_prediction_trains_on_the_velocity_and_the_checkpoint_tells_the_sample
     assert json.loads((folder / "manifest.json").read_text())["settings"]["prediction_type"] == "v_prediction"
     with pytest.raises(Exception) as err:  # a config that disagrees with the checkpoint
         sample(dict(settings, prediction_type="epsilon"), tmp_path / "x")
-    assert "trained with prediction_type 'v_prediction', but config key 'prediction_type' is 'epsilon'" in \
-        "".join(str(e) for e in _chain(err.value))
+    assert "trained with prediction_type 'v_prediction', but config key 'prediction_type' is 'epsilon'" in "".join(
+        str(e) for e in _chain(err.value)
+    )
     # a checkpoint from before the setting: the noise
     old = tmp_path / "old_ckpt"
     old.mkdir()
@@ -401,9 +431,25 @@ def test_conditional_generation_check(trained, tmp_path):
     classes = ["benign", "malignant", "normal"]
 
     def check(samples, out):
-        return subprocess.run([sys.executable, str(script), "--dataset", trained["cond"]["dataset_dir"], "--samples",
-                               str(samples), "--out", str(out), "--epochs", "2", "--classes", *classes],
-                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                "--dataset",
+                trained["cond"]["dataset_dir"],
+                "--samples",
+                str(samples),
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--classes",
+                *classes,
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
 
     conditional = sample(dict(trained["cond"], num_samples=6, num_inference_steps=3), tmp_path / "cond")
     proc = check(conditional, tmp_path / "check")

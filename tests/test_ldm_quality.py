@@ -61,8 +61,9 @@ def test_fid_and_kid_are_near_zero_for_identical_sets_and_grow_with_a_shift(extr
     real = _images(40, 1)
     same_fid, same_kid = quality.distribution_distances(real, real, None, features, kid_subsets=10, kid_subset_size=20)
     shifted = (real * 0.5 + 0.5).clamp(0, 1)  # brighter, lower contrast
-    far_fid, far_kid = quality.distribution_distances(shifted, real, real[:20], features, kid_subsets=10,
-                                                      kid_subset_size=20)
+    far_fid, far_kid = quality.distribution_distances(
+        shifted, real, real[:20], features, kid_subsets=10, kid_subset_size=20
+    )
     assert abs(same_fid["generated_vs_train"]) < 0.01 * far_fid["generated_vs_train"]
     assert abs(same_kid["generated_vs_train"]["mean"]) < 1e-3
     assert far_fid["generated_vs_train"] > 1.0 and far_kid["generated_vs_train"]["mean"] > 10 * abs(
@@ -92,8 +93,9 @@ def test_reconstructed_validation_gives_the_autoencoder_ceiling(extractor):
     quality, features = extractor
     real = _images(40, 1)
     blurred = torch.nn.functional.avg_pool2d(real[:20], 5, stride=1, padding=2)  # what a lossy autoencoder returns
-    fid, kid = quality.distribution_distances(real, real, real[:20], features, kid_subsets=10, kid_subset_size=20,
-                                              reconstructed=blurred)
+    fid, kid = quality.distribution_distances(
+        real, real, real[:20], features, kid_subsets=10, kid_subset_size=20, reconstructed=blurred
+    )
     assert fid["reconstructed_validation_vs_train"] > fid["validation_vs_train"]
     assert kid["reconstructed_validation_vs_train"]["mean"] > kid["validation_vs_train"]["mean"]
 

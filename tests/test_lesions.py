@@ -53,8 +53,10 @@ def test_mask_agreement_compares_each_sample_with_the_mask_it_was_generated_from
     (samples / "masks").mkdir(parents=True)
     predictions.mkdir()
     records = []
-    for name, asked, found in [("a", _disc(64, 32, 32, 10), _disc(64, 32, 32, 10)),
-                               ("b", _disc(64, 20, 20, 8), np.zeros((64, 64), np.uint8))]:
+    for name, asked, found in [
+        ("a", _disc(64, 32, 32, 10), _disc(64, 32, 32, 10)),
+        ("b", _disc(64, 20, 20, 8), np.zeros((64, 64), np.uint8)),
+    ]:
         Image.fromarray(asked * 255).save(samples / "masks" / f"{name}.png")
         Image.fromarray(found * 255).save(predictions / f"{name}_seg.png")
         records.append({"file": f"{name}.png", "seed": 0, "label": f"masks/{name}.png"})

@@ -49,8 +49,13 @@ SERVED_TRAIN = {"val_interval": 4, "labeled_batch_size": 2, "unlabeled_batch_siz
 BUNDLE = Path(os.environ.get("MGCC_LABEL_BUNDLE", DEFAULT_BUNDLE)).resolve()
 MODEL = BUNDLE.name
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-NETWORK_ERRORS = ("No matching distribution", "Could not find a version", "Failed to establish a new connection",
-                  "Network is unreachable", "Temporary failure in name resolution")
+NETWORK_ERRORS = (
+    "No matching distribution",
+    "Could not find a version",
+    "Failed to establish a new connection",
+    "Network is unreachable",
+    "Temporary failure in name resolution",
+)
 
 
 def _threads_env() -> dict[str, str]:
@@ -83,21 +88,49 @@ def trained_bundle(tmp_path_factory) -> Path:
     bundle = root / MODEL
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("__pycache__", "eval", "logs", "*.pt"))
     overrides = {**SMALL, "max_iterations": 80, "val_interval": 40, "show_progress": False}
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json",
-           "--bundle_root", str(bundle), "--dataset_dir", str(prepared)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "configs/train.json",
+        "--bundle_root",
+        str(bundle),
+        "--dataset_dir",
+        str(prepared),
+    ]
     for key, value in overrides.items():
         cmd += [f"--{key}", json.dumps(value)]
-    result = subprocess.run(cmd, cwd=bundle, env={**os.environ, **_threads_env()}, capture_output=True,
-                            text=True, timeout=900)
+    result = subprocess.run(
+        cmd, cwd=bundle, env={**os.environ, **_threads_env()}, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (bundle / "models" / "model.pt").is_file()
     for extra in (bundle / "models").glob("checkpoint_*.pt"):
         extra.unlink()
     # the ONNX export, as the bundle's README makes it: the app runs it on CPU until training writes newer weights
-    export = [sys.executable, "-m", "monai.bundle", "onnx_export", "network_def", "--filepath", "models/model.onnx",
-              "--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json", "--config_file",
-              "configs/inference.json", "--use_trace", "True", "--input_shape", json.dumps([1, 1, SIZE, SIZE]),
-              "--converter_kwargs", "{'dynamo': False}"]
+    export = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "onnx_export",
+        "network_def",
+        "--filepath",
+        "models/model.onnx",
+        "--ckpt_file",
+        "models/model.pt",
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
+        "--use_trace",
+        "True",
+        "--input_shape",
+        json.dumps([1, 1, SIZE, SIZE]),
+        "--converter_kwargs",
+        "{'dynamo': False}",
+    ]
     for key in ("base_channels", "spatial_size"):
         export += [f"--{key}", json.dumps(SMALL[key])]
     result = subprocess.run(export, cwd=bundle, capture_output=True, text=True, timeout=600)
@@ -116,9 +149,14 @@ def running_server(app: Path, studies: Path, name: str, log: Path):
     """A MONAI Label server on loopback serving `name` from `app`; yields (url, process, /info)."""
     url = f"http://127.0.0.1:{free_port()}"
     with open(log, "w") as out:
-        proc = subprocess.Popen(server_command(app, studies, name, port=int(url.rsplit(":", 1)[1])), cwd=app,
-                                stdout=out, stderr=subprocess.STDOUT, env={**server_env(), **_threads_env()},
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            server_command(app, studies, name, port=int(url.rsplit(":", 1)[1])),
+            cwd=app,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**server_env(), **_threads_env()},
+            start_new_session=True,
+        )
     try:
         started = time.monotonic()
         info = wait_for_server(url, proc, timeout=240, log=log)
@@ -214,24 +252,31 @@ def test_infer_uploaded_png_keeps_size_and_orientation(client, studies, tmp_path
     assert dice >= 0.4
 
 
-
-
 @pytest.mark.integration
 def test_bad_inputs_get_4xx_and_server_keeps_serving(client, server, studies, tmp_path):
     import nibabel as nib
 
     good = studies / f"{_unlabeled_lesion_images(studies)[0]}.png"
-    files = {"notes.txt": b"patient notes, not an image\n", "fake.png": b"this is not a PNG",
-             "truncated.png": good.read_bytes()[: good.stat().st_size // 2]}
+    files = {
+        "notes.txt": b"patient notes, not an image\n",
+        "fake.png": b"this is not a PNG",
+        "truncated.png": good.read_bytes()[: good.stat().st_size // 2],
+    }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((SIZE, SIZE, 8)).astype(np.float32), np.eye(4)),
-             tmp_path / "volume.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).random((SIZE, SIZE, 8)).astype(np.float32), np.eye(4)),
+        tmp_path / "volume.nii.gz",
+    )
     rgba = np.dstack([np.asarray(Image.open(good))] * 3 + [np.full((SIZE, SIZE), 255, np.uint8)])
     Image.fromarray(rgba).save(tmp_path / "rgba.png")
     Image.fromarray((np.arange(SIZE * SIZE).reshape(SIZE, SIZE) * 16).astype(np.uint16)).save(tmp_path / "sixteen.png")
-    cases = {"non-image upload": "notes.txt", "non-image named .png": "fake.png", "truncated PNG": "truncated.png",
-             "3D volume": "volume.nii.gz"}
+    cases = {
+        "non-image upload": "notes.txt",
+        "non-image named .png": "fake.png",
+        "truncated PNG": "truncated.png",
+        "3D volume": "volume.nii.gz",
+    }
     out = tmp_path / "mask.png"
     for name in ("rgba.png", "sixteen.png"):  # the bundle's image contract converts them: segmented, as by the bundle
         r = client("infer", MODEL, "--file", tmp_path / name, "--out", out)
@@ -276,16 +321,32 @@ def test_save_labels_png_and_slicer_nifti(client, studies, tmp_path):
 
 
 @pytest.mark.integration
-def test_active_learning_by_decoder_disagreement_picks_the_highest_scoring_unlabeled_image(client, server, studies,
-                                                                                           tmp_path):
+def test_active_learning_by_decoder_disagreement_picks_the_highest_scoring_unlabeled_image(
+    client, server, studies, tmp_path
+):
     info = client("info")["answer"]
     assert "mgcc_disagreement" in info["strategies"] and "mgcc_disagreement" in info["scoring"]
     # the scores the bundle computes itself, with the served copy's configs and weights
     scored = tmp_path / "scored"
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
-                           "['configs/inference.json','configs/score.json']", "--input_dir", str(studies),
-                           "--output_dir", str(scored)], cwd=server["model_dir"], capture_output=True, text=True,
-                          env={**os.environ, **_threads_env(), "PYTHONPATH": ""}, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "['configs/inference.json','configs/score.json']",
+            "--input_dir",
+            str(studies),
+            "--output_dir",
+            str(scored),
+        ],
+        cwd=server["model_dir"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **_threads_env(), "PYTHONPATH": ""},
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected = json.loads((scored / "disagreement.json").read_text())["scores"]
 
@@ -306,8 +367,11 @@ def test_active_learning_by_decoder_disagreement_picks_the_highest_scoring_unlab
     assert first == ranked[0], (first, ranked[:3])
 
     label = tmp_path / f"{first}.png"
-    Image.fromarray(_truth(studies, first).astype(np.uint8) if (studies / "phantom_masks" / f"{first}.png").is_file()
-                    else np.zeros(Image.open(studies / f"{first}.png").size[::-1], np.uint8)).save(label)
+    Image.fromarray(
+        _truth(studies, first).astype(np.uint8)
+        if (studies / "phantom_masks" / f"{first}.png").is_file()
+        else np.zeros(Image.open(studies / f"{first}.png").size[::-1], np.uint8)
+    ).save(label)
     before = _completed(client)
     assert client("save-label", first, label)["status"] == 200
     _wait_for_labels(client, before + 1)
@@ -381,8 +445,9 @@ def _fake_bundle(root: Path) -> Path:
     (bundle / "models").mkdir()
     (bundle / "configs" / "metadata.json").write_text("{}")
     (bundle / "configs" / "inference.json").write_text(json.dumps({"base_channels": 64, "spatial_size": [256, 256]}))
-    (bundle / "configs" / "train.json").write_text(json.dumps(
-        {"base_channels": 64, "show_progress": True, "train": {"unlabeled_dataset": {"data": "$x"}}}))
+    (bundle / "configs" / "train.json").write_text(
+        json.dumps({"base_channels": 64, "show_progress": True, "train": {"unlabeled_dataset": {"data": "$x"}}})
+    )
     (bundle / "models" / "model.pt").write_bytes(b"weights")
     return bundle
 

@@ -21,8 +21,18 @@ from mgcc.presets import load_preset
 
 pytestmark = pytest.mark.integration
 
-STAGES = ["prepare", "autoencoder", "diffusion", "sample", "quality", "segmentation-mgcc-synthetic",
-          "evaluate-mgcc-synthetic", "lesions", "report", "package"]
+STAGES = [
+    "prepare",
+    "autoencoder",
+    "diffusion",
+    "sample",
+    "quality",
+    "segmentation-mgcc-synthetic",
+    "evaluate-mgcc-synthetic",
+    "lesions",
+    "report",
+    "package",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -32,10 +42,20 @@ def tiny_preset(tmp_path_factory) -> Path:
     preset = load_preset("demo")
     preset.pop("name")
     preset["data"]["phantom"].update(n=24, size=48)
-    preset["ldm"]["common"].update(spatial_size=[32, 32], latent_channels=2, ae_channels=[8, 16], ae_norm_num_groups=8,
-                                   ae_nonlocal_attn=False, disc_channels=8, disc_num_layers=2, dm_channels=[16, 32],
-                                   dm_attention_levels=[False, True], dm_num_head_channels=[0, 16],
-                                   dm_norm_num_groups=8, batch_size=4)
+    preset["ldm"]["common"].update(
+        spatial_size=[32, 32],
+        latent_channels=2,
+        ae_channels=[8, 16],
+        ae_norm_num_groups=8,
+        ae_nonlocal_attn=False,
+        disc_channels=8,
+        disc_num_layers=2,
+        dm_channels=[16, 32],
+        dm_attention_levels=[False, True],
+        dm_num_head_channels=[0, 16],
+        dm_norm_num_groups=8,
+        batch_size=4,
+    )
     preset["ldm"]["autoencoder"] = {"autoencoder_max_epochs": 1}
     preset["ldm"]["diffusion"].update(diffusion_max_epochs=1)
     preset["ldm"]["sample"].update(num_samples=6, num_inference_steps=3)
@@ -47,8 +67,13 @@ def tiny_preset(tmp_path_factory) -> Path:
 
 
 def mgcc_run(preset: Path, out: Path, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mgcc", "run", "--preset", str(preset), "--out", str(out)],
-                          capture_output=True, text=True, env=ENV, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "mgcc", "run", "--preset", str(preset), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        **kwargs,
+    )
 
 
 def record_times(out: Path) -> dict[str, float]:
@@ -57,8 +82,13 @@ def record_times(out: Path) -> dict[str, float]:
 
 def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_path, deploy_python, label_env):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "mgcc", "run", "--preset", str(tiny_preset), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mgcc", "run", "--preset", str(tiny_preset), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while not (out / "diffusion" / "args.json").exists():  # the diffusion stage has started
         assert proc.poll() is None, "the run ended before the diffusion stage started"
@@ -85,8 +115,15 @@ def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_
         per_image = [float(row["dice"]) for row in csv.DictReader(f)]
     assert len(per_image) == summary["n"] and abs(np.mean(per_image) - summary["dice"]["mean"]) < 1e-6
     report = (out / "report" / "report.md").read_text()
-    for section in ("Data and split", "Learning curves", "Real vs synthetic", "Generator quality", "Test metrics", "Lesions found",
-                    "peak memory"):
+    for section in (
+        "Data and split",
+        "Learning curves",
+        "Real vs synthetic",
+        "Generator quality",
+        "Test metrics",
+        "Lesions found",
+        "peak memory",
+    ):
         assert section in report
     figures = sorted((out / "report" / "figures").glob("*.png"))
     assert len(figures) >= 4  # learning curves of 3 trainings + the real-vs-synthetic grid (+ overlays)
@@ -98,7 +135,9 @@ def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_
     numbers = json.loads((out / "report" / "summary.json").read_text())
     rates = json.loads((out / "lesions" / "lesion_rate.json").read_text())
     assert numbers["synthetic_lesion_rate"] == rates["synthetic"]["rate"] and rates["synthetic"]["images"] == 6
-    assert numbers["synthetic_mask_dice"] == rates["synthetic"]["mask_dice"] and rates["synthetic"]["mask_dice"]["n"] == 6
+    assert (
+        numbers["synthetic_mask_dice"] == rates["synthetic"]["mask_dice"] and rates["synthetic"]["mask_dice"]["n"] == 6
+    )
     real = rates["real_test"]
     assert numbers["real_test_lesion_rate"] == real["rate"] == real["with_clear_lesion"] / real["images"]
     assert real["images"] == summary["n"] and numbers["test"]["evaluate-mgcc-synthetic"]["n"] == summary["n"]
@@ -108,29 +147,61 @@ def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_
     # pipeline's own masks
     package = out / "package" / "ultrasound_mgcc_segmentation"
     assert json.loads((package / "configs" / "metadata.json").read_text())["eval_metrics"]["test_mean_dice"] == round(
-        summary["dice"]["mean"], 4)
+        summary["dice"]["mean"], 4
+    )
     tests = tmp_path / "test_images"
     tests.mkdir()
     datalist = json.loads((out / "prepare" / "dataset" / "datalist.json").read_text())
     for entry in datalist["test"]:
         shutil.copy(out / "prepare" / "dataset" / entry["image"], tests)
     bundle_out, app_out = tmp_path / "bundle_out", tmp_path / "app_out"
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-                    "--input_dir", str(tests), "--output_dir", str(bundle_out)], cwd=package, check=True,
-                   capture_output=True, env=ENV)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--input_dir",
+            str(tests),
+            "--output_dir",
+            str(bundle_out),
+        ],
+        cwd=package,
+        check=True,
+        capture_output=True,
+        env=ENV,
+    )
     run_app(deploy_python, tests, app_out, package)
     # the packaged generator carries the run's labeled masks and, with no overrides, gives the run's first samples
     generator, packaged = out / "package" / "ultrasound_ldm_generation", tmp_path / "packaged_samples"
     data_format = json.loads((generator / "configs" / "metadata.json").read_text())["network_data_format"]
     latent = data_format["outputs"]["pred"]["num_channels"]
     assert data_format["inputs"]["image"]["num_channels"] == latent + 1  # the demo model is mask-conditioned
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-                    "--sample_dir", str(packaged), "--num_samples", "2"], cwd=generator, check=True,
-                   capture_output=True, env=ENV)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--sample_dir",
+            str(packaged),
+            "--num_samples",
+            "2",
+        ],
+        cwd=generator,
+        check=True,
+        capture_output=True,
+        env=ENV,
+    )
     samples = out / "sample" / "images"
     for name in ("sample_00000.png", "sample_00001.png"):
-        assert np.array_equal(np.array(Image.open(samples / "masks" / name)),
-                              np.array(Image.open(packaged / "masks" / name))), name
+        assert np.array_equal(
+            np.array(Image.open(samples / "masks" / name)), np.array(Image.open(packaged / "masks" / name))
+        ), name
         difference = np.array(Image.open(samples / name), int) - np.array(Image.open(packaged / name), int)
         assert np.abs(difference).max() <= 1, name  # another batch shape: at most one gray level of float rounding
     pipeline_masks = sorted((out / "lesions" / "real_test").glob("*_seg.png"))
@@ -143,8 +214,15 @@ def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_
     with running_server(app, tests, name, tmp_path / "label" / "server.log") as (url, _, info):
         assert name in info["models"]
         for mask in pipeline_masks:
-            answer = label_client(url, "infer", name, "--image", mask.name.replace("_seg.png", ""),
-                                  "--out", tmp_path / "served" / mask.name)
+            answer = label_client(
+                url,
+                "infer",
+                name,
+                "--image",
+                mask.name.replace("_seg.png", ""),
+                "--out",
+                tmp_path / "served" / mask.name,
+            )
             assert answer["status"] == 200, answer
             served = np.asarray(Image.open(answer["answer"]["out"]))
             assert np.array_equal(served > 0, np.array(Image.open(mask)) > 0), mask.name
@@ -170,9 +248,25 @@ def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_
 
 def test_compare_over_two_seeds_then_an_external_test(tiny_preset, tmp_path):
     out = tmp_path / "compare"
-    proc = subprocess.run([sys.executable, "-m", "mgcc", "compare", "--preset", str(tiny_preset), "--out", str(out),
-                           "--variants", "supervised,mgcc-labeled", "--seeds", "0,1"],
-                          capture_output=True, text=True, env=ENV)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mgcc",
+            "compare",
+            "--preset",
+            str(tiny_preset),
+            "--out",
+            str(out),
+            "--variants",
+            "supervised,mgcc-labeled",
+            "--seeds",
+            "0,1",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = (out / "compare" / "compare.md").read_text()
     assert "| supervised |" in table and "| mgcc-labeled |" in table and "Dice minus supervised" in table
@@ -190,18 +284,54 @@ def test_compare_over_two_seeds_then_an_external_test(tiny_preset, tmp_path):
 
     # the trained model scored on another phantom dataset, at the model's own size, listed in a report
     other = tmp_path / "other"
-    subprocess.run([sys.executable, "-m", "mgcc", "phantom", "--out", str(other), "--n", "10", "--size", "40",
-                    "--seed", "7"], check=True, capture_output=True, env=ENV)
-    external = subprocess.run([sys.executable, "-m", "mgcc", "evaluate", "--model", str(out / "segmentation-mgcc-labeled"),
-                               "--data", str(other), "--section", "all", "--include-normal"], capture_output=True, text=True, env=ENV)
+    subprocess.run(
+        [sys.executable, "-m", "mgcc", "phantom", "--out", str(other), "--n", "10", "--size", "40", "--seed", "7"],
+        check=True,
+        capture_output=True,
+        env=ENV,
+    )
+    external = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mgcc",
+            "evaluate",
+            "--model",
+            str(out / "segmentation-mgcc-labeled"),
+            "--data",
+            str(other),
+            "--section",
+            "all",
+            "--include-normal",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
     assert external.returncode == 0, external.stdout[-3000:] + external.stderr[-3000:]
     result = out / "external" / "other-all" / "evaluate" / "evaluation"
     summary = json.loads((result / "summary.json").read_text())
     assert summary["n"] == 10 and (result / "per_image.csv").is_file() and (result / "overlay_worst.png").is_file()
     assert summary["images_seen_in_training"] == 0
-    own = subprocess.run([sys.executable, "-m", "mgcc", "evaluate", "--model", str(out / "segmentation-mgcc-labeled"),
-                          "--data", str(out / "prepare" / "dataset"), "--section", "all", "--out", str(tmp_path / "own")],
-                         capture_output=True, text=True, env=ENV)
+    own = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mgcc",
+            "evaluate",
+            "--model",
+            str(out / "segmentation-mgcc-labeled"),
+            "--data",
+            str(out / "prepare" / "dataset"),
+            "--section",
+            "all",
+            "--out",
+            str(tmp_path / "own"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
     assert own.returncode == 0, own.stdout[-3000:] + own.stderr[-3000:]
     seen = json.loads((tmp_path / "own" / "evaluate" / "evaluation" / "summary.json").read_text())
     assert 0 < seen["images_seen_in_training"] < seen["n"]  # its training and validation images, not its test split
@@ -210,8 +340,23 @@ def test_compare_over_two_seeds_then_an_external_test(tiny_preset, tmp_path):
     assert args["spatial_size"] == [32, 32] and args["base_channels"] == 4
     assert args["config_file"][1].endswith("train_labeled_only.json")
 
-    unknown = subprocess.run([sys.executable, "-m", "mgcc", "compare", "--preset", str(tiny_preset), "--out", str(out),
-                              "--variants", "mgcc-imaginary"], capture_output=True, text=True, env=ENV)
+    unknown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mgcc",
+            "compare",
+            "--preset",
+            str(tiny_preset),
+            "--out",
+            str(out),
+            "--variants",
+            "mgcc-imaginary",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
     assert unknown.returncode != 0 and "mgcc-imaginary" in unknown.stderr + unknown.stdout
 
 
@@ -225,17 +370,35 @@ def test_a_pip_installed_wheel_runs_the_pipeline_from_another_folder(tiny_preset
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo / name, source / name)
     pip = [sys.executable, "-m", "pip", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path / "wheel")],
-                   check=True, capture_output=True, env=ENV)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path / "wheel")],
+        check=True,
+        capture_output=True,
+        env=ENV,
+    )
     site = tmp_path / "site"  # the wheel alone, ahead of the checkout's editable install on the path
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), *map(str, (tmp_path / "wheel").glob("*.whl"))],
-                   check=True, capture_output=True, env=ENV)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(site), *map(str, (tmp_path / "wheel").glob("*.whl"))],
+        check=True,
+        capture_output=True,
+        env=ENV,
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**ENV, "PYTHONPATH": str(site)}
-    where = subprocess.run([sys.executable, "-c", "import mgcc; from mgcc.presets import load_preset; "
-                            "print(mgcc.__file__, mgcc.SEG_BUNDLE, load_preset('demo')['name'])"],
-                           cwd=elsewhere, capture_output=True, text=True, env=env, check=True).stdout.split()
+    where = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import mgcc; from mgcc.presets import load_preset; "
+            "print(mgcc.__file__, mgcc.SEG_BUNDLE, load_preset('demo')['name'])",
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout.split()
     assert where[0].startswith(str(site)) and where[1].startswith(str(site)) and where[2] == "demo", where
     shipped = sorted(p.relative_to(site) for p in site.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     launcher, app = Path("mgcc", "monailabel"), Path("mgcc", "_monailabel_app")  # src/mgcc/monailabel, apps/monailabel
@@ -246,10 +409,17 @@ def test_a_pip_installed_wheel_runs_the_pipeline_from_another_folder(tiny_preset
     preset["segmentation"]["train"]["unlabeled_source"] = "real"
     (elsewhere / "tiny-real.json").write_text(json.dumps(preset))
     for stage in ("prepare", "autoencoder", "segmentation"):
-        proc = subprocess.run([sys.executable, "-m", "mgcc", "run", "--preset", "tiny-real.json", "--stage", stage],
-                              cwd=elsewhere, capture_output=True, text=True, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mgcc", "run", "--preset", "tiny-real.json", "--stage", stage],
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
     out = elsewhere / "outputs" / "tiny-real"  # the default output folder is under the working folder
-    assert (out / "ldm_models" / "autoencoder.pt").is_file() and (out / "segmentation-mgcc-real" / "models" / "model.pt").is_file()
+    assert (out / "ldm_models" / "autoencoder.pt").is_file() and (
+        out / "segmentation-mgcc-real" / "models" / "model.pt"
+    ).is_file()
     after = sorted(p.relative_to(site) for p in site.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     assert after == shipped, "a run wrote into the installed package"

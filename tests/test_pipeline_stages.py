@@ -64,12 +64,15 @@ def test_a_changed_preset_value_reruns_exactly_the_stages_that_depend_on_it(tmp_
             runs.append(name)
             return StageResult(name, 0.1, 1.0)
 
-        return Stage(name=name, outputs=["done"], execute=execute, reads=reads, after=after,
-                     reads_whole_preset=whole)
+        return Stage(name=name, outputs=["done"], execute=execute, reads=reads, after=after, reads_whole_preset=whole)
 
     # a <- b (reads a's result); c independent; report reads everything
-    stages = [stage("a", ("x.a",)), stage("b", ("x.b",), ("a",)), stage("c", ("x.c",)),
-              stage("report", (), ("b", "c"), whole=True)]
+    stages = [
+        stage("a", ("x.a",)),
+        stage("b", ("x.b",), ("a",)),
+        stage("c", ("x.c",)),
+        stage("report", (), ("b", "c"), whole=True),
+    ]
     preset = {"x": {"a": 1, "b": 2, "c": 3}}
     execute_stages(Run(preset, tmp_path), stages)
     assert runs == ["a", "b", "c", "report"]
@@ -100,10 +103,22 @@ def test_the_built_in_stages_keep_the_record_keys_of_existing_runs(tmp_path):
     keys = {stage.name: sorted(fingerprint_parts(run, stage)) for stage in run_stages(run.preset)}
     assert keys["prepare"] == ["preset data"]
     assert keys["report"] == ["preset (all)", "stage evaluate-mgcc-synthetic", "stage lesions", "stage quality"]
-    assert keys["sample"] == ["bundle configs", "preset ldm.autoencoder", "preset ldm.common", "preset ldm.diffusion",
-                              "preset ldm.sample", "stage diffusion"]
-    assert keys["segmentation-mgcc-synthetic"] == ["bundle configs", "preset segmentation.common", "preset segmentation.train",
-                                    "settings", "stage prepare", "stage sample"]  # the demo trains on samples
+    assert keys["sample"] == [
+        "bundle configs",
+        "preset ldm.autoencoder",
+        "preset ldm.common",
+        "preset ldm.diffusion",
+        "preset ldm.sample",
+        "stage diffusion",
+    ]
+    assert keys["segmentation-mgcc-synthetic"] == [
+        "bundle configs",
+        "preset segmentation.common",
+        "preset segmentation.train",
+        "settings",
+        "stage prepare",
+        "stage sample",
+    ]  # the demo trains on samples
     for special in ("", "data"):
         with pytest.raises(AssertionError, match="reads_whole_preset / reads_data_folder"):
             Stage(name="x", outputs=[], execute=lambda run: None, reads=(special,))
@@ -160,9 +175,11 @@ def test_lost_outputs_and_cut_short_records_run_the_stage_again(tmp_path, capsys
 
     stages = [Stage(name="train", outputs=["list.json", "../models/w.pt"], execute=execute, reads=("lr",))]
     execute_stages(Run({"lr": 1}, tmp_path), stages)
-    for damage in (lambda: (tmp_path / "models" / "w.pt").unlink(),
-                   lambda: (tmp_path / "train" / "list.json").write_text("[1"),
-                   lambda: (tmp_path / "train" / "stage.json").write_text('{"name": "tr')):
+    for damage in (
+        lambda: (tmp_path / "models" / "w.pt").unlink(),
+        lambda: (tmp_path / "train" / "list.json").write_text("[1"),
+        lambda: (tmp_path / "train" / "stage.json").write_text('{"name": "tr'),
+    ):
         damage()
         execute_stages(Run({"lr": 1}, tmp_path), stages)
     assert len(runs) == 4 and "../models/w.pt is missing or unreadable: running it again" in capsys.readouterr().out
@@ -188,8 +205,9 @@ def test_a_rerun_sets_aside_the_resume_checkpoints_kept_outside_the_stage_folder
         (run.folder("train") / "done").write_text("")
         return StageResult("train", 0.1, 1.0)
 
-    stages = [Stage(name="train", outputs=["done"], execute=execute, reads=("lr",),
-                    checkpoints=("models/train_resume_*.pt",))]
+    stages = [
+        Stage(name="train", outputs=["done"], execute=execute, reads=("lr",), checkpoints=("models/train_resume_*.pt",))
+    ]
     execute_stages(Run({"lr": 1}, tmp_path), stages)
     execute_stages(Run({"lr": 2}, tmp_path), stages)
     assert seen == [[], []]  # the second run did not find the first run's checkpoint
@@ -223,9 +241,21 @@ def test_data_in_each_form_runs_the_prepare_stage(tmp_path, capsys):
     generic = _generic_copy(busi, tmp_path / "generic")
     forms = {
         "busi": [str(busi)],
-        "generic": [str(generic), "--image-pattern", "case_{id}.png", "--mask-pattern", "case_{id}_mask.png",
-                    "--classes", str(generic / "classes.csv"), "--id-column", "filename", "--class-column", "diagnosis",
-                    "--group-column", "patient"],
+        "generic": [
+            str(generic),
+            "--image-pattern",
+            "case_{id}.png",
+            "--mask-pattern",
+            "case_{id}_mask.png",
+            "--classes",
+            str(generic / "classes.csv"),
+            "--id-column",
+            "filename",
+            "--class-column",
+            "diagnosis",
+            "--group-column",
+            "patient",
+        ],
         "prepared": [str(tmp_path / "busi-run" / "prepare" / "dataset")],
     }
     manifests = {}
@@ -272,7 +302,9 @@ def test_a_misspelled_override_is_refused_before_the_bundle_runs(tmp_path):
     configs = [SEG_BUNDLE / "configs" / "train.json"]
     assert unknown_override_keys(configs, {"max_iterations": 5, "network_def#base_channels": 8}) == []
     assert unknown_override_keys(configs, {"max_iteration": 5, "network_def#base_chanels": 8}) == [
-        "max_iteration", "network_def#base_chanels"]
+        "max_iteration",
+        "network_def#base_chanels",
+    ]
     with pytest.raises(StageError, match="stage 'segmentation': max_iteration match"):
         run_bundle("segmentation", tmp_path, SEG_BUNDLE, ["train.json"], {"max_iteration": 5})
     assert not (tmp_path / "segmentation").exists()  # refused before anything was written
@@ -309,11 +341,14 @@ def test_only_variants_that_train_on_synthetic_images_depend_on_the_generator(tm
     assert changed == ["mgcc-both", "mgcc-synthetic", "mgcc-synthetic-pairs"]
 
 
-@pytest.mark.parametrize("text, message", [
-    ('{"data": {}, "ldm": {}', "is not valid JSON"),
-    ('["data", "ldm", "segmentation"]', "expected a JSON object"),
-    ('{"data": 5, "ldm": {}, "segmentation": {}}', r"section\(s\) data must be JSON objects"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"data": {}, "ldm": {}', "is not valid JSON"),
+        ('["data", "ldm", "segmentation"]', "expected a JSON object"),
+        ('{"data": 5, "ldm": {}, "segmentation": {}}', r"section\(s\) data must be JSON objects"),
+    ],
+)
 def test_a_malformed_preset_file_is_one_line_naming_it(tmp_path, capsys, text, message):
     from mgcc.cli import main
 

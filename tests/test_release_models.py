@@ -37,7 +37,9 @@ def _defaults(bundle: Path, config: str, *keys: str) -> dict:
     return {key: parser.get_parsed_content(key) for key in keys}
 
 
-@pytest.mark.parametrize("path", [SEG_WEIGHTS, LDM_BUNDLE / "models" / "autoencoder.pt", LDM_BUNDLE / "models" / "diffusion.pt"])
+@pytest.mark.parametrize(
+    "path", [SEG_WEIGHTS, LDM_BUNDLE / "models" / "autoencoder.pt", LDM_BUNDLE / "models" / "diffusion.pt"]
+)
 def test_the_release_weights_are_shipped_and_small(path):
     assert path.is_file() and path.stat().st_size <= MAX_BYTES
 
@@ -58,10 +60,23 @@ def test_the_segmentation_weights_match_the_configs_defaults():
 
 @pytest.mark.integration  # a model-loading subprocess: ~10 s, kept out of the default suite's budget
 def test_the_shipped_generator_samples_with_the_configs_defaults(tmp_path):
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-               "--sample_dir", str(tmp_path), "--num_samples", "2", "--num_inference_steps", "10"]
-    proc = subprocess.run(command, cwd=LDM_BUNDLE, env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True,
-                          text=True, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--sample_dir",
+        str(tmp_path),
+        "--num_samples",
+        "2",
+        "--num_inference_steps",
+        "10",
+    ]
+    proc = subprocess.run(
+        command, cwd=LDM_BUNDLE, env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     images = [np.asarray(Image.open(path)) for path in sorted(tmp_path.glob("*.png"))]
     size = _defaults(LDM_BUNDLE, "inference.json", "spatial_size")["spatial_size"]
@@ -80,12 +95,24 @@ def test_the_shipped_model_segments_held_out_busi_images(busi_release_test_split
     for case in cases:
         (inputs / f"{case.id}.png").write_bytes(case.image.read_bytes())
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-               "--input_dir", str(inputs), "--output_dir", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--input_dir",
+        str(inputs),
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     proc = subprocess.run(command, cwd=SEG_BUNDLE, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     scores = []
-    said = {Path(r["image"]).stem: r for r in json.loads((tmp_path / "out" / "predictions.json").read_text())["results"]}
+    said = {
+        Path(r["image"]).stem: r for r in json.loads((tmp_path / "out" / "predictions.json").read_text())["results"]
+    }
     for case in cases:
         _, truth, _ = load_case(case)
         prediction = np.asarray(Image.open(tmp_path / "out" / f"{case.id}_seg.png")) > 0
@@ -94,9 +121,11 @@ def test_the_shipped_model_segments_held_out_busi_images(busi_release_test_split
     assert np.mean(scores) > DICE_BOUND, json.dumps(dict(zip([c.id for c in cases], np.round(scores, 3).tolist())))
 
 
-
-@pytest.mark.xfail(strict=True, reason="issue 40: the 1.x weights draw a lesion on every lesion-free scan; release "
-                   "2.0 removes this marker (strict: the test fails the suite once the shipped model passes it)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 40: the 1.x weights draw a lesion on every lesion-free scan; release "
+    "2.0 removes this marker (strict: the test fails the suite once the shipped model passes it)",
+)
 def test_the_shipped_model_leaves_most_lesion_free_test_images_empty(busi_release_with_normal_test_split, tmp_path):
     """BUSI's `normal` images of the release split's test section (held out): `inference.json` as a user runs it
     must answer "no lesion" (an empty mask, `lesion: false`) on most of them."""
@@ -106,22 +135,46 @@ def test_the_shipped_model_leaves_most_lesion_free_test_images_empty(busi_releas
     inputs.mkdir()
     for case in cases:
         (inputs / f"{case.id}.png").write_bytes(case.image.read_bytes())
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-               "--input_dir", str(inputs), "--output_dir", str(tmp_path / "out")]
-    proc = subprocess.run(command, cwd=SEG_BUNDLE, env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True,
-                          text=True, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--input_dir",
+        str(inputs),
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
+    proc = subprocess.run(
+        command, cwd=SEG_BUNDLE, env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((tmp_path / "out" / "predictions.json").read_text())["results"]
     empty = [not np.asarray(Image.open(tmp_path / "out" / r["mask"])).any() for r in results]
     assert [not r["lesion"] for r in results] == empty and len(results) == len(cases)
     assert np.mean(empty) > 0.5, f"a lesion drawn on {len(empty) - sum(empty)} of {len(empty)} lesion-free images"
 
+
 def _segment(inputs: Path, out: Path, *overrides: str) -> tuple[dict[str, np.ndarray], str]:
     """The shipped model's masks of `inputs` by `inference.json` (+ overrides), and the precision its log names."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-               "--input_dir", str(inputs), "--output_dir", str(out), *overrides]
-    proc = subprocess.run(command, cwd=SEG_BUNDLE, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--input_dir",
+        str(inputs),
+        "--output_dir",
+        str(out),
+        *overrides,
+    ]
+    proc = subprocess.run(
+        command, cwd=SEG_BUNDLE, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = (proc.stdout + proc.stderr).splitlines()
     precision = [line.split("precision: ")[1] for line in log if "precision: " in line]

@@ -14,14 +14,20 @@ AutocastInferer, MGCCNet = scripts.inferer.AutocastInferer, scripts.network.MGCC
 
 def conv_output_dtypes(net: torch.nn.Module, inferer, image: torch.Tensor) -> tuple[set, list]:
     seen = set()
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.add(o.dtype)) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+        for m in net.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
     outputs = inferer(image, net)
     for h in hooks:
         h.remove()
     return seen, list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
 
 
-@pytest.mark.parametrize("enabled, expected", [(True, torch.bfloat16), ("false", torch.float32), (False, torch.float32)])
+@pytest.mark.parametrize(
+    "enabled, expected", [(True, torch.bfloat16), ("false", torch.float32), (False, torch.float32)]
+)
 def test_convolutions_run_in_bfloat16_on_cpu_and_outputs_are_float32(enabled, expected):
     torch.manual_seed(0)
     net = MGCCNet(base_channels=4).train()
@@ -66,15 +72,18 @@ def cpu_bfloat16(monkeypatch):
     return set_capability
 
 
-@pytest.mark.parametrize("native, expected, memory_format", [
-    (True, torch.bfloat16, torch.channels_last), (False, torch.float32, torch.contiguous_format)])
+@pytest.mark.parametrize(
+    "native, expected, memory_format",
+    [(True, torch.bfloat16, torch.channels_last), (False, torch.float32, torch.contiguous_format)],
+)
 def test_auto_is_bfloat16_only_where_the_cpu_has_it(cpu_bfloat16, native, expected, memory_format):
     cpu_bfloat16(native)
     inferer = AutocastInferer(device="cpu")  # the configs' default: amp "auto", channels_last "auto"
     assert (inferer.enabled, inferer.dtype, inferer.memory_format) == (native, expected, memory_format)
     assert inferer.precision == ("bfloat16 autocast, channels-last" if native else "float32")
-    dtypes, _ = conv_output_dtypes(MGCCNet(base_channels=4).to(memory_format=memory_format), inferer,
-                                   torch.rand(1, 1, 32, 32))
+    dtypes, _ = conv_output_dtypes(
+        MGCCNet(base_channels=4).to(memory_format=memory_format), inferer, torch.rand(1, 1, 32, 32)
+    )
     assert dtypes == {expected}
 
 
@@ -85,13 +94,16 @@ def test_explicit_false_forces_float32_even_where_bfloat16_is_fast(cpu_bfloat16,
     assert (inferer.enabled, inferer.dtype, inferer.memory_format) == (False, torch.float32, torch.contiguous_format)
 
 
-@pytest.mark.parametrize("onednn, flags, expected", [
-    (False, {"avx2", "avx512_bf16"}, False),  # oneDNN cannot: never
-    (True, {"avx2", "avx512f", "avx512bw"}, False),  # plain AVX-512: oneDNN emulates bfloat16, slower than float32
-    (True, {"avx2", "avx512f", "avx512_bf16"}, True),
-    (True, {"avx2", "amx_bf16"}, True),
-    (True, None, True),  # no /proc/cpuinfo: oneDNN's word
-])
+@pytest.mark.parametrize(
+    "onednn, flags, expected",
+    [
+        (False, {"avx2", "avx512_bf16"}, False),  # oneDNN cannot: never
+        (True, {"avx2", "avx512f", "avx512bw"}, False),  # plain AVX-512: oneDNN emulates bfloat16, slower than float32
+        (True, {"avx2", "avx512f", "avx512_bf16"}, True),
+        (True, {"avx2", "amx_bf16"}, True),
+        (True, None, True),  # no /proc/cpuinfo: oneDNN's word
+    ],
+)
 def test_capability_check(monkeypatch, onednn, flags, expected):
     monkeypatch.delenv(scripts.inferer.CPU_BF16_ENV, raising=False)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)

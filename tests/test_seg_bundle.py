@@ -28,7 +28,12 @@ def bundle(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python -m monai.bundle <args>` from the bundle folder (one thread: the machine is shared)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=BUNDLE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, f"monai.bundle {args[:3]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
@@ -185,15 +190,39 @@ def test_bundle_checks_and_torchscript_export(trained, prepared_phantom, tmp_pat
         "print('properties ok')\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", check], cwd=BUNDLE, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        [sys.executable, "-c", check],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert "properties ok" in proc.stdout, proc.stderr[-3000:]
 
-    bundle("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file",
-           "configs/inference.json", "--base_channels", "8")
+    bundle(
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
+        "--base_channels",
+        "8",
+    )
     ts = tmp_path / "model.ts"
-    bundle("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(trained / "models" / "model.pt"),
-           "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--base_channels", "8")
+    bundle(
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(ts),
+        "--ckpt_file",
+        str(trained / "models" / "model.pt"),
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
+        "--base_channels",
+        "8",
+    )
     scripted = torch.jit.load(str(ts))
     net = import_bundle_scripts(BUNDLE).network.MGCCNet(base_channels=8)
     net.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
@@ -210,10 +239,26 @@ def test_onnx_export_runs_in_onnx_runtime_with_the_checkpoints_masks(trained, pr
     models = tmp_path / "models"
     models.mkdir()
     (models / "model.pt").write_bytes((trained / "models" / "model.pt").read_bytes())
-    bundle("onnx_export", "network_def", "--filepath", str(models / "model.onnx"), "--ckpt_file",
-           str(models / "model.pt"), "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json",
-           "--base_channels", "8", "--use_trace", "True", "--input_shape", "[1,1,64,64]",
-           "--converter_kwargs", "{'dynamo': False}")
+    bundle(
+        "onnx_export",
+        "network_def",
+        "--filepath",
+        str(models / "model.onnx"),
+        "--ckpt_file",
+        str(models / "model.pt"),
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
+        "--base_channels",
+        "8",
+        "--use_trace",
+        "True",
+        "--input_shape",
+        "[1,1,64,64]",
+        "--converter_kwargs",
+        "{'dynamo': False}",
+    )
     common = dict(dataset_dir=prepared_phantom, datalist=prepared_phantom / "datalist.json", ckpt_dir=models)
     run_config("configs/inference.json", output_dir=tmp_path / "torch", **common)
     run_config(["configs/inference.json", "configs/inference_onnx.json"], output_dir=tmp_path / "onnx", **common)
@@ -224,18 +269,38 @@ def test_onnx_export_runs_in_onnx_runtime_with_the_checkpoints_masks(trained, pr
     assert any(np.asarray(Image.open(m)).any() for m in masks), "no lesion found at all: nothing was compared"
 
 
-@pytest.mark.parametrize("override, message", [
-    (["--base_channels", "16"], "trained with base_channels 8, the config says 16: run with --base_channels 8"),
-    (["--spatial_size", "[128, 128]"], "trained at spatial_size [64, 64], the config says [128, 128]"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--base_channels", "16"], "trained with base_channels 8, the config says 16: run with --base_channels 8"),
+        (["--spatial_size", "[128, 128]"], "trained at spatial_size [64, 64], the config says [128, 128]"),
+    ],
+)
 def test_a_checkpoint_refuses_a_config_of_another_width_or_size(trained, prepared_phantom, tmp_path, override, message):
     """Settings travel with the weights: inference with another width or size stops with one line naming both
     values, before any mask is written."""
     out = tmp_path / "masks"
-    args = ["run", "--config_file", "configs/inference.json", "--dataset_dir", str(prepared_phantom),
-            "--ckpt_dir", str(trained / "models"), "--output_dir", str(out), *TINY, *override]
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}, timeout=600)
+    args = [
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--dataset_dir",
+        str(prepared_phantom),
+        "--ckpt_dir",
+        str(trained / "models"),
+        "--output_dir",
+        str(out),
+        *TINY,
+        *override,
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""},
+        timeout=600,
+    )
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr[-2000:]
     assert not out.exists() or not list(out.glob("*_seg.png"))
@@ -245,11 +310,17 @@ def test_a_checkpoint_refuses_a_config_of_another_width_or_size(trained, prepare
 def test_score_config_ranks_images_by_decoder_disagreement_and_keeps_the_masks(trained, prepared_phantom, tmp_path):
     """`inference.json` + `score.json`: the same masks (both float32), plus `disagreement.json` (one score per image, highest
     first, the same on a rerun) and, on request, the per-pixel maps."""
-    common = dict(dataset_dir=prepared_phantom, datalist=prepared_phantom / "datalist.json", ckpt_dir=trained / "models")
+    common = dict(
+        dataset_dir=prepared_phantom, datalist=prepared_phantom / "datalist.json", ckpt_dir=trained / "models"
+    )
     run_config("configs/inference.json", output_dir=tmp_path / "plain", **common)
     for run in ("scored", "again"):
-        run_config(["configs/inference.json", "configs/score.json"], output_dir=tmp_path / run,
-                   save_disagreement_maps="true", **common)
+        run_config(
+            ["configs/inference.json", "configs/score.json"],
+            output_dir=tmp_path / run,
+            save_disagreement_maps="true",
+            **common,
+        )
     test = json.loads((prepared_phantom / "datalist.json").read_text())["test"]
     report = json.loads((tmp_path / "scored" / "disagreement.json").read_text())
     assert sorted(report["scores"]) == sorted(Path(e["image"]).stem for e in test)

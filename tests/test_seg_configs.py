@@ -10,8 +10,14 @@ import pytest
 from mgcc import SEG_BUNDLE
 from mgcc.bundles import importable_as_scripts
 
-TINY = {"base_channels": 8, "spatial_size": [64, 64], "num_workers": 0, "max_iterations": 4, "val_interval": 2,
-        "show_progress": False}
+TINY = {
+    "base_channels": 8,
+    "spatial_size": [64, 64],
+    "num_workers": 0,
+    "max_iterations": 4,
+    "val_interval": 2,
+    "show_progress": False,
+}
 CONFIGS = {
     "mgcc": (["train.json"], "train", "train#trainer"),
     "supervised": (["train.json", "train_supervised.json"], "train", "train#trainer"),
@@ -29,16 +35,21 @@ def test_every_segmentation_config_instantiates(name, prepared_phantom, tmp_path
     from monai.bundle import ConfigWorkflow
 
     files, workflow_type, component = CONFIGS[name]
-    overrides = {**TINY, "dataset_dir": str(prepared_phantom), "ckpt_dir": str(tmp_path / "models"),
-                 "output_dir": str(tmp_path / "out")}
+    overrides = {
+        **TINY,
+        "dataset_dir": str(prepared_phantom),
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "out"),
+    }
     if workflow_type == "infer":
         overrides |= {"input_dir": str(prepared_phantom / "images")}
     cwd = os.getcwd()
     os.chdir(SEG_BUNDLE)
     try:
         with importable_as_scripts(SEG_BUNDLE):
-            workflow = ConfigWorkflow(config_file=[str(SEG_BUNDLE / "configs" / f) for f in files],
-                                      workflow_type=workflow_type, **overrides)
+            workflow = ConfigWorkflow(
+                config_file=[str(SEG_BUNDLE / "configs" / f) for f in files], workflow_type=workflow_type, **overrides
+            )
             known = {key for key in overrides if key in workflow.parser}
             workflow.parser.update({key: value for key, value in overrides.items() if key not in known})
             workflow.initialize()

@@ -24,14 +24,19 @@ def datasets(prepared: Path):
     keys = ["image", "label"]
     labeled = CacheDataset(
         scripts.data.datalist_section(datalist, "training"),
-        Compose([LoadImaged(keys), EnsureChannelFirstd(keys), Resized(keys, (32, 32)),
-                 RandAxisFlipd(keys, prob=0.5)]),
+        Compose([LoadImaged(keys), EnsureChannelFirstd(keys), Resized(keys, (32, 32)), RandAxisFlipd(keys, prob=0.5)]),
         progress=False,
     )
     unlabeled = CacheDataset(
         scripts.data.unlabeled_datalist("real", datalist, None),
-        Compose([LoadImaged("image"), EnsureChannelFirstd("image"), Resized("image", (32, 32)),
-                 RandAxisFlipd("image", prob=0.5)]),
+        Compose(
+            [
+                LoadImaged("image"),
+                EnsureChannelFirstd("image"),
+                Resized("image", (32, 32)),
+                RandAxisFlipd("image", prob=0.5),
+            ]
+        ),
         progress=False,
     )
     return labeled, unlabeled
@@ -171,8 +176,10 @@ def test_bad_inference_folders_stop_with_one_line(tmp_path):
     """Through `python -m monai.bundle run` the message is the whole output: a SystemExit passes the config parser."""
     (tmp_path / "only_sub" / "scans").mkdir(parents=True)
     (tmp_path / "a_file").write_text("x")
-    cases = {str(tmp_path / "missing"): "input_dir is not a folder",
-             str(tmp_path / "only_sub"): r"no PNG, JPEG, BMP or NIfTI images in input_dir .*only_sub \(it holds 1 folder"}
+    cases = {
+        str(tmp_path / "missing"): "input_dir is not a folder",
+        str(tmp_path / "only_sub"): r"no PNG, JPEG, BMP or NIfTI images in input_dir .*only_sub \(it holds 1 folder",
+    }
     for folder, message in cases.items():
         with pytest.raises(SystemExit, match=message):
             scripts.data.inference_datalist(folder, output_dir=str(tmp_path / "out"))
@@ -245,15 +252,19 @@ def test_evaluation_report_applies_the_empty_mask_rules(tmp_path):
         "hd95": HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(pred, label),
     }
     outputs = [
-        {"image": MetaTensor(torch.rand(1, size, size), meta={"filename_or_obj": f"/x/img_{i}.png"}),
-         "label": label[i], "pred": pred[i]}
+        {
+            "image": MetaTensor(torch.rand(1, size, size), meta={"filename_or_obj": f"/x/img_{i}.png"}),
+            "label": label[i],
+            "pred": pred[i],
+        }
         for i in range(5)
     ]
     engine = SimpleNamespace(
         state=SimpleNamespace(output=outputs, metric_details=details), logger=__import__("logging").getLogger("t")
     )
-    report = scripts.handlers.EvaluationReport(str(tmp_path), {"dice": "dice", "iou": "iou", "hd95": "hd95"},
-                                               classes={"/x/img_0.png": "normal"})
+    report = scripts.handlers.EvaluationReport(
+        str(tmp_path), {"dice": "dice", "iou": "iou", "hd95": "hd95"}, classes={"/x/img_0.png": "normal"}
+    )
     report._collect(engine)
     report._write(engine)
     with open(tmp_path / "per_image.csv") as f:
@@ -278,8 +289,10 @@ def test_predictions_manifest_says_which_images_have_no_lesion(tmp_path):
 
     pred = torch.zeros(2, 1, 8, 6)
     pred[1, :, 2:4, 2:5] = 1
-    outputs = [{"image": MetaTensor(torch.rand(1, 8, 6), meta={"filename_or_obj": f"/x/{name}"}), "pred": pred[i]}
-               for i, name in enumerate(["normal (1).png", "scan.nii.gz"])]
+    outputs = [
+        {"image": MetaTensor(torch.rand(1, 8, 6), meta={"filename_or_obj": f"/x/{name}"}), "pred": pred[i]}
+        for i, name in enumerate(["normal (1).png", "scan.nii.gz"])
+    ]
     engine = SimpleNamespace(state=SimpleNamespace(output=outputs), logger=__import__("logging").getLogger("t"))
     manifest = scripts.handlers.PredictionsManifest(str(tmp_path))
     manifest._collect(engine)
@@ -288,7 +301,8 @@ def test_predictions_manifest_says_which_images_have_no_lesion(tmp_path):
     assert (written["images"], written["no_lesion"]) == (2, 1)
     assert written["results"] == [
         {"image": "/x/normal (1).png", "mask": "normal (1)_seg.png", "lesion": False, "lesion_pixels": 0},
-        {"image": "/x/scan.nii.gz", "mask": "scan_seg.nii.gz", "lesion": True, "lesion_pixels": 6}]
+        {"image": "/x/scan.nii.gz", "mask": "scan_seg.nii.gz", "lesion": True, "lesion_pixels": 6},
+    ]
 
 
 def _odd_images(folder: Path) -> list[Path]:
@@ -340,11 +354,17 @@ def test_a_truncated_image_is_one_error_naming_it(tmp_path):
         load({"image": str(path)})
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    (np.full((32, 32), np.nan, np.float32), "NaN or infinite"),
-    (np.linspace(0, 4095, 32 * 32).reshape(32, 32).astype(np.int16), r"values 0..4095 are outside the 8-bit gray levels"),
-    (np.linspace(0, 1, 32 * 32).reshape(32, 32).astype(np.float32), "look normalised to 0..1"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (np.full((32, 32), np.nan, np.float32), "NaN or infinite"),
+        (
+            np.linspace(0, 4095, 32 * 32).reshape(32, 32).astype(np.int16),
+            r"values 0..4095 are outside the 8-bit gray levels",
+        ),
+        (np.linspace(0, 1, 32 * 32).reshape(32, 32).astype(np.float32), "look normalised to 0..1"),
+    ],
+)
 def test_inputs_that_are_not_8bit_gray_levels_are_refused(values, message):
     transform = scripts.transforms.AsGrayscale2Dd("image")
     with pytest.raises(ValueError, match=message):
@@ -385,7 +405,9 @@ def test_inference_and_evaluation_decide_no_lesion_alike():
     """The share below which a prediction is "no lesion", and the flip test-time augmentation, are the same for the
     masks users get and the numbers evaluate.json reports; training's model selection runs without them."""
     configs = BUNDLE / "configs"
-    inference, evaluate, train = (json.loads((configs / f"{n}.json").read_text()) for n in ("inference", "evaluate", "train"))
+    inference, evaluate, train = (
+        json.loads((configs / f"{n}.json").read_text()) for n in ("inference", "evaluate", "train")
+    )
     assert inference["min_lesion_fraction"] == evaluate["min_lesion_fraction"]
     assert train["min_lesion_fraction"] == 0.0
     assert inference["flip_tta"] == evaluate["flip_tta"]

@@ -30,8 +30,20 @@ def run(cmd: list[str], expect: int = 0) -> subprocess.CompletedProcess:
 
 def train_cmd(config: str, data: Path, root: Path, *extra: str, launcher=(sys.executable,)) -> list[str]:
     return [
-        *launcher, "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(data),
-        "--output_dir", str(root / "eval"), "--ckpt_dir", str(root / "models"), *TINY, *extra,
+        *launcher,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        config,
+        "--dataset_dir",
+        str(data),
+        "--output_dir",
+        str(root / "eval"),
+        "--ckpt_dir",
+        str(root / "models"),
+        *TINY,
+        *extra,
     ]
 
 
@@ -47,11 +59,17 @@ def test_resume_after_a_kill_reaches_the_same_result(prepared_phantom, tmp_path)
 
     # the same run, hard-killed (os._exit, no clean-up) right after the checkpoint of epoch 2 (iteration 8)
     kill = tmp_path / "kill.json"
-    kill.write_text(json.dumps({"run": [
-        "$[h.attach(@train#trainer) for h in @train#resume_handlers]",
-        "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=2), lambda e: os._exit(3))",
-        "$@train#trainer.run()",
-    ]}))
+    kill.write_text(
+        json.dumps(
+            {
+                "run": [
+                    "$[h.attach(@train#trainer) for h in @train#resume_handlers]",
+                    "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=2), lambda e: os._exit(3))",
+                    "$@train#trainer.run()",
+                ]
+            }
+        )
+    )
     killed = tmp_path / "killed"
     run(train_cmd(configs("configs/train.json", str(kill)), prepared_phantom, killed, *schedule), expect=3)
     assert max(int(r["iteration"]) for r in history(killed)) == 8
@@ -66,15 +84,35 @@ def test_resume_after_a_kill_reaches_the_same_result(prepared_phantom, tmp_path)
 
 
 def test_resume_without_a_checkpoint_names_the_problem(prepared_phantom, tmp_path):
-    proc = run(train_cmd("configs/train.json", prepared_phantom, tmp_path, "--max_iterations", "4",
-                         "--val_interval", "2", "--resume", "true"), expect=1)
+    proc = run(
+        train_cmd(
+            "configs/train.json",
+            prepared_phantom,
+            tmp_path,
+            "--max_iterations",
+            "4",
+            "--val_interval",
+            "2",
+            "--resume",
+            "true",
+        ),
+        expect=1,
+    )
     assert "no checkpoint_epoch=<n>.pt checkpoint in" in proc.stderr
 
 
 def test_torchrun_gloo_two_processes(prepared_phantom, tmp_path):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2")
-    cmd = train_cmd(configs("configs/train.json", "configs/multi_gpu_train.json"), prepared_phantom, tmp_path,
-                    "--max_iterations", "4", "--val_interval", "2", launcher=launcher)
+    cmd = train_cmd(
+        configs("configs/train.json", "configs/multi_gpu_train.json"),
+        prepared_phantom,
+        tmp_path,
+        "--max_iterations",
+        "4",
+        "--val_interval",
+        "2",
+        launcher=launcher,
+    )
     run(cmd)
     rows = history(tmp_path)
     assert [int(r["iteration"]) for r in rows if r["loss"]] == [1, 2, 3, 4]  # written once, by rank 0
@@ -86,8 +124,15 @@ def test_torchrun_gloo_two_processes(prepared_phantom, tmp_path):
 
 @pytest.mark.parametrize("baseline", ["train_supervised", "train_cct", "train_mean_teacher"])
 def test_baselines_train_with_the_shared_settings(baseline, prepared_phantom, tmp_path):
-    cmd = train_cmd(configs("configs/train.json", f"configs/{baseline}.json"), prepared_phantom, tmp_path,
-                    "--max_iterations", "4", "--val_interval", "2")
+    cmd = train_cmd(
+        configs("configs/train.json", f"configs/{baseline}.json"),
+        prepared_phantom,
+        tmp_path,
+        "--max_iterations",
+        "4",
+        "--val_interval",
+        "2",
+    )
     run(cmd)
     rows = [r for r in history(tmp_path) if r["loss"]]
     assert len(rows) == 4
@@ -110,12 +155,18 @@ def test_labeled_only_ablation_trains_the_auxiliary_decoders_without_unlabeled_i
     auxiliary decoders learn from the labeled images, where supervised-only leaves them at their initial weights."""
     schedule = ["--max_iterations", "4", "--val_interval", "2"]
     for name in ("train_supervised", "train_labeled_only"):
-        run(train_cmd(configs("configs/train.json", f"configs/{name}.json"), prepared_phantom, tmp_path / name, *schedule))
+        run(
+            train_cmd(
+                configs("configs/train.json", f"configs/{name}.json"), prepared_phantom, tmp_path / name, *schedule
+            )
+        )
         rows = [r for r in history(tmp_path / name) if r["loss"]]
         assert len(rows) == 4
         assert all(float(r["consistency_loss"]) == 0.0 and r["loss"] == r["supervised_loss"] for r in rows)
-    supervised, ablation = (torch.load(tmp_path / n / "models" / "model.pt", weights_only=True)
-                            for n in ("train_supervised", "train_labeled_only"))
+    supervised, ablation = (
+        torch.load(tmp_path / n / "models" / "model.pt", weights_only=True)
+        for n in ("train_supervised", "train_labeled_only")
+    )
     aux = [k for k in supervised if k.startswith("aux_decoders.")]
     assert aux and all(not torch.equal(supervised[k], ablation[k]) for k in aux if k.endswith("head.weight"))
 
@@ -125,9 +176,39 @@ def test_benchmark_script_writes_json_and_markdown(tmp_path):
     out = tmp_path / "bench" / "seg"
     not_a_checkout = tmp_path / "not-a-checkout"
     not_a_checkout.mkdir()
-    run([sys.executable, str(script), "--out", str(out), "--sizes", "32", "--widths", "16", "--modes", "eager",
-         "checkpoint_aux", "bf16", "auto", "--iterations", "1", "--warmup", "1", "--infer_iterations", "2",
-         "--threads", "1", "--rounds", "2", "--reference", str(not_a_checkout), "--infer_modes", "eager", "bf16", "auto"])
+    run(
+        [
+            sys.executable,
+            str(script),
+            "--out",
+            str(out),
+            "--sizes",
+            "32",
+            "--widths",
+            "16",
+            "--modes",
+            "eager",
+            "checkpoint_aux",
+            "bf16",
+            "auto",
+            "--iterations",
+            "1",
+            "--warmup",
+            "1",
+            "--infer_iterations",
+            "2",
+            "--threads",
+            "1",
+            "--rounds",
+            "2",
+            "--reference",
+            str(not_a_checkout),
+            "--infer_modes",
+            "eager",
+            "bf16",
+            "auto",
+        ]
+    )
     report = json.loads(Path(f"{out}.json").read_text())
     assert [r["mode"] for r in report["training"]] == ["reference", "eager", "checkpoint_aux", "bf16", "auto"]
     # `auto` is what the bundle runs by default on this machine, and the report says which precision that was
@@ -155,15 +236,29 @@ def test_compiled_training_computes_what_eager_computes(prepared_phantom, tmp_pa
     Both run float32 (`--amp false`): with bfloat16 autocast, inductor's fused kernels round differently from eager's
     and the losses part by bfloat16 rounding (a few 1e-3), which is not what this test is about."""
     same_random = tmp_path / "same_random.json"
-    same_random.write_text(json.dumps({"initialize": [
-        "$setattr(torch._inductor.config, 'fallback_random', True)",
-        "$scripts.config.use_compile_cache(@compile_cache_dir) if scripts.config.flag(@compile, 'compile') else None",
-        "$monai.utils.set_determinism(seed=@seed)",
-    ]}))
+    same_random.write_text(
+        json.dumps(
+            {
+                "initialize": [
+                    "$setattr(torch._inductor.config, 'fallback_random', True)",
+                    "$scripts.config.use_compile_cache(@compile_cache_dir) if scripts.config.flag(@compile, 'compile') else None",
+                    "$monai.utils.set_determinism(seed=@seed)",
+                ]
+            }
+        )
+    )
     schedule = ["--max_iterations", "4", "--val_interval", "2", "--amp", "false"]
     for mode in ("eager", "compiled"):
-        run(train_cmd(configs("configs/train.json", str(same_random)), prepared_phantom, tmp_path / mode, *schedule,
-                      "--compile", str(mode == "compiled").lower()))
+        run(
+            train_cmd(
+                configs("configs/train.json", str(same_random)),
+                prepared_phantom,
+                tmp_path / mode,
+                *schedule,
+                "--compile",
+                str(mode == "compiled").lower(),
+            )
+        )
     eager, compiled = history(tmp_path / "eager"), history(tmp_path / "compiled")
     assert [r["iteration"] for r in eager] == [r["iteration"] for r in compiled]
     for a, b in zip(eager, compiled):

@@ -228,7 +228,9 @@ def test_flip_tta_averages_the_image_and_its_mirror_and_is_mirror_equivariant():
 def test_width_and_size_options_are_checked_or_normalised():
     net = network.MGCCNet(base_channels=8.0, input_size=64)  # what `--base_channels 8.0 --spatial_size 64` give
     assert net.input_size.tolist() == [64, 64] and net.encoder[0][0].out_channels == 8
-    for bad, message in (({"base_channels": 8.5}, "base_channels must be a whole number"),
-                         ({"input_size": [100, 128]}, "spatial_size must be two multiples of 16")):
+    for bad, message in (
+        ({"base_channels": 8.5}, "base_channels must be a whole number"),
+        ({"input_size": [100, 128]}, "spatial_size must be two multiples of 16"),
+    ):
         with pytest.raises(ValueError, match=message):
             network.MGCCNet(**bad)

@@ -47,10 +47,16 @@ def test_atomic_checkpoint_saver_keeps_the_old_model_when_a_save_fails(tmp_path,
     scores = iter([0.1, 0.5, 0.3, 0.9])
     engine = Engine(lambda e, b: None)
     engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(dice=next(scores)))
-    best = trainer.AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True,
-                                         key_metric_name="dice", key_metric_filename="model.pt")
-    periodic = trainer.AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_interval=1,
-                                             epoch_level=True, n_saved=2)
+    best = trainer.AtomicCheckpointSaver(
+        save_dir=str(tmp_path),
+        save_dict={"model": net},
+        save_key_metric=True,
+        key_metric_name="dice",
+        key_metric_filename="model.pt",
+    )
+    periodic = trainer.AtomicCheckpointSaver(
+        save_dir=str(tmp_path), save_dict={"model": net}, save_interval=1, epoch_level=True, n_saved=2
+    )
     best.attach(engine)
     periodic.attach(engine)
     inodes = []
@@ -97,8 +103,13 @@ def test_label_server_answers_through_bad_uploads_and_a_kill_during_train(bench,
             assert isinstance(fault["detail"], str) and "uploaded image" in fault["detail"], fault
         before = {Path(r["image"]).name: np.asarray(Image.open(r["mask"])) for r in load["requests_detail"]}
         expected_pt = model_pt.read_bytes()
-        r = bench.label_client(url, "train", model, "--params", json.dumps(
-            {"max_epochs": 2, "val_split": 0.25, "device": "cpu", "multi_gpu": False}))
+        r = bench.label_client(
+            url,
+            "train",
+            model,
+            "--params",
+            json.dumps({"max_epochs": 2, "val_split": 0.25, "device": "cpu", "multi_gpu": False}),
+        )
         assert r["status"] == 200, r
         kill = bench.watch_and_kill(launcher, model_pt, timeout=240)
         assert kill["trigger"] == "model.pt write started" and not kill["survivors"], kill
@@ -126,8 +137,16 @@ def test_deploy_app_segments_the_readable_images_and_lists_the_corrupt_one(bench
     bundle = tmp_path / SEG_BUNDLE.name
     shutil.copytree(SEG_BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "logs", "runs", "__pycache__"))
     out = tmp_path / "out"
-    cmd = [str(deploy_python), str(REPO / "apps" / "deploy"), "-i", str(tmp_path / "in"), "-o", str(out), "-m",
-           str(bundle)]
+    cmd = [
+        str(deploy_python),
+        str(REPO / "apps" / "deploy"),
+        "-i",
+        str(tmp_path / "in"),
+        "-o",
+        str(out),
+        "-m",
+        str(bundle),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out / "predictions.json").read_text())

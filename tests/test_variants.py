@@ -26,13 +26,16 @@ def test_the_preset_chooses_the_variant_mgcc_run_trains():
 def test_a_training_stage_is_known_by_its_args_file():
     """`args.json` holds the config files as paths and only the overrides; the bundle's defaults fill the rest."""
     assert variant_of(["/x/configs/train.json", "/x/configs/train_supervised.json"], {}) == "supervised"
-    assert variant_of(["/x/configs/train.json", "/x/configs/evaluate.json"], {"unlabeled_source": "both"}) == "mgcc-both"
+    assert (
+        variant_of(["/x/configs/train.json", "/x/configs/evaluate.json"], {"unlabeled_source": "both"}) == "mgcc-both"
+    )
     assert variant_of(["/x/configs/train.json"], {}) == "mgcc-real"
     assert variant_of(["/x/configs/train.json", "/x/configs/train_cct.json"], {}) is None
 
 
 def _stages(segmentation: str, evaluate: str, ran: list[str]) -> list[Stage]:
     """The shape of `mgcc run`'s stages after `prepare`, with the training and evaluation under the given names."""
+
     def stage(name, after, whole=False, reads=()):
         def execute(run):
             run.folder(name).mkdir(parents=True, exist_ok=True)
@@ -42,9 +45,14 @@ def _stages(segmentation: str, evaluate: str, ran: list[str]) -> list[Stage]:
 
         return Stage(name=name, outputs=["done"], execute=execute, reads=reads, after=after, reads_whole_preset=whole)
 
-    return [stage("prepare", ()), stage(segmentation, ("prepare",), reads=("x",)), stage(evaluate, (segmentation,)),
-            stage("lesions", (segmentation,)), stage("report", (evaluate, "lesions"), whole=True),
-            stage("package", (segmentation, evaluate))]
+    return [
+        stage("prepare", ()),
+        stage(segmentation, ("prepare",), reads=("x",)),
+        stage(evaluate, (segmentation,)),
+        stage("lesions", (segmentation,)),
+        stage("report", (evaluate, "lesions"), whole=True),
+        stage("package", (segmentation, evaluate)),
+    ]
 
 
 def test_a_run_from_before_is_renamed_and_only_its_report_is_written_again(tmp_path, capsys):
@@ -52,8 +60,9 @@ def test_a_run_from_before_is_renamed_and_only_its_report_is_written_again(tmp_p
     run = Run({"x": 1}, tmp_path)
     execute_stages(run, _stages("segmentation", "evaluate", ran))
     # the training stage trained MGCC with real unlabeled images: its args.json says so, whatever the preset says now
-    (tmp_path / "segmentation" / "args.json").write_text(json.dumps({"config_file": ["/b/configs/train.json"],
-                                                                     "unlabeled_source": "real"}))
+    (tmp_path / "segmentation" / "args.json").write_text(
+        json.dumps({"config_file": ["/b/configs/train.json"], "unlabeled_source": "real"})
+    )
     (tmp_path / "evaluate.stale-1").mkdir()  # kept as it is
 
     adopt_legacy_folders(tmp_path, "mgcc-synthetic")

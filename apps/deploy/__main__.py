@@ -23,9 +23,14 @@ if __name__ == "__main__":
     if app.manifest is not None:
         missing = app.expected is not None and app.manifest.results < app.expected
         done = app.manifest.results > 0 and not missing
-        app.manifest.finish("complete" if done else "failed",
-                            None if done else f"{app.manifest.results} of {app.expected or 'the'} inputs segmented")
+        app.manifest.finish(
+            "complete" if done else "failed",
+            None if done else f"{app.manifest.results} of {app.expected or 'the'} inputs segmented",
+        )
         if not done:
-            print(f"error: the run failed: {app.manifest.results} of {app.expected or 'the'} inputs segmented; "
-                  f"see {app.manifest.path}", file=sys.stderr)
+            print(
+                f"error: the run failed: {app.manifest.results} of {app.expected or 'the'} inputs segmented; "
+                f"see {app.manifest.path}",
+                file=sys.stderr,
+            )
             sys.exit(1)

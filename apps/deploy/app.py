@@ -100,23 +100,35 @@ class MGCCUltrasoundSegApp(Application):
 
         images, dicoms, skipped = classify_inputs(input_path, exclude=output_path)
         if images and dicoms:
-            raise InputError(f"{input_path}: holds both image files ({len(images)}) and DICOM files "
-                             f"({len(dicoms)}); run the app once per kind")
+            raise InputError(
+                f"{input_path}: holds both image files ({len(images)}) and DICOM files "
+                f"({len(dicoms)}); run the app once per kind"
+            )
         if not images and not dicoms:
             listed = ", ".join(p.name for p, _ in skipped[:5]) or "no files at all"
-            raise InputError(f"{input_path}: no image ({', '.join(IMAGE_SUFFIXES)}) or DICOM file to segment "
-                             f"(found: {listed})")
+            raise InputError(
+                f"{input_path}: no image ({', '.join(IMAGE_SUFFIXES)}) or DICOM file to segment (found: {listed})"
+            )
         images, unreadable = readable_images(images)
         if unreadable and not images:
-            raise InputError(f"{input_path}: none of the {len(unreadable)} image file(s) can be segmented: "
-                             + "; ".join(f"{path.name}: {reason}" for path, reason in unreadable[:10]))
+            raise InputError(
+                f"{input_path}: none of the {len(unreadable)} image file(s) can be segmented: "
+                + "; ".join(f"{path.name}: {reason}" for path, reason in unreadable[:10])
+            )
         skipped += unreadable
-        manifest = RunManifest(output_path / "predictions.json", {
-            "app": f"MGCC ultrasound segmentation {APP_VERSION}",
-            "bundle": str(bundle_path), "model": str(model_path), "bundle_name": meta.get("name", ""),
-            "bundle_version": meta.get("version", ""), "input": str(input_path),
-            "mode": "image" if images else "dicom", "postprocessing": post,
-        })
+        manifest = RunManifest(
+            output_path / "predictions.json",
+            {
+                "app": f"MGCC ultrasound segmentation {APP_VERSION}",
+                "bundle": str(bundle_path),
+                "model": str(model_path),
+                "bundle_name": meta.get("name", ""),
+                "bundle_version": meta.get("version", ""),
+                "input": str(input_path),
+                "mode": "image" if images else "dicom",
+                "postprocessing": post,
+            },
+        )
         for path, reason in skipped:
             manifest.skip(str(path), reason)
         self.manifest, self.expected = manifest, len(images) or None  # DICOM: instances are counted while read
@@ -140,26 +152,45 @@ class MGCCUltrasoundSegApp(Application):
             bundle_config_names=BundleConfigNames(config_names=CONFIG_NAMES),
             name="mgcc_bundle_op",
         )
-        writer = MaskWriterOperator(self, output_folder=output_path, manifest=manifest, emit_seg=bool(dicoms),
-                                    pred_port=output_key, name="mask_writer")
+        writer = MaskWriterOperator(
+            self,
+            output_folder=output_path,
+            manifest=manifest,
+            emit_seg=bool(dicoms),
+            pred_port=output_key,
+            name="mask_writer",
+        )
         self.add_flow(bundle_op, writer, {(output_key, output_key)})
 
         if images:
-            source = ImageFileSourceOperator(self, CountCondition(self, len(images)), files=images,
-                                             root=input_path, reader=reader, image_port=input_key,
-                                             name="image_source")
+            source = ImageFileSourceOperator(
+                self,
+                CountCondition(self, len(images)),
+                files=images,
+                root=input_path,
+                reader=reader,
+                image_port=input_key,
+                name="image_source",
+            )
             self.add_flow(source, bundle_op, {(input_key, input_key)})
             self.add_flow(source, writer, {("record", "record")})
             return
 
         if not input_path.is_dir():
             raise InputError(f"{input_path}: DICOM input must be a folder of DICOM files")
-        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_path,
-                                         name="dicom_loader")
-        selector = DICOMSeriesSelectorOperator(self, rules=US_SELECTION_RULES, all_matched=True,
-                                               name="us_series_selector")
-        source = DICOMInstanceSourceOperator(self, reader=reader, manifest=manifest, input_root=input_path,
-                                             dicom_files=dicoms, image_port=input_key, name="dicom_instance_source")
+        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_path, name="dicom_loader")
+        selector = DICOMSeriesSelectorOperator(
+            self, rules=US_SELECTION_RULES, all_matched=True, name="us_series_selector"
+        )
+        source = DICOMInstanceSourceOperator(
+            self,
+            reader=reader,
+            manifest=manifest,
+            input_root=input_path,
+            dicom_files=dicoms,
+            image_port=input_key,
+            name="dicom_instance_source",
+        )
         seg_writer = DICOMSegmentationWriterOperator(
             self,
             segment_descriptions=[
@@ -172,8 +203,9 @@ class MGCCUltrasoundSegApp(Application):
                     algorithm_version=str(meta.get("version", APP_VERSION)),
                 )
             ],
-            model_info=ModelInfo("MGCC-MONAI", meta.get("name", "ultrasound_mgcc_segmentation"),
-                                 str(meta.get("version", "")), ""),
+            model_info=ModelInfo(
+                "MGCC-MONAI", meta.get("name", "ultrasound_mgcc_segmentation"), str(meta.get("version", "")), ""
+            ),
             custom_tags={"SeriesDescription": "AI lesion segmentation (MGCC), not for clinical use"},
             output_folder=output_path / "dicom_seg",
             omit_empty_frames=False,

@@ -39,8 +39,10 @@ def resolve_model_path(model_path: str | Path) -> Path:
     path = Path(model_path).expanduser().resolve()
     if path.is_file():
         if path.suffix == ".onnx" and not (bundle_folder_of(path) / "configs" / "metadata.json").is_file():
-            raise InputError(f"{path}: an ONNX model runs inside its bundle (<bundle>/models/model.onnx), which "
-                             "holds the pre- and postprocessing; this file is not in one")
+            raise InputError(
+                f"{path}: an ONNX model runs inside its bundle (<bundle>/models/model.onnx), which "
+                "holds the pre- and postprocessing; this file is not in one"
+            )
         return path
     if not path.is_dir():
         raise InputError(f"{path}: model path does not exist")
@@ -60,8 +62,10 @@ def resolve_model_path(model_path: str | Path) -> Path:
     for export in (path / "models" / name for name in exports):
         if export.is_file():
             if pt.is_file() and pt.stat().st_mtime > export.stat().st_mtime:
-                raise InputError(f"{export} is older than {pt}: export it again (see the bundle's README) or "
-                                 "remove it to run the checkpoint")
+                raise InputError(
+                    f"{export} is older than {pt}: export it again (see the bundle's README) or "
+                    "remove it to run the checkpoint"
+                )
             return export
     return path
 
@@ -186,8 +190,10 @@ class BundleImageReader:
         elif spatial == (height, width):
             wh_order = False
         else:
-            raise InputError(f"{path}: loaded spatial shape {spatial} matches neither {(width, height)} nor "
-                             f"{(height, width)}; only 2D images are supported")
+            raise InputError(
+                f"{path}: loaded spatial shape {spatial} matches neither {(width, height)} nor "
+                f"{(height, width)}; only 2D images are supported"
+            )
         if width == height:  # ambiguous by shape: MONAI readers reverse indexing unless told otherwise
             reader = getattr(self.loader, "_loader", self.loader)
             readers = [r for r in getattr(reader, "readers", []) if hasattr(r, "reverse_indexing")]

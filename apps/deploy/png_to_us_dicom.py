@@ -24,8 +24,18 @@ US_MULTIFRAME_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.3.1"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
-def png_to_dicom(png: Path, out: Path, *, patient_id: str, study_uid: str, series_uid: str, number: int,
-                 frames: int = 1, modality: str = "US", pixel_data: bool = True) -> Dataset:
+def png_to_dicom(
+    png: Path,
+    out: Path,
+    *,
+    patient_id: str,
+    study_uid: str,
+    series_uid: str,
+    number: int,
+    frames: int = 1,
+    modality: str = "US",
+    pixel_data: bool = True,
+) -> Dataset:
     """Writes `out` from `png` (8-bit gray or RGB) and returns the dataset."""
     with Image.open(png) as im:
         if im.mode not in ("L", "RGB"):
@@ -81,9 +91,17 @@ def main(argv=None) -> None:
     study_uid, series_uid = generate_uid(), generate_uid()
     for number, png in enumerate(args.images, 1):
         out = args.out_dir / f"{png.stem}.dcm"
-        png_to_dicom(png, out, patient_id=args.patient_id, study_uid=study_uid, series_uid=series_uid,
-                     number=number, frames=args.frames, modality=args.modality,
-                     pixel_data=not args.no_pixel_data)
+        png_to_dicom(
+            png,
+            out,
+            patient_id=args.patient_id,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            number=number,
+            frames=args.frames,
+            modality=args.modality,
+            pixel_data=not args.no_pixel_data,
+        )
         print(out)
 
 

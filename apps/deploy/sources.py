@@ -31,22 +31,25 @@ from writers import RunManifest, read_timing
 #: File name suffixes read as 2D images (by the bundle's own reader; MONAI's PILReader takes these four).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 #: Ultrasound modality, as selected from DICOM input.
-US_SELECTION_RULES = json.dumps(
-    {"selections": [{"name": "Ultrasound", "conditions": {"Modality": "(?i)^US$"}}]}
-)
+US_SELECTION_RULES = json.dumps({"selections": [{"name": "Ultrasound", "conditions": {"Modality": "(?i)^US$"}}]})
 
 
 # ----------------------------------------------------------------------------------------------- input folder
 
 
-def classify_inputs(input_path: Path, exclude: Path | None = None) -> tuple[list[Path], list[Path], list[tuple[Path, str]]]:
+def classify_inputs(
+    input_path: Path, exclude: Path | None = None
+) -> tuple[list[Path], list[Path], list[tuple[Path, str]]]:
     """Splits the input into image files, DICOM files and skipped files (with the reason), sorted by path.
     Files under `exclude` (the output folder, when it lies inside the input folder) are left out."""
     input_path = Path(input_path)
     if not input_path.exists():
         raise InputError(f"{input_path}: input path does not exist")
-    files = [input_path] if input_path.is_file() else sorted(p for p in input_path.rglob("*")
-                                                                 if p.is_file() or p.is_symlink())
+    files = (
+        [input_path]
+        if input_path.is_file()
+        else sorted(p for p in input_path.rglob("*") if p.is_file() or p.is_symlink())
+    )
     if exclude is not None:
         files = [f for f in files if not f.resolve().is_relative_to(Path(exclude).resolve())]
     images, dicoms, skipped = [], [], []
@@ -91,8 +94,16 @@ class ImageFileSourceOperator(Operator):
         record: a dict describing the source (path, output name, size) for the mask writer.
     """
 
-    def __init__(self, fragment: Fragment, *args, files: list[Path], root: Path, reader: BundleImageReader,
-                 image_port: str = "image", **kwargs):
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args,
+        files: list[Path],
+        root: Path,
+        reader: BundleImageReader,
+        image_port: str = "image",
+        **kwargs,
+    ):
         self._files = [Path(f) for f in files]
         self._root = Path(root)
         self._reader = reader
@@ -113,8 +124,15 @@ class ImageFileSourceOperator(Operator):
         array, meta, wh_order = self._reader(path)
         rel = path.name if self._root.is_file() else str(path.relative_to(self._root))
         width, height = self._reader.contract.raster_size(path)  # as viewers show it: the mask overlays that
-        record = {"source": str(path), "name": str(Path(rel).with_suffix(".png")), "rows": height,
-                  "columns": width, "wh_order": wh_order, "kind": "image", **read_timing(start)}
+        record = {
+            "source": str(path),
+            "name": str(Path(rel).with_suffix(".png")),
+            "rows": height,
+            "columns": width,
+            "wh_order": wh_order,
+            "kind": "image",
+            **read_timing(start),
+        }
         op_output.emit(Image(array, metadata=meta), self.image_port)
         op_output.emit(record, "record")
 
@@ -130,8 +148,10 @@ def dicom_source(ds) -> str:
 def dicom_frame_count(ds, source: str) -> int:
     """The instance's number of frames; an instance without pixel data is refused (nothing to segment)."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise InputError(f"{source}: DICOM instance {ds.get('SOPInstanceUID', '?')} has no Pixel Data "
-                         "(7FE0,0010); nothing to segment")
+        raise InputError(
+            f"{source}: DICOM instance {ds.get('SOPInstanceUID', '?')} has no Pixel Data "
+            "(7FE0,0010); nothing to segment"
+        )
     return int(ds.get("NumberOfFrames", 1) or 1)
 
 
@@ -184,8 +204,17 @@ class DICOMInstanceSourceOperator(Operator):
     are skipped and listed in `predictions.json`; nothing to segment at all is an error.
     """
 
-    def __init__(self, fragment: Fragment, *args, reader: BundleImageReader, manifest: RunManifest,
-                 input_root: Path, dicom_files: list[Path] = (), image_port: str = "image", **kwargs):
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args,
+        reader: BundleImageReader,
+        manifest: RunManifest,
+        input_root: Path,
+        dicom_files: list[Path] = (),
+        image_port: str = "image",
+        **kwargs,
+    ):
         from holoscan.conditions import BooleanCondition
 
         self._dicom_files = [Path(f).resolve() for f in dicom_files]
@@ -197,8 +226,7 @@ class DICOMInstanceSourceOperator(Operator):
         self._selected = None
         self._queue: list | None = None
         self._stop_name = "dicom_instances_left"
-        super().__init__(fragment, BooleanCondition(fragment, enable_tick=True, name=self._stop_name),
-                         *args, **kwargs)
+        super().__init__(fragment, BooleanCondition(fragment, enable_tick=True, name=self._stop_name), *args, **kwargs)
 
     def setup(self, spec: OperatorSpec):
         spec.input("dicom_study_list").condition(ConditionType.NONE)
@@ -230,8 +258,16 @@ class DICOMInstanceSourceOperator(Operator):
         meta["filename_or_obj"] = source
 
         one = DICOMSeries(series.SeriesInstanceUID)
-        for attr in ("SeriesDate", "SeriesTime", "Modality", "SeriesDescription", "BodyPartExamined",
-                     "SeriesNumber", "Laterality", "PatientPosition"):
+        for attr in (
+            "SeriesDate",
+            "SeriesTime",
+            "Modality",
+            "SeriesDescription",
+            "BodyPartExamined",
+            "SeriesNumber",
+            "Laterality",
+            "PatientPosition",
+        ):
             try:
                 setattr(one, attr, getattr(series, attr))
             except Exception:  # attribute not set on the source series
@@ -240,11 +276,19 @@ class DICOMInstanceSourceOperator(Operator):
         study_selection = StudySelectedSeries(study)
         study_selection.add_selected_series(SelectedSeries("Ultrasound", one))
 
-        record = {"source": source, "name": f"{ds.SOPInstanceUID}.png", "rows": int(ds.Rows),
-                  "columns": int(ds.Columns), "wh_order": wh_order, "kind": "dicom",
-                  "PatientID": str(ds.get("PatientID", "")), "StudyInstanceUID": str(ds.StudyInstanceUID),
-                  "SeriesInstanceUID": str(ds.SeriesInstanceUID), "SOPInstanceUID": str(ds.SOPInstanceUID),
-                  **read_timing(start)}
+        record = {
+            "source": source,
+            "name": f"{ds.SOPInstanceUID}.png",
+            "rows": int(ds.Rows),
+            "columns": int(ds.Columns),
+            "wh_order": wh_order,
+            "kind": "dicom",
+            "PatientID": str(ds.get("PatientID", "")),
+            "StudyInstanceUID": str(ds.StudyInstanceUID),
+            "SeriesInstanceUID": str(ds.SeriesInstanceUID),
+            "SOPInstanceUID": str(ds.SOPInstanceUID),
+            **read_timing(start),
+        }
         op_output.emit(Image(array, metadata=meta), self.image_port)
         op_output.emit([study_selection], "study_selected_series_list")
         op_output.emit(record, "record")
@@ -264,8 +308,11 @@ class DICOMInstanceSourceOperator(Operator):
                     source = dicom_source(ds)
                     frames = dicom_frame_count(ds, source)
                     if frames != 1:
-                        self._manifest.skip(source, f"multi-frame DICOM ({frames} frames); the model segments "
-                                                    "single 2D frames: export single frames to segment them")
+                        self._manifest.skip(
+                            source,
+                            f"multi-frame DICOM ({frames} frames); the model segments "
+                            "single 2D frames: export single frames to segment them",
+                        )
                         continue
                     queue.append((study_selection.study, series, sop, source))
         for study in self._studies or []:
@@ -275,16 +322,24 @@ class DICOMInstanceSourceOperator(Operator):
                 for sop in series.get_sop_instances():
                     ds = sop.get_native_sop_instance()
                     self._manifest.skip(dicom_source(ds), f"modality {ds.get('Modality', '?')} is not US (ultrasound)")
-        loaded = {Path(str(getattr(sop.get_native_sop_instance(), "filename", ""))).resolve()
-                  for study in self._studies or [] for series in study.get_all_series()
-                  for sop in series.get_sop_instances()}
+        loaded = {
+            Path(str(getattr(sop.get_native_sop_instance(), "filename", ""))).resolve()
+            for study in self._studies or []
+            for series in study.get_all_series()
+            for sop in series.get_sop_instances()
+        }
         for path in self._dicom_files:
             if path not in loaded:
-                self._manifest.skip(str(path), "not loaded by the SDK's DICOM loader (not valid DICOM, or no "
-                                               "Study/Series/SOP Instance UID: see the log)")
+                self._manifest.skip(
+                    str(path),
+                    "not loaded by the SDK's DICOM loader (not valid DICOM, or no "
+                    "Study/Series/SOP Instance UID: see the log)",
+                )
         if not queue:
-            raise InputError(f"{self._root}: no single-frame ultrasound (Modality US) DICOM image to segment "
-                             f"(see {self._manifest.path} for skipped files)")
+            raise InputError(
+                f"{self._root}: no single-frame ultrasound (Modality US) DICOM image to segment "
+                f"(see {self._manifest.path} for skipped files)"
+            )
         queue.sort(key=lambda item: item[3])
         return [item[:3] for item in queue]
 

@@ -83,8 +83,16 @@ class MaskWriterOperator(Operator):
         seg_image: the mask as a (rows, columns) uint8 0/1 `Image` for the SDK's DICOM SEG writer.
     """
 
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, manifest: RunManifest,
-                 emit_seg: bool = False, pred_port: str = "pred", **kwargs):
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args,
+        output_folder: Path,
+        manifest: RunManifest,
+        emit_seg: bool = False,
+        pred_port: str = "pred",
+        **kwargs,
+    ):
         self._out = Path(output_folder) / "masks"
         self._manifest = manifest
         self._emit_seg = emit_seg
@@ -112,8 +120,10 @@ class MaskWriterOperator(Operator):
             mask = mask.T
         expected = (record["rows"], record["columns"])
         if mask.shape != expected:
-            raise ValueError(f"{record['source']}: mask is {mask.shape} but the image is {expected} (rows, "
-                             "columns); the bundle's postprocessing must restore the input size (Invertd)")
+            raise ValueError(
+                f"{record['source']}: mask is {mask.shape} but the image is {expected} (rows, "
+                "columns); the bundle's postprocessing must restore the input size (Invertd)"
+            )
         values = np.unique(mask)
         if not set(values.tolist()) <= {0, 1}:
             raise ValueError(f"{record['source']}: prediction values {values[:8].tolist()} are not binary 0/1")

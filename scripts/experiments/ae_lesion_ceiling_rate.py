@@ -4,6 +4,7 @@ pipeline's `lesions` stage). Writes <images_run>/diag/rates.json.
 
     python scripts/experiments/ae_lesion_ceiling_rate.py demo outputs/demo outputs/<run with the images>
 """
+
 import json
 import sys
 from pathlib import Path
@@ -19,9 +20,19 @@ diag = Path(sys.argv[3]).resolve() / "diag"
 rates = {}
 for folder in sorted(p for p in diag.iterdir() if p.is_dir() and not p.name.endswith("_pred")):
     out = diag / f"{folder.name}_pred"
-    run_bundle(f"diag-{folder.name}", diag, SEG_BUNDLE, LESIONS_CONFIGS,
-               {"input_dir": str(folder), "datalist": None, "ckpt_dir": str(judge.model_folder / "models"),
-                "output_dir": str(out)}, shared=judge.overrides("segmentation"))
+    run_bundle(
+        f"diag-{folder.name}",
+        diag,
+        SEG_BUNDLE,
+        LESIONS_CONFIGS,
+        {
+            "input_dir": str(folder),
+            "datalist": None,
+            "ckpt_dir": str(judge.model_folder / "models"),
+            "output_dir": str(out),
+        },
+        shared=judge.overrides("segmentation"),
+    )
     rates[folder.name] = lesion_rate(out.glob("*_seg.png"))
     print(folder.name, rates[folder.name]["with_clear_lesion"], "/", rates[folder.name]["images"], flush=True)
 (diag / "rates.json").write_text(json.dumps(rates, indent=1))

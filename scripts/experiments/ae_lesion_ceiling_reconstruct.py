@@ -3,6 +3,7 @@ their reconstructions by the run's autoencoder as PNGs under <run>/diag/{raw64,r
 
     python scripts/experiments/ae_lesion_ceiling_reconstruct.py outputs/<run>
 """
+
 import json
 import sys
 from pathlib import Path
@@ -25,7 +26,9 @@ for key, value in json.loads((run / "autoencoder" / "args.json").read_text()).it
         parser[key] = value
 parser["bundle_root"] = str(LDM)
 with importable_as_scripts(LDM):  # the config imports the bundle's package as `scripts`
-    autoencoder = load_weights(str(run / "ldm_models" / "autoencoder.pt"), parser.get_parsed_content("autoencoder_def")).eval()
+    autoencoder = load_weights(
+        str(run / "ldm_models" / "autoencoder.pt"), parser.get_parsed_content("autoencoder_def")
+    ).eval()
     preprocess = parser.get_parsed_content("validate#preprocessing")
 root = run / "prepare" / "dataset"
 datalist = json.loads((root / "datalist.json").read_text())

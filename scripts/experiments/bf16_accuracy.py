@@ -30,8 +30,13 @@ def evaluate(args_file: Path, amp: bool, out: Path) -> dict[str, float]:
     args.update(output_dir=str(out), ckpt_dir=str(BUNDLE / "models"), amp=amp, channels_last=amp, show_progress=False)
     out.mkdir(parents=True, exist_ok=True)
     (out / "args.json").write_text(json.dumps(args, indent=2))
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--args_file", str(out / "args.json")], cwd=BUNDLE,
-                   check=True, stdout=open(out / "log.txt", "w"), stderr=subprocess.STDOUT)
+    subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--args_file", str(out / "args.json")],
+        cwd=BUNDLE,
+        check=True,
+        stdout=open(out / "log.txt", "w"),
+        stderr=subprocess.STDOUT,
+    )
     return per_image(out / "evaluation" / "per_image.csv")
 
 
@@ -40,18 +45,39 @@ def train_again(run: Path, work: Path, amp: bool) -> dict[str, float]:
     channels-last draws the dropout masks in memory order, so the float32 run is the control that differs from the
     bfloat16 run in the rounding only), then its evaluate stage in float32."""
     train = json.loads((run / "segmentation-mgcc-synthetic" / "args.json").read_text())
-    train.update(output_dir=str(work), ckpt_dir=str(work / "models"), amp=amp, channels_last=True, resume=False,
-                 show_progress=False)
+    train.update(
+        output_dir=str(work),
+        ckpt_dir=str(work / "models"),
+        amp=amp,
+        channels_last=True,
+        resume=False,
+        show_progress=False,
+    )
     work.mkdir(parents=True, exist_ok=True)
     (work / "train_args.json").write_text(json.dumps(train, indent=2))
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--args_file", str(work / "train_args.json")],
-                   cwd=BUNDLE, check=True, stdout=open(work / "train_log.txt", "w"), stderr=subprocess.STDOUT)
+    subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--args_file", str(work / "train_args.json")],
+        cwd=BUNDLE,
+        check=True,
+        stdout=open(work / "train_log.txt", "w"),
+        stderr=subprocess.STDOUT,
+    )
     evaluate_args = json.loads((run / "evaluate-mgcc-synthetic" / "args.json").read_text())
-    evaluate_args.update(output_dir=str(work / "evaluate"), ckpt_dir=str(work / "models"), amp=False,
-                         channels_last=False, show_progress=False)
+    evaluate_args.update(
+        output_dir=str(work / "evaluate"),
+        ckpt_dir=str(work / "models"),
+        amp=False,
+        channels_last=False,
+        show_progress=False,
+    )
     (work / "evaluate_args.json").write_text(json.dumps(evaluate_args, indent=2))
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--args_file", str(work / "evaluate_args.json")],
-                   cwd=BUNDLE, check=True, stdout=open(work / "evaluate_log.txt", "w"), stderr=subprocess.STDOUT)
+    subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--args_file", str(work / "evaluate_args.json")],
+        cwd=BUNDLE,
+        check=True,
+        stdout=open(work / "evaluate_log.txt", "w"),
+        stderr=subprocess.STDOUT,
+    )
     return per_image(work / "evaluate" / "evaluation" / "per_image.csv")
 
 
@@ -67,9 +93,15 @@ def paired(fp32: dict[str, float], bf16: dict[str, float], seed: int = 0) -> dic
     diff = b - a
     rng = np.random.default_rng(seed)
     boot = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(10000)]
-    return {"n": len(names), "fp32_mean_dice": a.mean(), "bf16_mean_dice": b.mean(), "difference": diff.mean(),
-            "difference_95ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-            "largest_abs_change": float(np.abs(diff).max()), "images_changed_over_0.01": int((np.abs(diff) > 0.01).sum())}
+    return {
+        "n": len(names),
+        "fp32_mean_dice": a.mean(),
+        "bf16_mean_dice": b.mean(),
+        "difference": diff.mean(),
+        "difference_95ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+        "largest_abs_change": float(np.abs(diff).max()),
+        "images_changed_over_0.01": int((np.abs(diff) > 0.01).sum()),
+    }
 
 
 def main() -> None:
@@ -80,13 +112,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "bf16-accuracy")
     opts = parser.parse_args()
     results = json.loads(opts.out.read_text()) if opts.out.is_file() else {}
-    sets = {"busi_test": opts.run / "evaluate-mgcc-synthetic" / "args.json",
-            "stu_hospital": opts.run / "external" / "STU-Hospital-all-segmentation" / "evaluate" / "args.json"}
+    sets = {
+        "busi_test": opts.run / "evaluate-mgcc-synthetic" / "args.json",
+        "stu_hospital": opts.run / "external" / "STU-Hospital-all-segmentation" / "evaluate" / "args.json",
+    }
     for name, args_file in sets.items():
         if name in results:
             continue  # measured earlier
-        dice = {precision: evaluate(args_file, precision == "bf16", opts.work / name / precision)
-                for precision in ("fp32", "bf16")}
+        dice = {
+            precision: evaluate(args_file, precision == "bf16", opts.work / name / precision)
+            for precision in ("fp32", "bf16")
+        }
         results[name] = paired(dice["fp32"], dice["bf16"])
         print(name, json.dumps(results[name]))
     if opts.train:
@@ -94,15 +130,21 @@ def main() -> None:
         for precision in ("bf16_channels_last", "fp32_channels_last"):
             folder = opts.work / f"training_{precision}"
             done = folder / "evaluate" / "evaluation" / "per_image.csv"
-            dice[precision] = per_image(done) if done.is_file() else train_again(opts.train, folder, "bf16" in precision)
+            dice[precision] = (
+                per_image(done) if done.is_file() else train_again(opts.train, folder, "bf16" in precision)
+            )
         results[f"training_{opts.train.name}"] = {
             "bf16_channels_last_vs_fp32_channels_last": paired(dice["fp32_channels_last"], dice["bf16_channels_last"]),
             "fp32_channels_last_vs_fp32 (another dropout draw)": paired(dice["fp32"], dice["fp32_channels_last"]),
-            "bf16_channels_last_vs_fp32": paired(dice["fp32"], dice["bf16_channels_last"])}
+            "bf16_channels_last_vs_fp32": paired(dice["fp32"], dice["bf16_channels_last"]),
+        }
         print("training", json.dumps(results[f"training_{opts.train.name}"], default=float))
     opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps({"model": "bundles/ultrasound_mgcc_segmentation/models/model.pt", **results},
-                                   indent=2, default=float))
+    opts.out.write_text(
+        json.dumps(
+            {"model": "bundles/ultrasound_mgcc_segmentation/models/model.pt", **results}, indent=2, default=float
+        )
+    )
 
 
 if __name__ == "__main__":

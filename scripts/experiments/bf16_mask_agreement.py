@@ -25,7 +25,16 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "ultrasound_mgcc_segmentation"
 DATA = REPO.parent / "shared" / "data"
-STU_OPTIONS = ["--images", ".", "--masks", ".", "--image-pattern", "Test_Image_{id}.png", "--mask-pattern", "mask_{id}.png"]
+STU_OPTIONS = [
+    "--images",
+    ".",
+    "--masks",
+    ".",
+    "--image-pattern",
+    "Test_Image_{id}.png",
+    "--mask-pattern",
+    "mask_{id}.png",
+]
 #: what runs: (name, configs, overrides)
 RUNS = {
     "bf16": (["configs/inference.json"], ["--amp", "true"]),
@@ -45,11 +54,27 @@ def prepare(work: Path) -> dict[str, Path]:
     mgcc = Path(sys.executable).parent / "mgcc"
     sets = {"busi_test": work / "busi", "stu_hospital": work / "stu"}
     if not (sets["busi_test"] / "datalist.json").is_file():
-        sh(mgcc, "prepare", DATA / "Dataset_BUSI_with_GT", "--out", sets["busi_test"], "--include-normal",
-           "--labeled-fraction", "1")
+        sh(
+            mgcc,
+            "prepare",
+            DATA / "Dataset_BUSI_with_GT",
+            "--out",
+            sets["busi_test"],
+            "--include-normal",
+            "--labeled-fraction",
+            "1",
+        )
     if not (sets["stu_hospital"] / "datalist.json").is_file():
-        sh(mgcc, "prepare", DATA / "STU-Hospital", "--out", sets["stu_hospital"], "--labeled-fraction", "1",
-           *STU_OPTIONS)
+        sh(
+            mgcc,
+            "prepare",
+            DATA / "STU-Hospital",
+            "--out",
+            sets["stu_hospital"],
+            "--labeled-fraction",
+            "1",
+            *STU_OPTIONS,
+        )
     return sets
 
 
@@ -60,10 +85,28 @@ def onnx_bundle(work: Path) -> Path:
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(BUNDLE, copy, ignore=shutil.ignore_patterns("eval", "__pycache__"))
         size = json.loads((copy / "configs" / "inference.json").read_text())["spatial_size"]
-        sh(sys.executable, "-m", "monai.bundle", "onnx_export", "network_def", "--filepath", "models/model.onnx",
-           "--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json", "--config_file",
-           "configs/inference.json", "--use_trace", "True", "--input_shape", json.dumps([1, 1, *size]),
-           "--converter_kwargs", "{'dynamo': False}", cwd=copy)
+        sh(
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "onnx_export",
+            "network_def",
+            "--filepath",
+            "models/model.onnx",
+            "--ckpt_file",
+            "models/model.pt",
+            "--meta_file",
+            "configs/metadata.json",
+            "--config_file",
+            "configs/inference.json",
+            "--use_trace",
+            "True",
+            "--input_shape",
+            json.dumps([1, 1, *size]),
+            "--converter_kwargs",
+            "{'dynamo': False}",
+            cwd=copy,
+        )
     return copy
 
 
@@ -74,10 +117,27 @@ def infer(bundle: Path, prepared: Path, section: str | None, run: str, out: Path
     configs, extra = RUNS[run]
     out.mkdir(parents=True, exist_ok=True)
     files = "[" + ",".join(f"'{c}'" for c in configs) + "]"
-    inputs = ["--input_dir", prepared / "images"] if section is None else [
-        "--datalist", prepared / "datalist.json", "--datalist_section", section]
-    sh(sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--dataset_dir", prepared, *inputs,
-       "--output_dir", out, *extra, cwd=bundle, log=out.parent / f"{run}.log")
+    inputs = (
+        ["--input_dir", prepared / "images"]
+        if section is None
+        else ["--datalist", prepared / "datalist.json", "--datalist_section", section]
+    )
+    sh(
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        files,
+        "--dataset_dir",
+        prepared,
+        *inputs,
+        "--output_dir",
+        out,
+        *extra,
+        cwd=bundle,
+        log=out.parent / f"{run}.log",
+    )
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -94,33 +154,48 @@ def compare(prepared: Path, entries: list[dict], folders: dict[str, Path]) -> di
         for run, folder in folders.items():
             masks[run][stem] = np.asarray(Image.open(folder / f"{stem}_seg.png")) > 0
     names = sorted(truth)
-    result = {"n": len(names), "dice_to_truth": {run: float(np.mean([dice(m[n], truth[n]) for n in names]))
-                                                 for run, m in masks.items()}}
+    result = {
+        "n": len(names),
+        "dice_to_truth": {run: float(np.mean([dice(m[n], truth[n]) for n in names])) for run, m in masks.items()},
+    }
     for a, b in PAIRS:
         agreement = np.array([dice(masks[a][n], masks[b][n]) for n in names])
         differ = np.array([float((masks[a][n] != masks[b][n]).mean()) for n in names])
         worst = int(agreement.argmin())
         result[f"{a}_vs_{b}"] = {
-            "mean_mask_dice": float(agreement.mean()), "images_below_0.99": int((agreement < 0.99).sum()),
-            "worst_mask_dice": float(agreement[worst]), "worst_image": names[worst],
-            "identical_images": int((differ == 0).sum()), "mean_pixels_differing": float(differ.mean()),
+            "mean_mask_dice": float(agreement.mean()),
+            "images_below_0.99": int((agreement < 0.99).sum()),
+            "worst_mask_dice": float(agreement[worst]),
+            "worst_image": names[worst],
+            "identical_images": int((differ == 0).sum()),
+            "mean_pixels_differing": float(differ.mean()),
             "max_pixels_differing": float(differ.max()),
         }
     return result
 
 
 def markdown(results: dict) -> str:
-    lines = ["| data | images | pair | mean mask Dice | images < 0.99 | worst (image) | identical images | "
-             "pixels differing: mean / max |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| data | images | pair | mean mask Dice | images < 0.99 | worst (image) | identical images | "
+        "pixels differing: mean / max |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for data, r in results["sets"].items():
         for a, b in PAIRS:
             p = r[f"{a}_vs_{b}"]
-            lines.append(f"| {data} | {r['n']} | {a} vs {b} | {p['mean_mask_dice']:.4f} | {p['images_below_0.99']} | "
-                         f"{p['worst_mask_dice']:.3f} ({p['worst_image']}) | {p['identical_images']} | "
-                         f"{p['mean_pixels_differing']:.2e} / {p['max_pixels_differing']:.2e} |")
-    lines += ["", "Mean Dice against the ground truth: " + "; ".join(
-        f"{data}: " + ", ".join(f"{run} {d:.4f}" for run, d in r["dice_to_truth"].items())
-        for data, r in results["sets"].items())]
+            lines.append(
+                f"| {data} | {r['n']} | {a} vs {b} | {p['mean_mask_dice']:.4f} | {p['images_below_0.99']} | "
+                f"{p['worst_mask_dice']:.3f} ({p['worst_image']}) | {p['identical_images']} | "
+                f"{p['mean_pixels_differing']:.2e} / {p['max_pixels_differing']:.2e} |"
+            )
+    lines += [
+        "",
+        "Mean Dice against the ground truth: "
+        + "; ".join(
+            f"{data}: " + ", ".join(f"{run} {d:.4f}" for run, d in r["dice_to_truth"].items())
+            for data, r in results["sets"].items()
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,7 @@ levers share the cores.
     python scripts/experiments/diffusion_levers_lever.py <changes.json> outputs/dv-<name> \
         --base outputs/demo-check --judges outputs/judge-blur outputs/judge-blur-s1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,9 +57,19 @@ def judge(judge_run: Path, images: Path, out: Path) -> Path:
     run = Run(load_preset("demo"), judge_run.resolve())
     pred = out / f"judged_by_{judge_run.name}"
     if not pred.exists():
-        run_bundle(f"judge-{judge_run.name}", out, SEG_BUNDLE, LESIONS_CONFIGS,
-                   {"input_dir": str(images), "datalist": None, "ckpt_dir": str(run.model_folder / "models"),
-                    "output_dir": str(pred)}, shared=run.overrides("segmentation"))
+        run_bundle(
+            f"judge-{judge_run.name}",
+            out,
+            SEG_BUNDLE,
+            LESIONS_CONFIGS,
+            {
+                "input_dir": str(images),
+                "datalist": None,
+                "ckpt_dir": str(run.model_folder / "models"),
+                "output_dir": str(pred),
+            },
+            shared=run.overrides("segmentation"),
+        )
     return pred
 
 
@@ -67,7 +78,9 @@ def main() -> None:
     parser.add_argument("changes", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--base", type=Path, default=Path("outputs/demo-check"))
-    parser.add_argument("--judges", type=Path, nargs="+", default=[Path("outputs/judge-blur"), Path("outputs/judge-blur-s1")])
+    parser.add_argument(
+        "--judges", type=Path, nargs="+", default=[Path("outputs/judge-blur"), Path("outputs/judge-blur-s1")]
+    )
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -75,11 +88,29 @@ def main() -> None:
     prepare(args.base, args.out)
     for stage in ("diffusion", "sample"):
         if not (args.out / stage / "stage.json").exists():
-            subprocess.run([sys.executable, "-m", "mgcc", "run", "--preset", str(preset), "--out", str(args.out),
-                            "--stage", stage], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "mgcc",
+                    "run",
+                    "--preset",
+                    str(preset),
+                    "--out",
+                    str(args.out),
+                    "--stage",
+                    stage,
+                ],
+                check=True,
+            )
     images = args.out / "sample" / "images"
     records = json.loads((images / "manifest.json").read_text())["samples"]
-    result = {"changes": json.loads(args.changes.read_text()), "files": [r["file"] for r in records], "contrast": [], "judges": {}}
+    result = {
+        "changes": json.loads(args.changes.read_text()),
+        "files": [r["file"] for r in records],
+        "contrast": [],
+        "judges": {},
+    }
     for r in records:
         image = np.asarray(Image.open(images / r["file"]).convert("L")).astype(float)
         mask = np.asarray(Image.open(images / r["label"]).convert("L")) > 127

@@ -3,6 +3,7 @@ lesion contrast, one clear lesion and mask Dice per judge; B - A with a bootstra
 
     python scripts/experiments/diffusion_levers_paired.py outputs/dv-base outputs/dv-vpred > <out>.json
 """
+
 import json
 import sys
 from pathlib import Path
@@ -26,5 +27,10 @@ for judge in a["judges"]:
 result = {"A": sys.argv[1], "B": sys.argv[2], "n": len(a["files"])}
 for key, (x, y) in values.items():
     x, y = np.asarray(x, float), np.asarray(y, float)
-    result[key] = {"A": float(x.mean()), "B": float(y.mean()), "B - A": float((y - x).mean()), "ci95": interval(y - x, rng)}
+    result[key] = {
+        "A": float(x.mean()),
+        "B": float(y.mean()),
+        "B - A": float((y - x).mean()),
+        "ci95": interval(y - x, rng),
+    }
 print(json.dumps(result, indent=1))

@@ -36,13 +36,24 @@ def main() -> None:
     with_copy = np.array([d for k, d in dice.items() if leaked[k]])
     without = np.array([d for k, d in dice.items() if not leaked[k]])
     rng = np.random.default_rng(0)
-    diffs = [rng.choice(with_copy, with_copy.size).mean() - rng.choice(without, without.size).mean() for _ in range(2000)]
-    print(json.dumps({
-        "threshold": args.threshold, "test_images": int(test.sum()),
-        "with_near_copy_outside_test": {"n": int(with_copy.size), "mean_dice": float(with_copy.mean())},
-        "without": {"n": int(without.size), "mean_dice": float(without.mean())},
-        "difference": {"mean": float(with_copy.mean() - without.mean()), "ci95": np.percentile(diffs, [2.5, 97.5]).tolist()},
-    }, indent=2))
+    diffs = [
+        rng.choice(with_copy, with_copy.size).mean() - rng.choice(without, without.size).mean() for _ in range(2000)
+    ]
+    print(
+        json.dumps(
+            {
+                "threshold": args.threshold,
+                "test_images": int(test.sum()),
+                "with_near_copy_outside_test": {"n": int(with_copy.size), "mean_dice": float(with_copy.mean())},
+                "without": {"n": int(without.size), "mean_dice": float(without.mean())},
+                "difference": {
+                    "mean": float(with_copy.mean() - without.mean()),
+                    "ci95": np.percentile(diffs, [2.5, 97.5]).tolist(),
+                },
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

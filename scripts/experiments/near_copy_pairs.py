@@ -41,8 +41,10 @@ def main() -> None:
     ids = [case.id for case in cases]
     for threshold in (0.97, 0.95, 0.93, 0.92, 0.90, 0.85):
         groups = near_duplicate_groups(ids, thumbnails, threshold)
-        print(f"threshold {threshold:.2f}: {len(groups)} groups, {sum(map(len, groups))} images, "
-              f"largest {max(map(len, groups))}")
+        print(
+            f"threshold {threshold:.2f}: {len(groups)} groups, {sum(map(len, groups))} images, "
+            f"largest {max(map(len, groups))}"
+        )
     correlation = np.triu(thumbnails @ thumbnails.T, k=1)
     for low, high in BANDS:
         a, b = np.nonzero((correlation >= low) & (correlation < high))

@@ -29,8 +29,11 @@ SEG_BUNDLE = REPO / "bundles" / "ultrasound_mgcc_segmentation"
 #: candidate shares of the image below which a prediction is "no lesion"
 FRACTION_GRID = [0.0, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05]
 #: evaluation set -> (dataset option, datalist sections)
-SETS = {"busi_validation": ("busi", ["validation"]), "busi_test": ("busi", ["test"]),
-        "stu_hospital": ("stu", ["training", "validation", "test"])}
+SETS = {
+    "busi_validation": ("busi", ["validation"]),
+    "busi_test": ("busi", ["test"]),
+    "stu_hospital": ("stu", ["training", "validation", "test"]),
+}
 
 
 def evaluate(models: Path, data: Path, sections: list[str], flip_tta: bool, out: Path) -> Path:
@@ -39,10 +42,28 @@ def evaluate(models: Path, data: Path, sections: list[str], flip_tta: bool, out:
     if result.is_file():
         return result
     data_expr = "$sum((scripts.data.datalist_section(@datalist, s) for s in %r), [])" % (sections,)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-           "['configs/train.json','configs/evaluate.json']", "--dataset_dir", str(data), "--ckpt_dir", str(models),
-           "--output_dir", str(out), "--flip_tta", str(flip_tta).lower(), "--min_lesion_fraction", "0",
-           "--validate#dataset#data", data_expr, "--num_workers", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "['configs/train.json','configs/evaluate.json']",
+        "--dataset_dir",
+        str(data),
+        "--ckpt_dir",
+        str(models),
+        "--output_dir",
+        str(out),
+        "--flip_tta",
+        str(flip_tta).lower(),
+        "--min_lesion_fraction",
+        "0",
+        "--validate#dataset#data",
+        data_expr,
+        "--num_workers",
+        "0",
+    ]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "evaluate.log", "w") as log:
         subprocess.run(cmd, cwd=SEG_BUNDLE, stdout=log, stderr=subprocess.STDOUT, check=True)
@@ -54,9 +75,18 @@ def read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     side = 128 * 128  # the evaluation's size: the network's input
-    return [{"image": Path(r["image"]).name, "class": r.get("class", ""), "dice": float(r["dice"]),
-             "label_pixels": int(r["label_pixels"]), "pred_pixels": int(r["pred_pixels"]),
-             "overlap_pixels": int(r["overlap_pixels"]), "fraction": int(r["pred_pixels"]) / side} for r in rows]
+    return [
+        {
+            "image": Path(r["image"]).name,
+            "class": r.get("class", ""),
+            "dice": float(r["dice"]),
+            "label_pixels": int(r["label_pixels"]),
+            "pred_pixels": int(r["pred_pixels"]),
+            "overlap_pixels": int(r["overlap_pixels"]),
+            "fraction": int(r["pred_pixels"]) / side,
+        }
+        for r in rows
+    ]
 
 
 def with_rule(rows: list[dict], fraction: float) -> list[dict]:
@@ -73,11 +103,15 @@ def metrics(rows: list[dict]) -> dict:
     """Mean Dice over all images, Dice on lesion images, sensitivity, specificity (as `detection_metrics`)."""
     lesion = [r for r in rows if r["label_pixels"] > 0]
     free = [r for r in rows if r["label_pixels"] == 0]
-    return {"n": len(rows), "dice": float(np.mean([r["dice"] for r in rows])),
-            "lesion_n": len(lesion), "lesion_dice": float(np.mean([r["dice"] for r in lesion])) if lesion else None,
-            "sensitivity": float(np.mean([r["overlap_pixels"] > 0 for r in lesion])) if lesion else None,
-            "lesion_free_n": len(free),
-            "specificity": float(np.mean([r["pred_pixels"] == 0 for r in free])) if free else None}
+    return {
+        "n": len(rows),
+        "dice": float(np.mean([r["dice"] for r in rows])),
+        "lesion_n": len(lesion),
+        "lesion_dice": float(np.mean([r["dice"] for r in lesion])) if lesion else None,
+        "sensitivity": float(np.mean([r["overlap_pixels"] > 0 for r in lesion])) if lesion else None,
+        "lesion_free_n": len(free),
+        "specificity": float(np.mean([r["pred_pixels"] == 0 for r in free])) if free else None,
+    }
 
 
 def choose_fraction(validation: list[dict]) -> float:
@@ -92,8 +126,13 @@ def paired(base: list[dict], other: list[dict], key: str = "dice", resamples: in
         raise ValueError("the two evaluations do not score the same images")
     diff = np.array([float(b[k]) - float(a[k]) for k in sorted(a)])
     boot = diff[np.random.default_rng(seed).integers(0, len(diff), (resamples, len(diff)))].mean(1)
-    return {"mean": float(diff.mean()), "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-            "better": int((diff > 1e-9).sum()), "worse": int((diff < -1e-9).sum()), "n": len(diff)}
+    return {
+        "mean": float(diff.mean()),
+        "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+        "better": int((diff > 1e-9).sum()),
+        "worse": int((diff < -1e-9).sum()),
+        "n": len(diff),
+    }
 
 
 def table(results: dict, baseline: str) -> list[str]:
@@ -101,14 +140,21 @@ def table(results: dict, baseline: str) -> list[str]:
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     lines = []
     for name, entry in results["sets"].items():
-        lines += [f"### {name}", "", "| model | flip TTA | no-lesion share | Dice (all) | lesion Dice | sensitivity | "
-                  f"specificity | Dice vs {baseline} (95% CI, better/worse) |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {name}",
+            "",
+            "| model | flip TTA | no-lesion share | Dice (all) | lesion Dice | sensitivity | "
+            f"specificity | Dice vs {baseline} (95% CI, better/worse) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for row in entry:
             d = row["vs_baseline"]
-            lines.append(f"| {row['model']} | {'on' if row['flip_tta'] else 'off'} | {row['min_lesion_fraction']:g} | "
-                         f"{fmt(row['dice'])} | {fmt(row['lesion_dice'])} | {fmt(row['sensitivity'])} | "
-                         f"{fmt(row['specificity'])} ({row['lesion_free_n']}) | {d['mean']:+.3f} "
-                         f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] {d['better']}/{d['worse']} |")
+            lines.append(
+                f"| {row['model']} | {'on' if row['flip_tta'] else 'off'} | {row['min_lesion_fraction']:g} | "
+                f"{fmt(row['dice'])} | {fmt(row['lesion_dice'])} | {fmt(row['sensitivity'])} | "
+                f"{fmt(row['specificity'])} ({row['lesion_free_n']}) | {d['mean']:+.3f} "
+                f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] {d['better']}/{d['worse']} |"
+            )
         lines.append("")
     return lines
 
@@ -117,31 +163,54 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--busi", type=Path, required=True, help="`mgcc prepare --include-normal` output")
     parser.add_argument("--stu", type=Path, required=True, help="STU-Hospital prepared (all sections are scored)")
-    parser.add_argument("--model", action="append", required=True, metavar="NAME=MODELS_DIR",
-                        help="a folder with the model's model.pt")
+    parser.add_argument(
+        "--model", action="append", required=True, metavar="NAME=MODELS_DIR", help="a folder with the model's model.pt"
+    )
     parser.add_argument("--baseline", required=True, help="the NAME the paired differences are taken against")
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "release-2.0" / "evaluation")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "release-2.0")
     opts = parser.parse_args()
     models = {name: Path(folder).resolve() for name, folder in (m.split("=", 1) for m in opts.model)}
     data = {"busi": opts.busi.resolve(), "stu": opts.stu.resolve()}
-    rows = {(name, tta, s): read_rows(evaluate(folder, data[SETS[s][0]], SETS[s][1], tta,
-                                               opts.work / name / f"{s}-tta-{'on' if tta else 'off'}"))
-            for name, folder in models.items() for tta in (False, True) for s in SETS}
-    chosen = {(name, tta): choose_fraction(rows[(name, tta, "busi_validation")])
-              for name in models for tta in (False, True)}
-    results = {"models": {n: str(f.relative_to(REPO)) for n, f in models.items()}, "baseline": opts.baseline, "fraction_grid": FRACTION_GRID, "sets": {}}
+    rows = {
+        (name, tta, s): read_rows(
+            evaluate(folder, data[SETS[s][0]], SETS[s][1], tta, opts.work / name / f"{s}-tta-{'on' if tta else 'off'}")
+        )
+        for name, folder in models.items()
+        for tta in (False, True)
+        for s in SETS
+    }
+    chosen = {
+        (name, tta): choose_fraction(rows[(name, tta, "busi_validation")]) for name in models for tta in (False, True)
+    }
+    results = {
+        "models": {n: str(f.relative_to(REPO)) for n, f in models.items()},
+        "baseline": opts.baseline,
+        "fraction_grid": FRACTION_GRID,
+        "sets": {},
+    }
     for s in SETS:
         base = with_rule(rows[(opts.baseline, False, s)], chosen[(opts.baseline, False)])
         results["sets"][s] = [
-            {"model": name, "flip_tta": tta, "min_lesion_fraction": chosen[(name, tta)],
-             **metrics(ruled), "vs_baseline": paired(base, ruled)}
-            for name in models for tta in (False, True)
-            for ruled in [with_rule(rows[(name, tta, s)], chosen[(name, tta)])]]
+            {
+                "model": name,
+                "flip_tta": tta,
+                "min_lesion_fraction": chosen[(name, tta)],
+                **metrics(ruled),
+                "vs_baseline": paired(base, ruled),
+            }
+            for name in models
+            for tta in (False, True)
+            for ruled in [with_rule(rows[(name, tta, s)], chosen[(name, tta)])]
+        ]
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{opts.out}.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["The no-lesion share is chosen on BUSI validation per model and TTA setting (best mean Dice over all "
-             f"images); the paired column compares with {opts.baseline}, TTA off, its own share.", "", *table(results, opts.baseline)]
+    lines = [
+        "The no-lesion share is chosen on BUSI validation per model and TTA setting (best mean Dice over all "
+        f"images); the paired column compares with {opts.baseline}, TTA off, its own share.",
+        "",
+        *table(results, opts.baseline),
+    ]
     Path(f"{opts.out}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -37,9 +37,21 @@ from mgcc.bundles import importable_as_scripts
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
-STU_OPTIONS = ["--images", ".", "--masks", ".", "--image-pattern", "Test_Image_{id}.png", "--mask-pattern", "mask_{id}.png"]
-ROWS = {"current": [], "batch_dice": [str(Path(__file__).with_name("batch_dice.json"))],
-        "scanner": [str(Path(__file__).with_name("scanner_augment.json"))]}
+STU_OPTIONS = [
+    "--images",
+    ".",
+    "--masks",
+    ".",
+    "--image-pattern",
+    "Test_Image_{id}.png",
+    "--mask-pattern",
+    "mask_{id}.png",
+]
+ROWS = {
+    "current": [],
+    "batch_dice": [str(Path(__file__).with_name("batch_dice.json"))],
+    "scanner": [str(Path(__file__).with_name("scanner_augment.json"))],
+}
 AREA_GRID = [0.0, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1]
 
 
@@ -62,8 +74,24 @@ def synthetic(work: Path) -> Path:
     """The shipped generator's 400 samples (as `busi-release` samples them: 50 steps, seed 0)."""
     out = work / "synthetic"
     if not (out / "manifest.json").is_file():
-        sh(sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--sample_dir", out,
-           "--num_samples", "400", "--num_inference_steps", "50", "--seed", "0", cwd=LDM_BUNDLE, log=work / "sample.log")
+        sh(
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--sample_dir",
+            out,
+            "--num_samples",
+            "400",
+            "--num_inference_steps",
+            "50",
+            "--seed",
+            "0",
+            cwd=LDM_BUNDLE,
+            log=work / "sample.log",
+        )
     return out
 
 
@@ -76,10 +104,38 @@ def train(row: str, seed: int, data: Path, samples: Path, work: Path, iterations
     configs = "[" + ",".join(f"'{c}'" for c in ["configs/train.json", *ROWS[row]]) + "]"
     resume = "true" if list((run / "models").glob("checkpoint_epoch=*.pt")) else "false"
     run.mkdir(parents=True, exist_ok=True)
-    sh(sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--dataset_dir", data,
-       "--unlabeled_source", "synthetic", "--synthetic_dir", samples, "--max_iterations", iterations,
-       "--val_interval", 250, "--seed", seed, "--output_dir", run, "--ckpt_dir", run / "models",
-       "--num_workers", 1, "--show_progress", "false", "--resume", resume, cwd=SEG_BUNDLE, log=run / "train.log")
+    sh(
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        configs,
+        "--dataset_dir",
+        data,
+        "--unlabeled_source",
+        "synthetic",
+        "--synthetic_dir",
+        samples,
+        "--max_iterations",
+        iterations,
+        "--val_interval",
+        250,
+        "--seed",
+        seed,
+        "--output_dir",
+        run,
+        "--ckpt_dir",
+        run / "models",
+        "--num_workers",
+        1,
+        "--show_progress",
+        "false",
+        "--resume",
+        resume,
+        cwd=SEG_BUNDLE,
+        log=run / "train.log",
+    )
     done.write_text("finished\n")
     return run
 
@@ -89,8 +145,9 @@ def load_items(data: Path, sections: list[str]) -> list[dict]:
     from monai.bundle import ConfigParser
 
     datalist = json.loads((data / "datalist.json").read_text())
-    entries = [{**e, "image": str(data / e["image"]), "label": str(data / e["label"])}
-               for s in sections for e in datalist[s]]
+    entries = [
+        {**e, "image": str(data / e["image"]), "label": str(data / e["label"])} for s in sections for e in datalist[s]
+    ]
     parser = ConfigParser()
     parser.read_config(str(SEG_BUNDLE / "configs" / "train.json"))
     parser["dataset_dir"] = str(data)
@@ -113,8 +170,9 @@ def probabilities(run: Path, items: list[dict]) -> dict[str, np.ndarray]:
                 flipped = torch.sigmoid(net(torch.flip(x, dims=[2]))).flip(dims=[2])  # left-right (W axis)
                 torch.manual_seed(i)
                 decoders = torch.stack([torch.sigmoid(o) for o in net.all_decoders(x)]).mean(0)
-                out[item["name"]] = np.stack([main[0, 0].numpy(), ((main + flipped) / 2)[0, 0].numpy(),
-                                              decoders[0, 0].numpy()])
+                out[item["name"]] = np.stack(
+                    [main[0, 0].numpy(), ((main + flipped) / 2)[0, 0].numpy(), decoders[0, 0].numpy()]
+                )
     return out
 
 
@@ -129,8 +187,12 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 def masks(prob: np.ndarray, area: float = 0.0) -> dict[str, np.ndarray]:
     """The inference variants' masks from one image's stacked probabilities."""
     base = prob[0] > 0.5
-    variants = {"plain": base, "flip_tta": prob[1] > 0.5, "decoder_mean": prob[2] > 0.5,
-                "largest_component": largest_component(base)}
+    variants = {
+        "plain": base,
+        "flip_tta": prob[1] > 0.5,
+        "decoder_mean": prob[2] > 0.5,
+        "largest_component": largest_component(base),
+    }
     if area:
         variants["min_area"] = base if base.mean() >= area else np.zeros_like(base)
     return variants
@@ -139,8 +201,11 @@ def masks(prob: np.ndarray, area: float = 0.0) -> dict[str, np.ndarray]:
 def scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     total = pred.sum() + truth.sum()
     dice = 1.0 if total == 0 else float(2 * (pred & truth).sum() / total)
-    return {"dice": dice, "found": float((pred & truth).any()) if truth.any() else np.nan,
-            "empty": float(not pred.any()) if not truth.any() else np.nan}
+    return {
+        "dice": dice,
+        "found": float((pred & truth).any()) if truth.any() else np.nan,
+        "empty": float(not pred.any()) if not truth.any() else np.nan,
+    }
 
 
 def summary(rows: list[dict]) -> dict:
@@ -148,17 +213,27 @@ def summary(rows: list[dict]) -> dict:
     found = np.array([r["found"] for r in rows if not np.isnan(r["found"])])
     empty = np.array([r["empty"] for r in rows if not np.isnan(r["empty"])])
     lesion = np.array([r["dice"] for r in rows if not np.isnan(r["found"])])
-    return {"n": len(rows), "dice": float(d.mean()), "lesion_dice": float(lesion.mean()) if len(lesion) else None,
-            "sensitivity": float(found.mean()) if len(found) else None,
-            "specificity": float(empty.mean()) if len(empty) else None, "lesion_free_images": len(empty)}
+    return {
+        "n": len(rows),
+        "dice": float(d.mean()),
+        "lesion_dice": float(lesion.mean()) if len(lesion) else None,
+        "sensitivity": float(found.mean()) if len(found) else None,
+        "specificity": float(empty.mean()) if len(empty) else None,
+        "lesion_free_images": len(empty),
+    }
 
 
 def paired(a: list[float], b: list[float], seed: int = 0) -> dict:
     diff = np.asarray(b) - np.asarray(a)
     rng = np.random.default_rng(seed)
     boot = diff[rng.integers(0, len(diff), (5000, len(diff)))].mean(1)
-    return {"mean": float(diff.mean()), "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-            "better": int((diff > 1e-9).sum()), "worse": int((diff < -1e-9).sum()), "n": len(diff)}
+    return {
+        "mean": float(diff.mean()),
+        "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+        "better": int((diff > 1e-9).sum()),
+        "worse": int((diff < -1e-9).sum()),
+        "n": len(diff),
+    }
 
 
 def main() -> None:
@@ -172,19 +247,35 @@ def main() -> None:
     opts.work.mkdir(parents=True, exist_ok=True)
     data = prepare(opts.work)
     samples = synthetic(opts.work)
-    runs = {(row, seed): train(row, seed, data["busi"], samples, opts.work, opts.iterations)
-            for seed in opts.seeds for row in opts.rows}
-    sets = {"busi_validation": load_items(data["busi"], ["validation"]),
-            "stu_hospital": load_items(data["stu"], ["training", "validation", "test"])}
-    truth = {s: {it["name"]: torch.as_tensor(it["label"])[0].numpy() > 0.5 for it in items} for s, items in sets.items()}
+    runs = {
+        (row, seed): train(row, seed, data["busi"], samples, opts.work, opts.iterations)
+        for seed in opts.seeds
+        for row in opts.rows
+    }
+    sets = {
+        "busi_validation": load_items(data["busi"], ["validation"]),
+        "stu_hospital": load_items(data["stu"], ["training", "validation", "test"]),
+    }
+    truth = {
+        s: {it["name"]: torch.as_tensor(it["label"])[0].numpy() > 0.5 for it in items} for s, items in sets.items()
+    }
     probs = {(key, s): probabilities(run, items) for key, run in runs.items() for s, items in sets.items()}
 
     # the "no lesion" area rule: chosen on BUSI validation per training row (seeds pooled), by mean Dice
     chosen = {}
     for row in opts.rows:
+
         def mean_dice(area: float) -> float:
-            return float(np.mean([scores(masks(p, area).get("min_area", masks(p)["plain"]), truth["busi_validation"][n])["dice"]
-                                  for seed in opts.seeds for n, p in probs[((row, seed), "busi_validation")].items()]))
+            return float(
+                np.mean(
+                    [
+                        scores(masks(p, area).get("min_area", masks(p)["plain"]), truth["busi_validation"][n])["dice"]
+                        for seed in opts.seeds
+                        for n, p in probs[((row, seed), "busi_validation")].items()
+                    ]
+                )
+            )
+
         chosen[row] = max(AREA_GRID, key=lambda a: (round(mean_dice(a), 6), -a))
     per_image = {}  # (set, row, variant) -> list of score dicts over seeds x images, in a fixed order
     for (key, s), p in probs.items():
@@ -199,25 +290,37 @@ def main() -> None:
             if s2 != s:
                 continue
             entry = summary(rows)
-            entry["vs_current_plain"] = paired([r["dice"] for r in per_image[(s, "current", "plain")]],
-                                               [r["dice"] for r in rows])
-            entry["vs_same_row_plain"] = paired([r["dice"] for r in per_image[(s, row, "plain")]],
-                                                [r["dice"] for r in rows])
+            entry["vs_current_plain"] = paired(
+                [r["dice"] for r in per_image[(s, "current", "plain")]], [r["dice"] for r in rows]
+            )
+            entry["vs_same_row_plain"] = paired(
+                [r["dice"] for r in per_image[(s, row, "plain")]], [r["dice"] for r in rows]
+            )
             table[f"{row}/{variant}"] = entry
         results["sets"][s] = table
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{opts.out}.json").write_text(json.dumps(results, indent=2))
-    lines = [f"{opts.iterations} iterations, seeds {opts.seeds}; no-lesion area rule chosen on BUSI validation: "
-             + ", ".join(f"{r} {a:.3f}" for r, a in chosen.items()), ""]
+    lines = [
+        f"{opts.iterations} iterations, seeds {opts.seeds}; no-lesion area rule chosen on BUSI validation: "
+        + ", ".join(f"{r} {a:.3f}" for r, a in chosen.items()),
+        "",
+    ]
     for s, table in results["sets"].items():
-        lines += [f"### {s}", "", "| training / inference | Dice | lesion Dice | sensitivity | specificity | "
-                  "vs current/plain (95% CI, better/worse) | vs same training, plain |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {s}",
+            "",
+            "| training / inference | Dice | lesion Dice | sensitivity | specificity | "
+            "vs current/plain (95% CI, better/worse) | vs same training, plain |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, e in table.items():
             fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
             a, b = e["vs_current_plain"], e["vs_same_row_plain"]
-            lines.append(f"| {name} | {e['dice']:.3f} | {fmt(e['lesion_dice'])} | {fmt(e['sensitivity'])} | "
-                         f"{fmt(e['specificity'])} | {a['mean']:+.3f} [{a['ci95'][0]:+.3f}, {a['ci95'][1]:+.3f}] "
-                         f"{a['better']}/{a['worse']} | {b['mean']:+.3f} [{b['ci95'][0]:+.3f}, {b['ci95'][1]:+.3f}] |")
+            lines.append(
+                f"| {name} | {e['dice']:.3f} | {fmt(e['lesion_dice'])} | {fmt(e['sensitivity'])} | "
+                f"{fmt(e['specificity'])} | {a['mean']:+.3f} [{a['ci95'][0]:+.3f}, {a['ci95'][1]:+.3f}] "
+                f"{a['better']}/{a['worse']} | {b['mean']:+.3f} [{b['ci95'][0]:+.3f}, {b['ci95'][1]:+.3f}] |"
+            )
         lines.append("")
     Path(f"{opts.out}.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -6,6 +6,7 @@ run's means and the paired differences (B - A) with a bootstrap 95% interval (10
 
     python scripts/experiments/sampler_clip_paired.py outputs/<run A> outputs/<run B>
 """
+
 import json
 import sys
 from pathlib import Path
@@ -34,5 +35,7 @@ for key in a:
     boot = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(10_000)]
     low, high = np.percentile(boot, [2.5, 97.5])
     result[key] = {"A": a[key].mean(), "B": b[key].mean(), "B - A": diff.mean(), "ci95": [low, high], "n": len(diff)}
-    print(f"{key}: A {a[key].mean():.3f}  B {b[key].mean():.3f}  B - A {diff.mean():+.3f} [{low:+.3f}, {high:+.3f}] (n={len(diff)})")
+    print(
+        f"{key}: A {a[key].mean():.3f}  B {b[key].mean():.3f}  B - A {diff.mean():+.3f} [{low:+.3f}, {high:+.3f}] (n={len(diff)})"
+    )
 print(json.dumps({"A": sys.argv[1], "B": sys.argv[2], **result}, default=float))

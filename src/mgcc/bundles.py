@@ -44,8 +44,11 @@ def importable_as_scripts(bundle: Path) -> Iterator[ModuleType]:
     other bundle's configs can run next in the same process. Yields the package."""
     package = import_bundle_scripts(bundle)
     prefix = package.__name__
-    aliases = {"scripts" + name[len(prefix):]: module for name, module in list(sys.modules.items())
-               if name == prefix or name.startswith(prefix + ".")}
+    aliases = {
+        "scripts" + name[len(prefix) :]: module
+        for name, module in list(sys.modules.items())
+        if name == prefix or name.startswith(prefix + ".")
+    }
     before = _scripts_modules()
     for name in before:
         del sys.modules[name]

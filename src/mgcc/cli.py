@@ -39,11 +39,13 @@ DATA_OPTION_HELP = {
     "class_column": "the CSV's column of classes (default: class)",
     "group_column": "a CSV column (e.g. the patient): images with one value stay on one side of every split",
     "mask_threshold": "masks with more than one non-zero value are lesion where >= T (0..255); "
-                      "default: half their maximum",
+    "default: half their maximum",
 }
 #: what `evaluate` and `export` take as MODEL
-MODEL_HELP = ("a training stage folder (<run>/segmentation-mgcc-synthetic), its models/model.pt, or a run folder with "
-              "one trained model")
+MODEL_HELP = (
+    "a training stage folder (<run>/segmentation-mgcc-synthetic), its models/model.pt, or a run folder with "
+    "one trained model"
+)
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
 
 
@@ -111,8 +113,12 @@ def data_options(parser: argparse.ArgumentParser) -> None:
     from mgcc.data.sources import DATA_OPTIONS
 
     for name in DATA_OPTIONS:
-        option(parser, name, DATA_OPTION_HELP.get(name, "see `mgcc prepare --help`"),
-               **({"type": number_or_text} if name == "mask_threshold" else {}))
+        option(
+            parser,
+            name,
+            DATA_OPTION_HELP.get(name, "see `mgcc prepare --help`"),
+            **({"type": number_or_text} if name == "mask_threshold" else {}),
+        )
 
 
 #: "run", "label serve", ...: the parser of each command (filled by `build_parser`)
@@ -122,14 +128,22 @@ PARSERS: dict[str, argparse.ArgumentParser] = {}
 def command(subparsers: Any, name: str, help: str, description: str = "", parent: str = "") -> argparse.ArgumentParser:
     """The parser of `mgcc [parent] name`."""
     full = f"{parent} {name}".strip()
-    PARSERS[full] = subparsers.add_parser(name, help=help, description=description or help, prog=f"mgcc {full}",
-                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    PARSERS[full] = subparsers.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        prog=f"mgcc {full}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     return PARSERS[full]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="mgcc", description="MGCC: semi-supervised ultrasound segmentation with diffusion-generated "
-                                             "unlabeled images, as MONAI bundles.")
+    parser = Parser(
+        prog="mgcc",
+        description="MGCC: semi-supervised ultrasound segmentation with diffusion-generated "
+        "unlabeled images, as MONAI bundles.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     p = command(commands, "phantom", "write a phantom BUSI-layout dataset (synthetic ultrasound-like images)")
@@ -138,36 +152,64 @@ def build_parser() -> argparse.ArgumentParser:
     option(p, "size", "image size in pixels (default 128)", type=int)
     option(p, "seed", "random seed (default 0)", type=int)
 
-    p = command(commands, "prepare", "check, normalize and split a dataset; write its datalist",
-                "Check, normalize and split a dataset (BUSI layout or a generic one) into train / validation / test,\n"
-                "and write `manifest.json` and `datalist.json`; exit 2 on invalid data, nothing written.")
+    p = command(
+        commands,
+        "prepare",
+        "check, normalize and split a dataset; write its datalist",
+        "Check, normalize and split a dataset (BUSI layout or a generic one) into train / validation / test,\n"
+        "and write `manifest.json` and `datalist.json`; exit 2 on invalid data, nothing written.",
+    )
     required(p, "source", "the raw dataset folder")
     required(p, "out", "the prepared dataset folder to write")
     option(p, "labeled_fraction", "labeled share of the train split: 0.125 (default) or 1/8, in (0, 1]")
     option(p, "seed", "split seed, a whole number (default 0)")
     flag(p, "include_normal", "keep images of class `normal` (BUSI's lesion-free images)")
     data_options(p)
-    option(p, "near_copy_correlation", "images whose 32x32 thumbnails correlate at least C stay on one side of "
-                                       "every split (default 0.92; 1: only pixel-identical images)")
+    option(
+        p,
+        "near_copy_correlation",
+        "images whose 32x32 thumbnails correlate at least C stay on one side of "
+        "every split (default 0.92; 1: only pixel-identical images)",
+    )
 
-    p = command(commands, "run", "run the MGCC pipeline (every stage resumes)",
-                "prepare -> autoencoder -> diffusion -> sample -> quality -> segmentation -> evaluate -> lesions ->\n"
-                "report -> package, each under OUT/<stage>/; a complete stage whose settings are unchanged is skipped.")
+    p = command(
+        commands,
+        "run",
+        "run the MGCC pipeline (every stage resumes)",
+        "prepare -> autoencoder -> diffusion -> sample -> quality -> segmentation -> evaluate -> lesions ->\n"
+        "report -> package, each under OUT/<stage>/; a complete stage whose settings are unchanged is skipped.",
+    )
     option(p, "preset", "preset name in configs/ (demo, busi-cpu, busi-gpu, ...) or a preset JSON file (default demo)")
-    option(p, "data", "the dataset: a BUSI-layout folder, a generic-layout folder (with the data options below) or a "
-                      "folder prepared by `mgcc prepare`; default: the preset's phantom data")
+    option(
+        p,
+        "data",
+        "the dataset: a BUSI-layout folder, a generic-layout folder (with the data options below) or a "
+        "folder prepared by `mgcc prepare`; default: the preset's phantom data",
+    )
     option(p, "out", "output folder (default outputs/<preset>)")
-    option(p, "stage", "run only this stage, even if complete: prepare, autoencoder, diffusion, sample, quality, "
-                       "segmentation, evaluate, lesions, report or package")
+    option(
+        p,
+        "stage",
+        "run only this stage, even if complete: prepare, autoencoder, diffusion, sample, quality, "
+        "segmentation, evaluate, lesions, report or package",
+    )
     data_options(p)
 
-    p = command(commands, "compare", "train and evaluate each variant (supervised, MGCC with real / synthetic / "
-                                     "both unlabeled images) for each seed, then tabulate")
+    p = command(
+        commands,
+        "compare",
+        "train and evaluate each variant (supervised, MGCC with real / synthetic / "
+        "both unlabeled images) for each seed, then tabulate",
+    )
     option(p, "preset", "preset name or file (default busi-cpu)")
     option(p, "data", "the dataset in any form `mgcc run` takes; default: the preset's phantom data")
     option(p, "out", "output folder (default outputs/<preset>)")
-    option(p, "variants", "comma-separated subset of supervised, mgcc-labeled, mgcc-real, mgcc-synthetic, mgcc-both, "
-                          "mgcc-synthetic-pairs (default: all); the first is the baseline of the paired differences")
+    option(
+        p,
+        "variants",
+        "comma-separated subset of supervised, mgcc-labeled, mgcc-real, mgcc-synthetic, mgcc-both, "
+        "mgcc-synthetic-pairs (default: all); the first is the baseline of the paired differences",
+    )
     option(p, "seeds", "comma-separated seeds, e.g. 0,1,2 (default: the preset's seed)")
     data_options(p)
 
@@ -188,30 +230,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     label = command(commands, "label", "MONAI Label for the MGCC bundle (for 3D Slicer users)")
     actions = label.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=Parser)
-    command(actions, "setup", "create (or check) the MONAI Label virtual environment (.venv-label); idempotent",
-            parent="label")
-    p = command(actions, "studies", "write a phantom studies folder (datastore) with some images already labeled",
-                parent="label")
+    command(
+        actions,
+        "setup",
+        "create (or check) the MONAI Label virtual environment (.venv-label); idempotent",
+        parent="label",
+    )
+    p = command(
+        actions,
+        "studies",
+        "write a phantom studies folder (datastore) with some images already labeled",
+        parent="label",
+    )
     required(p, "out", "the studies folder to write")
     option(p, "n", "number of images (default 24)", type=int)
     option(p, "size", "image size in pixels (default 128)", type=int)
     option(p, "seed", "random seed (default 0)", type=int)
     option(p, "labeled", "how many images come labeled (default 8)", type=int)
-    for name, text in (("app", "build the MONAI Label app folder (the sample monaibundle app + a copy of the bundle)"),
-                       ("serve", "start `monailabel start_server` with the app and the bundle (Ctrl-C stops)")):
+    for name, text in (
+        ("app", "build the MONAI Label app folder (the sample monaibundle app + a copy of the bundle)"),
+        ("serve", "start `monailabel start_server` with the app and the bundle (Ctrl-C stops)"),
+    ):
         p = command(actions, name, text, parent="label")
         if name == "serve":
             required(p, "studies", "the datastore folder (PNG images; labels go to <studies>/labels/final)")
         else:
             option(p, "studies", "the datastore folder whose images become MGCC's unlabeled set")
-        option(p, "bundle", "bundle folder (default bundles/ultrasound_mgcc_segmentation); it is copied into "
-                            "<workdir>/app/model/<name>/, where retrained weights are written")
+        option(
+            p,
+            "bundle",
+            "bundle folder (default bundles/ultrasound_mgcc_segmentation); it is copied into "
+            "<workdir>/app/model/<name>/, where retrained weights are written",
+        )
         if name == "serve":
             option(p, "port", "port (default 8000)", type=int)
             option(p, "host", "host (default 127.0.0.1; MONAI Label has no authentication here)")
         option(p, "workdir", "working folder of the app (default outputs/monailabel)")
-        option(p, "overrides", "JSON object of bundle config ids -> values written into the copy, e.g. "
-                               "'{\"base_channels\": 16, \"spatial_size\": [128, 128]}' (must match the checkpoint)")
+        option(
+            p,
+            "overrides",
+            "JSON object of bundle config ids -> values written into the copy, e.g. "
+            '\'{"base_channels": 16, "spatial_size": [128, 128]}\' (must match the checkpoint)',
+        )
         flag(p, "fresh_model", "start from untrained weights instead of the bundle's models/model.pt")
         if name == "serve":
             flag(p, "setup", "create the MONAI Label environment first when missing (default true)")
@@ -223,7 +283,7 @@ def normalized(argv: list[str]) -> list[str]:
     args = []
     for arg in argv:
         if arg == "--":
-            args += argv[len(args):]
+            args += argv[len(args) :]
             break
         if arg.startswith("--"):
             name, sep, value = arg.partition("=")

@@ -66,8 +66,9 @@ def read_scores(path: Path) -> dict[str, float]:
         return {row["image"]: float(row["dice"]) for row in csv.DictReader(f)}
 
 
-def paired_dice_differences(per_image: dict[str, list[Path]], baseline: str, resamples: int = 2000,
-                            seed: int = 0) -> dict:
+def paired_dice_differences(
+    per_image: dict[str, list[Path]], baseline: str, resamples: int = 2000, seed: int = 0
+) -> dict:
     """Each variant's per-image Dice minus the baseline's on the same test images, pooled over seeds (one
     `per_image.csv` per seed, in the same seed order for every variant): mean, 95% bootstrap interval (images are
     resampled within each seed, so every resample keeps each seed's test set size), and how many images got
@@ -86,16 +87,23 @@ def paired_dice_differences(per_image: dict[str, list[Path]], baseline: str, res
         pooled = np.concatenate(diffs)
         sums = sum(d[rng.integers(0, len(d), (resamples, len(d)))].sum(1) for d in diffs)
         low, high = np.percentile(sums / len(pooled), [2.5, 97.5])
-        result[name] = {"mean": float(pooled.mean()), "ci95": [float(low), float(high)], "n": len(pooled),
-                        "better": int((pooled > 0).sum()), "worse": int((pooled < 0).sum())}
+        result[name] = {
+            "mean": float(pooled.mean()),
+            "ci95": [float(low), float(high)],
+            "n": len(pooled),
+            "better": int((pooled > 0).sum()),
+            "worse": int((pooled < 0).sum()),
+        }
     return result
 
 
 def differences_table(differences: dict, baseline: str) -> str:
     lines = [f"| model | Dice minus {baseline} (mean, 95% bootstrap CI) | images better / worse |", "|---|---|---|"]
     for name, d in differences.items():
-        lines.append(f"| {name} | {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | "
-                     f"{d['better']} / {d['worse']} of {d['n']} |")
+        lines.append(
+            f"| {name} | {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | "
+            f"{d['better']} / {d['worse']} of {d['n']} |"
+        )
     return "\n".join(lines)
 
 
@@ -107,8 +115,11 @@ def over_seeds(per_seed: dict[int, dict[str, dict]], seconds: dict[int, dict[str
         row: dict[str, Any] = {}
         for metric in METRICS:
             values = np.array([per_seed[s][name][metric]["mean"] for s in per_seed])
-            row[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else None,
-                           "per_seed": values.tolist()}
+            row[metric] = {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+                "per_seed": values.tolist(),
+            }
         row["training_seconds"] = float(np.mean([seconds[s][name] for s in seconds]))
         summary[name] = row
     return summary
@@ -116,15 +127,23 @@ def over_seeds(per_seed: dict[int, dict[str, dict]], seconds: dict[int, dict[str
 
 def seeds_table(summary: dict[str, dict], seeds: list[int]) -> str:
     """Mean ± std over seeds (sample std; one seed: the mean alone)."""
+
     def cell(value: dict) -> str:
         return f"{value['mean']:.4f}" + (f" ± {value['std']:.4f}" if value["std"] is not None else "")
 
-    lines = ["| model | Dice | IoU | HD95 (px) | per-seed Dice | training wall time (s, mean) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | Dice | IoU | HD95 (px) | per-seed Dice | training wall time (s, mean) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, row in summary.items():
         per_seed = ", ".join(f"{v:.3f}" for v in row["dice"]["per_seed"])
-        lines.append(f"| {name} | " + " | ".join(cell(row[m]) for m in METRICS) + f" | {per_seed} | "
-                     f"{row['training_seconds']:.0f} |")
-    return "\n".join(lines) + f"\n\nSeeds: {', '.join(map(str, seeds))}; std is the sample standard deviation over seeds."
+        lines.append(
+            f"| {name} | " + " | ".join(cell(row[m]) for m in METRICS) + f" | {per_seed} | "
+            f"{row['training_seconds']:.0f} |"
+        )
+    return (
+        "\n".join(lines) + f"\n\nSeeds: {', '.join(map(str, seeds))}; std is the sample standard deviation over seeds."
+    )
 
 
 def seed_run(base: Run, seed: int) -> Run:
@@ -134,8 +153,14 @@ def seed_run(base: Run, seed: int) -> Run:
     return Run(spec, out, base.data, base.data_options)
 
 
-def compare(preset: str = "busi-cpu", data: str | None = None, out: str | None = None,
-            variants: str | list[str] = tuple(VARIANTS), seeds: str | None = None, **data_options: Any) -> None:
+def compare(
+    preset: str = "busi-cpu",
+    data: str | None = None,
+    out: str | None = None,
+    variants: str | list[str] = tuple(VARIANTS),
+    seeds: str | None = None,
+    **data_options: Any,
+) -> None:
     """Train and evaluate each variant at the same labeled fraction and budget, for each seed, then tabulate.
 
     Args:
@@ -168,39 +193,71 @@ def plan(base: Run, names: list[str]) -> list[Stage]:
     variant_stages = []
     for name in names:
         files, overrides = VARIANTS[name]
-        variant_stages += [segmentation_stage(name, files, {} if name == base.variant else overrides),
-                           evaluate_stage(name)]
+        variant_stages += [
+            segmentation_stage(name, files, {} if name == base.variant else overrides),
+            evaluate_stage(name),
+        ]
     needs_samples = any("sample" in stage.reads_from(base) for stage in variant_stages)
     return [s for s in GENERATOR_STAGES if needs_samples or s.name == "prepare"] + variant_stages
 
 
 def tabulate(base: Run, runs: dict[int, Run], names: list[str]) -> None:
     """`<out>/compare/compare.md`, `compare.json` and `compare.png` from the finished evaluations of every seed."""
-    per_seed = {seed: {name: json.loads((run.folder(evaluation_folder(name)) / "evaluation" / "summary.json")
-                                        .read_text()) for name in names} for seed, run in runs.items()}
-    seconds = {seed: {name: read_record(run.out, training_folder(name))["seconds"] for name in names}
-               for seed, run in runs.items()}
+    per_seed = {
+        seed: {
+            name: json.loads((run.folder(evaluation_folder(name)) / "evaluation" / "summary.json").read_text())
+            for name in names
+        }
+        for seed, run in runs.items()
+    }
+    seconds = {
+        seed: {name: read_record(run.out, training_folder(name))["seconds"] for name in names}
+        for seed, run in runs.items()
+    }
     summary = over_seeds(per_seed, seconds)
     seeds = list(runs)
-    report: dict[str, Any] = {"preset": base.preset["name"], "seeds": seeds, "variants": names,
-                              "summary": summary,
-                              "per_seed": {str(seed): {"folder": str(run.out), "results": per_seed[seed],
-                                                       "training_seconds": seconds[seed]}
-                                           for seed, run in runs.items()}}
-    md = [f"# MGCC comparison — preset `{base.preset['name']}`", "", "## Test metrics over seeds", "",
-          seeds_table(summary, seeds), "", "Each variant's model and test results are in `segmentation-<variant>/` and "
-          "`evaluate-<variant>/` of each seed's run.", ""]
+    report: dict[str, Any] = {
+        "preset": base.preset["name"],
+        "seeds": seeds,
+        "variants": names,
+        "summary": summary,
+        "per_seed": {
+            str(seed): {"folder": str(run.out), "results": per_seed[seed], "training_seconds": seconds[seed]}
+            for seed, run in runs.items()
+        },
+    }
+    md = [
+        f"# MGCC comparison — preset `{base.preset['name']}`",
+        "",
+        "## Test metrics over seeds",
+        "",
+        seeds_table(summary, seeds),
+        "",
+        "Each variant's model and test results are in `segmentation-<variant>/` and "
+        "`evaluate-<variant>/` of each seed's run.",
+        "",
+    ]
     if len(names) > 1:
-        per_image = {name: [run.folder(evaluation_folder(name)) / "evaluation" / "per_image.csv" for run in runs.values()]
-                     for name in names}
+        per_image = {
+            name: [run.folder(evaluation_folder(name)) / "evaluation" / "per_image.csv" for run in runs.values()]
+            for name in names
+        }
         report["paired_dice_differences"] = paired_dice_differences(per_image, names[0])
-        md += ["## Paired per test image, pooled over seeds (bootstrap within seeds)", "",
-               differences_table(report["paired_dice_differences"], names[0]), ""]
+        md += [
+            "## Paired per test image, pooled over seeds (bootstrap within seeds)",
+            "",
+            differences_table(report["paired_dice_differences"], names[0]),
+            "",
+        ]
         if ABLATION in names[1:] and len(names) > 2:  # what the unlabeled images add to the auxiliary decoders
             above = {name: paths for name, paths in per_image.items() if name != names[0]}
             report["paired_dice_differences_to_ablation"] = paired_dice_differences(above, ABLATION)
-            md += [f"## Against `{ABLATION}`: what the unlabeled images add to the auxiliary decoders", "",
-                   differences_table(report["paired_dice_differences_to_ablation"], ABLATION), ""]
+            md += [
+                f"## Against `{ABLATION}`: what the unlabeled images add to the auxiliary decoders",
+                "",
+                differences_table(report["paired_dice_differences_to_ablation"], ABLATION),
+                "",
+            ]
     for seed, run in runs.items():
         md += [f"## Seed {seed} (`{run.out}`): per image, mean ± std", "", metrics_table(per_seed[seed]), ""]
     folder = base.folder("compare")

@@ -30,8 +30,17 @@ LEFT_OUT = shutil.ignore_patterns("models", "eval", "__pycache__", "*.pyc")
 #: written into every exported bundle: the mark that a later export may replace the folder
 EXPORT_RECORD = ".mgcc-export"
 #: run-specific LDM settings (paths, where the run wrote), not properties of the generator
-LDM_RUN_ONLY = ("config_file", "meta_file", "logging_file", "bundle_root", "dataset_dir", "output_dir", "ckpt_dir",
-                "sample_dir", "resume")
+LDM_RUN_ONLY = (
+    "config_file",
+    "meta_file",
+    "logging_file",
+    "bundle_root",
+    "dataset_dir",
+    "output_dir",
+    "ckpt_dir",
+    "sample_dir",
+    "resume",
+)
 
 
 SCALAR = r'(?:"(?:[^"\\]|\\.)*"|-?[\d.eE+-]+|true|false|null)'
@@ -67,14 +76,21 @@ def refuse_to_overwrite(target: Path) -> None:
     if not target.exists():
         return
     if not (target / EXPORT_RECORD).is_file():
-        raise StageError(f"{target}: exists and is not an earlier export ({EXPORT_RECORD} missing); choose another "
-                         "--out or move it away, nothing was written")
+        raise StageError(
+            f"{target}: exists and is not an earlier export ({EXPORT_RECORD} missing); choose another "
+            "--out or move it away, nothing was written"
+        )
     written = set(json.loads((target / EXPORT_RECORD).read_text())["files"])
-    added = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()
-                   and str(p.relative_to(target)) not in written and p.name != EXPORT_RECORD)
+    added = sorted(
+        str(p.relative_to(target))
+        for p in target.rglob("*")
+        if p.is_file() and str(p.relative_to(target)) not in written and p.name != EXPORT_RECORD
+    )
     if added:
-        raise StageError(f"{target}: an earlier export with files added since ({', '.join(added[:3])}"
-                         f"{', ...' if len(added) > 3 else ''}); move them or choose another --out, nothing was written")
+        raise StageError(
+            f"{target}: an earlier export with files added since ({', '.join(added[:3])}"
+            f"{', ...' if len(added) > 3 else ''}); move them or choose another --out, nothing was written"
+        )
 
 
 def _copy_bundle(source: Path, target: Path) -> Path:
@@ -115,8 +131,10 @@ def summary_metrics(prefix: str, summary: dict) -> dict[str, float]:
 
 def quality_metrics(quality: dict) -> dict[str, float]:
     """`eval_metrics` entries of a generator's `quality.json`: FID and KID x 1000 against the train images."""
-    return {"fid_vs_train": round(quality["fid"]["generated_vs_train"], 2),
-            "kid_vs_train_x1000": round(quality["kid"]["generated_vs_train"]["mean"] * 1000, 2)}
+    return {
+        "fid_vs_train": round(quality["fid"]["generated_vs_train"], 2),
+        "kid_vs_train_x1000": round(quality["kid"]["generated_vs_train"]["mean"] * 1000, 2),
+    }
 
 
 def _release(metadata: Path, run_name: str, note: str, metrics: dict[str, float]) -> str:
@@ -156,10 +174,18 @@ def _export_network(bundle: Path, size: list[int]) -> None:
     """`models/model.ts` (scripted, with the packaged configs embedded) and `models/model.onnx` (traced at the
     model's input size): what the bundle README's `ckpt_export` and `onnx_export` commands write, run in one
     process from the bundle folder. The Deploy and MONAI Label apps run the ONNX export on CPU."""
-    common = {"ckpt_file": "models/model.pt", "meta_file": "configs/metadata.json",
-              "config_file": "configs/inference.json", "bundle_root": "."}
-    proc = subprocess.run([sys.executable, "-c", EXPORTS, json.dumps(common), json.dumps(list(size))], cwd=bundle,
-                          capture_output=True, text=True)
+    common = {
+        "ckpt_file": "models/model.pt",
+        "meta_file": "configs/metadata.json",
+        "config_file": "configs/inference.json",
+        "bundle_root": ".",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", EXPORTS, json.dumps(common), json.dumps(list(size))],
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise StageError(f"export in {bundle} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
 
@@ -190,22 +216,44 @@ def export_segmentation(stage: Path, target: Path, run_name: str) -> Path:
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
     metrics = summary_metrics("test", summary) if summary else {}
     command = json.loads((stage / "args.json").read_text())
-    version = _release(bundle / "configs" / "metadata.json", run_name,
-                       f"trained weights from {stage} ({', '.join(configs)}, width {settings['base_channels']}, "
-                       f"{size[0]}x{size[1]})", metrics)
-    numbers = ([f"| test {m} | {summary[m]['mean']:.4f} ± {summary[m]['std']:.4f} (n {summary['n']}) |"
-                for m in ("dice", "iou", "hd95")] if summary else ["| test metrics | not evaluated |"])
-    _readme(bundle / "docs" / "README.md", [
-        f"## This trained model (version `{version}`, exported {datetime.date.today().isoformat()})", "",
-        f"Trained by the MGCC pipeline in `{stage}` with `{' + '.join(configs)}` at width "
-        f"`base_channels` {settings['base_channels']} and `spatial_size` {size}; every config's defaults are these "
-        "settings, so the commands below need no overrides (the weights record their size, and a config of "
-        "another size or width is refused by name).", "",
-        "| figure | value |", "|---|---|", *numbers,
-        f"| training data | `{command.get('dataset_dir', '?')}` |",
-        f"| unlabeled images | {command.get('unlabeled_source', 'none')} |", "",
-        "```", "python -m monai.bundle run --config_file configs/inference.json --input_dir IN --output_dir OUT", "```",
-        "", "The sections below describe the bundle in general.", ""])
+    version = _release(
+        bundle / "configs" / "metadata.json",
+        run_name,
+        f"trained weights from {stage} ({', '.join(configs)}, width {settings['base_channels']}, {size[0]}x{size[1]})",
+        metrics,
+    )
+    numbers = (
+        [
+            f"| test {m} | {summary[m]['mean']:.4f} ± {summary[m]['std']:.4f} (n {summary['n']}) |"
+            for m in ("dice", "iou", "hd95")
+        ]
+        if summary
+        else ["| test metrics | not evaluated |"]
+    )
+    _readme(
+        bundle / "docs" / "README.md",
+        [
+            f"## This trained model (version `{version}`, exported {datetime.date.today().isoformat()})",
+            "",
+            f"Trained by the MGCC pipeline in `{stage}` with `{' + '.join(configs)}` at width "
+            f"`base_channels` {settings['base_channels']} and `spatial_size` {size}; every config's defaults are these "
+            "settings, so the commands below need no overrides (the weights record their size, and a config of "
+            "another size or width is refused by name).",
+            "",
+            "| figure | value |",
+            "|---|---|",
+            *numbers,
+            f"| training data | `{command.get('dataset_dir', '?')}` |",
+            f"| unlabeled images | {command.get('unlabeled_source', 'none')} |",
+            "",
+            "```",
+            "python -m monai.bundle run --config_file configs/inference.json --input_dir IN --output_dir OUT",
+            "```",
+            "",
+            "The sections below describe the bundle in general.",
+            "",
+        ],
+    )
     _swap_in(bundle, target)
     return target
 
@@ -223,8 +271,9 @@ def _latent_data_format(configs: Path, mask: bool) -> None:
     if mask:
         image["channel_def"][str(channels)] = "lesion mask at latent size (lesion fraction 0-1; -1: no mask)"
     image.update(num_channels=len(image["channel_def"]), spatial_shape=spatial)
-    pred.update(num_channels=channels, spatial_shape=spatial,
-                channel_def={str(i): "predicted noise" for i in range(channels)})
+    pred.update(
+        num_channels=channels, spatial_shape=spatial, channel_def={str(i): "predicted noise" for i in range(channels)}
+    )
     _write_json(configs / "metadata.json", meta)
 
 
@@ -258,14 +307,31 @@ def export_generator(run: Path, target: Path, run_name: str) -> Path:
     quality = json.loads(quality_file.read_text()) if quality_file.is_file() else None
     metrics = quality_metrics(quality) if quality else {}
     version = _release(bundle / "configs" / "metadata.json", run_name, f"trained weights from {run}", metrics)
-    _readme(bundle / "docs" / "README.md", [
-        f"## This trained generator (version `{version}`, exported {datetime.date.today().isoformat()})", "",
-        f"Trained by the MGCC pipeline in `{run}`; every config's defaults are the run's settings "
-        f"({', '.join(f'`{k}` {v}' for k, v in sorted(settings.items()))}).", "",
-        *([f"FID vs train images {metrics['fid_vs_train']}, KID x 1000 {metrics['kid_vs_train_x1000']} "
-           f"({quality['num_samples']} samples)."] if quality else []), "",
-        "```", "python -m monai.bundle run --config_file configs/inference.json --sample_dir OUT", "```",
-        "", "The sections below describe the bundle in general.", ""])
+    _readme(
+        bundle / "docs" / "README.md",
+        [
+            f"## This trained generator (version `{version}`, exported {datetime.date.today().isoformat()})",
+            "",
+            f"Trained by the MGCC pipeline in `{run}`; every config's defaults are the run's settings "
+            f"({', '.join(f'`{k}` {v}' for k, v in sorted(settings.items()))}).",
+            "",
+            *(
+                [
+                    f"FID vs train images {metrics['fid_vs_train']}, KID x 1000 {metrics['kid_vs_train_x1000']} "
+                    f"({quality['num_samples']} samples)."
+                ]
+                if quality
+                else []
+            ),
+            "",
+            "```",
+            "python -m monai.bundle run --config_file configs/inference.json --sample_dir OUT",
+            "```",
+            "",
+            "The sections below describe the bundle in general.",
+            "",
+        ],
+    )
     _swap_in(bundle, target)
     return target
 

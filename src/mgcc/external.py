@@ -24,6 +24,7 @@ from mgcc.report import detection_text
 from mgcc.stages import StageResult, run_bundle
 from mgcc.trained import model_settings, training_stage
 
+
 def section_datalist(dataset: Path, section: str, only_class: str | None, out: Path) -> Path:
     """A datalist whose `test` section holds the chosen images (absolute paths): one section or all of them."""
     datalist = json.loads((dataset / "datalist.json").read_text())
@@ -31,8 +32,9 @@ def section_datalist(dataset: Path, section: str, only_class: str | None, out: P
     if only_class is not None:
         entries = [e for e in entries if e["class"] in only_class.split(",")]
     if not entries:
-        raise UsageError(f"{dataset}: no images in section '{section}'"
-                         + (f" of class {only_class}" if only_class else ""))
+        raise UsageError(
+            f"{dataset}: no images in section '{section}'" + (f" of class {only_class}" if only_class else "")
+        )
     for entry in entries:  # the train split's unlabeled part has masks on disk too
         entry.update(image=str(dataset / entry["image"]), label=str(dataset / label_path(Path(entry["image"]).stem)))
     path = out / "datalist.json"
@@ -53,8 +55,16 @@ def seen_in_training(stage: Path, dataset: Path, scored: Path) -> list[str]:
     return [e["image"] for e in json.loads(scored.read_text())["test"] if pixels.get(e["image"]) in seen]
 
 
-def evaluate(model: str, data: str, section: str = "test", out: str | None = None, seed: int = 0,
-             include_normal: bool = False, only_class: str | None = None, **data_options: Any) -> None:
+def evaluate(
+    model: str,
+    data: str,
+    section: str = "test",
+    out: str | None = None,
+    seed: int = 0,
+    include_normal: bool = False,
+    only_class: str | None = None,
+    **data_options: Any,
+) -> None:
     """Score a trained MGCC model on a dataset: per-image CSV, summary JSON and overlays.
 
     Args:
@@ -73,23 +83,45 @@ def evaluate(model: str, data: str, section: str = "test", out: str | None = Non
     stage = training_stage(Path(model))
     configs, settings = model_settings(stage)
     name = f"{Path(data).resolve().name}-{section}" + (f"-{only_class.replace(',', '+')}" if only_class else "")
-    preset = {"name": f"external test of {stage}",
-              "data": {"labeled_fraction": 0.125, "seed": seed, "include_normal": bool(include_normal)}}
+    preset = {
+        "name": f"external test of {stage}",
+        "data": {"labeled_fraction": 0.125, "seed": seed, "include_normal": bool(include_normal)},
+    }
     run = make_run(preset, data, out or str(stage.parent / "external" / name), data_options)
 
     def execute(run_: Run) -> StageResult:
         folder = run_.folder("evaluate")
         folder.mkdir(parents=True, exist_ok=True)
-        return run_bundle("evaluate", run_.out, SEG_BUNDLE, scoring.configs,
-                          {**settings, "dataset_dir": str(run_.dataset), "output_dir": str(folder),
-                           "datalist": str(section_datalist(run_.dataset, section, only_class, folder)),
-                           "ckpt_dir": str(stage / "models")})
+        return run_bundle(
+            "evaluate",
+            run_.out,
+            SEG_BUNDLE,
+            scoring.configs,
+            {
+                **settings,
+                "dataset_dir": str(run_.dataset),
+                "output_dir": str(folder),
+                "datalist": str(section_datalist(run_.dataset, section, only_class, folder)),
+                "ckpt_dir": str(stage / "models"),
+            },
+        )
 
-    scoring = Stage(name="evaluate", outputs=["evaluation/summary.json", "evaluation/per_image.csv"], execute=execute,
-                    reads_data_folder=True, after=("prepare",), bundle=SEG_BUNDLE, configs=(*configs, "evaluate.json"),
-                    settings={"model": str(stage), "model_settings": settings, "section": section,
-                              "only_class": only_class,
-                              "weights_mtime_ns": (stage / "models" / "model.pt").stat().st_mtime_ns})
+    scoring = Stage(
+        name="evaluate",
+        outputs=["evaluation/summary.json", "evaluation/per_image.csv"],
+        execute=execute,
+        reads_data_folder=True,
+        after=("prepare",),
+        bundle=SEG_BUNDLE,
+        configs=(*configs, "evaluate.json"),
+        settings={
+            "model": str(stage),
+            "model_settings": settings,
+            "section": section,
+            "only_class": only_class,
+            "weights_mtime_ns": (stage / "models" / "model.pt").stat().st_mtime_ns,
+        },
+    )
     execute_stages(run, [GENERATOR_STAGES[0], scoring])
     summary_file = run.folder("evaluate") / "evaluation" / "summary.json"
     summary = json.loads(summary_file.read_text())
@@ -97,12 +129,17 @@ def evaluate(model: str, data: str, section: str = "test", out: str | None = Non
     summary["images_seen_in_training"] = len(seen)  # counted in the summary, not only said
     summary_file.write_text(json.dumps(summary, indent=2))
     if seen:
-        print(f"[mgcc] warning: {len(seen)} of the {summary['n']} scored images were in the model's training or "
-              f"validation split (same pixels, e.g. {Path(seen[0]).name}): this is not a held-out test", file=sys.stderr)
+        print(
+            f"[mgcc] warning: {len(seen)} of the {summary['n']} scored images were in the model's training or "
+            f"validation split (same pixels, e.g. {Path(seen[0]).name}): this is not a held-out test",
+            file=sys.stderr,
+        )
     not_held_out = f" ({len(seen)} of them seen in training: not a held-out test)" if seen else ""
     detection = detection_text(summary)
-    print(f"[mgcc] {stage.name} on {data} ({section}): Dice {summary['dice']['mean']:.4f} ± {summary['dice']['std']:.4f}"
-          f", n {summary['n']}{not_held_out}{'; ' + detection if detection else ''} -> "
-          f"{run.folder('evaluate') / 'evaluation'}")
+    print(
+        f"[mgcc] {stage.name} on {data} ({section}): Dice {summary['dice']['mean']:.4f} ± {summary['dice']['std']:.4f}"
+        f", n {summary['n']}{not_held_out}{'; ' + detection if detection else ''} -> "
+        f"{run.folder('evaluate') / 'evaluation'}"
+    )
     if (stage.parent / "report" / "report.md").is_file() and run.out.parent == stage.parent / "external":
         print(f"[mgcc] to list it in the run's report: mgcc run --preset PRESET --out {stage.parent} --stage report")

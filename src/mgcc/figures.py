@@ -75,8 +75,9 @@ def image_grid(rows: dict[str, list[Path]], out: Path, size: int = 96, columns: 
     return out
 
 
-def plot_comparison(summary: dict[str, dict], seeds: list[int], differences: dict[str, dict] | None,
-                    baseline: str, out: Path) -> Path:
+def plot_comparison(
+    summary: dict[str, dict], seeds: list[int], differences: dict[str, dict] | None, baseline: str, out: Path
+) -> Path:
     """`mgcc compare` at a glance: each variant's test Dice per seed (one line per seed, so a seed's split is
     followed across variants), and each variant's paired Dice difference to the baseline with its 95% interval."""
     names = list(summary)

@@ -36,8 +36,12 @@ def lesion_rate(mask_files: Iterable[Path]) -> dict:
     if not files:
         raise FileNotFoundError("no predicted masks to count lesions in")
     found = [has_clear_lesion(np.asarray(Image.open(f))) for f in files]
-    return {"rate": sum(found) / len(found), "with_clear_lesion": sum(found), "images": len(found),
-            "rule": {"min_area": MIN_AREA, "min_share": MIN_SHARE, "connectivity": 8}}
+    return {
+        "rate": sum(found) / len(found),
+        "with_clear_lesion": sum(found),
+        "images": len(found),
+        "rule": {"min_area": MIN_AREA, "min_share": MIN_SHARE, "connectivity": 8},
+    }
 
 
 def mask_dice(sample_dir: Path, predictions: Path) -> dict[str, float]:
@@ -45,8 +49,11 @@ def mask_dice(sample_dir: Path, predictions: Path) -> dict[str, float]:
     (``<predictions>/<stem>_seg.png``) and the mask the sample was generated from (the sampler's manifest ``label``;
     both empty: 1). Empty for unconditioned samples."""
     samples = json.loads((Path(sample_dir) / "manifest.json").read_text())["samples"]
-    pairs = {s["file"]: (Path(sample_dir) / s["label"], Path(predictions) / f"{Path(s['file']).stem}_seg.png")
-             for s in samples if s.get("label")}
+    pairs = {
+        s["file"]: (Path(sample_dir) / s["label"], Path(predictions) / f"{Path(s['file']).stem}_seg.png")
+        for s in samples
+        if s.get("label")
+    }
     if not pairs:
         return {}
     import torch
@@ -56,8 +63,10 @@ def mask_dice(sample_dir: Path, predictions: Path) -> dict[str, float]:
     for name, (asked, found) in pairs.items():
         a, b = (torch.as_tensor(np.asarray(Image.open(p)) > 0, dtype=torch.float32)[None, None] for p in (asked, found))
         if a.shape != b.shape:
-            raise ValueError(f"{found}: predicted mask of shape {tuple(b.shape[2:])} for a sample mask of shape "
-                             f"{tuple(a.shape[2:])} ({asked})")
+            raise ValueError(
+                f"{found}: predicted mask of shape {tuple(b.shape[2:])} for a sample mask of shape "
+                f"{tuple(a.shape[2:])} ({asked})"
+            )
         dice[name] = compute_dice(b, a, ignore_empty=False).item()
     return dice
 

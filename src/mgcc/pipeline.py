@@ -23,8 +23,21 @@ from typing import Any, Callable
 from mgcc import LDM_BUNDLE, SEG_BUNDLE
 from mgcc.errors import UsageError
 from mgcc.presets import PresetError, load_preset
-from mgcc.stages import (StageResult, bundle_settings, fingerprint, is_complete, make_output_folder, missing_outputs,
-                         read_record, read_started, run_bundle, run_python, stage_dir, write_record, write_started)
+from mgcc.stages import (
+    StageResult,
+    bundle_settings,
+    fingerprint,
+    is_complete,
+    make_output_folder,
+    missing_outputs,
+    read_record,
+    read_started,
+    run_bundle,
+    run_python,
+    stage_dir,
+    write_record,
+    write_started,
+)
 from mgcc.variants import adopt_legacy_folders, evaluation_folder, run_variant, training_folder
 
 DEFAULT_OUT = Path("outputs")  # under the working folder
@@ -53,7 +66,7 @@ class Stage:
 
     def __post_init__(self) -> None:
         special = [key for key in self.reads if key in ("", "data")]
-        assert not special, (f"stage '{self.name}': reads {special}: use reads_whole_preset / reads_data_folder")
+        assert not special, f"stage '{self.name}': reads {special}: use reads_whole_preset / reads_data_folder"
         assert isinstance(self.after, tuple), f"stage '{self.name}': `after` is a tuple of stage names"
 
     def reads_from(self, run: "Run") -> tuple[str, ...]:
@@ -118,9 +131,17 @@ def _prepare(run: Run) -> StageResult:
         source = run.data
         if source is None:
             phantom = spec["phantom"]
-            source = make_phantom_dataset(folder / "phantom", n=phantom["n"], size=phantom["size"], seed=phantom["seed"])
-        summary = prepare_any(Path(source), run.dataset, labeled_fraction=spec["labeled_fraction"], seed=spec["seed"],
-                              include_normal=spec.get("include_normal", False), options=run.data_options)
+            source = make_phantom_dataset(
+                folder / "phantom", n=phantom["n"], size=phantom["size"], seed=phantom["seed"]
+            )
+        summary = prepare_any(
+            Path(source),
+            run.dataset,
+            labeled_fraction=spec["labeled_fraction"],
+            seed=spec["seed"],
+            include_normal=spec.get("include_normal", False),
+            options=run.data_options,
+        )
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
 
     return run_python("prepare", run.out, work)
@@ -139,34 +160,56 @@ LESIONS_CONFIGS = ("inference.json",)
 
 
 def _autoencoder(run: Run) -> StageResult:
-    return run_bundle("autoencoder", run.out, LDM_BUNDLE, AUTOENCODER_CONFIGS,
-                      {**run.section("ldm", "autoencoder"), **_ldm_folders(run, "autoencoder")},
-                      shared=run.overrides("ldm"))
+    return run_bundle(
+        "autoencoder",
+        run.out,
+        LDM_BUNDLE,
+        AUTOENCODER_CONFIGS,
+        {**run.section("ldm", "autoencoder"), **_ldm_folders(run, "autoencoder")},
+        shared=run.overrides("ldm"),
+    )
 
 
 def _diffusion(run: Run) -> StageResult:
-    return run_bundle("diffusion", run.out, LDM_BUNDLE, DIFFUSION_CONFIGS,
-                      {**run.section("ldm", "diffusion"), **_ldm_folders(run, "diffusion")},
-                      shared=run.overrides("ldm", "autoencoder"))
+    return run_bundle(
+        "diffusion",
+        run.out,
+        LDM_BUNDLE,
+        DIFFUSION_CONFIGS,
+        {**run.section("ldm", "diffusion"), **_ldm_folders(run, "diffusion")},
+        shared=run.overrides("ldm", "autoencoder"),
+    )
 
 
 def _sample(run: Run) -> StageResult:
-    return run_bundle("sample", run.out, LDM_BUNDLE, SAMPLE_CONFIGS,
-                      {**run.section("ldm", "sample"), **_ldm_folders(run, "sample"), "sample_dir": str(run.samples)},
-                      shared=run.overrides("ldm", "autoencoder", "diffusion"))
+    return run_bundle(
+        "sample",
+        run.out,
+        LDM_BUNDLE,
+        SAMPLE_CONFIGS,
+        {**run.section("ldm", "sample"), **_ldm_folders(run, "sample"), "sample_dir": str(run.samples)},
+        shared=run.overrides("ldm", "autoencoder", "diffusion"),
+    )
 
 
 def _quality(run: Run) -> StageResult:
     """Generator quality (the LDM bundle's evaluate.json): reconstruction PSNR/SSIM, diversity, copy check."""
-    return run_bundle("quality", run.out, LDM_BUNDLE, QUALITY_CONFIGS,
-                      {**_ldm_folders(run, "quality"), "sample_dir": str(run.samples)},
-                      shared=run.overrides("ldm", "autoencoder"))
+    return run_bundle(
+        "quality",
+        run.out,
+        LDM_BUNDLE,
+        QUALITY_CONFIGS,
+        {**_ldm_folders(run, "quality"), "sample_dir": str(run.samples)},
+        shared=run.overrides("ldm", "autoencoder"),
+    )
 
 
 def trains_on_synthetic(settings: dict[str, Any]) -> bool:
     """Whether a segmentation training with these (merged) settings reads the generator's samples."""
-    return bool(settings.get("synthetic_pairs") or (
-        settings.get("unlabeled_batch_size") and settings.get("unlabeled_source") in ("synthetic", "both")))
+    return bool(
+        settings.get("synthetic_pairs")
+        or (settings.get("unlabeled_batch_size") and settings.get("unlabeled_source") in ("synthetic", "both"))
+    )
 
 
 def segmentation_stage(variant: str, config_files: list[str], overrides: dict[str, Any]) -> Stage:
@@ -182,10 +225,20 @@ def segmentation_stage(variant: str, config_files: list[str], overrides: dict[st
     def execute(run: Run) -> StageResult:
         folder = run.folder(name)
         resume = any((folder / "models").glob("checkpoint_epoch=*.pt"))  # an interrupted run of the same settings
-        return run_bundle(name, run.out, SEG_BUNDLE, config_files,
-                          {**training_overrides(run), "output_dir": str(folder), "ckpt_dir": str(folder / "models"),
-                           "compile_cache_dir": str(run.out / "inductor_cache"), "resume": resume},
-                          shared=run.overrides("segmentation"))
+        return run_bundle(
+            name,
+            run.out,
+            SEG_BUNDLE,
+            config_files,
+            {
+                **training_overrides(run),
+                "output_dir": str(folder),
+                "ckpt_dir": str(folder / "models"),
+                "compile_cache_dir": str(run.out / "inductor_cache"),
+                "resume": resume,
+            },
+            shared=run.overrides("segmentation"),
+        )
 
     def samples_if_trained_on(run: Run) -> tuple[str, ...]:
         """The sample stage only when this variant trains on synthetic images: adding the generator to a run later
@@ -193,10 +246,17 @@ def segmentation_stage(variant: str, config_files: list[str], overrides: dict[st
         settings = bundle_settings(SEG_BUNDLE, config_files, training_overrides(run))
         return ("sample",) if trains_on_synthetic(settings) else ()
 
-    return Stage(name=name, outputs=["models/model.pt", "training_history.csv"], execute=execute,
-                 reads=("segmentation.common", "segmentation.train"),
-                 after=("prepare",), after_depending_on_settings=samples_if_trained_on,
-                 bundle=SEG_BUNDLE, configs=tuple(config_files), settings={"overrides": overrides})
+    return Stage(
+        name=name,
+        outputs=["models/model.pt", "training_history.csv"],
+        execute=execute,
+        reads=("segmentation.common", "segmentation.train"),
+        after=("prepare",),
+        after_depending_on_settings=samples_if_trained_on,
+        bundle=SEG_BUNDLE,
+        configs=tuple(config_files),
+        settings={"overrides": overrides},
+    )
 
 
 def evaluate_stage(variant: str) -> Stage:
@@ -204,14 +264,28 @@ def evaluate_stage(variant: str) -> Stage:
     trained, name = training_folder(variant), evaluation_folder(variant)
 
     def execute(run: Run) -> StageResult:
-        return run_bundle(name, run.out, SEG_BUNDLE, EVALUATE_CONFIGS,
-                          {**run.section("segmentation", "evaluate"),
-                           "output_dir": str(run.folder(name)), "ckpt_dir": str(run.folder(trained) / "models")},
-                          shared=run.overrides("segmentation", "train"))
+        return run_bundle(
+            name,
+            run.out,
+            SEG_BUNDLE,
+            EVALUATE_CONFIGS,
+            {
+                **run.section("segmentation", "evaluate"),
+                "output_dir": str(run.folder(name)),
+                "ckpt_dir": str(run.folder(trained) / "models"),
+            },
+            shared=run.overrides("segmentation", "train"),
+        )
 
-    return Stage(name=name, outputs=["evaluation/summary.json", "evaluation/per_image.csv"], execute=execute,
-                 reads=("segmentation.common", "segmentation.train", "segmentation.evaluate"), after=(trained,),
-                 bundle=SEG_BUNDLE, configs=EVALUATE_CONFIGS)
+    return Stage(
+        name=name,
+        outputs=["evaluation/summary.json", "evaluation/per_image.csv"],
+        execute=execute,
+        reads=("segmentation.common", "segmentation.train", "segmentation.evaluate"),
+        after=(trained,),
+        bundle=SEG_BUNDLE,
+        configs=EVALUATE_CONFIGS,
+    )
 
 
 def _lesions(run: Run) -> StageResult:
@@ -221,13 +295,22 @@ def _lesions(run: Run) -> StageResult:
     from mgcc.lesions import lesion_rate, mask_agreement
 
     folder = run.folder("lesions")
-    sets = {"synthetic": {"input_dir": str(run.samples), "datalist": None},
-            "real_test": {"datalist": str(run.dataset / "datalist.json"), "datalist_section": "test"}}
+    sets = {
+        "synthetic": {"input_dir": str(run.samples), "datalist": None},
+        "real_test": {"datalist": str(run.dataset / "datalist.json"), "datalist_section": "test"},
+    }
     start = time.perf_counter()
-    results = [run_bundle("lesions", run.out, SEG_BUNDLE, LESIONS_CONFIGS,
-                          {**source, "ckpt_dir": str(run.model_folder / "models"),
-                           "output_dir": str(folder / name)}, shared=run.overrides("segmentation"))
-               for name, source in sets.items()]
+    results = [
+        run_bundle(
+            "lesions",
+            run.out,
+            SEG_BUNDLE,
+            LESIONS_CONFIGS,
+            {**source, "ckpt_dir": str(run.model_folder / "models"), "output_dir": str(folder / name)},
+            shared=run.overrides("segmentation"),
+        )
+        for name, source in sets.items()
+    ]
     rates = {name: lesion_rate((folder / name).glob("*_seg.png")) for name in sets}
     agreement = mask_agreement(run.samples, folder / "synthetic")
     if agreement is not None:
@@ -258,23 +341,59 @@ def _package(run: Run) -> StageResult:
 LDM_READS = ("ldm.common", "ldm.autoencoder")
 #: the stages up to the generator's quality, the same for every preset
 GENERATOR_STAGES: list[Stage] = [
-    Stage(name="prepare", outputs=["dataset/datalist.json", "summary.json"], execute=_prepare,
-          reads_data_folder=True),
-    Stage(name="autoencoder", outputs=["autoencoder_history.csv", "../ldm_models/autoencoder.pt"], execute=_autoencoder,
-          reads=LDM_READS, after=("prepare",), bundle=LDM_BUNDLE, configs=AUTOENCODER_CONFIGS,
-          checkpoints=("ldm_models/autoencoder_resume_checkpoint_*.pt",)),
-    Stage(name="diffusion", outputs=["diffusion_history.csv", "../ldm_models/diffusion.pt"], execute=_diffusion,
-          reads=(*LDM_READS, "ldm.diffusion"), after=("autoencoder",), bundle=LDM_BUNDLE, configs=DIFFUSION_CONFIGS,
-          checkpoints=("ldm_models/diffusion_resume_checkpoint_*.pt", "ldm_models/diffusion_snapshot_checkpoint_*.pt")),
-    Stage(name="sample", outputs=["images/manifest.json"], execute=_sample,
-          reads=(*LDM_READS, "ldm.diffusion", "ldm.sample"), after=("diffusion",), bundle=LDM_BUNDLE,
-          configs=SAMPLE_CONFIGS),
-    Stage(name="quality", outputs=["quality.json"], execute=_quality, reads=LDM_READS, after=("sample",),
-          bundle=LDM_BUNDLE, configs=QUALITY_CONFIGS),
+    Stage(name="prepare", outputs=["dataset/datalist.json", "summary.json"], execute=_prepare, reads_data_folder=True),
+    Stage(
+        name="autoencoder",
+        outputs=["autoencoder_history.csv", "../ldm_models/autoencoder.pt"],
+        execute=_autoencoder,
+        reads=LDM_READS,
+        after=("prepare",),
+        bundle=LDM_BUNDLE,
+        configs=AUTOENCODER_CONFIGS,
+        checkpoints=("ldm_models/autoencoder_resume_checkpoint_*.pt",),
+    ),
+    Stage(
+        name="diffusion",
+        outputs=["diffusion_history.csv", "../ldm_models/diffusion.pt"],
+        execute=_diffusion,
+        reads=(*LDM_READS, "ldm.diffusion"),
+        after=("autoencoder",),
+        bundle=LDM_BUNDLE,
+        configs=DIFFUSION_CONFIGS,
+        checkpoints=("ldm_models/diffusion_resume_checkpoint_*.pt", "ldm_models/diffusion_snapshot_checkpoint_*.pt"),
+    ),
+    Stage(
+        name="sample",
+        outputs=["images/manifest.json"],
+        execute=_sample,
+        reads=(*LDM_READS, "ldm.diffusion", "ldm.sample"),
+        after=("diffusion",),
+        bundle=LDM_BUNDLE,
+        configs=SAMPLE_CONFIGS,
+    ),
+    Stage(
+        name="quality",
+        outputs=["quality.json"],
+        execute=_quality,
+        reads=LDM_READS,
+        after=("sample",),
+        bundle=LDM_BUNDLE,
+        configs=QUALITY_CONFIGS,
+    ),
 ]
 #: what `mgcc run --stage` takes: the stages by what they do (segmentation and evaluate: the preset's variant's)
-STAGE_NAMES = ("prepare", "autoencoder", "diffusion", "sample", "quality", "segmentation", "evaluate", "lesions",
-               "report", "package")
+STAGE_NAMES = (
+    "prepare",
+    "autoencoder",
+    "diffusion",
+    "sample",
+    "quality",
+    "segmentation",
+    "evaluate",
+    "lesions",
+    "report",
+    "package",
+)
 
 
 def run_stages(preset: dict[str, Any]) -> list[Stage]:
@@ -285,13 +404,32 @@ def run_stages(preset: dict[str, Any]) -> list[Stage]:
         *GENERATOR_STAGES,
         segmentation_stage(variant, ["train.json"], {}),
         evaluate_stage(variant),
-        Stage(name="lesions", outputs=["lesion_rate.json"], execute=_lesions, reads=("segmentation.common",),
-              after=(trained, "sample"), bundle=SEG_BUNDLE, configs=LESIONS_CONFIGS),
-        Stage(name="report", outputs=["report.md", "report.html", "summary.json"], execute=_report,
-              reads_whole_preset=True, after=("quality", evaluated, "lesions")),
-        Stage(name="package", outputs=[f"{SEG_BUNDLE.name}/models/model.ts", f"{SEG_BUNDLE.name}/models/model.onnx",
-                                       f"{LDM_BUNDLE.name}/models/diffusion.pt"], execute=_package,
-              after=(trained, evaluated, "sample", "quality")),
+        Stage(
+            name="lesions",
+            outputs=["lesion_rate.json"],
+            execute=_lesions,
+            reads=("segmentation.common",),
+            after=(trained, "sample"),
+            bundle=SEG_BUNDLE,
+            configs=LESIONS_CONFIGS,
+        ),
+        Stage(
+            name="report",
+            outputs=["report.md", "report.html", "summary.json"],
+            execute=_report,
+            reads_whole_preset=True,
+            after=("quality", evaluated, "lesions"),
+        ),
+        Stage(
+            name="package",
+            outputs=[
+                f"{SEG_BUNDLE.name}/models/model.ts",
+                f"{SEG_BUNDLE.name}/models/model.onnx",
+                f"{LDM_BUNDLE.name}/models/diffusion.pt",
+            ],
+            execute=_package,
+            after=(trained, evaluated, "sample", "quality"),
+        ),
     ]
 
 
@@ -306,9 +444,9 @@ def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
             value = value.get(step, {}) if isinstance(value, dict) else {}
         parts[f"preset {key}"] = fingerprint(value)
     if stage.reads_data_folder:
-        parts["preset data"] = fingerprint({"preset": run.preset.get("data", {}),
-                                            "folder": str(run.data) if run.data else None,
-                                            **run.data_options})
+        parts["preset data"] = fingerprint(
+            {"preset": run.preset.get("data", {}), "folder": str(run.data) if run.data else None, **run.data_options}
+        )
     if stage.reads_whole_preset:
         parts["preset (all)"] = fingerprint(run.preset)
     if stage.configs:
@@ -346,24 +484,35 @@ def execute_stages(run: Run, stages: list[Stage], force: bool = False) -> None:
         parts = fingerprint_parts(run, stage)
         missing = missing_outputs(run.out, stage.name, stage.outputs)
         if not force and missing and read_record(run.out, stage.name) is not None:
-            print(f"[mgcc] stage '{stage.name}' completed earlier but {', '.join(missing)} is missing or unreadable: "
-                  "running it again", flush=True)
+            print(
+                f"[mgcc] stage '{stage.name}' completed earlier but {', '.join(missing)} is missing or unreadable: "
+                "running it again",
+                flush=True,
+            )
         if not force and is_complete(run.out, stage.name, stage.outputs):
             record = read_record(run.out, stage.name) or {}
             if record.get("fingerprint") in (None, fingerprint(parts)):  # None: recorded before fingerprints
                 print(f"[mgcc] stage '{stage.name}' is complete: skipped ({run.folder(stage.name)})")
                 continue
             changed = sorted(k for k in parts if record.get("inputs", {}).get(k) != parts[k])
-            print(f"[mgcc] stage '{stage.name}' ran with other settings (changed: {', '.join(changed)}): "
-                  "running it again", flush=True)
-        set_aside(run.folder(stage.name), fingerprint(parts),
-                  [p for pattern in stage.checkpoints for p in sorted(run.out.glob(pattern))])
+            print(
+                f"[mgcc] stage '{stage.name}' ran with other settings (changed: {', '.join(changed)}): "
+                "running it again",
+                flush=True,
+            )
+        set_aside(
+            run.folder(stage.name),
+            fingerprint(parts),
+            [p for pattern in stage.checkpoints for p in sorted(run.out.glob(pattern))],
+        )
         write_started(run.out, stage.name, parts)
         print(f"[mgcc] stage '{stage.name}' -> {run.folder(stage.name)}", flush=True)
         result = stage.execute(run)
         missing = [rel for rel in stage.outputs if not (run.folder(stage.name) / rel).exists()]
         if missing:
-            raise RuntimeError(f"stage '{stage.name}' finished without its outputs {missing} in {run.folder(stage.name)}")
+            raise RuntimeError(
+                f"stage '{stage.name}' finished without its outputs {missing} in {run.folder(stage.name)}"
+            )
         result.inputs = parts
         write_record(run.out, result)
         print(f"[mgcc] stage '{stage.name}' done in {result.seconds:.1f} s, peak RSS {result.peak_rss_mb:.0f} MB")
@@ -376,8 +525,12 @@ def unknown_preset_entries(preset: dict[str, Any]) -> list[str]:
     unknown = []
     for key, bundle in (("ldm", LDM_BUNDLE), ("segmentation", SEG_BUNDLE)):
         known = {k for config in (bundle / "configs").glob("*.json") for k in json.loads(config.read_text())}
-        unknown += [f"{key}.{section}.{k}" for section, values in preset.get(key, {}).items() for k in values
-                    if k.split("#")[0] not in known]
+        unknown += [
+            f"{key}.{section}.{k}"
+            for section, values in preset.get(key, {}).items()
+            for k in values
+            if k.split("#")[0] not in known
+        ]
     return unknown
 
 
@@ -388,23 +541,33 @@ def make_run(preset: str | dict[str, Any], data: str | None, out: str | None, da
     spec = preset if isinstance(preset, dict) else load_preset(preset)
     unknown = unknown_preset_entries(spec)
     if unknown:
-        raise PresetError(f"preset {spec['name']}: {', '.join(unknown)} match(es) no key of the bundle's configs "
-                         "(misspelled?)")
-    run_ = Run(spec, (Path(out) if out else DEFAULT_OUT / spec["name"]).resolve(),
-               Path(data).resolve() if data else None, checked_options(data_options))
+        raise PresetError(
+            f"preset {spec['name']}: {', '.join(unknown)} match(es) no key of the bundle's configs (misspelled?)"
+        )
+    run_ = Run(
+        spec,
+        (Path(out) if out else DEFAULT_OUT / spec["name"]).resolve(),
+        Path(data).resolve() if data else None,
+        checked_options(data_options),
+    )
     if run_.data is not None and not run_.data.is_dir():
         raise UsageError(f"--data {data}: not a folder")
     if run_.data_options and run_.data is None:
         raise UsageError(f"{', '.join('--' + k for k in run_.data_options)} need(s) --data (a raw dataset folder)")
-    if run_.data is not None and (run_.out == run_.data or run_.data in run_.out.parents or run_.out in run_.data.parents):
-        raise UsageError(f"--out {run_.out}: must not be inside, equal to or above --data {run_.data} "
-                         "(the dataset is never written to); nothing was written")
+    if run_.data is not None and (
+        run_.out == run_.data or run_.data in run_.out.parents or run_.out in run_.data.parents
+    ):
+        raise UsageError(
+            f"--out {run_.out}: must not be inside, equal to or above --data {run_.data} "
+            "(the dataset is never written to); nothing was written"
+        )
     make_output_folder(run_.out)
     return run_
 
 
-def run(preset: str = "demo", data: str | None = None, out: str | None = None, stage: str | None = None,
-        **data_options: Any) -> None:
+def run(
+    preset: str = "demo", data: str | None = None, out: str | None = None, stage: str | None = None, **data_options: Any
+) -> None:
     """Run the MGCC pipeline.
 
     Args:

@@ -28,8 +28,9 @@ def load_preset(name_or_path: str | Path) -> dict[str, Any]:
     if not path.suffix:
         path = PRESETS_DIR / f"{name_or_path}.json"
     if not path.is_file():
-        raise PresetError(f"preset '{name_or_path}' not found (looked for {path}); "
-                                f"available: {', '.join(available_presets())}")
+        raise PresetError(
+            f"preset '{name_or_path}' not found (looked for {path}); available: {', '.join(available_presets())}"
+        )
     try:
         preset = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -43,9 +44,12 @@ def load_preset(name_or_path: str | Path) -> dict[str, Any]:
     if not_objects:
         raise PresetError(f"preset {path}: section(s) {', '.join(not_objects)} must be JSON objects")
     unknown = sorted(set(preset["data"]) - DATA_KEYS) + sorted(
-        f"phantom.{key}" for key in set(preset["data"].get("phantom", {})) - PHANTOM_KEYS)
+        f"phantom.{key}" for key in set(preset["data"].get("phantom", {})) - PHANTOM_KEYS
+    )
     if unknown:
-        raise PresetError(f"preset {path}: unknown entry(ies) {', '.join(unknown)} in section 'data' "
-                         f"(known: {', '.join(sorted(DATA_KEYS))}; phantom: {', '.join(sorted(PHANTOM_KEYS))})")
+        raise PresetError(
+            f"preset {path}: unknown entry(ies) {', '.join(unknown)} in section 'data' "
+            f"(known: {', '.join(sorted(DATA_KEYS))}; phantom: {', '.join(sorted(PHANTOM_KEYS))})"
+        )
     preset["name"] = path.stem
     return preset

@@ -29,7 +29,9 @@ def metrics_row(name: str, summary: dict[str, Any]) -> str:
     cells = []
     for metric in METRICS:
         value = summary.get(metric, {})
-        cells.append(f"{value['mean']:.4f} ± {value['std']:.4f}" if isinstance(value, dict) and "mean" in value else "n/a")
+        cells.append(
+            f"{value['mean']:.4f} ± {value['std']:.4f}" if isinstance(value, dict) and "mean" in value else "n/a"
+        )
     return f"| {name} | " + " | ".join(cells) + f" | {summary.get('n', 'n/a')} |"
 
 
@@ -44,8 +46,10 @@ def detection_text(summary: dict[str, Any]) -> str:
     lesion, free = summary.get("lesion_images") or {}, summary.get("lesion_free_images") or {}
     if not free.get("n") or not lesion.get("n"):
         return ""
-    return (f"lesion images: Dice {lesion['dice']['mean']:.4f}, lesion found in {lesion['sensitivity']:.1%} of "
-            f"{lesion['n']}; lesion-free images: {free['specificity']:.1%} of {free['n']} left empty")
+    return (
+        f"lesion images: Dice {lesion['dice']['mean']:.4f}, lesion found in {lesion['sensitivity']:.1%} of "
+        f"{lesion['n']}; lesion-free images: {free['specificity']:.1%} of {free['n']} left empty"
+    )
 
 
 def _kid(value: dict[str, Any]) -> str:
@@ -61,14 +65,20 @@ def quality_table(quality: dict[str, Any]) -> str:
     fid, kid = quality["fid"], quality["kid"]
     rows = [
         (f"FID vs train images, generated ({fid['num_generated']} images)", f"{fid['generated_vs_train']:.2f}"),
-        (f"FID vs train images, real validation ({fid.get('num_validation', 0)} images: the floor)",
-         f"{fid['validation_vs_train']:.2f}" if "validation_vs_train" in fid else "n/a"),
-        ("FID vs train images, generated subset as large as the validation set",
-         f"{fid['generated_vs_train_at_validation_size']:.2f}" if "validation_vs_train" in fid else "n/a"),
+        (
+            f"FID vs train images, real validation ({fid.get('num_validation', 0)} images: the floor)",
+            f"{fid['validation_vs_train']:.2f}" if "validation_vs_train" in fid else "n/a",
+        ),
+        (
+            "FID vs train images, generated subset as large as the validation set",
+            f"{fid['generated_vs_train_at_validation_size']:.2f}" if "validation_vs_train" in fid else "n/a",
+        ),
         ("KID x 1000 vs train images, generated", _kid(kid["generated_vs_train"])),
         ("KID x 1000 vs train images, real validation (the floor)", _kid(kid.get("validation_vs_train", {}))),
-        ("KID x 1000 vs train images, validation through the autoencoder (the ceiling of decoded samples)",
-         _kid(kid.get("reconstructed_validation_vs_train", {}))),
+        (
+            "KID x 1000 vs train images, validation through the autoencoder (the ceiling of decoded samples)",
+            _kid(kid.get("reconstructed_validation_vs_train", {})),
+        ),
         ("frame intensity, generated / real train (outer 4 px; real = 1)", f"{quality['frame_intensity_ratio']:.3f}"),
     ]
     rows += [(f"autoencoder reconstruction on validation: {k}", f"{v:.3f}") for k, v in sorted(recon.items())]
@@ -77,37 +87,61 @@ def quality_table(quality: dict[str, Any]) -> str:
         ("MS-SSIM between random pairs, real train images", f"{diversity['real_train']['mean']:.3f}"),
         ("nearest training image, median RMSE: generated", f"{nearest['sample_to_train']['median']:.3f}"),
         ("nearest training image, median RMSE: held-out real", f"{real_nn['median']:.3f}"),
-        ("possible copies (closer than any held-out real image)",
-         f"{nearest['possible_copies']} of {quality['num_samples']}"),
+        (
+            "possible copies (closer than any held-out real image)",
+            f"{nearest['possible_copies']} of {quality['num_samples']}",
+        ),
     ]
     contrast = quality.get("lesion_contrast")
     if contrast:
-        rows += [(f"lesion minus surroundings, mean intensity (share darker by 10 gray levels): {name}",
-                  f"{contrast[key]['mean']:+.3f} ({contrast[key]['darker_share']:.2f} of {contrast[key]['n']})")
-                 for key, name in (("generated", "generated, in the mask it was generated from"),
-                                   ("real_labeled", "real labeled train images"))]
+        rows += [
+            (
+                f"lesion minus surroundings, mean intensity (share darker by 10 gray levels): {name}",
+                f"{contrast[key]['mean']:+.3f} ({contrast[key]['darker_share']:.2f} of {contrast[key]['n']})",
+            )
+            for key, name in (
+                ("generated", "generated, in the mask it was generated from"),
+                ("real_labeled", "real labeled train images"),
+            )
+        ]
     return "\n".join(["| figure | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
 
 
 def lesion_table(rates: dict[str, Any]) -> str:
     lines = ["| images | with one clear lesion | rate |", "|---|---|---|"]
     for name, rate in rates.items():
-        lines.append(f"| {name.replace('_', ' ')} | {rate['with_clear_lesion']} of {rate['images']} | {rate['rate']:.2f} |")
+        lines.append(
+            f"| {name.replace('_', ' ')} | {rate['with_clear_lesion']} of {rate['images']} | {rate['rate']:.2f} |"
+        )
     return "\n".join(lines)
 
 
-def report_summary(out: Path, evaluations: dict[str, Any], quality: dict[str, Any] | None,
-            rates: dict[str, Any] | None) -> dict[str, Any]:
+def report_summary(
+    out: Path, evaluations: dict[str, Any], quality: dict[str, Any] | None, rates: dict[str, Any] | None
+) -> dict[str, Any]:
     """Every number of the report, for tools: `<out>/report/summary.json`."""
     result: dict[str, Any] = {"test": evaluations, "stages": {}}
     for folder in sorted(p for p in out.iterdir() if (p / "stage.json").is_file()):
         record = read_record(out, folder.name)
-        result["stages"][record["name"]] = {"seconds": record["seconds"], "peak_rss_mb": record["peak_rss_mb"],
-                                            **({"precision": record["precision"]} if "precision" in record else {})}
+        result["stages"][record["name"]] = {
+            "seconds": record["seconds"],
+            "peak_rss_mb": record["peak_rss_mb"],
+            **({"precision": record["precision"]} if "precision" in record else {}),
+        }
     if quality is not None:
-        result["generator"] = {key: quality[key] for key in ("fid", "kid", "frame_intensity_ratio",
-                                                             "reconstruction_validation", "diversity_msssim",
-                                                             "nearest_neighbour_rmse", "num_samples") if key in quality}
+        result["generator"] = {
+            key: quality[key]
+            for key in (
+                "fid",
+                "kid",
+                "frame_intensity_ratio",
+                "reconstruction_validation",
+                "diversity_msssim",
+                "nearest_neighbour_rmse",
+                "num_samples",
+            )
+            if key in quality
+        }
     if rates is not None:
         result["synthetic_lesion_rate"] = rates["synthetic"]["rate"]
         result["real_test_lesion_rate"] = rates["real_test"]["rate"]
@@ -121,8 +155,10 @@ def stage_table(out: Path) -> str:
     lines = ["| stage | wall time (s) | peak RSS (MB) | precision |", "|---|---|---|---|"]
     for folder in sorted(p for p in out.iterdir() if (p / "stage.json").is_file()):
         record = read_record(out, folder.name)
-        lines.append(f"| {record['name']} | {record['seconds']:.1f} | {record['peak_rss_mb']:.0f} | "
-                     f"{record.get('precision', '')} |")
+        lines.append(
+            f"| {record['name']} | {record['seconds']:.1f} | {record['peak_rss_mb']:.0f} | "
+            f"{record.get('precision', '')} |"
+        )
     return "\n".join(lines)
 
 
@@ -147,8 +183,11 @@ def write_report(out: Path, folder: Path, preset: dict[str, Any]) -> Path:
 
     md += ["## Learning curves", ""]
     for csv_path in sorted(p for p in out.glob("*/*_history.csv") if ".stale-" not in p.parent.name):
-        png = plot_history(csv_path, figures / f"{csv_path.parent.name}_{csv_path.stem}.png",
-                           f"{csv_path.parent.name}: {csv_path.stem}")
+        png = plot_history(
+            csv_path,
+            figures / f"{csv_path.parent.name}_{csv_path.stem}.png",
+            f"{csv_path.parent.name}: {csv_path.stem}",
+        )
         if png:
             md += [f"![{csv_path.parent.name} {csv_path.stem}](figures/{png.name})", ""]
 
@@ -163,20 +202,38 @@ def write_report(out: Path, folder: Path, preset: dict[str, Any]) -> Path:
     if quality is not None:
         md += ["## Generator quality", "", quality_table(quality), ""]
     if rates is not None:
-        md += ["## Lesions found by the trained model", "",
-               "Share of images in which the trained MGCC model finds one clear lesion: the largest connected "
-               "component of the predicted mask covers at least 0.5% of the image and at least 70% of all predicted "
-               "lesion pixels.", "", lesion_table(rates), ""]
+        md += [
+            "## Lesions found by the trained model",
+            "",
+            "Share of images in which the trained MGCC model finds one clear lesion: the largest connected "
+            "component of the predicted mask covers at least 0.5% of the image and at least 70% of all predicted "
+            "lesion pixels.",
+            "",
+            lesion_table(rates),
+            "",
+        ]
         if "mask_dice" in rates["synthetic"]:
             agreement = rates["synthetic"]["mask_dice"]
-            md += [f"Each synthetic image was generated from a lesion mask; the model's mask agrees with it at Dice "
-                   f"{agreement['mean']:.3f} ± {agreement['std']:.3f} (n = {agreement['n']}).", ""]
+            md += [
+                f"Each synthetic image was generated from a lesion mask; the model's mask agrees with it at Dice "
+                f"{agreement['mean']:.3f} ± {agreement['std']:.3f} (n = {agreement['n']}).",
+                "",
+            ]
 
-    evaluations = {p.parent.parent.name: json.loads(p.read_text())
-                   for p in sorted(out.glob("evaluate*/evaluation/summary.json")) if ".stale-" not in p.parent.parent.name}
-    md += ["## Test metrics", "", "Per image, then averaged (mean ± std); Dice/IoU at sigmoid 0.5; "
-           "HD95 in pixels of the evaluated size; an empty prediction on an empty mask scores 1.", "",
-           metrics_table(evaluations) if evaluations else "No evaluation results yet.", ""]
+    evaluations = {
+        p.parent.parent.name: json.loads(p.read_text())
+        for p in sorted(out.glob("evaluate*/evaluation/summary.json"))
+        if ".stale-" not in p.parent.parent.name
+    }
+    md += [
+        "## Test metrics",
+        "",
+        "Per image, then averaged (mean ± std); Dice/IoU at sigmoid 0.5; "
+        "HD95 in pixels of the evaluated size; an empty prediction on an empty mask scores 1.",
+        "",
+        metrics_table(evaluations) if evaluations else "No evaluation results yet.",
+        "",
+    ]
     md += [f"- {name}: {detection_text(summary)}" for name, summary in evaluations.items() if detection_text(summary)]
     for name in evaluations:
         overlays = sorted((out / name / "evaluation").glob("*.png"))
@@ -184,11 +241,19 @@ def write_report(out: Path, folder: Path, preset: dict[str, Any]) -> Path:
             md += [f"### Overlays: {name}", ""]
             md += [f"![{p.stem}](figures/{p.name})" for p in _copy_figures(overlays, figures, name)] + [""]
 
-    external = {p.parents[2].name: json.loads(p.read_text())
-                for p in sorted(out.glob("external/*/evaluate/evaluation/summary.json"))}
+    external = {
+        p.parents[2].name: json.loads(p.read_text())
+        for p in sorted(out.glob("external/*/evaluate/evaluation/summary.json"))
+    }
     if external:
-        md += ["## External tests (`mgcc evaluate`)", "", "The trained model scored on other datasets, "
-               "at its own input size.", "", metrics_table(external), ""]
+        md += [
+            "## External tests (`mgcc evaluate`)",
+            "",
+            "The trained model scored on other datasets, at its own input size.",
+            "",
+            metrics_table(external),
+            "",
+        ]
         evaluations = {**evaluations, **{f"external/{name}": summary for name, summary in external.items()}}
 
     md += ["## Time and peak memory per stage", "", stage_table(out), ""]
@@ -200,5 +265,7 @@ def write_report(out: Path, folder: Path, preset: dict[str, Any]) -> Path:
         "<!doctype html><html><head><meta charset='utf-8'><title>MGCC report</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>"
-        + html + "</body></html>")
+        + html
+        + "</body></html>"
+    )
     return folder / "report.md"

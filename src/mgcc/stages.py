@@ -40,8 +40,12 @@ class StageResult:
     precision: str | None = None  # what the segmentation bundle's forward passes ran in (its log's `precision:` line)
 
     def to_json(self) -> dict[str, Any]:
-        record = {"name": self.name, "seconds": round(self.seconds, 2), "peak_rss_mb": round(self.peak_rss_mb, 1),
-                  "command": self.command}
+        record = {
+            "name": self.name,
+            "seconds": round(self.seconds, 2),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "command": self.command,
+        }
         if self.precision:
             record["precision"] = self.precision
         if self.inputs:
@@ -94,8 +98,11 @@ def read_json_or_none(path: Path) -> Any:
 def missing_outputs(out: Path, name: str, outputs: list[str]) -> list[str]:
     """The declared outputs of a stage that are absent, or JSON files that cannot be read (cut short)."""
     folder = stage_dir(out, name)
-    return [rel for rel in outputs if not (folder / rel).exists()
-            or (rel.endswith(".json") and read_json_or_none(folder / rel) is None)]
+    return [
+        rel
+        for rel in outputs
+        if not (folder / rel).exists() or (rel.endswith(".json") and read_json_or_none(folder / rel) is None)
+    ]
 
 
 def is_complete(out: Path, name: str, outputs: list[str]) -> bool:
@@ -135,16 +142,18 @@ def write_record(out: Path, result: StageResult) -> None:
     write_json_atomic(stage_dir(out, result.name) / RECORD, result.to_json())
 
 
-def run_process(name: str, command: list[str], cwd: Path, log_file: Path, env: dict[str, str] | None = None
-                ) -> StageResult:
+def run_process(
+    name: str, command: list[str], cwd: Path, log_file: Path, env: dict[str, str] | None = None
+) -> StageResult:
     """Run `command`, streaming its output to the console and `log_file`; measure wall time and peak RSS, and
     note the precision the process says it ran in (a `precision: ...` log line)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     start, precision = time.perf_counter(), None
     with open(log_file, "ab") as log:
         log.write(f"$ (cd {cwd} && {' '.join(command)})\n".encode())
-        proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
         assert proc.stdout is not None
         for line in iter(proc.stdout.readline, b""):
             sys.stdout.buffer.write(line)
@@ -169,8 +178,14 @@ def unknown_override_keys(config_paths: Sequence[Path], overrides: dict[str, Any
     return sorted(key for key in overrides if key not in parser)
 
 
-def run_bundle(name: str, out: Path, bundle: Path, config_files: Sequence[str], overrides: dict[str, Any],
-               shared: dict[str, Any] | None = None) -> StageResult:
+def run_bundle(
+    name: str,
+    out: Path,
+    bundle: Path,
+    config_files: Sequence[str],
+    overrides: dict[str, Any],
+    shared: dict[str, Any] | None = None,
+) -> StageResult:
     """Run one bundle workflow as `python -m monai.bundle run --args_file <out>/<name>/args.json`.
 
     `overrides` are the stage's own settings: one that matches no config key is refused. `shared` are settings
@@ -179,8 +194,10 @@ def run_bundle(name: str, out: Path, bundle: Path, config_files: Sequence[str], 
     configs = [bundle / "configs" / c for c in config_files]
     unknown = unknown_override_keys(configs, overrides)
     if unknown:
-        raise StageError(f"stage '{name}': {', '.join(unknown)} match(es) no key of {', '.join(config_files)} "
-                         f"in {bundle.name} (misspelled preset entry or override?)")
+        raise StageError(
+            f"stage '{name}': {', '.join(unknown)} match(es) no key of {', '.join(config_files)} "
+            f"in {bundle.name} (misspelled preset entry or override?)"
+        )
     if shared:
         ignored = set(unknown_override_keys(configs, shared))
         overrides = {**{k: v for k, v in shared.items() if k not in ignored}, **overrides}

@@ -13,9 +13,25 @@ from typing import Any
 from mgcc.errors import UsageError
 
 #: what a training stage ran with that is not a property of the model
-RUN_ONLY = ("config_file", "meta_file", "logging_file", "bundle_root", "dataset_dir", "datalist", "output_dir",
-            "ckpt_dir", "synthetic_dir", "unlabeled_source", "compile_cache_dir", "resume", "max_iterations",
-            "val_interval", "num_workers", "num_threads", "show_progress")
+RUN_ONLY = (
+    "config_file",
+    "meta_file",
+    "logging_file",
+    "bundle_root",
+    "dataset_dir",
+    "datalist",
+    "output_dir",
+    "ckpt_dir",
+    "synthetic_dir",
+    "unlabeled_source",
+    "compile_cache_dir",
+    "resume",
+    "max_iterations",
+    "val_interval",
+    "num_workers",
+    "num_threads",
+    "show_progress",
+)
 
 
 def _is_training_stage(folder: Path) -> bool:
@@ -35,14 +51,19 @@ def training_stage(model: Path, argument: str = "--model") -> Path:
     if len(trained) == 1:
         return trained[0]
     if trained:
-        raise UsageError(f"{argument} {model}: the run has {len(trained)} trained models "
-                         f"({', '.join(p.name for p in trained)}): name one, e.g. {argument} {trained[0]}")
+        raise UsageError(
+            f"{argument} {model}: the run has {len(trained)} trained models "
+            f"({', '.join(p.name for p in trained)}): name one, e.g. {argument} {trained[0]}"
+        )
     if model.is_dir() and any(model.glob("*/stage.json")):  # a run whose segmentation stage has not finished
-        raise UsageError(f"{argument} {model}: the run has no trained segmentation model yet (no "
-                         "segmentation-<variant>/models/model.pt); finish its segmentation stage "
-                         f"(mgcc run --preset PRESET --out {model}) or name a training stage folder")
-    raise UsageError(f"{argument} {model}: not a run, a training stage folder (args.json + models/model.pt) "
-                     "or the model.pt of one")
+        raise UsageError(
+            f"{argument} {model}: the run has no trained segmentation model yet (no "
+            "segmentation-<variant>/models/model.pt); finish its segmentation stage "
+            f"(mgcc run --preset PRESET --out {model}) or name a training stage folder"
+        )
+    raise UsageError(
+        f"{argument} {model}: not a run, a training stage folder (args.json + models/model.pt) or the model.pt of one"
+    )
 
 
 def model_settings(stage: Path) -> tuple[list[str], dict[str, Any]]:

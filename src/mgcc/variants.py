@@ -58,8 +58,10 @@ def run_variant(preset: dict[str, Any]) -> str:
     variant = variant_of(["train.json"], {**spec.get("common", {}), **spec.get("train", {})})
     if variant is None:
         source = spec.get("train", {}).get("unlabeled_source", spec.get("common", {}).get("unlabeled_source"))
-        raise VariantError(f"preset {preset.get('name')}: segmentation.train.unlabeled_source {source!r}: "
-                           "expected real, synthetic or both")
+        raise VariantError(
+            f"preset {preset.get('name')}: segmentation.train.unlabeled_source {source!r}: "
+            "expected real, synthetic or both"
+        )
     return variant
 
 
@@ -72,14 +74,17 @@ def adopt_legacy_folders(out: Path, default_variant: str) -> None:
     if not any((out / name).is_dir() for name in LEGACY_FOLDERS):
         return
     args = read_json_or_none(legacy / "args.json")
-    variant = (variant_of(args["config_file"], args) if isinstance(args, dict) and "config_file" in args else None
-               ) or default_variant
+    variant = (
+        variant_of(args["config_file"], args) if isinstance(args, dict) and "config_file" in args else None
+    ) or default_variant
     renames = {LEGACY_FOLDERS[0]: training_folder(variant), LEGACY_FOLDERS[1]: evaluation_folder(variant)}
     renames = {old: new for old, new in renames.items() if (out / old).is_dir()}
     for old, new in renames.items():
         if (out / new).exists():
-            raise MgccError(f"{out}: both {old}/ (from before folders were named after the variant) and {new}/ "
-                            f"exist; move one of them out of the run")
+            raise MgccError(
+                f"{out}: both {old}/ (from before folders were named after the variant) and {new}/ "
+                f"exist; move one of them out of the run"
+            )
     for old, new in renames.items():
         (out / old).rename(out / new)
         print(f"[mgcc] {out / old} renamed {new}/ (folders are named after the variant they hold)", flush=True)
@@ -90,15 +95,18 @@ def _rename_in_records(out: Path, renames: dict[str, str]) -> None:
     """Rewrite each stage record (`stage.json`, `started.json`) of the run that names a renamed stage: its name, the
     keys of its inputs, and the fingerprints that change with them (a stage's fingerprint is the hash of its
     inputs, which hold the fingerprints of the stages it reads from). The report is left to run again."""
-    records = {p.parent.name: record for p in out.glob(f"*/{RECORD}")
-               if ".stale-" not in p.parent.name and isinstance(record := read_json_or_none(p), dict) and "inputs" in record}
+    records = {
+        p.parent.name: record
+        for p in out.glob(f"*/{RECORD}")
+        if ".stale-" not in p.parent.name and isinstance(record := read_json_or_none(p), dict) and "inputs" in record
+    }
     new_fingerprints: dict[str, str] = {}
 
     def renamed_inputs(inputs: dict[str, str]) -> dict[str, str]:
         result = {}
         for key, value in inputs.items():
             if key.startswith("stage "):
-                name = renames.get(key[len("stage "):], key[len("stage "):])
+                name = renames.get(key[len("stage ") :], key[len("stage ") :])
                 if name in records and value == records[name].get("fingerprint"):
                     value = new_fingerprint(name)  # carried over; a stale one stays stale
                 key = f"stage {name}"
@@ -116,8 +124,9 @@ def _rename_in_records(out: Path, renames: dict[str, str]) -> None:
     for name, record in records.items():
         inputs = renamed_inputs(record["inputs"])
         if name != "report" and (inputs != record["inputs"] or name in renames.values()):
-            write_json_atomic(out / name / RECORD, {**record, "name": name, "inputs": inputs,
-                                                    "fingerprint": new_fingerprint(name)})
+            write_json_atomic(
+                out / name / RECORD, {**record, "name": name, "inputs": inputs, "fingerprint": new_fingerprint(name)}
+            )
     for path in out.glob(f"*/{STARTED}"):
         started = read_json_or_none(path)
         if isinstance(started, dict) and isinstance(started.get("inputs"), dict) and path.parent.name != "report":

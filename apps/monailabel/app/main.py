@@ -215,7 +215,9 @@ class MGCCDisagreementScoring(ScoringMethod):
                 image = preprocessing({"image": datastore.get_image_uri(image_id)})["image"]
                 with torch.no_grad():
                     inferer(image[None].to(device), network)
-                datastore.update_image_info(image_id, {DISAGREEMENT: inferer.last_scores[0], f"{DISAGREEMENT}_ts": model_ts})
+                datastore.update_image_info(
+                    image_id, {DISAGREEMENT: inferer.last_scores[0], f"{DISAGREEMENT}_ts": model_ts}
+                )
                 scored += 1
             logger.info(f"{DISAGREEMENT}: scored {scored} unlabeled image(s), {skipped} already scored for this model")
             return {"scored": scored, "skipped": skipped}
@@ -238,7 +240,9 @@ class MGCCLabelApp(_monaibundle.MyApp, MONAILabelApp):
 
     def init_scoring_methods(self):
         methods = super().init_scoring_methods()
-        scorable = [path for path in self.models.values() if os.path.isfile(os.path.join(path, "configs", "score.json"))]
+        scorable = [
+            path for path in self.models.values() if os.path.isfile(os.path.join(path, "configs", "score.json"))
+        ]
         if scorable:  # the app serves one MGCC bundle; with several, the first one scores
             methods[DISAGREEMENT] = MGCCDisagreementScoring(scorable[0])
         return methods
@@ -246,7 +250,9 @@ class MGCCLabelApp(_monaibundle.MyApp, MONAILabelApp):
     def init_strategies(self):
         strategies = super().init_strategies()
         # MONAI Label's own top-score strategy, reading the score the scoring method stored
-        strategies[DISAGREEMENT] = Epistemic(key=DISAGREEMENT, desc="Unlabeled image the MGCC decoders disagree on most")
+        strategies[DISAGREEMENT] = Epistemic(
+            key=DISAGREEMENT, desc="Unlabeled image the MGCC decoders disagree on most"
+        )
         return strategies
 
     def infer(self, request, datastore=None):

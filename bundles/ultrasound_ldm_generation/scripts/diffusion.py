@@ -56,7 +56,9 @@ class DiffusionSettings:
 
     def __init__(self, prediction_type: str = "epsilon") -> None:
         if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"config key 'prediction_type' must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}")
+            raise ValueError(
+                f"config key 'prediction_type' must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}"
+            )
         self.prediction_type = prediction_type
 
     def state_dict(self) -> dict:
@@ -64,8 +66,10 @@ class DiffusionSettings:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("prediction_type") != self.prediction_type:
-            raise ValueError(f"the checkpoint being resumed was trained with prediction_type "
-                             f"{state.get('prediction_type')!r}, the config asks for {self.prediction_type!r}")
+            raise ValueError(
+                f"the checkpoint being resumed was trained with prediction_type "
+                f"{state.get('prediction_type')!r}, the config asks for {self.prediction_type!r}"
+            )
 
 
 def trained_prediction_type(path: str, configured: str | None = None) -> str:
@@ -73,10 +77,14 @@ def trained_prediction_type(path: str, configured: str | None = None) -> str:
     setting); a ``configured`` value other than null must agree with it."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"diffusion checkpoint not found: {path}")
-    trained = torch.load(path, map_location="cpu", weights_only=True).get("settings", {}).get("prediction_type", "epsilon")
+    trained = (
+        torch.load(path, map_location="cpu", weights_only=True).get("settings", {}).get("prediction_type", "epsilon")
+    )
     if configured is not None and configured != trained:
-        raise ValueError(f"{path}: trained with prediction_type {trained!r}, but config key 'prediction_type' is "
-                         f"{configured!r} (leave it null to use the checkpoint's)")
+        raise ValueError(
+            f"{path}: trained with prediction_type {trained!r}, but config key 'prediction_type' is "
+            f"{configured!r} (leave it null to use the checkpoint's)"
+        )
     return trained
 
 
@@ -116,15 +124,20 @@ def encode_latents(
         z_mu, z_sigma = encoder.encode(torch.cat([images, images.flip(-1)]))
         n = len(records)
         for i, record in enumerate(records):
-            item = {"z_mu": torch.stack([z_mu[i], z_mu[n + i]]).cpu(), "z_sigma": torch.stack([z_sigma[i], z_sigma[n + i]]).cpu()}
+            item = {
+                "z_mu": torch.stack([z_mu[i], z_mu[n + i]]).cpu(),
+                "z_sigma": torch.stack([z_sigma[i], z_sigma[n + i]]).cpu(),
+            }
             if "class" in record:
                 item["class"] = record["class"]
             if masks:
                 item["mask"] = latent_mask(record.get(CommonKeys.LABEL), tuple(z_mu.shape[2:]))
             items.append(item)
     labeled = sum(1 for item in items if has_mask(item))
-    logger.info(f"encoded {len(items)} training images (and their mirrors) into latents of shape {tuple(z_mu.shape[1:])}"
-                + (f"; {labeled} with a lesion mask" if masks else ""))
+    logger.info(
+        f"encoded {len(items)} training images (and their mirrors) into latents of shape {tuple(z_mu.shape[1:])}"
+        + (f"; {labeled} with a lesion mask" if masks else "")
+    )
     return items
 
 
@@ -226,8 +239,10 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         scheduler: Scheduler | None = None,
     ) -> None:
         if class_names and mask_conditional:
-            raise ValueError("class_conditional and mask_conditional cannot both be true (MONAI's DiffusionInferer "
-                             "takes one condition: cross-attention or concatenation)")
+            raise ValueError(
+                "class_conditional and mask_conditional cannot both be true (MONAI's DiffusionInferer "
+                "takes one condition: cross-attention or concatenation)"
+            )
         condition = class_names or mask_conditional
         super().__init__(num_train_timesteps=num_train_timesteps, condition_name="condition" if condition else None)
         self.scale_factor = scale_factor

@@ -36,7 +36,9 @@ def load_samples(sample_dir: str) -> tuple[torch.Tensor, list[dict]]:
         records = json.load(f)["samples"]
     if not records:
         raise ValueError(f"{manifest_path} lists no samples")
-    images = [np.asarray(Image.open(os.path.join(sample_dir, r["file"])).convert("L"), np.float32) / 255.0 for r in records]
+    images = [
+        np.asarray(Image.open(os.path.join(sample_dir, r["file"])).convert("L"), np.float32) / 255.0 for r in records
+    ]
     return torch.from_numpy(np.stack(images))[:, None], records
 
 
@@ -92,8 +94,8 @@ def memorisation_check(samples: torch.Tensor, train: torch.Tensor, validation: t
     sample_nn = nearest_distances(samples, train)
     result["copy_threshold"] = reference
     result["possible_copies"] = int((sample_nn < reference).sum().item())
-    result["ratio_median_sample_to_real"] = result["sample_to_train"]["median"] / (
-        result.get("validation_to_train", result["train_to_train"])["median"]
+    result["ratio_median_sample_to_real"] = (
+        result["sample_to_train"]["median"] / (result.get("validation_to_train", result["train_to_train"])["median"])
     )
     return result
 
@@ -155,7 +157,9 @@ class FeatureExtractor:
         for batch in images.split(self.batch_size):
             x = batch.float().repeat(1, self.in_channels, 1, 1).to(self.device)
             if self.input_size and tuple(x.shape[2:]) != (self.input_size, self.input_size):
-                x = torch.nn.functional.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
+                x = torch.nn.functional.interpolate(
+                    x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False
+                )
             f = self.network(x.clamp(0, 1) * (high - low) + low)
             f = f[-1] if isinstance(f, (list, tuple)) else f
             out.append(f.flatten(2).mean(2) if f.ndim > 2 else f)
@@ -196,11 +200,15 @@ def kid_value(features_a: torch.Tensor, features_b: torch.Tensor, subsets: int, 
     if size < 2:
         return {"skipped": "fewer than 2 images in a set"}
     generator = torch.Generator().manual_seed(seed)
-    values = torch.stack([
-        poly_mmd(features_a[torch.randperm(len(features_a), generator=generator)[:size]],
-                 features_b[torch.randperm(len(features_b), generator=generator)[:size]])
-        for _ in range(subsets)
-    ])
+    values = torch.stack(
+        [
+            poly_mmd(
+                features_a[torch.randperm(len(features_a), generator=generator)[:size]],
+                features_b[torch.randperm(len(features_b), generator=generator)[:size]],
+            )
+            for _ in range(subsets)
+        ]
+    )
     return {"mean": values.mean().item(), "std": values.std().item(), "subsets": subsets, "subset_size": size}
 
 
@@ -221,8 +229,12 @@ def distribution_distances(
     ceiling of samples decoded by that autoencoder (``reconstructed_validation_vs_train``)."""
     f_gen, f_train = extractor(samples), extractor(train)
     network = os.path.basename(extractor.network_path)
-    fid = {"generated_vs_train": fid_value(f_gen, f_train), "network": network,
-           "num_generated": len(samples), "num_train": len(train)}
+    fid = {
+        "generated_vs_train": fid_value(f_gen, f_train),
+        "network": network,
+        "num_generated": len(samples),
+        "num_train": len(train),
+    }
     kid = {"generated_vs_train": kid_value(f_gen, f_train, kid_subsets, kid_subset_size, seed), "network": network}
     if validation is not None and len(validation) > 1:
         f_val = extractor(validation)
@@ -256,8 +268,12 @@ def lesion_contrast(images: torch.Tensor, masks: torch.Tensor) -> dict:
     keep = inside.flatten(1).any(1) & (~inside).flatten(1).any(1)
     images, inside = images[keep].flatten(1).double(), inside[keep].flatten(1)
     difference = (images * inside).sum(1) / inside.sum(1) - (images * ~inside).sum(1) / (~inside).sum(1)
-    return {"mean": difference.mean().item(), "std": difference.std().item(),
-            "darker_share": (difference < -DARKER_BY).double().mean().item(), "n": int(keep.sum())}
+    return {
+        "mean": difference.mean().item(),
+        "std": difference.std().item(),
+        "darker_share": (difference < -DARKER_BY).double().mean().item(),
+        "n": int(keep.sum()),
+    }
 
 
 def load_masks(paths: Sequence[str], size: Sequence[int]) -> torch.Tensor:
@@ -266,8 +282,9 @@ def load_masks(paths: Sequence[str], size: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(np.stack(masks)).float()[:, None]
 
 
-def mask_conditioned_contrast(samples: torch.Tensor, records: Sequence[dict], sample_dir: str, datalist: str,
-                              transform: Callable) -> dict | None:
+def mask_conditioned_contrast(
+    samples: torch.Tensor, records: Sequence[dict], sample_dir: str, datalist: str, transform: Callable
+) -> dict | None:
     """Does each sample show a lesion where its mask asked for one? ``lesion_contrast`` of the samples against
     their masks beside that of the real labeled training images against theirs; ``None`` for unconditioned samples."""
     if not any(r.get("label") for r in records):
@@ -275,9 +292,11 @@ def mask_conditioned_contrast(samples: torch.Tensor, records: Sequence[dict], sa
     masks = load_masks([os.path.join(sample_dir, r["label"]) for r in records], samples.shape[2:])
     labeled = labeled_items(datalist)
     real = load_real(labeled, transform)
-    return {"generated": lesion_contrast(samples, masks),
-            "real_labeled": lesion_contrast(real, load_masks([i["label"] for i in labeled], real.shape[2:])),
-            "darker_by": DARKER_BY}
+    return {
+        "generated": lesion_contrast(samples, masks),
+        "real_labeled": lesion_contrast(real, load_masks([i["label"] for i in labeled], real.shape[2:])),
+        "darker_by": DARKER_BY,
+    }
 
 
 def evaluate_quality(
@@ -313,8 +332,9 @@ def evaluate_quality(
         with torch.no_grad():
             device = next(autoencoder.parameters()).device
             decoded = torch.cat([autoencoder.reconstruct(b.to(device)).cpu() for b in validation.split(16)])
-    fid, kid = distribution_distances(samples, train, validation, extractor, kid_subsets, kid_subset_size, seed,
-                                      reconstructed=decoded)
+    fid, kid = distribution_distances(
+        samples, train, validation, extractor, kid_subsets, kid_subset_size, seed, reconstructed=decoded
+    )
     train_frame = frame_intensity(train, frame_width)
     quality = {
         "reconstruction_validation": {k: float(v) for k, v in reconstruction.items()},
@@ -337,8 +357,8 @@ def evaluate_quality(
     if contrast is not None:
         quality["lesion_contrast"] = contrast
     if decoded is not None:
-        quality["frame_intensity_ratio_reconstruction"] = (
-            frame_intensity(decoded, frame_width) / frame_intensity(validation, frame_width)
+        quality["frame_intensity_ratio_reconstruction"] = frame_intensity(decoded, frame_width) / frame_intensity(
+            validation, frame_width
         )
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "quality.json"), "w") as f:

@@ -54,8 +54,11 @@ def mask_sources(mask_dir: str | None, datalist: str) -> list[str]:
     """The masks a mask-conditioned model generates from: the PNGs of ``mask_dir`` in name order (a packaged
     generator carries its run's masks there), else the labels of the datalist's ``training`` section in its order."""
     if mask_dir:
-        masks = sorted(os.path.join(mask_dir, f) for f in os.listdir(mask_dir) if f.lower().endswith(".png")) \
-            if os.path.isdir(mask_dir) else []
+        masks = (
+            sorted(os.path.join(mask_dir, f) for f in os.listdir(mask_dir) if f.lower().endswith(".png"))
+            if os.path.isdir(mask_dir)
+            else []
+        )
         if not masks:
             raise FileNotFoundError(f"mask_dir {mask_dir}: no mask PNGs to generate from")
         return masks
@@ -91,10 +94,7 @@ class SamplingPrepareBatch:
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         noise = torch.stack(
-            [
-                torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s)))
-                for s in batchdata["seed"]
-            ]
+            [torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s))) for s in batchdata["seed"]]
         ).to(device)
         if self.mask_transform is not None:
             masks = self.masks(batchdata).to(device)
@@ -125,7 +125,13 @@ class LatentSamplingInferer(Inferer):
         ldm_inferer.scheduler.set_timesteps(num_inference_steps=num_inference_steps)
 
     def __call__(
-        self, inputs: torch.Tensor, network: torch.nn.Module, *args, conditioning=None, mode: str = "crossattn", **kwargs
+        self,
+        inputs: torch.Tensor,
+        network: torch.nn.Module,
+        *args,
+        conditioning=None,
+        mode: str = "crossattn",
+        **kwargs,
     ):
         cfg = self.guidance_scale if conditioning is not None and self.guidance_scale != 1.0 else None
         return self.ldm_inferer.sample(

@@ -32,7 +32,9 @@ def load_sections(datalist: str, sections: Sequence[str], labels_from: Sequence[
     the datalist's folder). Labels are dropped, except those of the sections in ``labels_from`` (a mask-conditioned
     generator sees the labeled training masks; an unconditional one never sees a label)."""
     if not os.path.isfile(datalist):
-        raise FileNotFoundError(f"datalist not found: {datalist} (run `mgcc prepare` or pass --datalist / --dataset_dir)")
+        raise FileNotFoundError(
+            f"datalist not found: {datalist} (run `mgcc prepare` or pass --datalist / --dataset_dir)"
+        )
     items: list[dict] = []
     for section in sections:
         try:
@@ -65,7 +67,9 @@ def check_classes(items: Sequence[dict], class_names: Sequence[str], datalist: s
     return items
 
 
-def load_weights(path: str, module: torch.nn.Module, key: str | None = None, what: str = "checkpoint") -> torch.nn.Module:
+def load_weights(
+    path: str, module: torch.nn.Module, key: str | None = None, what: str = "checkpoint"
+) -> torch.nn.Module:
     """Load ``path`` (or its entry ``key``) into ``module`` with ``weights_only=True``; clear errors otherwise."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} not found: {path}")

@@ -38,6 +38,7 @@ __all__ = [
     "IterationSampler",
 ]
 
+
 def datalist_section(datalist: str, section: str, allow_empty: bool = False) -> list[dict]:
     """Entries of one section of a prepared ``datalist.json`` with paths made absolute."""
     if not os.path.isfile(datalist):
@@ -71,8 +72,10 @@ def synthetic_datalist(synthetic_dir: str, labeled: bool = False) -> list[dict]:
     if labeled:
         unlabeled = [s["file"] for s in samples if not s.get("label")]
         if unlabeled:
-            raise ValueError(f"{manifest}: {len(unlabeled)} sample(s) have no mask, e.g. {unlabeled[0]} (labeled "
-                             "synthetic pairs need a mask-conditioned generator: mask_conditional=true)")
+            raise ValueError(
+                f"{manifest}: {len(unlabeled)} sample(s) have no mask, e.g. {unlabeled[0]} (labeled "
+                "synthetic pairs need a mask-conditioned generator: mask_conditional=true)"
+            )
         for item, s in zip(data, samples):
             item["label"] = os.path.join(synthetic_dir, s["label"])
     missing = [path for d in data for key, path in d.items() if key in ("image", "label") and not os.path.isfile(path)]
@@ -143,19 +146,25 @@ def inference_datalist(
         entries = glob.glob(os.path.join(input_dir, "*"))
         broken = sorted(f for f in entries if os.path.islink(f) and not os.path.exists(f))
         if broken:
-            raise InputError(f"{len(broken)} broken link(s) in input_dir {input_dir}, their images are missing: "
-                             + ", ".join(f"{os.path.basename(f)} -> {os.readlink(f)}" for f in broken[:5])
-                             + (" ..." if len(broken) > 5 else ""))
+            raise InputError(
+                f"{len(broken)} broken link(s) in input_dir {input_dir}, their images are missing: "
+                + ", ".join(f"{os.path.basename(f)} -> {os.readlink(f)}" for f in broken[:5])
+                + (" ..." if len(broken) > 5 else "")
+            )
         found = sorted(f for f in entries if os.path.isfile(f))
         files = [f for f in found if f.lower().endswith(IMAGE_SUFFIXES)]
         skipped = [os.path.basename(f) for f in found if not f.lower().endswith(IMAGE_SUFFIXES)]
         if skipped:
-            warnings.warn(f"{input_dir}: skipped {len(skipped)} file(s) that are not PNG, JPEG, BMP or NIfTI images: "
-                          f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
+            warnings.warn(
+                f"{input_dir}: skipped {len(skipped)} file(s) that are not PNG, JPEG, BMP or NIfTI images: "
+                f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}"
+            )
         if not files:
             folders = sum(os.path.isdir(f) for f in glob.glob(os.path.join(input_dir, "*")))
-            raise InputError(f"no PNG, JPEG, BMP or NIfTI images in input_dir {input_dir}"
-                             + (f" (it holds {folders} folder(s): images are not searched in subfolders)" if folders else ""))
+            raise InputError(
+                f"no PNG, JPEG, BMP or NIfTI images in input_dir {input_dir}"
+                + (f" (it holds {folders} folder(s): images are not searched in subfolders)" if folders else "")
+            )
     for f in files:
         problem = image_problem(f)
         if problem:
@@ -164,14 +173,17 @@ def inference_datalist(
         if os.path.exists(output_dir) and not os.path.isdir(output_dir):
             raise InputError(f"output_dir {output_dir} is a file, not a folder")
         if input_dir and not datalist and os.path.realpath(output_dir) == os.path.realpath(input_dir):
-            raise InputError(f"output_dir is the input folder {input_dir}: a rerun would segment the masks; "
-                             "choose another output_dir")
+            raise InputError(
+                f"output_dir is the input folder {input_dir}: a rerun would segment the masks; "
+                "choose another output_dir"
+            )
         writes: dict[str, str] = {}
         for f in files:
             name = mask_name(f)
             if name in writes:
-                raise InputError(f"{writes[name]} and {f} would both be written as {name} in {output_dir}; "
-                                 "rename one of them")
+                raise InputError(
+                    f"{writes[name]} and {f} would both be written as {name} in {output_dir}; rename one of them"
+                )
             writes[name] = f
     return [{"image": f} for f in files]
 
@@ -243,7 +255,9 @@ class SemiSupervisedBatches(Dataset):
             order = np.random.default_rng([self.seed, stream, position // n]).permutation(n)
             transform = getattr(dataset, "transform", None)
             if isinstance(transform, Randomizable):
-                transform.set_random_state(seed=int(np.random.SeedSequence([self.seed, stream, position]).generate_state(1)[0]))
+                transform.set_random_state(
+                    seed=int(np.random.SeedSequence([self.seed, stream, position]).generate_state(1)[0])
+                )
             samples.append(dataset[int(order[position % n])])
         return samples
 

@@ -20,8 +20,14 @@ from ignite.engine import Engine, Events
 
 from .data import mask_name
 
-__all__ = ["TrainingHistory", "EvaluationReport", "PredictionsManifest", "HISTORY_COLUMNS", "TRAINING_COLUMNS",
-           "detection_metrics"]
+__all__ = [
+    "TrainingHistory",
+    "EvaluationReport",
+    "PredictionsManifest",
+    "HISTORY_COLUMNS",
+    "TRAINING_COLUMNS",
+    "detection_metrics",
+]
 
 #: what the trainer reports per iteration (its output keys; also the logged scalars of ``train.json``)
 TRAINING_COLUMNS = ("loss", "supervised_loss", "consistency_loss", "consistency_weight", "lr")
@@ -212,7 +218,9 @@ class EvaluationReport:
                 ax.contour(rec["label"], levels=[0.5], colors="lime", linewidths=1.5)
             if rec["pred"].any():
                 ax.contour(rec["pred"], levels=[0.5], colors="red", linewidths=1.5, linestyles="--")
-            ax.set_title(f"{tag}: {row['image']}  Dice {row['dice']:.3f}\ngreen = ground truth, red = prediction", fontsize=8)
+            ax.set_title(
+                f"{tag}: {row['image']}  Dice {row['dice']:.3f}\ngreen = ground truth, red = prediction", fontsize=8
+            )
             ax.axis("off")
             fig.tight_layout()
             fig.savefig(os.path.join(self.output_dir, f"overlay_{tag}.png"), dpi=100)
@@ -243,13 +251,16 @@ class PredictionsManifest:
         for item in outputs if isinstance(outputs, Sequence) else [outputs]:
             source = str(item["image"].meta["filename_or_obj"])
             pixels = int((item["pred"] > 0).sum())
-            self.results.append({"image": source, "mask": mask_name(source, self.suffix), "lesion": pixels > 0,
-                                 "lesion_pixels": pixels})
+            self.results.append(
+                {"image": source, "mask": mask_name(source, self.suffix), "lesion": pixels > 0, "lesion_pixels": pixels}
+            )
 
     def _write(self, engine: Engine) -> None:
         os.makedirs(self.output_dir, exist_ok=True)
         empty = sum(not r["lesion"] for r in self.results)
         with open(os.path.join(self.output_dir, "predictions.json"), "w") as f:
             json.dump({"images": len(self.results), "no_lesion": empty, "results": self.results}, f, indent=2)
-        engine.logger.info(f"{len(self.results)} masks written to {self.output_dir}; no lesion found in {empty} of "
-                           "them (empty masks; predictions.json lists each image)")
+        engine.logger.info(
+            f"{len(self.results)} masks written to {self.output_dir}; no lesion found in {empty} of "
+            "them (empty masks; predictions.json lists each image)"
+        )

@@ -31,9 +31,24 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-__all__ = ["RASTER_SUFFIXES", "NIFTI_SUFFIXES", "IMAGE_SUFFIXES", "EXPECTED_2D", "ImageRefused", "is_nifti",
-           "check_image", "image_problem", "open_raster", "raster_size", "channels", "grayscale8", "read_raster",
-           "to_grayscale8", "nifti_problem", "check_gray_levels"]
+__all__ = [
+    "RASTER_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "EXPECTED_2D",
+    "ImageRefused",
+    "is_nifti",
+    "check_image",
+    "image_problem",
+    "open_raster",
+    "raster_size",
+    "channels",
+    "grayscale8",
+    "read_raster",
+    "to_grayscale8",
+    "nifti_problem",
+    "check_gray_levels",
+]
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -110,8 +125,9 @@ def channels(image: Image.Image, name: str | os.PathLike) -> tuple[np.ndarray, l
     if image.mode == "1":
         return np.asarray(image, dtype=np.float64)[..., None] * 255.0, notes
     if image.mode not in ("L", "LA", "RGB", "RGBA"):
-        raise ImageRefused(name, f"unsupported pixel mode {image.mode}; give an 8- or 16-bit grayscale, RGB or "
-                                 "palette image", "format")
+        raise ImageRefused(
+            name, f"unsupported pixel mode {image.mode}; give an 8- or 16-bit grayscale, RGB or palette image", "format"
+        )
     values = np.asarray(image, dtype=np.float64)
     values = values[..., None] if values.ndim == 2 else values
     if image.mode in ("LA", "RGBA"):
@@ -159,11 +175,19 @@ def check_gray_levels(img: torch.Tensor, name: str) -> None:
         raise ImageRefused(name, "holds NaN or infinite values; give 8-bit gray levels 0..255.", "values")
     low, high = float(values.min()), float(values.max())
     if low < 0 or high > 255:
-        raise ImageRefused(name, f"values {low:g}..{high:g} are outside the 8-bit gray levels 0..255 the model "
-                                 "was trained on; rescale the image to 0..255 (e.g. its display window) first.", "values")
+        raise ImageRefused(
+            name,
+            f"values {low:g}..{high:g} are outside the 8-bit gray levels 0..255 the model "
+            "was trained on; rescale the image to 0..255 (e.g. its display window) first.",
+            "values",
+        )
     if 0 < high <= 1 and values.is_floating_point() and not torch.equal(values, values.round()):
-        raise ImageRefused(name, f"values {low:g}..{high:g} look normalised to 0..1; the model expects 8-bit gray "
-                                 "levels 0..255: multiply by 255 first.", "values")
+        raise ImageRefused(
+            name,
+            f"values {low:g}..{high:g} look normalised to 0..1; the model expects 8-bit gray "
+            "levels 0..255: multiply by 255 first.",
+            "values",
+        )
     if high == low:
         warnings.warn(f"{name}: blank image (every pixel {low:g}): the mask says nothing about it.")
 
@@ -183,8 +207,11 @@ def check_nifti(path: str | os.PathLike) -> None:
     except Exception as error:  # any header failure: the file cannot be used
         raise ImageRefused(path, f"unreadable NIfTI file ({type(error).__name__}: {error})", "unreadable") from None
     if len(shape) < 2 or any(n != 1 for n in nifti_grid(shape)[2:]):
-        raise ImageRefused(path, f"a {len(shape)}D image of {' x '.join(map(str, shape))} voxels; {EXPECTED_2D}: "
-                                 "give one slice per file", "shape")
+        raise ImageRefused(
+            path,
+            f"a {len(shape)}D image of {' x '.join(map(str, shape))} voxels; {EXPECTED_2D}: give one slice per file",
+            "shape",
+        )
     try:
         values = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as error:  # a truncated data block

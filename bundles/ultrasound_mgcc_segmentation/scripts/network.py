@@ -234,8 +234,10 @@ class MGCCNet(nn.Module):
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features ``[x1, x2, x3, x4, x5]`` (x5: the 1/16 bottleneck before the ConvMixers)."""
         if not torch.jit.is_tracing() and (x.shape[-2] % 16 != 0 or x.shape[-1] % 16 != 0):
-            raise ValueError(f"MGCCNet needs input sizes divisible by 16 (four 2x poolings), got {list(x.shape[-2:])}: "
-                             "set spatial_size to multiples of 16")
+            raise ValueError(
+                f"MGCCNet needs input sizes divisible by 16 (four 2x poolings), got {list(x.shape[-2:])}: "
+                "set spatial_size to multiples of 16"
+            )
         features: list[torch.Tensor] = []
         for level, block in enumerate(self.encoder):
             x = block(x if level == 0 else F.max_pool2d(x, 2))
@@ -251,7 +253,7 @@ class MGCCNet(nn.Module):
         TorchScript compiles the first path only (an exported network is for inference)."""
         if self.flip_tta and not self.training:
             both = self.main_logits(torch.cat([x, x.flip(2)]))
-            probability = (torch.sigmoid(both[: x.shape[0]]) + torch.sigmoid(both[x.shape[0]:].flip(2))) / 2
+            probability = (torch.sigmoid(both[: x.shape[0]]) + torch.sigmoid(both[x.shape[0] :].flip(2))) / 2
             probability = probability.clamp(1e-6, 1 - 1e-6)
             return torch.log(probability) - torch.log1p(-probability)  # the logit; exports as plain ONNX ops
         if not torch.jit.is_scripting():
@@ -298,16 +300,22 @@ def checked_checkpoint(path: str, base_channels: int, spatial_size: Sequence[int
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        raise InputError(
+            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from e
     state = state.get("model", state) if isinstance(state, dict) else state
     first = state.get("encoder.0.0.weight") if isinstance(state, dict) else None
     if first is None:
         raise InputError(f"{path}: not an MGCCNet checkpoint (no 'encoder.0.0.weight' entry)")
     if first.shape[0] != int(base_channels):
-        raise InputError(f"{path}: trained with base_channels {first.shape[0]}, the config says {base_channels}: "
-                         f"run with --base_channels {first.shape[0]}")
+        raise InputError(
+            f"{path}: trained with base_channels {first.shape[0]}, the config says {base_channels}: "
+            f"run with --base_channels {first.shape[0]}"
+        )
     trained = [int(v) for v in state.get("input_size", torch.zeros(2)).tolist()]
     if spatial_size is not None and any(trained) and trained != [int(v) for v in spatial_size]:
-        raise InputError(f"{path}: trained at spatial_size {trained}, the config says {list(spatial_size)}: "
-                         f"run with --spatial_size \"{trained}\"")
+        raise InputError(
+            f"{path}: trained at spatial_size {trained}, the config says {list(spatial_size)}: "
+            f'run with --spatial_size "{trained}"'
+        )
     return path

@@ -27,7 +27,9 @@ class OnnxRuntimeNetwork(torch.nn.Module):
         import onnxruntime  # optional: only this inference path needs it
 
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no exported ONNX model (export it with `python -m monai.bundle onnx_export`)")
+            raise FileNotFoundError(
+                f"{path}: no exported ONNX model (export it with `python -m monai.bundle onnx_export`)"
+            )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = num_threads or torch.get_num_threads()
         options.inter_op_num_threads = 1

@@ -79,8 +79,10 @@ class DisagreementWriter:
     first) and, with ``save_maps``, ``<output_dir>/<name>_disagreement.png`` (the per-pixel map at the network's
     input size, scaled so that 255 is a squared difference of 0.25)."""
 
-    RULE = ("mean over auxiliary decoders of (sigmoid(main) - sigmoid(aux))^2, averaged over the pixels any decoder "
-            "calls lesion (p > 0.5), or over the whole image when none does")
+    RULE = (
+        "mean over auxiliary decoders of (sigmoid(main) - sigmoid(aux))^2, averaged over the pixels any decoder "
+        "calls lesion (p > 0.5), or over the whole image when none does"
+    )
 
     def __init__(self, inferer: DisagreementInferer, output_dir: str, save_maps: bool = False) -> None:
         self.inferer, self.output_dir, self.save_maps = inferer, output_dir, save_maps

@@ -28,14 +28,23 @@ from torch.optim.swa_utils import AveragedModel
 
 from .data import IterationSampler
 
-__all__ = ["iterations_to_epochs", "SigmoidRampUp", "SemiSupervisedTrainer", "MeanTeacherTrainer", "RandomStates",
-           "KeyMetricState", "AtomicCheckpointSaver"]
+__all__ = [
+    "iterations_to_epochs",
+    "SigmoidRampUp",
+    "SemiSupervisedTrainer",
+    "MeanTeacherTrainer",
+    "RandomStates",
+    "KeyMetricState",
+    "AtomicCheckpointSaver",
+]
 
 
 def iterations_to_epochs(max_iterations: int, val_interval: int) -> int:
     """Engine epochs of ``val_interval`` iterations that make exactly ``max_iterations`` iterations."""
     if max_iterations < 1 or val_interval < 1 or max_iterations % val_interval:
-        raise ValueError(f"max_iterations ({max_iterations}) must be a positive multiple of val_interval ({val_interval}).")
+        raise ValueError(
+            f"max_iterations ({max_iterations}) must be a positive multiple of val_interval ({val_interval})."
+        )
     return max_iterations // val_interval
 
 
@@ -192,14 +201,21 @@ class RandomStates:
         version, internal, gauss_next = random.getstate()
         return {
             "torch": torch.get_rng_state(),
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached},
+            "numpy": {
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": pos,
+                "has_gauss": has_gauss,
+                "cached": cached,
+            },
             "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
         }
 
     def load_state_dict(self, state: dict) -> None:
         torch.set_rng_state(state["torch"])
         npy = state["numpy"]
-        np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"]))
+        np.random.set_state(
+            ("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"])
+        )
         py = state["python"]
         random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
 

@@ -15,11 +15,27 @@ from monai.data import MetaTensor, PILReader
 from monai.transforms import LoadImaged, MapTransform, SaveImaged, SqueezeDim
 
 from .data import mask_name
-from .image_contract import (EXPECTED_2D, RASTER_SUFFIXES, check_gray_levels, is_nifti, nifti_grid, nifti_problem,
-                             to_grayscale8)
+from .image_contract import (
+    EXPECTED_2D,
+    RASTER_SUFFIXES,
+    check_gray_levels,
+    is_nifti,
+    nifti_grid,
+    nifti_problem,
+    to_grayscale8,
+)
 
-__all__ = ["RASTER_SUFFIXES", "EXPECTED_2D", "to_grayscale8", "nifti_problem", "check_gray_levels",
-           "LoadImageGrayscaled", "AsGrayscale2Dd", "SaveImageLikeInputd"]
+__all__ = [
+    "RASTER_SUFFIXES",
+    "EXPECTED_2D",
+    "to_grayscale8",
+    "nifti_problem",
+    "check_gray_levels",
+    "LoadImageGrayscaled",
+    "AsGrayscale2Dd",
+    "SaveImageLikeInputd",
+]
+
 
 class LoadImageGrayscaled(LoadImaged):
     """``LoadImaged`` for ultrasound inputs: PNG, JPEG and BMP files are read as 8-bit grayscale by

@@ -6,8 +6,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mgcc.data.records import (KNOWN_CLASSES, Problem, SourceCase, broken_link_problems, case_id,
-                                duplicate_id_problems, is_broken_link)
+from mgcc.data.records import (
+    KNOWN_CLASSES,
+    Problem,
+    SourceCase,
+    broken_link_problems,
+    case_id,
+    duplicate_id_problems,
+    is_broken_link,
+)
 
 #: `<name>_mask.png` and its numbered extra masks as BUSI names them (`_mask_1`) and as copies of it rename them
 #: (`_mask1`, `_mask (2)`, `_mask-2`)
@@ -27,8 +34,11 @@ def _scan_class(folder: Path) -> tuple[list[SourceCase], list[Problem]]:
     label = folder.name
     files = sorted(path for path in folder.iterdir() if not path.name.startswith("."))
     problems = broken_link_problems(files)
-    problems += [Problem(path, "not a PNG file; ignored", fatal=False) for path in files
-                 if not is_png(path) and not is_broken_link(path)]
+    problems += [
+        Problem(path, "not a PNG file; ignored", fatal=False)
+        for path in files
+        if not is_png(path) and not is_broken_link(path)
+    ]
     pngs = [path for path in files if is_png(path)]
     if not pngs:
         return [], problems + [Problem(folder, "empty class folder: no PNG images")]
@@ -40,7 +50,9 @@ def _scan_class(folder: Path) -> tuple[list[SourceCase], list[Problem]]:
             masks.setdefault(match["stem"], []).append(path)
         else:
             images[path.stem] = path
-    problems += [Problem(path, "mask without image") for stem in sorted(set(masks) - set(images)) for path in masks[stem]]
+    problems += [
+        Problem(path, "mask without image") for stem in sorted(set(masks) - set(images)) for path in masks[stem]
+    ]
     problems += [Problem(images[stem], "image without mask") for stem in sorted(set(images) - set(masks))]
     cases = [
         SourceCase(_busi_id(label, stem), label, images[stem], tuple(sorted(masks[stem])))
@@ -61,13 +73,23 @@ def scan_busi(root: Path) -> tuple[list[SourceCase], list[Problem]]:
         if folder.name not in KNOWN_CLASSES:
             label = folder.name.lower()
             if label in KNOWN_CLASSES and label in names:  # `Benign/` beside `benign/`
-                problems.append(Problem(root, f"class folders {folder.name} and {label} differ only in case: the same "
-                                              f"class? move the images of {folder.name} into {label}"))
+                problems.append(
+                    Problem(
+                        root,
+                        f"class folders {folder.name} and {label} differ only in case: the same "
+                        f"class? move the images of {folder.name} into {label}",
+                    )
+                )
             elif label in KNOWN_CLASSES:
-                problems.append(Problem(folder, f"class folder spelled '{folder.name}': class folders are lower case, "
-                                                f"rename it {label}"))
+                problems.append(
+                    Problem(
+                        folder, f"class folder spelled '{folder.name}': class folders are lower case, rename it {label}"
+                    )
+                )
             else:
-                problems.append(Problem(folder, f"unknown class '{folder.name}' (expected one of: {', '.join(KNOWN_CLASSES)})"))
+                problems.append(
+                    Problem(folder, f"unknown class '{folder.name}' (expected one of: {', '.join(KNOWN_CLASSES)})")
+                )
             continue
         found, found_problems = _scan_class(folder)
         cases += found

@@ -60,5 +60,11 @@ def read_json(path: Path) -> object:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise DatasetError([Problem(f"{path}:{error.lineno}:{error.colno}", f"malformed JSON at line {error.lineno}, "
-                                    f"column {error.colno}: {error.msg}")]) from None
+        raise DatasetError(
+            [
+                Problem(
+                    f"{path}:{error.lineno}:{error.colno}",
+                    f"malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}",
+                )
+            ]
+        ) from None

@@ -15,8 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mgcc.data.busi import is_png
-from mgcc.data.records import (DEFAULT_CLASS, KNOWN_CLASSES, Problem, SourceCase, broken_link_problems, case_id,
-                                duplicate_id_problems, is_broken_link)
+from mgcc.data.records import (
+    DEFAULT_CLASS,
+    KNOWN_CLASSES,
+    Problem,
+    SourceCase,
+    broken_link_problems,
+    case_id,
+    duplicate_id_problems,
+    is_broken_link,
+)
 
 
 def pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -56,11 +64,17 @@ def same_folder_problem(folder: Path) -> Problem:
     Names that extend another file's name (`c1_mask.png` beside `c1.png`) suggest the pattern."""
     names = sorted(path.name for path in folder.iterdir() if is_png(path)) if folder.is_dir() else []
     stems = {Path(name).stem for name in names}
-    guesses = Counter(name[len(stem):] for name in names[:50] for stem in stems
-                      if stem != Path(name).stem and name.startswith(stem) and not name[len(stem)].isalnum())
+    guesses = Counter(
+        name[len(stem) :]
+        for name in names[:50]
+        for stem in stems
+        if stem != Path(name).stem and name.startswith(stem) and not name[len(stem)].isalnum()
+    )
     hint = f", here perhaps --mask-pattern '{{id}}{guesses.most_common(1)[0][0]}'" if guesses else ""
-    return Problem(folder, f"images and masks are in the same folder: pass --image-pattern and --mask-pattern to tell "
-                           f"them apart{hint}")
+    return Problem(
+        folder,
+        f"images and masks are in the same folder: pass --image-pattern and --mask-pattern to tell them apart{hint}",
+    )
 
 
 #: raster formats `prepare` does not read, named when a folder holds them instead of PNG files
@@ -72,19 +86,26 @@ def _pngs(folder: Path) -> tuple[list[Path], list[Problem]]:
         return [], [Problem(folder, "folder not found")]
     files = sorted(path for path in folder.iterdir() if not path.name.startswith("."))
     problems = broken_link_problems(files)
-    problems += [Problem(path, "not a PNG file; ignored", fatal=False) for path in files
-                 if not is_png(path) and not is_broken_link(path)]
+    problems += [
+        Problem(path, "not a PNG file; ignored", fatal=False)
+        for path in files
+        if not is_png(path) and not is_broken_link(path)
+    ]
     pngs = [path for path in files if is_png(path)]
     if not pngs:
         inner = [path.name for path in _subfolders(folder)]
         other = Counter(path.suffix.lower() for path in files if path.suffix.lower() in OTHER_IMAGE_SUFFIXES)
         if other:
-            hint = (f" (it holds {sum(other.values())} images of another format: "
-                    f"{', '.join(f'{n} {suffix}' for suffix, n in other.most_common())}; `mgcc prepare` reads PNG "
-                    "images and masks: convert them to PNG)")
+            hint = (
+                f" (it holds {sum(other.values())} images of another format: "
+                f"{', '.join(f'{n} {suffix}' for suffix, n in other.most_common())}; `mgcc prepare` reads PNG "
+                "images and masks: convert them to PNG)"
+            )
         elif inner:
-            hint = (f" (it holds the folders {', '.join(inner[:5])}{', ...' if len(inner) > 5 else ''}: name the one "
-                    f"to read, e.g. {folder.name}/{inner[0]})")
+            hint = (
+                f" (it holds the folders {', '.join(inner[:5])}{', ...' if len(inner) > 5 else ''}: name the one "
+                f"to read, e.g. {folder.name}/{inner[0]})"
+            )
         else:
             hint = ""
         problems.append(Problem(folder, "empty folder: no PNG files" + hint))
@@ -113,7 +134,7 @@ def _candidates(names: list[str], ids: set[str], samples: int = 10) -> list[str]
         if found:
             key = max(found, key=len)
             start = name.lower().index(key.lower())
-            pattern = name[:start] + "{id}" + name[start + len(key):]
+            pattern = name[:start] + "{id}" + name[start + len(key) :]
             if pattern not in patterns:
                 patterns.append(pattern)
     return patterns
@@ -124,23 +145,38 @@ def _pairs(names: list[str], pattern: str, ids: set[str]) -> int:
     return sum(1 for name in names if (found := regex.fullmatch(name)) and found["id"] in ids)
 
 
-def no_pairs_problem(image_files: list[Path], mask_files: list[Path], images: dict[str, list[Path]],
-                     masks: dict[str, list[Path]], image_pattern: str, mask_pattern: str) -> Problem:
+def no_pairs_problem(
+    image_files: list[Path],
+    mask_files: list[Path],
+    images: dict[str, list[Path]],
+    masks: dict[str, list[Path]],
+    image_pattern: str,
+    mask_pattern: str,
+) -> Problem:
     """The one line for a dataset where no image pairs with a mask: the patterns used and, when the names show
     one, the pattern option that pairs most files, else an example of the options."""
     image_names, mask_names = [path.name for path in image_files], [path.name for path in mask_files]
-    tried = [(_pairs(mask_names, pattern, set(images)), f"--mask-pattern '{pattern}' pairs", "masks")
-             for pattern in _candidates(mask_names, set(images))]
-    tried += [(_pairs(image_names, pattern, set(masks)), f"--image-pattern '{pattern}' pairs", "images")
-              for pattern in _candidates(image_names, set(masks))]
+    tried = [
+        (_pairs(mask_names, pattern, set(images)), f"--mask-pattern '{pattern}' pairs", "masks")
+        for pattern in _candidates(mask_names, set(images))
+    ]
+    tried += [
+        (_pairs(image_names, pattern, set(masks)), f"--image-pattern '{pattern}' pairs", "images")
+        for pattern in _candidates(image_names, set(masks))
+    ]
     paired, option, kind = max(tried, key=lambda found: found[0], default=(0, "", ""))
     if paired:
         hint = f"{option} {paired} of the {len(mask_names) if kind == 'masks' else len(image_names)} {kind}"
     else:
-        hint = ("give the patterns that pair them, e.g. --image-pattern 'case_{id}.png' --mask-pattern "
-                "'case_{id}_mask.png' (a pattern is a file name with one {id} and optional * wildcards)")
-    return Problem(image_files[0].parent, f"no image pairs with a mask ({len(image_files)} images, {len(mask_files)} "
-                                          f"masks; image pattern '{image_pattern}', mask pattern '{mask_pattern}'): {hint}")
+        hint = (
+            "give the patterns that pair them, e.g. --image-pattern 'case_{id}.png' --mask-pattern "
+            "'case_{id}_mask.png' (a pattern is a file name with one {id} and optional * wildcards)"
+        )
+    return Problem(
+        image_files[0].parent,
+        f"no image pairs with a mask ({len(image_files)} images, {len(mask_files)} "
+        f"masks; image pattern '{image_pattern}', mask pattern '{mask_pattern}'): {hint}",
+    )
 
 
 @dataclass(frozen=True)
@@ -165,8 +201,10 @@ class ClassTable:
 
 
 #: how spreadsheet files begin: xlsx / ods (zip archives) and the older xls (OLE2 compound files)
-SPREADSHEET_MAGIC = {b"PK\x03\x04": "a spreadsheet workbook (xlsx or ods, a zip archive)",
-                     b"\xd0\xcf\x11\xe0": "an Excel 97-2003 workbook (xls)"}
+SPREADSHEET_MAGIC = {
+    b"PK\x03\x04": "a spreadsheet workbook (xlsx or ods, a zip archive)",
+    b"\xd0\xcf\x11\xe0": "an Excel 97-2003 workbook (xls)",
+}
 
 
 def _spreadsheet_kind(path: Path) -> str | None:
@@ -182,8 +220,9 @@ def _read_rows(csv_path: Path, columns: ClassColumns) -> tuple[list[dict[str, st
     """The CSV's rows (header names stripped, a byte-order mark ignored), or the one problem that makes it unusable."""
     kind = _spreadsheet_kind(csv_path)
     if kind:
-        return [], Problem(csv_path, f"class CSV is {kind}, not CSV text: save the sheet as CSV (UTF-8) and pass "
-                                     "that file")
+        return [], Problem(
+            csv_path, f"class CSV is {kind}, not CSV text: save the sheet as CSV (UTF-8) and pass that file"
+        )
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -216,16 +255,27 @@ def read_classes(csv_path: Path, columns: ClassColumns = ClassColumns()) -> tupl
     known = KNOWN_CLASSES + (DEFAULT_CLASS,)
     spellings = Counter((row[columns.label] or "").strip() for row in rows)
     # another spelling of a known class (`Benign`): one line per class, however many rows
-    miscased = {label: sorted((count, spelling) for spelling, count in spellings.items()
-                              if spelling != label and spelling.lower() == label) for label in known}
+    miscased = {
+        label: sorted(
+            (count, spelling)
+            for spelling, count in spellings.items()
+            if spelling != label and spelling.lower() == label
+        )
+        for label in known
+    }
     for label, variants in miscased.items():
         if variants:
             named = [f"'{spelling}' ({count} rows)" for count, spelling in variants]
             if spellings[label]:
                 named.append(f"'{label}' ({spellings[label]} rows)")
-            problems.append(Problem(csv_path, f"classes {' and '.join(named)} differ only in case: the same class? "
-                                              f"write {label}" if spellings[label] else
-                                              f"class {named[0]} is spelled in another case: write {label}"))
+            problems.append(
+                Problem(
+                    csv_path,
+                    f"classes {' and '.join(named)} differ only in case: the same class? write {label}"
+                    if spellings[label]
+                    else f"class {named[0]} is spelled in another case: write {label}",
+                )
+            )
     for line, row in enumerate(rows, start=2):
         name, label = (row[columns.image] or "").strip(), (row[columns.label] or "").strip()
         stem = Path(name).stem
@@ -239,8 +289,12 @@ def read_classes(csv_path: Path, columns: ClassColumns = ClassColumns()) -> tupl
         if label in known:  # `lesion`: what a generic dataset without classes gets
             table.classes[stem] = label
         elif label.lower() not in known:  # another case of a known class: said once above
-            problems.append(Problem(f"{csv_path}:{line}", f"unknown class '{label}' (expected one of: "
-                                                          f"{', '.join(KNOWN_CLASSES + (DEFAULT_CLASS,))})"))
+            problems.append(
+                Problem(
+                    f"{csv_path}:{line}",
+                    f"unknown class '{label}' (expected one of: {', '.join(KNOWN_CLASSES + (DEFAULT_CLASS,))})",
+                )
+            )
     return table, problems
 
 
@@ -273,7 +327,9 @@ def scan_folders(
         problems.insert(0, no_pairs_problem(image_files, mask_files, images, masks, image_pattern, mask_pattern))
     for key, paths in sorted(images.items()):
         if len(paths) > 1:
-            problems.append(Problem(paths[0], f"images {', '.join(path.name for path in paths)} share the pattern id '{key}'"))
+            problems.append(
+                Problem(paths[0], f"images {', '.join(path.name for path in paths)} share the pattern id '{key}'")
+            )
     problems += [Problem(path, "mask without image") for key in sorted(set(masks) - set(images)) for path in masks[key]]
     problems += [Problem(images[key][0], "image without mask") for key in sorted(set(images) - set(masks))]
     table, csv_problems = read_classes(classes_csv, columns) if classes_csv else (None, [])
@@ -287,10 +343,17 @@ def scan_folders(
             label = busi_class(image.stem) if classes_from_names else DEFAULT_CLASS
             cases.append(SourceCase(case_id(image.stem), label, image, image_masks))
         elif image.stem in table.classes:
-            cases.append(SourceCase(case_id(image.stem), table.classes[image.stem], image, image_masks, table.groups.get(image.stem)))
+            cases.append(
+                SourceCase(
+                    case_id(image.stem), table.classes[image.stem], image, image_masks, table.groups.get(image.stem)
+                )
+            )
         elif image.stem not in table.listed:
             problems.append(Problem(image, f"no class for this image in {classes_csv}"))
     if table is not None:
         present = {path.stem for paths in images.values() for path in paths}
-        problems += [Problem(classes_csv, f"lists '{table.listed[stem]}', which is not an image in {images_dir}") for stem in sorted(set(table.listed) - present)]
+        problems += [
+            Problem(classes_csv, f"lists '{table.listed[stem]}', which is not an image in {images_dir}")
+            for stem in sorted(set(table.listed) - present)
+        ]
     return sorted(cases, key=lambda case: case.id), problems + duplicate_id_problems(cases)

@@ -86,15 +86,23 @@ class DataOptions:
         options = dict(options or {})
         unknown = sorted(set(options) - set(cls.names()))
         if unknown:
-            raise option_error(", ".join("--" + name for name in unknown),
-                               f"unknown data option(s) (options: {', '.join('--' + name for name in cls.names())})")
+            raise option_error(
+                ", ".join("--" + name for name in unknown),
+                f"unknown data option(s) (options: {', '.join('--' + name for name in cls.names())})",
+            )
         return cls(**{key: value for key, value in options.items() if value is not None})
 
     def folder_options(self) -> bool:
         """Whether any option of the generic layout is given (then `auto` means that layout)."""
-        return any(value is not None for value in (self.images, self.masks, self.image_pattern, self.mask_pattern,
-                                                   self.classes))
+        return any(
+            value is not None
+            for value in (self.images, self.masks, self.image_pattern, self.mask_pattern, self.classes)
+        )
 
     def given(self) -> dict[str, Any]:
         """The options that differ from their defaults, by name (what a user passed)."""
-        return {field.name: getattr(self, field.name) for field in fields(self) if getattr(self, field.name) != field.default}
+        return {
+            field.name: getattr(self, field.name)
+            for field in fields(self)
+            if getattr(self, field.name) != field.default
+        }

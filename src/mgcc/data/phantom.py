@@ -53,7 +53,9 @@ def _tissue(rng: np.random.Generator, size: int) -> np.ndarray:
     return ndimage.gaussian_filter(echo, 1.0) * texture
 
 
-def _lesion_mask(rng: np.random.Generator, size: int, malignant: bool, centre: tuple[float, float], scale: float = 1.0) -> np.ndarray:
+def _lesion_mask(
+    rng: np.random.Generator, size: int, malignant: bool, centre: tuple[float, float], scale: float = 1.0
+) -> np.ndarray:
     """A boolean lesion mask around `centre` (row, column fractions): a star shape with a random harmonic outline."""
     radius = rng.uniform(0.09, 0.17) * size * scale
     centre_y, centre_x = centre[0] * size, centre[1] * size
@@ -65,7 +67,10 @@ def _lesion_mask(rng: np.random.Generator, size: int, malignant: bool, centre: t
     dy = (rows - centre_y) * np.sqrt(width_over_height)
     dx = (cols - centre_x) / np.sqrt(width_over_height)
     theta = np.arctan2(dy, dx)
-    outline = radius * (1.0 + np.sum(amplitudes[:, None, None] * np.cos(harmonics[:, None, None] * theta + phases[:, None, None]), axis=0))
+    outline = radius * (
+        1.0
+        + np.sum(amplitudes[:, None, None] * np.cos(harmonics[:, None, None] * theta + phases[:, None, None]), axis=0)
+    )
     return np.hypot(dy, dx) <= outline
 
 
@@ -100,7 +105,9 @@ def _b_mode(echo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.round(scaled * 255).astype(np.uint8)
 
 
-def simulate_case(rng: np.random.Generator, size: int, label: str, second_lesion: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+def simulate_case(
+    rng: np.random.Generator, size: int, label: str, second_lesion: bool = False
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """One phantom image (uint8, `size` x `size`) and its lesion masks (bool; one all-False for `normal`)."""
     echo = _tissue(rng, size)
     if label == "normal":
@@ -110,7 +117,9 @@ def simulate_case(rng: np.random.Generator, size: int, label: str, second_lesion
     masks = [_lesion_mask(rng, size, malignant, centre)]
     if second_lesion:  # a small lesion on the other side of the image
         far_side = (rng.uniform(0.3, 0.5), 0.15 if centre[1] > 0.5 else 0.85)
-        extra = _lesion_mask(rng, size, malignant, far_side, scale=0.5) & ~ndimage.binary_dilation(masks[0], iterations=3)
+        extra = _lesion_mask(rng, size, malignant, far_side, scale=0.5) & ~ndimage.binary_dilation(
+            masks[0], iterations=3
+        )
         if extra.any():
             masks.append(extra)
     for mask in masks:
@@ -138,8 +147,10 @@ def _clear_earlier_phantom(out: Path) -> None:
         raise FileExistsError(f"{out}: exists and is not a folder")
     entries = [entry for entry in out.iterdir()]
     if entries and not (out / PHANTOM_RECORD).is_file():
-        raise FileExistsError(f"{out}: folder is not empty and holds no phantom dataset ({PHANTOM_RECORD}); "
-                              "choose a new or empty folder, nothing was written")
+        raise FileExistsError(
+            f"{out}: folder is not empty and holds no phantom dataset ({PHANTOM_RECORD}); "
+            "choose a new or empty folder, nothing was written"
+        )
     for entry in entries:
         if entry.is_dir() and entry.name in CLASSES:
             shutil.rmtree(entry)

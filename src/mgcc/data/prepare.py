@@ -24,7 +24,14 @@ from mgcc.data.datalist import SECTIONS, build_datalist, image_path, label_path,
 from mgcc.data.folders import ClassColumns, masks_subfolder, same_folder_problem, scan_folders
 from mgcc.data.options import DataOptions, option_error
 from mgcc.data.records import KNOWN_CLASSES, DatasetError, Problem, SourceCase
-from mgcc.data.split import NEAR_DUPLICATE_CORRELATION, SplitItem, assign_splits, duplicate_groups, near_duplicate_groups, split_groups
+from mgcc.data.split import (
+    NEAR_DUPLICATE_CORRELATION,
+    SplitItem,
+    assign_splits,
+    duplicate_groups,
+    near_duplicate_groups,
+    split_groups,
+)
 from mgcc.data.validate import CheckedCase, check_case, load_case
 
 MANIFEST_FORMAT = "mgcc-prepared-dataset/1"
@@ -116,18 +123,24 @@ def _unrecognised_layout(source: Path) -> Problem | None:
     cased = [name for name in folders if name.lower() in KNOWN_CLASSES]
     if cased:
         several = len(cased) > 1
-        return Problem(source, f"class folder{'s' * several} {', '.join(n + '/' for n in cased)}: BUSI's class "
-                               f"folders are lower case: rename {'them' if several else 'it'} "
-                               f"{', '.join(n.lower() + '/' for n in cased)}")
+        return Problem(
+            source,
+            f"class folder{'s' * several} {', '.join(n + '/' for n in cased)}: BUSI's class "
+            f"folders are lower case: rename {'them' if several else 'it'} "
+            f"{', '.join(n.lower() + '/' for n in cased)}",
+        )
     found = f"folders {', '.join(folders[:6])}{', ...' if len(folders) > 6 else ''}" if folders else "no folders"
     if pngs:
         found += f", {len(pngs)} PNG files at the top"
     masks = [name for name in folders if any(word in name.lower() for word in MASK_WORDS)]
     others = [name for name in folders if name not in masks]
     guess = f"; here perhaps --images {others[0]} --masks {masks[0]}" if len(masks) == 1 and len(others) == 1 else ""
-    return Problem(source, f"layout not recognised: neither BUSI class folders ({'/, '.join(KNOWN_CLASSES)}/) nor "
-                           f"images/ and masks/ (found {found}); for other folders give --images DIR --masks DIR "
-                           f"[--image-pattern 'case_{{id}}.png' --mask-pattern 'case_{{id}}_mask.png']{guess}")
+    return Problem(
+        source,
+        f"layout not recognised: neither BUSI class folders ({'/, '.join(KNOWN_CLASSES)}/) nor "
+        f"images/ and masks/ (found {found}); for other folders give --images DIR --masks DIR "
+        f"[--image-pattern 'case_{{id}}.png' --mask-pattern 'case_{{id}}_mask.png']{guess}",
+    )
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -137,7 +150,9 @@ def _inside(path: Path, folder: Path) -> bool:
 def _pick_layout(source: Path, layout: str, folder_options: bool) -> str:
     """The layout to read (`layout` is one of `options.LAYOUTS`, checked by `DataOptions`)."""
     if layout == "busi" and folder_options:
-        raise DatasetError([Problem(source, "images/masks folders, patterns and a class CSV apply to the 'folders' layout only")])
+        raise DatasetError(
+            [Problem(source, "images/masks folders, patterns and a class CSV apply to the 'folders' layout only")]
+        )
     if layout != "auto":
         return layout
     if folder_options or (_child_folder(source, "images") and _child_folder(source, "masks")):
@@ -152,14 +167,24 @@ def _class_columns(source: Path, data: DataOptions) -> ClassColumns:
     """The class CSV's column names; naming a column without a CSV, or grouping by the id or class column, is refused."""
     columns = ClassColumns(data.id_column, data.class_column, data.group_column)
     if not data.classes:
-        named = [option for option, given in (("--id-column", columns.image != ClassColumns.image),
-                                              ("--class-column", columns.label != ClassColumns.label),
-                                              ("--group-column", columns.group is not None)) if given]
+        named = [
+            option
+            for option, given in (
+                ("--id-column", columns.image != ClassColumns.image),
+                ("--class-column", columns.label != ClassColumns.label),
+                ("--group-column", columns.group is not None),
+            )
+            if given
+        ]
         if named:
             verb = "names a column" if len(named) == 1 else "name columns"
-            raise DatasetError([Problem(source, f"{', '.join(named)} {verb} of the class CSV: give the CSV with --classes")])
+            raise DatasetError(
+                [Problem(source, f"{', '.join(named)} {verb} of the class CSV: give the CSV with --classes")]
+            )
     elif columns.group in (columns.image, columns.label):
-        raise DatasetError([Problem(source, f"the group column '{columns.group}' must differ from the id and class columns")])
+        raise DatasetError(
+            [Problem(source, f"the group column '{columns.group}' must differ from the id and class columns")]
+        )
     return columns
 
 
@@ -172,13 +197,20 @@ def _output_problems(out: Path, read_from: list[Path]) -> list[Problem]:
     if out.is_dir():
         foreign = sorted(path.name for path in out.iterdir() if path.name not in OUTPUT_NAMES)
         if foreign:
-            problems.append(Problem(out, f"output folder holds files that are not a prepared dataset ({', '.join(foreign[:5])}); choose an empty folder"))
+            problems.append(
+                Problem(
+                    out,
+                    f"output folder holds files that are not a prepared dataset ({', '.join(foreign[:5])}); choose an empty folder",
+                )
+            )
     elif out.exists():
         problems.append(Problem(out, "output path exists and is not a folder"))
     return problems
 
 
-def _scan(source: Path, layout: str, data: DataOptions, columns: ClassColumns) -> tuple[list[SourceCase], list[Problem], list[Path]]:
+def _scan(
+    source: Path, layout: str, data: DataOptions, columns: ClassColumns
+) -> tuple[list[SourceCase], list[Problem], list[Path]]:
     """Cases, structural problems and the folders that are read, for the chosen layout.
 
     The generic layout finds masks in the one subfolder of an otherwise empty masks folder (the MGCC reference
@@ -206,7 +238,9 @@ def _scan(source: Path, layout: str, data: DataOptions, columns: ClassColumns) -
 def _write_case(case: SourceCase, out: Path, mask_threshold: float | None = None) -> None:
     image, mask, _ = load_case(case, mask_threshold)
     Image.fromarray(image).save(out / image_path(case.id), format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    Image.fromarray(mask.astype(np.uint8) * 255).save(out / label_path(case.id), format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(
+        out / label_path(case.id), format="PNG", compress_level=PNG_COMPRESS_LEVEL
+    )
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -239,11 +273,22 @@ def _disagreeing_duplicates(checked: list[CheckedCase], duplicates: list[list[st
     for group in duplicates:
         first = facts[group[0]]
         for other in (facts[identifier] for identifier in group[1:]):
-            differs = [what for what, same in (("class", other.case.label == first.case.label),
-                                               ("mask", other.mask_sha256 == first.mask_sha256)) if not same]
+            differs = [
+                what
+                for what, same in (
+                    ("class", other.case.label == first.case.label),
+                    ("mask", other.mask_sha256 == first.mask_sha256),
+                )
+                if not same
+            ]
             if differs:
-                problems.append(Problem(other.case.image, f"same pixels as {first.case.image.name} with another "
-                                                          f"{' and '.join(differs)}", fatal=False))
+                problems.append(
+                    Problem(
+                        other.case.image,
+                        f"same pixels as {first.case.image.name} with another {' and '.join(differs)}",
+                        fatal=False,
+                    )
+                )
     return problems
 
 
@@ -253,13 +298,27 @@ def _check_splits(source: Path, items: list[SplitItem], assignments: dict) -> No
     counts = Counter(assignment.split for assignment in assignments.values())
     groups = len(split_groups(items))
     if not counts["train"]:
-        raise DatasetError([Problem(source, f"no image left for training: the {len(items)} images form "
-                                            f"{groups} group(s) of duplicates and near-copies")])
+        raise DatasetError(
+            [
+                Problem(
+                    source,
+                    f"no image left for training: the {len(items)} images form "
+                    f"{groups} group(s) of duplicates and near-copies",
+                )
+            ]
+        )
     if not counts["validation"] or not counts["test"]:
-        raise DatasetError([Problem(source, f"too few images to split: {len(items)} image(s) in {groups} group(s) give "
-                                            f"training {counts['train']}, validation {counts['validation']}, test "
-                                            f"{counts['test']}; at least 3 images in 3 groups (of duplicates and "
-                                            "near-copies) are needed, one each for training, validation and test")])
+        raise DatasetError(
+            [
+                Problem(
+                    source,
+                    f"too few images to split: {len(items)} image(s) in {groups} group(s) give "
+                    f"training {counts['train']}, validation {counts['validation']}, test "
+                    f"{counts['test']}; at least 3 images in 3 groups (of duplicates and "
+                    "near-copies) are needed, one each for training, validation and test",
+                )
+            ]
+        )
 
 
 def _section_counts(datalist: dict) -> dict[str, dict[str, int]]:
@@ -309,8 +368,11 @@ def prepare_dataset(
     excluded = Counter(case.label for case in all_cases if case.label == "normal" and not include_normal)
     cases = [case for case in all_cases if include_normal or case.label != "normal"]
     if not cases and not any(problem.fatal for problem in problems):
-        left_out = (f": {excluded['normal']} images of class 'normal' were left out (pass --include-normal to keep them)"
-                    if excluded else "")
+        left_out = (
+            f": {excluded['normal']} images of class 'normal' were left out (pass --include-normal to keep them)"
+            if excluded
+            else ""
+        )
         problems.append(Problem(source, "no images to prepare" + left_out))
     checked: list[CheckedCase] = []
     for case in cases:
@@ -323,11 +385,16 @@ def prepare_dataset(
         raise DatasetError(fatal)
     warnings = [problem for problem in problems if not problem.fatal]
 
-    near = near_duplicate_groups([facts.case.id for facts in checked], np.stack([facts.thumbnail for facts in checked]),
-                                 near_copy_correlation)
+    near = near_duplicate_groups(
+        [facts.case.id for facts in checked], np.stack([facts.thumbnail for facts in checked]), near_copy_correlation
+    )
     near_copy_of = {identifier: group[0] for group in near for identifier in group}
-    items = [SplitItem(facts.case.id, facts.case.label, facts.pixel_sha256, facts.case.group, near_copy_of.get(facts.case.id))
-             for facts in checked]
+    items = [
+        SplitItem(
+            facts.case.id, facts.case.label, facts.pixel_sha256, facts.case.group, near_copy_of.get(facts.case.id)
+        )
+        for facts in checked
+    ]
     assignments = assign_splits(items, seed=seed, labeled_fraction=labeled_fraction)
     _check_splits(source, items, assignments)
     datalist = build_datalist({facts.case.id: facts.case.label for facts in checked}, assignments)
@@ -355,9 +422,14 @@ def prepare_dataset(
         "format": MANIFEST_FORMAT,
         "source": str(source),
         "layout": layout,
-        "settings": {"seed": seed, "labeled_fraction": labeled_fraction, "include_normal": include_normal,
-                     "group_column": columns.group, "mask_threshold": mask_threshold,
-                     "near_copy_correlation": near_copy_correlation},
+        "settings": {
+            "seed": seed,
+            "labeled_fraction": labeled_fraction,
+            "include_normal": include_normal,
+            "group_column": columns.group,
+            "mask_threshold": mask_threshold,
+            "near_copy_correlation": near_copy_correlation,
+        },
         "summary": summary,
         "warnings": [{"file": _relative(Path(problem.path), source), "reason": problem.reason} for problem in warnings],
         "images": [_record(facts, source, section_of(assignments[facts.case.id])) for facts in checked],
@@ -384,8 +456,9 @@ def _exclusive(out: Path):
             path.unlink(missing_ok=True)  # while still held: nothing is left next to `out`
 
 
-def _write_prepared(out: Path, checked: list[CheckedCase], mask_threshold: float | None, manifest: dict,
-                    datalist: dict) -> None:
+def _write_prepared(
+    out: Path, checked: list[CheckedCase], mask_threshold: float | None, manifest: dict, datalist: dict
+) -> None:
     """Write the images, labels, manifest and datalist; swap them into `out` once complete."""
     # written next to `out` first and moved into place when complete: a run stopped midway keeps the previous dataset
     staging, replaced = out.parent / f".{out.name}.incoming", out.parent / f".{out.name}.replaced"
@@ -422,19 +495,32 @@ def print_summary(summary: dict) -> None:
     classes = list(summary["classes"])
     print(f"prepared {summary['images']} images into {summary['out']}")
     if summary["excluded"]:
-        print("excluded: " + ", ".join(f"{count} {label} (use --include-normal)" for label, count in summary["excluded"].items()))
-    print(f"multi-mask images merged: {summary['multi_mask_images']}; duplicate groups kept together: {summary['duplicate_groups']}")
+        print(
+            "excluded: "
+            + ", ".join(f"{count} {label} (use --include-normal)" for label, count in summary["excluded"].items())
+        )
+    print(
+        f"multi-mask images merged: {summary['multi_mask_images']}; duplicate groups kept together: {summary['duplicate_groups']}"
+    )
     near = summary["near_duplicate_groups"]
-    print(f"near-duplicate groups kept together: {len(near)} ({sum(len(group) for group in near)} images; "
-          f"32x32 thumbnails correlating >= {summary['near_copy_correlation']:g})")
+    print(
+        f"near-duplicate groups kept together: {len(near)} ({sum(len(group) for group in near)} images; "
+        f"32x32 thumbnails correlating >= {summary['near_copy_correlation']:g})"
+    )
     if summary["resampled_masks"]:
         print(f"masks at another resolution resampled to their image's size: {summary['resampled_masks']}")
     if summary["thresholded_masks"] or summary["mask_threshold"] is not None:
-        level = "half their maximum value" if summary["mask_threshold"] is None else f"--mask-threshold {summary['mask_threshold']:g}"
+        level = (
+            "half their maximum value"
+            if summary["mask_threshold"] is None
+            else f"--mask-threshold {summary['mask_threshold']:g}"
+        )
         print(f"non-binary masks binarized at {level}: {summary['thresholded_masks']}")
     if summary["group_column"] is not None:
-        print(f"groups by column '{summary['group_column']}' (merged with duplicates): {summary['multi_image_groups']} "
-              f"multi-image groups ({summary['images_in_multi_image_groups']} images) kept together")
+        print(
+            f"groups by column '{summary['group_column']}' (merged with duplicates): {summary['multi_image_groups']} "
+            f"multi-image groups ({summary['images_in_multi_image_groups']} images) kept together"
+        )
     print(f"{'section':<12}" + "".join(f"{label:>11}" for label in classes) + f"{'total':>8}")
     for section, counts in summary["sections"].items():
         print(f"{section:<12}" + "".join(f"{counts.get(label, 0):>11}" for label in classes) + f"{counts['total']:>8}")
@@ -472,13 +558,29 @@ def prepare(
     """
     started = time.perf_counter()
     try:
-        data = DataOptions.from_options({
-            "layout": layout, "images": images, "masks": masks, "image_pattern": image_pattern,
-            "mask_pattern": mask_pattern, "classes": classes, "id_column": id_column, "class_column": class_column,
-            "group_column": group_column, "mask_threshold": mask_threshold,
-        })
-        summary = prepare_dataset(Path(source), Path(out), data, labeled_fraction=labeled_fraction, seed=seed,
-                                  include_normal=bool(include_normal), near_copy_correlation=near_copy_correlation)
+        data = DataOptions.from_options(
+            {
+                "layout": layout,
+                "images": images,
+                "masks": masks,
+                "image_pattern": image_pattern,
+                "mask_pattern": mask_pattern,
+                "classes": classes,
+                "id_column": id_column,
+                "class_column": class_column,
+                "group_column": group_column,
+                "mask_threshold": mask_threshold,
+            }
+        )
+        summary = prepare_dataset(
+            Path(source),
+            Path(out),
+            data,
+            labeled_fraction=labeled_fraction,
+            seed=seed,
+            include_normal=bool(include_normal),
+            near_copy_correlation=near_copy_correlation,
+        )
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -95,8 +95,11 @@ def is_broken_link(path: Path) -> bool:
 
 def broken_link_problems(paths: list[Path]) -> list[Problem]:
     """One fatal problem per broken link, naming the link and where it points: its file is missing, not ignorable."""
-    return [Problem(path, f"broken link: its target {os.readlink(path)} does not exist") for path in paths
-            if is_broken_link(path)]
+    return [
+        Problem(path, f"broken link: its target {os.readlink(path)} does not exist")
+        for path in paths
+        if is_broken_link(path)
+    ]
 
 
 def case_id(stem: str) -> str:

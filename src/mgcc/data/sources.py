@@ -45,25 +45,38 @@ def checked_options(options: dict[str, Any]) -> dict[str, Any]:
 def _resplit(source: Path, out: Path, options: dict[str, Any], **settings: Any) -> dict:
     """Prepare a prepared folder again as a generic-layout dataset whose classes and groups come from its manifest."""
     if options:
-        raise DatasetError([Problem(source, f"is a prepared dataset: the options {sorted(options)} apply to raw datasets only")])
+        raise DatasetError(
+            [Problem(source, f"is a prepared dataset: the options {sorted(options)} apply to raw datasets only")]
+        )
     try:
         manifest = json.loads((source / "manifest.json").read_text())
         records = manifest["images"]
         near_copy = manifest["settings"].get("near_copy_correlation", NEAR_DUPLICATE_CORRELATION)
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise DatasetError([Problem(source / "manifest.json", f"not a prepared dataset's manifest ({error})")]) from None
+        raise DatasetError(
+            [Problem(source / "manifest.json", f"not a prepared dataset's manifest ({error})")]
+        ) from None
     with tempfile.TemporaryDirectory() as scratch:
         classes = Path(scratch) / "classes.csv"
         with open(classes, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["image", "class", "group"])
             writer.writerows([Path(r["image"]).name, r["class"], r.get("group") or ""] for r in records)
-        data = DataOptions(layout="folders", images="images", masks="labels", classes=str(classes), group_column="group")
+        data = DataOptions(
+            layout="folders", images="images", masks="labels", classes=str(classes), group_column="group"
+        )
         return prepare_dataset(source, out, data, near_copy_correlation=near_copy, **settings)
 
 
-def prepare_any(source: Path, out: Path, *, labeled_fraction: float, seed: int, include_normal: bool,
-                options: dict[str, Any] | DataOptions | None = None) -> dict:
+def prepare_any(
+    source: Path,
+    out: Path,
+    *,
+    labeled_fraction: float,
+    seed: int,
+    include_normal: bool,
+    options: dict[str, Any] | DataOptions | None = None,
+) -> dict:
     """Prepare `source` (any of the three forms) into `out`; return `prepare_dataset`'s summary. `options`: the
     data options by name (`checked_options`' dict, or a `DataOptions`)."""
     options = options.given() if isinstance(options, DataOptions) else options

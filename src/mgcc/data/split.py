@@ -72,8 +72,9 @@ def duplicate_groups(items: list[SplitItem]) -> list[list[SplitItem]]:
     return _sorted_groups(by_pixels.values())
 
 
-def near_duplicate_groups(ids: list[str], thumbnails: np.ndarray,
-                          threshold: float = NEAR_DUPLICATE_CORRELATION) -> list[list[str]]:
+def near_duplicate_groups(
+    ids: list[str], thumbnails: np.ndarray, threshold: float = NEAR_DUPLICATE_CORRELATION
+) -> list[list[str]]:
     """Groups of two or more ids joined by thumbnail correlation >= `threshold` (chains join: union-find).
 
     `thumbnails` holds one zero-mean, unit-norm row per id, so a dot product is the Pearson correlation.
@@ -103,7 +104,9 @@ def split_groups(items: list[SplitItem]) -> list[list[SplitItem]]:
     Sorted like `duplicate_groups`, which it equals when no item has a group.
     """
     parent = list(range(len(items)))
-    first: dict[tuple[str, str], int] = {}  # ("pixels", sha256), ("near", id) or ("group", value) -> first image holding it
+    first: dict[
+        tuple[str, str], int
+    ] = {}  # ("pixels", sha256), ("near", id) or ("group", value) -> first image holding it
     for index, item in enumerate(items):
         keys = [("pixels", item.pixel_sha256)] + ([("group", item.group)] if item.group else [])
         keys += [("near", item.near_copy_of)] if item.near_copy_of else []
@@ -137,9 +140,16 @@ def assign_splits(items: list[SplitItem], seed: int = 0, labeled_fraction: float
     strata: dict[str, list[list[SplitItem]]] = {}
     for group in split_groups(items):
         strata.setdefault(group[0].label, []).append(group)
-    ordered = {label: sorted(groups, key=lambda group: _order(seed, "split", group[0].id)) for label, groups in strata.items()}
-    quotas = {label: {name: _round_half_up(fraction * sum(len(group) for group in groups))
-                      for name, fraction in SPLIT_FRACTIONS.items()} for label, groups in strata.items()}
+    ordered = {
+        label: sorted(groups, key=lambda group: _order(seed, "split", group[0].id)) for label, groups in strata.items()
+    }
+    quotas = {
+        label: {
+            name: _round_half_up(fraction * sum(len(group) for group in groups))
+            for name, fraction in SPLIT_FRACTIONS.items()
+        }
+        for label, groups in strata.items()
+    }
     for name in SPLIT_FRACTIONS:  # a split empty in every stratum gets one group where training can spare it
         filled = {label: _fill(ordered[label], list(quotas[label].items()), TRAIN) for label in ordered}
         spare = {label: len(parts[TRAIN]) for label, parts in filled.items() if len(parts[TRAIN]) >= 2}

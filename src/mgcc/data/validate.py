@@ -41,8 +41,10 @@ NON_BINARY = "non-binary mask"
 #: how every note about a resampled mask starts
 RESAMPLED = "mask resampled"
 #: the reason of a mask whose size and aspect ratio differ from its image's (its detail: "<mask WxH> vs <image WxH>")
-OTHER_SHAPE = ("mask of another size and aspect ratio than its image, so it cannot be resampled to it "
-               "(mask vs image, width x height)")
+OTHER_SHAPE = (
+    "mask of another size and aspect ratio than its image, so it cannot be resampled to it "
+    "(mask vs image, width x height)"
+)
 #: mask and image aspect ratios (height / width) that differ by at most this fraction count as the same
 ASPECT_TOLERANCE = 0.02
 THUMBNAIL_SIDE = 32
@@ -108,11 +110,16 @@ def read_mask(path: Path, threshold: float | None = None) -> tuple[np.ndarray, l
     if levels.size <= 1:
         return strength > 0, []
     if threshold is not None and threshold > levels[-1]:
-        raise UnreadableFile(f"--mask-threshold {threshold:g} is above this mask's largest value {levels[-1]:g}: "
-                             "the mask would be empty")
+        raise UnreadableFile(
+            f"--mask-threshold {threshold:g} is above this mask's largest value {levels[-1]:g}: the mask would be empty"
+        )
     if threshold is None:
-        return strength >= levels[-1] / 2.0, [f"{NON_BINARY} (several non-zero values); binarized at half its maximum value"]
-    return strength >= threshold, [f"{NON_BINARY} (several non-zero values); binarized at --mask-threshold {threshold:g}"]
+        return strength >= levels[-1] / 2.0, [
+            f"{NON_BINARY} (several non-zero values); binarized at half its maximum value"
+        ]
+    return strength >= threshold, [
+        f"{NON_BINARY} (several non-zero values); binarized at --mask-threshold {threshold:g}"
+    ]
 
 
 @dataclass(frozen=True)
@@ -164,11 +171,20 @@ def load_case(case: SourceCase, mask_threshold: float | None = None) -> tuple[np
         problems += [Problem(case.image, note, fatal=False) for note in notes]
         levels = len(np.unique(image))
         if levels <= 2:
-            problems.append(Problem(case.image, f"image has {levels} gray level(s): blank, or a mask (are the images "
-                                                "and masks folders swapped?)", fatal=False))
+            problems.append(
+                Problem(
+                    case.image,
+                    f"image has {levels} gray level(s): blank, or a mask (are the images and masks folders swapped?)",
+                    fatal=False,
+                )
+            )
         if min(image.shape) < MIN_SIDE:
-            problems.append(Problem(case.image, f"image too small: {image.shape[1]}x{image.shape[0]} pixels "
-                                                f"(at least {MIN_SIDE} on each side)"))
+            problems.append(
+                Problem(
+                    case.image,
+                    f"image too small: {image.shape[1]}x{image.shape[0]} pixels (at least {MIN_SIDE} on each side)",
+                )
+            )
     except UnreadableFile as error:
         problems.append(Problem(case.image, str(error)))
         image = None
@@ -189,8 +205,9 @@ def load_case(case: SourceCase, mask_threshold: float | None = None) -> tuple[np
     if image is None or merged is None or any(problem.fatal for problem in problems):
         return np.zeros((0, 0), np.uint8), np.zeros((0, 0), bool), problems
     if merged.mean() > FULL_MASK:
-        problems.append(Problem(case.masks[0], f"mask covers {merged.mean():.0%} of the image: lesion everywhere?",
-                                fatal=False))
+        problems.append(
+            Problem(case.masks[0], f"mask covers {merged.mean():.0%} of the image: lesion everywhere?", fatal=False)
+        )
     return image, merged, problems
 
 

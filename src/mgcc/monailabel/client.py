@@ -94,8 +94,15 @@ def wait_for_training(client: MONAILabelClient, timeout: float, poll: float = 2.
         time.sleep(poll)
 
 
-def benchmark(url: str, model: str, images: list[str], n: int, concurrency: int, files: list[str] | None = None,
-              save_dir: Path | None = None) -> dict:
+def benchmark(
+    url: str,
+    model: str,
+    images: list[str],
+    n: int,
+    concurrency: int,
+    files: list[str] | None = None,
+    save_dir: Path | None = None,
+) -> dict:
     """`n` /infer requests from `concurrency` clients, each sending its share one after another (client `k` sends
     requests k, k + concurrency, ...), on datastore images or, with `files`, uploads (round robin); latencies in
     seconds. With `save_dir`, each answer's mask is kept as `<save_dir>/<request>.png` and every request is listed
@@ -131,14 +138,20 @@ def benchmark(url: str, model: str, images: list[str], n: int, concurrency: int,
     latencies = sorted(r["latency_s"] for r in results)
     failures = [r["error"] for r in results if r["error"]]
     summary = {
-        "requests": n, "concurrency": concurrency, "succeeded": n - len(failures), "failed": len(failures),
+        "requests": n,
+        "concurrency": concurrency,
+        "succeeded": n - len(failures),
+        "failed": len(failures),
         "failures": failures[:5],
         "latency_s": {
             "median": statistics.median(latencies),
             "p95": float(np.percentile(latencies, 95, method="inverted_cdf")),  # nearest rank
-            "mean": statistics.fmean(latencies), "min": latencies[0], "max": latencies[-1],
+            "mean": statistics.fmean(latencies),
+            "min": latencies[0],
+            "max": latencies[-1],
         },
-        "wall_s": wall, "throughput_rps": n / wall,
+        "wall_s": wall,
+        "throughput_rps": n / wall,
     }
     if save_dir is not None:
         summary["requests_detail"] = results
@@ -156,11 +169,25 @@ def run_benchmark(client: MONAILabelClient, args: argparse.Namespace) -> dict:
     images = args.images.split(",") if args.images else [] if files else sorted(client.datastore().get("objects", {}))
     if not images and not files:
         raise Refused(404, "no images: pass --images or --files, or add images to the server's studies folder")
-    result = benchmark(client.get_server_url(), model, images, args.n, args.concurrency, files,
-                       Path(args.save_dir) if args.save_dir else None)
-    result.update({"url": client.get_server_url(), "model": model, "images": len(files or images),
-                   "model_config": info["models"][model], "host": platform.node(),
-                   "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    result = benchmark(
+        client.get_server_url(),
+        model,
+        images,
+        args.n,
+        args.concurrency,
+        files,
+        Path(args.save_dir) if args.save_dir else None,
+    )
+    result.update(
+        {
+            "url": client.get_server_url(),
+            "model": model,
+            "images": len(files or images),
+            "model_config": info["models"][model],
+            "host": platform.node(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+    )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -186,8 +213,9 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("train")
     q.add_argument("model")
     q.add_argument("--params", default="{}", help="JSON object of training settings")
-    sub.add_parser("train-status").add_argument("--wait", type=float, default=0.0,
-                                                help="seconds to wait for the task to finish")
+    sub.add_parser("train-status").add_argument(
+        "--wait", type=float, default=0.0, help="seconds to wait for the task to finish"
+    )
     q = sub.add_parser("benchmark")
     q.add_argument("--model", help="model name (default: the server's only model)")
     q.add_argument("--images", help="comma-separated datastore image ids (default: the whole datastore)")

@@ -55,9 +55,9 @@ def label_overrides(studies: str | Path) -> dict[str, Any]:
     unlabeled set becomes every image of the studies folder, listed when training starts.
     """
     studies = str(Path(studies).resolve())
-    listing = (
-        "$[{'image': f} for f in sorted(f for e in %r for f in glob.glob(os.path.join(%r, e)))]"
-        % (UNLABELED_PATTERNS, studies)
+    listing = "$[{'image': f} for f in sorted(f for e in %r for f in glob.glob(os.path.join(%r, e)))]" % (
+        UNLABELED_PATTERNS,
+        studies,
     )
     return {"train#unlabeled_dataset#data": listing, "show_progress": False}
 
@@ -83,9 +83,7 @@ def setup_environment(quiet: bool = False) -> Path:
     if not SETUP_SCRIPT.is_file():
         raise LabelError(f"setup script not found: {SETUP_SCRIPT}")
     env = dict(os.environ, MGCC_LABEL_VENV=str(label_venv()))
-    result = subprocess.run(
-        ["bash", str(SETUP_SCRIPT)], env=env, capture_output=quiet, text=True, check=False
-    )
+    result = subprocess.run(["bash", str(SETUP_SCRIPT)], env=env, capture_output=quiet, text=True, check=False)
     if result.returncode != 0:
         tail = (result.stdout or "")[-2000:] + (result.stderr or "")[-2000:] if quiet else ""
         raise LabelError(f"creating the MONAI Label environment failed (exit {result.returncode}).\n{tail}")
@@ -253,11 +251,14 @@ def label_client(url: str, command: str, *args: str, timeout: float = 900.0) -> 
     try:
         return json.loads(result.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        raise LabelError(f"{CLIENT.name} {command} failed (exit {result.returncode}): {result.stderr[-2000:]}") from None
+        raise LabelError(
+            f"{CLIENT.name} {command} failed (exit {result.returncode}): {result.stderr[-2000:]}"
+        ) from None
 
 
-def wait_for_server(url: str, process: subprocess.Popen | None = None, timeout: float = 180.0,
-                    log: Path | None = None) -> dict:
+def wait_for_server(
+    url: str, process: subprocess.Popen | None = None, timeout: float = 180.0, log: Path | None = None
+) -> dict:
     """Poll /info/ until the server answers; fail early (with the log's tail) if the process exits."""
     deadline = time.monotonic() + timeout
     last: dict = {}
@@ -284,18 +285,34 @@ class Label:
     def studies(self, out: str, n: int = 24, size: int = 128, seed: int = 0, labeled: int = 8) -> None:
         """Write a phantom studies folder (datastore) with `labeled` images already labeled."""
         root = make_studies(out, n=n, size=size, seed=seed, labeled=labeled)
-        print(f"studies: {len(list(root.glob('*.png')))} images, "
-              f"{len(list((root / 'labels' / 'final').glob('*')))} labeled, in {root}")
+        print(
+            f"studies: {len(list(root.glob('*.png')))} images, "
+            f"{len(list((root / 'labels' / 'final').glob('*')))} labeled, in {root}"
+        )
 
-    def app(self, workdir: str = "outputs/monailabel", bundle: str | None = None, studies: str | None = None,
-            overrides: dict | str | None = None, fresh_model: bool = False) -> None:
+    def app(
+        self,
+        workdir: str = "outputs/monailabel",
+        bundle: str | None = None,
+        studies: str | None = None,
+        overrides: dict | str | None = None,
+        fresh_model: bool = False,
+    ) -> None:
         """Build the MONAI Label app folder (sample `monaibundle` app + a copy of the bundle); print it."""
         app, name = prepare_app(workdir, bundle, studies, _parse_overrides(overrides), fresh_model)
         print(f"app: {app} (model '{name}': {app / 'model' / name})")
 
-    def serve(self, studies: str, bundle: str | None = None, port: int = 8000, host: str = "127.0.0.1",
-              workdir: str = "outputs/monailabel", overrides: dict | str | None = None,
-              fresh_model: bool = False, setup: bool = True) -> int:
+    def serve(
+        self,
+        studies: str,
+        bundle: str | None = None,
+        port: int = 8000,
+        host: str = "127.0.0.1",
+        workdir: str = "outputs/monailabel",
+        overrides: dict | str | None = None,
+        fresh_model: bool = False,
+        setup: bool = True,
+    ) -> int:
         """Start `monailabel start_server` with the `monaibundle` app and our bundle (blocks; Ctrl-C stops).
 
         --studies: the datastore folder (PNG images; labels go to <studies>/labels/final).
