@@ -23,9 +23,9 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import resource  # noqa: F401  (documents that ru_maxrss is in KiB on Linux)
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile

@@ -48,8 +48,15 @@ DICE_OK = 0.99
 SERVED_TRAIN = {"val_interval": 4, "labeled_batch_size": 2, "unlabeled_batch_size": 2, "num_workers": 0}
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
-from mgcc.monailabel.launcher import CLIENT, free_port, label_client, label_venv, server_env  # noqa: E402
-from mgcc.monailabel.launcher import setup_environment, wait_for_server  # noqa: E402
+from mgcc.monailabel.launcher import (  # noqa: E402  # noqa: E402
+    CLIENT,
+    free_port,
+    label_client,
+    label_venv,
+    server_env,
+    setup_environment,
+    wait_for_server,
+)
 
 
 # --------------------------------------------------------------------------------------------- facts, data

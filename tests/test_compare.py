@@ -1,10 +1,9 @@
 """`mgcc compare` bookkeeping: seeds, paired per-image Dice differences pooled over seeds, the summary over seeds."""
 
 import csv
+from pathlib import Path
 
 import pytest
-
-from pathlib import Path
 
 from mgcc.compare import (
     differences_table,

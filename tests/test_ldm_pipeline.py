@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from ldm_support import AE, DIFF, EVAL, INFER, TINY, parse_bundle, run_bundle
+from PIL import Image
 
 from mgcc import LDM_BUNDLE
 from mgcc.bundles import import_bundle_scripts, importable_as_scripts

@@ -39,7 +39,6 @@ from mgcc.monailabel.launcher import (
     wait_for_server,
 )
 
-
 SIZE = 64
 #: Small CPU configuration of the bundle (checkpoint and served copy must agree on the network width).
 SMALL = {"base_channels": 8, "spatial_size": [SIZE, SIZE], "num_workers": 0}

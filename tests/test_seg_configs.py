@@ -7,6 +7,7 @@ and handlers, so a broken key in any config fails here, in the default suite, no
 import os
 
 import pytest
+
 from mgcc import SEG_BUNDLE
 from mgcc.bundles import importable_as_scripts
 

@@ -22,8 +22,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pydicom.sr.codedict import codes
-
+from bundle_access import (
+    BundleImageReader,
+    OnnxBundleModel,
+    bundle_folder_of,
+    bundle_io_names,
+    check_postprocessing,
+    read_bundle_config,
+    resolve_model_path,
+)
+from errors import InputError
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application, ModelFactory
 from monai.deploy.core.domain import Image
@@ -37,17 +45,7 @@ from monai.deploy.operators.monai_bundle_inference_operator import (
     IOMapping,
     MonaiBundleInferenceOperator,
 )
-
-from bundle_access import (
-    BundleImageReader,
-    OnnxBundleModel,
-    bundle_folder_of,
-    bundle_io_names,
-    check_postprocessing,
-    read_bundle_config,
-    resolve_model_path,
-)
-from errors import InputError
+from pydicom.sr.codedict import codes
 from sources import (
     IMAGE_SUFFIXES,
     US_SELECTION_RULES,

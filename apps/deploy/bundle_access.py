@@ -17,11 +17,9 @@ from types import ModuleType
 
 import numpy as np
 import torch
-
+from errors import InputError
 from monai.deploy.core.models import Model
 from monai.deploy.operators.monai_bundle_inference_operator import get_bundle_config
-
-from errors import InputError
 
 logger = logging.getLogger(__name__)
 

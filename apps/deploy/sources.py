@@ -18,14 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydicom.misc import is_dicom
-
+from bundle_access import BundleImageReader, bundle_image_contract
+from errors import InputError
 from monai.deploy.core import ConditionType, Fragment, Image, Operator, OperatorSpec
 from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
-
-from bundle_access import BundleImageReader, bundle_image_contract
-from errors import InputError
+from pydicom.misc import is_dicom
 from writers import RunManifest, read_timing
 
 #: File name suffixes read as 2D images (by the bundle's own reader; MONAI's PILReader takes these four).

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
 
 logger = logging.getLogger(__name__)

@@ -4,11 +4,15 @@ checkpoint's per-channel scale factor: their range, and the share beyond +-3/4/5
     python scripts/experiments/sampler_clip_latent_range.py outputs/<run>
 """
 
-import json, sys
+import json
+import sys
 from pathlib import Path
-import numpy as np, torch
+
+import numpy as np
+import torch
 from monai.bundle import ConfigParser
 from PIL import Image
+
 from mgcc import LDM_BUNDLE as LDM
 from mgcc.bundles import import_bundle_scripts, importable_as_scripts
 

@@ -9,9 +9,9 @@ import json
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
-import numpy as np
 from monai.inferers import Inferer, LatentDiffusionInferer
 from monai.transforms import Compose
 from PIL import Image
