@@ -6,7 +6,6 @@ its `common` section, and keep the `busi-gpu` preset's segmentation model the bu
 """
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -80,7 +80,7 @@ def record_times(out: Path) -> dict[str, float]:
     return {s: (out / s / "stage.json").stat().st_mtime for s in STAGES if (out / s / "stage.json").exists()}
 
 
-def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_path, deploy_python, label_env):
+def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_path, deploy_python, label_env):  # noqa: F811
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mgcc", "run", "--preset", str(tiny_preset), "--out", str(out)],
