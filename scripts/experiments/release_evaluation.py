@@ -41,7 +41,7 @@ def evaluate(models: Path, data: Path, sections: list[str], flip_tta: bool, out:
     result = out / "evaluation" / "per_image.csv"
     if result.is_file():
         return result
-    data_expr = "$sum((scripts.data.datalist_section(@datalist, s) for s in %r), [])" % (sections,)
+    data_expr = f"$sum((scripts.data.datalist_section(@datalist, s) for s in {sections!r}), [])"
     cmd = [
         sys.executable,
         "-m",

@@ -13,7 +13,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def import_bundle_scripts(bundle: Path) -> ModuleType:

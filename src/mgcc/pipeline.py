@@ -18,7 +18,8 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from mgcc import LDM_BUNDLE, SEG_BUNDLE
 from mgcc.errors import UsageError
@@ -52,12 +53,12 @@ class Stage:
 
     name: str
     outputs: list[str]  # paths relative to the stage folder that must exist when the stage is complete
-    execute: Callable[["Run"], StageResult]
+    execute: Callable[[Run], StageResult]
     reads: tuple[str, ...] = ()  # dotted preset entries it runs with, e.g. "ldm.common", "segmentation.train"
     reads_whole_preset: bool = False  # it runs with every preset entry (the report)
     reads_data_folder: bool = False  # it reads the data: the preset's `data` section, --data and the data options
     after: tuple[str, ...] = ()  # stages of the same run whose results it always reads
-    after_depending_on_settings: Callable[["Run"], tuple[str, ...]] | None = None  # more stages it reads, which
+    after_depending_on_settings: Callable[[Run], tuple[str, ...]] | None = None  # more stages it reads, which
     # depend on the run's settings (a segmentation variant reads the samples only when it trains on them)
     bundle: Path | None = None  # the bundle it runs
     configs: tuple[str, ...] = ()  # the bundle's config files it runs (their text is part of its fingerprint)
@@ -69,7 +70,7 @@ class Stage:
         assert not special, f"stage '{self.name}': reads {special}: use reads_whole_preset / reads_data_folder"
         assert isinstance(self.after, tuple), f"stage '{self.name}': `after` is a tuple of stage names"
 
-    def reads_from(self, run: "Run") -> tuple[str, ...]:
+    def reads_from(self, run: Run) -> tuple[str, ...]:
         """The stages whose results it reads in `run`."""
         extra = self.after_depending_on_settings(run) if self.after_depending_on_settings else ()
         return self.after + tuple(name for name in extra if name not in self.after)

@@ -85,7 +85,7 @@ class InputError(Exception):
         self.message = message
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def image_contract(bundle_path: str) -> ModuleType:
     """The bundle's ``scripts/image_contract.py`` (self-contained: numpy, torch, Pillow, nibabel), loaded once."""
     path = os.path.join(bundle_path, "scripts", "image_contract.py")

@@ -36,7 +36,7 @@ def _cpu_flags() -> set[str] | None:
     return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_has_native_bfloat16() -> bool:
     """Whether this CPU runs bfloat16 convolutions fast: oneDNN takes bfloat16 here and, where the CPU lists its
     x86 feature flags, one of ``BF16_CPU_FLAGS`` is among them (oneDNN also accepts plain AVX-512, where it

@@ -55,10 +55,7 @@ def label_overrides(studies: str | Path) -> dict[str, Any]:
     unlabeled set becomes every image of the studies folder, listed when training starts.
     """
     studies = str(Path(studies).resolve())
-    listing = "$[{'image': f} for f in sorted(f for e in %r for f in glob.glob(os.path.join(%r, e)))]" % (
-        UNLABELED_PATTERNS,
-        studies,
-    )
+    listing = f"$[{{'image': f}} for f in sorted(f for e in {UNLABELED_PATTERNS!r} for f in glob.glob(os.path.join({studies!r}, e)))]"
     return {"train#unlabeled_dataset#data": listing, "show_progress": False}
 
 
