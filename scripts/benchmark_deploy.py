@@ -242,7 +242,9 @@ def main(argv=None) -> None:
             capture_output=True,
             text=True,
         ).stdout.split()
-        result["versions"] = dict(zip(["torch", "monai", "monai_deploy_app_sdk", "holoscan", "cuda"], versions))
+        result["versions"] = dict(
+            zip(["torch", "monai", "monai_deploy_app_sdk", "holoscan", "cuda"], versions, strict=False)
+        )
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

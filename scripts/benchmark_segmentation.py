@@ -467,7 +467,7 @@ def main() -> None:
         for mode in modes
     ]
     rounds = [[run_case(case, args.threads, args.timeout) for case in train_cases] for _ in range(args.rounds)]
-    report["training"] = [median_of(list(results)) for results in zip(*rounds)]
+    report["training"] = [median_of(list(results)) for results in zip(*rounds, strict=False)]
     if not args.no_inference:
         infer_modes = (["reference"] if args.reference else []) + args.infer_modes
         for (size, width), mode in itertools.product(shapes, infer_modes):

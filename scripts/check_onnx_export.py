@@ -106,7 +106,7 @@ def main() -> None:
         for name in runs:
             dices[name].append(dice(masks[name], label))
     pixels = sum(np.asarray(Image.open(dataset / e["label"])).size for e in entries)
-    same = sum(a * np.asarray(Image.open(dataset / e["label"])).size for a, e in zip(agreement, entries))
+    same = sum(a * np.asarray(Image.open(dataset / e["label"])).size for a, e in zip(agreement, entries, strict=True))
     report = {
         "images": len(entries),
         "section": args.section,

@@ -229,7 +229,11 @@ def simulate(run: Run, out: Path, rounds: int, per_round: int, random_draws: int
     try:
         with ThreadPoolExecutor(max_workers=jobs) as executor:
             later = dict(
-                zip(strategies, executor.map(lambda s: follow(s, run, out, base, start, rounds, per_round), strategies))
+                zip(
+                    strategies,
+                    executor.map(lambda s: follow(s, run, out, base, start, rounds, per_round), strategies),
+                    strict=True,
+                )
             )
     finally:
         for name in share:

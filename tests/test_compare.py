@@ -222,7 +222,7 @@ def test_the_table_also_measures_the_unlabeled_images_against_the_decoders_alone
     runs = {seed: seed_run(base, seed) for seed in (0, 1)}
     images = [f"img_{i}.png" for i in range(30)]
     for seed, run in runs.items():
-        for name, value in zip(names, (0.5, 0.6, 0.7)):
+        for name, value in zip(names, (0.5, 0.6, 0.7), strict=True):
             train, evaluate = f"segmentation-{name}", f"evaluate-{name}"
             (run.folder(train)).mkdir(parents=True)
             (run.folder(train) / "stage.json").write_text(json.dumps({"name": train, "seconds": 10.0}))

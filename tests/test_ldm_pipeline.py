@@ -199,7 +199,7 @@ def test_latents_are_encoded_once_with_mirrors_and_normalised(trained):
     expected = (scripts.diffusion.draw_latents(batch)[0] - 0.5) * 0.25
     assert torch.allclose(latents, expected)
     # each latent is a posterior sample of the image as is or mirrored, normalised
-    for latent, item in zip(latents / 0.25 + 0.5, items):
+    for latent, item in zip(latents / 0.25 + 0.5, items, strict=True):
         assert min(((latent - item["z_mu"][k]).abs() / item["z_sigma"][k]).max() for k in (0, 1)) < 6
 
 

@@ -118,7 +118,9 @@ def test_the_shipped_model_segments_held_out_busi_images(busi_release_test_split
         prediction = np.asarray(Image.open(tmp_path / "out" / f"{case.id}_seg.png")) > 0
         scores.append(_dice(prediction, truth))
         assert said[case.id]["lesion"] == prediction.any() and said[case.id]["lesion_pixels"] == prediction.sum()
-    assert np.mean(scores) > DICE_BOUND, json.dumps(dict(zip([c.id for c in cases], np.round(scores, 3).tolist())))
+    assert np.mean(scores) > DICE_BOUND, json.dumps(
+        dict(zip([c.id for c in cases], np.round(scores, 3).tolist(), strict=True))
+    )
 
 
 @pytest.mark.xfail(

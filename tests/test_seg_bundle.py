@@ -100,7 +100,7 @@ def test_poly_learning_rate_ends_at_zero_at_the_last_iteration(trained):
     lrs = [float(r["lr"]) for r in train_rows]
     assert lrs[0] == pytest.approx(0.01)
     assert lrs[-1] == pytest.approx(0.01 * (1 / ITERATIONS) ** 0.9, rel=1e-6)  # last step's lr
-    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
     last = torch.load(trained / "models" / f"checkpoint_epoch={ITERATIONS // VAL_INTERVAL}.pt", weights_only=True)
     assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert last["trainer"]["iteration"] == ITERATIONS

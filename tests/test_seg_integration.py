@@ -261,7 +261,7 @@ def test_compiled_training_computes_what_eager_computes(prepared_phantom, tmp_pa
         )
     eager, compiled = history(tmp_path / "eager"), history(tmp_path / "compiled")
     assert [r["iteration"] for r in eager] == [r["iteration"] for r in compiled]
-    for a, b in zip(eager, compiled):
+    for a, b in zip(eager, compiled, strict=True):
         for key in ("loss", "supervised_loss", "consistency_loss"):
             if a.get(key):
                 assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-3, abs=1e-5), (a["iteration"], key)

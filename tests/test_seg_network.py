@@ -117,7 +117,7 @@ def test_each_auxiliary_decoder_reads_its_level_with_its_perturbation():
     torch.manual_seed(1)
     net(torch.rand(2, 1, 32, 32))
     assert len(clean) == 4
-    for k, (level, kind) in enumerate(zip(net.aux_levels, net.aux_perturbations)):
+    for k, (level, kind) in enumerate(zip(net.aux_levels, net.aux_perturbations, strict=True)):
         x, y = clean[level], seen[k]
         if kind == "dropout":  # single elements zeroed, survivors scaled by 1/(1-p)
             kept = y != 0

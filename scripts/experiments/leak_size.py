@@ -30,7 +30,7 @@ def main() -> None:
     test = np.array([r["section"] == "test" for r in records])
     nearest = (thumbs[test] @ thumbs[~test].T).max(axis=1)
     tested = [r for r in records if r["section"] == "test"]
-    leaked = {Path(r["image"]).stem: bool(c >= args.threshold) for r, c in zip(tested, nearest)}
+    leaked = {Path(r["image"]).stem: bool(c >= args.threshold) for r, c in zip(tested, nearest, strict=True)}
     with open(args.per_image, newline="") as f:
         dice = {Path(row["image"]).stem: float(row["dice"]) for row in csv.DictReader(f)}
     with_copy = np.array([d for k, d in dice.items() if leaked[k]])

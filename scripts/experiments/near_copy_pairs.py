@@ -48,7 +48,9 @@ def main() -> None:
     correlation = np.triu(thumbnails @ thumbnails.T, k=1)
     for low, high in BANDS:
         a, b = np.nonzero((correlation >= low) & (correlation < high))
-        pairs = sorted(((correlation[i, j], cases[i].image, cases[j].image) for i, j in zip(a, b)), reverse=True)
+        pairs = sorted(
+            ((correlation[i, j], cases[i].image, cases[j].image) for i, j in zip(a, b, strict=True)), reverse=True
+        )
         path = args.out / f"busi_near_copies_{low:.2f}-{high:.2f}.png"
         pair_figure(pairs, path)
         print(f"{len(pairs)} pairs in [{low}, {high}): {path}")

@@ -265,7 +265,7 @@ def main() -> None:
     chosen = {}
     for row in opts.rows:
 
-        def mean_dice(area: float) -> float:
+        def mean_dice(area: float, row: str = row) -> float:
             return float(
                 np.mean(
                     [

@@ -39,7 +39,7 @@ def plot_history(path: Path, out: Path, title: str) -> Path | None:
     if not names:
         return None
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=False):
         keep = np.isfinite(columns[name]) & np.isfinite(columns[x_name])
         ax.plot(columns[x_name][keep], columns[name][keep], marker="." if keep.sum() < 30 else None, lw=1)
         ax.set_title(name, fontsize=9)

@@ -58,7 +58,7 @@ class FeaturePerceptualLoss(torch.nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = input.new_zeros(())
-        for f_in, f_tgt in zip(self._features(input.float()), self._features(target.float())):
+        for f_in, f_tgt in zip(self._features(input.float()), self._features(target.float()), strict=True):
             f_in = f_in / (f_in.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             f_tgt = f_tgt / (f_tgt.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             loss = loss + (f_in - f_tgt).pow(2).sum(1).mean()

@@ -87,7 +87,7 @@ class SamplingPrepareBatch:
 
     def masks(self, batchdata: dict) -> torch.Tensor:
         masks = []
-        for source, seed in zip(batchdata["mask_source"], batchdata["seed"]):
+        for source, seed in zip(batchdata["mask_source"], batchdata["seed"], strict=True):
             self.mask_transform.set_random_state(seed=int(seed))
             masks.append(torch.as_tensor(self.mask_transform({"label": source})["label"]).float())
         return (torch.stack(masks) > 0.5).float()
@@ -165,7 +165,7 @@ class SampleWriter:
         self.samples = []
 
     def _write(self, engine: Engine) -> None:
-        for item, output in zip(engine.state.batch, engine.state.output):
+        for item, output in zip(engine.state.batch, engine.state.output, strict=True):
             Image.fromarray(to_uint8(output["pred"])).save(os.path.join(self.sample_dir, item["file"]))
             record = {"file": item["file"], "seed": int(item["seed"]), "class": item.get("class")}
             if output.get("label") is not None:

@@ -33,8 +33,8 @@ class VaeGanTrainer(Trainer):
         g_optimizer: Optimizer,
         d_network: torch.nn.Module,
         d_optimizer: Optimizer,
-        recon_loss_function: Callable = torch.nn.L1Loss(),
-        adv_loss_function: Callable = PatchAdversarialLoss(criterion="least_squares"),
+        recon_loss_function: Callable | None = None,
+        adv_loss_function: Callable | None = None,
         perceptual_loss_function: Callable | None = None,
         kl_weight: float = 1e-6,
         adv_weight: float = 0.01,
@@ -57,8 +57,10 @@ class VaeGanTrainer(Trainer):
         )
         self.g_network, self.g_optimizer = g_network, g_optimizer
         self.d_network, self.d_optimizer = d_network, d_optimizer
-        self.recon_loss_function = recon_loss_function
-        self.adv_loss_function = adv_loss_function
+        self.recon_loss_function = torch.nn.L1Loss() if recon_loss_function is None else recon_loss_function
+        self.adv_loss_function = (
+            PatchAdversarialLoss(criterion="least_squares") if adv_loss_function is None else adv_loss_function
+        )
         self.perceptual_loss_function = perceptual_loss_function
         self.kl_weight, self.adv_weight, self.perceptual_weight = kl_weight, adv_weight, perceptual_weight
         self.adv_warmup_epochs = adv_warmup_epochs

@@ -102,7 +102,7 @@ def latest_checkpoint(ckpt_dir: str, prefix: str) -> str | None:
     for path in paths:
         if zipfile.is_zipfile(path):  # torch.save writes a zip archive; one cut short lacks its end record
             return path
-        warnings.warn(f"{path}: incomplete checkpoint (the run was stopped while saving it), skipped")
+        warnings.warn(f"{path}: incomplete checkpoint (the run was stopped while saving it), skipped", stacklevel=2)
     return None
 
 

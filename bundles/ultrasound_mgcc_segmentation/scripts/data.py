@@ -76,7 +76,7 @@ def synthetic_datalist(synthetic_dir: str, labeled: bool = False) -> list[dict]:
                 f"{manifest}: {len(unlabeled)} sample(s) have no mask, e.g. {unlabeled[0]} (labeled "
                 "synthetic pairs need a mask-conditioned generator: mask_conditional=true)"
             )
-        for item, s in zip(data, samples):
+        for item, s in zip(data, samples, strict=True):
             item["label"] = os.path.join(synthetic_dir, s["label"])
     missing = [path for d in data for key, path in d.items() if key in ("image", "label") and not os.path.isfile(path)]
     if missing:
@@ -157,7 +157,8 @@ def inference_datalist(
         if skipped:
             warnings.warn(
                 f"{input_dir}: skipped {len(skipped)} file(s) that are not PNG, JPEG, BMP or NIfTI images: "
-                f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}"
+                f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}",
+                stacklevel=2,
             )
         if not files:
             folders = sum(os.path.isdir(f) for f in glob.glob(os.path.join(input_dir, "*")))
@@ -198,7 +199,7 @@ def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint_epoch=") -> str:
     for path in found:
         if zipfile.is_zipfile(path):  # torch.save writes a zip archive; one cut short lacks its end record
             return path
-        warnings.warn(f"{path}: incomplete checkpoint (the run was stopped while saving it), skipped")
+        warnings.warn(f"{path}: incomplete checkpoint (the run was stopped while saving it), skipped", stacklevel=2)
     incomplete = f" ({len(found)} incomplete)" if found else ""
     raise FileNotFoundError(f"resume requested but no {prefix}<n>.pt checkpoint in {ckpt_dir}{incomplete}")
 

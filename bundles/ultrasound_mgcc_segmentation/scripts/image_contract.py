@@ -189,7 +189,7 @@ def check_gray_levels(img: torch.Tensor, name: str) -> None:
             "values",
         )
     if high == low:
-        warnings.warn(f"{name}: blank image (every pixel {low:g}): the mask says nothing about it.")
+        warnings.warn(f"{name}: blank image (every pixel {low:g}): the mask says nothing about it.", stacklevel=2)
 
 
 def nifti_grid(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -80,7 +80,8 @@ def resolve_precision(amp: bool | str, device: str | torch.device) -> torch.dtyp
     if not cpu_has_native_bfloat16():
         warnings.warn(
             "amp on a CPU without bfloat16 instructions (AVX-512 BF16 or AMX): oneDNN cannot run bfloat16 "
-            "convolutions fast here (several times slower than float32); `amp: auto` would choose float32"
+            "convolutions fast here (several times slower than float32); `amp: auto` would choose float32",
+            stacklevel=2,
         )
     return torch.bfloat16
 

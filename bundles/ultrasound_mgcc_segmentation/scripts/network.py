@@ -217,7 +217,7 @@ class MGCCNet(nn.Module):
         self.flip_tta = flag(flip_tta, "flip_tta")  # `--flip_tta false` arrives as the string 'false'
 
         self.encoder = nn.ModuleList(
-            ConvBlock(c_in, c_out) for c_in, c_out in zip([in_channels, *channels[:-1]], channels)
+            ConvBlock(c_in, c_out) for c_in, c_out in zip([in_channels, *channels[:-1]], channels, strict=True)
         )
         self.global_context = nn.ModuleList(
             nn.Sequential(*(ConvMixerLayer(channels[-1], kernel_size) for _ in range(convmixer_depth)))

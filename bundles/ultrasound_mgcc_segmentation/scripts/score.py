@@ -98,7 +98,7 @@ class DisagreementWriter:
         batch = engine.state.batch  # decollated by the evaluator: one dict per image
         items = batch if isinstance(batch, list) else [batch]
         names = [name for item in items for name in np.atleast_1d(item["image"].meta["filename_or_obj"])]
-        for index, (name, score) in enumerate(zip(names, self.inferer.last_scores)):
+        for index, (name, score) in enumerate(zip(names, self.inferer.last_scores, strict=True)):
             stem = image_stem(name)
             self.scores[stem] = score
             if self.save_maps:

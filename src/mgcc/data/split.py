@@ -83,7 +83,7 @@ def near_duplicate_groups(
     parent = list(range(len(ids)))
     if len(ids) > 1:
         similar = np.triu(thumbnails @ thumbnails.T >= threshold, k=1)
-        for a, b in zip(*np.nonzero(similar)):
+        for a, b in zip(*np.nonzero(similar), strict=True):
             parent[_root(parent, int(a))] = _root(parent, int(b))
     merged: dict[int, list[str]] = {}
     for index, identifier in enumerate(ids):
