@@ -13,7 +13,8 @@ is a fresh process, measured end to end: the JSON has, per form, the wall time o
 Holoscan, model load), of the N-image run, `images_per_second` = N / wall, the steady-state throughput
 (N - 1) / (wall_N - wall_1), the mean seconds per image in reading, inference (the bundle operator:
 preprocessing, network, postprocessing) and writing, from the app's `predictions.json` (`rest`: start-up and
-scheduling, per image), and the peak resident memory of the app process (`ru_maxrss` from `os.wait4`). `--compare-bundle` also times `python -m monai.bundle run` on the
+scheduling, per image), and the peak resident memory of the app process (`ru_maxrss` from `os.wait4`).
+`--compare-bundle` also times `python -m monai.bundle run` on the
 same images. The machine's load average is recorded: on a shared machine the numbers are upper bounds on time.
 """
 

@@ -190,13 +190,15 @@ def markdown(report: dict) -> str:
         f"sampling: DDIM {report['steps']} steps, batch {report['sample_batch']}. Peak memory: "
         + ("CUDA max allocated." if report["device"].startswith("cuda") else "process max RSS (cumulative)."),
         "",
-        "| preset | size | AE train it/s | AE peak MiB | LDM train it/s | LDM peak MiB | DDIM images/s | sampling peak MiB |",
+        "| preset | size | AE train it/s | AE peak MiB | LDM train it/s | LDM peak MiB | DDIM images/s "
+        "| sampling peak MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         lines.append(
-            f"| {r['preset']} | {r['sample_shape'][1]}x{r['sample_shape'][2]} | {r['autoencoder_train_it_per_s']:.2f} | "
-            f"{r['autoencoder_train_peak_mib']:.0f} | {r['diffusion_train_it_per_s']:.2f} | {r['diffusion_train_peak_mib']:.0f} | "
+            f"| {r['preset']} | {r['sample_shape'][1]}x{r['sample_shape'][2]} | "
+            f"{r['autoencoder_train_it_per_s']:.2f} | {r['autoencoder_train_peak_mib']:.0f} | "
+            f"{r['diffusion_train_it_per_s']:.2f} | {r['diffusion_train_peak_mib']:.0f} | "
             f"{r['sampled_images_per_s']:.3f} | {r['sampling_peak_mib']:.0f} |"
         )
     return "\n".join(lines) + "\n"

@@ -27,9 +27,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-from benchmark_deploy import EXPORTS, SEED_WEIGHTS, export_model  # beside this script (its folder is on sys.path)
+from benchmark_deploy import EXPORTS, SEED_WEIGHTS, export_model  # noqa: E402 (beside this script, on sys.path)
 
-from mgcc.monailabel.launcher import (
+from mgcc.monailabel.launcher import (  # noqa: E402
     free_port,
     label_client,
     make_studies,

@@ -26,7 +26,8 @@ decoders, BCE+Dice, consistency, SGD) on a fixed in-memory batch, in these varia
 ``--rounds N`` runs the whole list of training cases N times, interleaved, and reports each case's median, so a
 change in background load hits every case alike.
 
-Inference times the main path at batch 1: ``auto`` (the bundle's default, as in training); ``eager``; ``torchscript`` (traced, frozen); ``bf16`` (eager under the
+Inference times the main path at batch 1: ``auto`` (the bundle's default, as in training); ``eager``; ``torchscript``
+(traced, frozen); ``bf16`` (eager under the
 bundle's ``AutocastInferer`` with channels-last, what ``inference.json --amp true --channels_last true`` runs);
 ``torchscript_bf16`` (bfloat16 weights, channels-last, traced and frozen); ``reference`` (the authors' network in
 eval mode, with ``--reference``); ``onnxruntime`` and ``openvino`` (the network exported with MONAI's
@@ -353,7 +354,8 @@ def markdown(report: dict) -> str:
         "",
         "## Training (one MGCC step: the bundle's trainer, or the authors' step for `reference`)",
         "",
-        "| size | width | mode | s/iteration | iterations/s | peak memory (MiB) | speed-up vs eager | speed-up vs reference |",
+        "| size | width | mode | s/iteration | iterations/s | peak memory (MiB) | speed-up vs eager "
+        "| speed-up vs reference |",
         "|---|---|---|---|---|---|---|---|",
     ]
     ok = {(r["size"], r["width"], r["mode"]): r for r in report["training"] if "error" not in r}

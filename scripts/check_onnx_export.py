@@ -5,7 +5,8 @@ split: export ``models/model.pt`` with ``python -m monai.bundle onnx_export``, s
 report the pixel agreement of the two sets of masks, each set's Dice against the labels, and the time of each run.
 
     python scripts/check_onnx_export.py --ckpt_dir outputs/busi-cpu/segmentation-mgcc-synthetic/models \\
-        --dataset outputs/busi-cpu/prepare/dataset --spatial_size 128 --base_channels 16 --out docs/results/onnx_agreement
+        --dataset outputs/busi-cpu/prepare/dataset --spatial_size 128 --base_channels 16 \\
+            --out docs/results/onnx_agreement
 
 writes ``<out>.json``; the export and both sets of masks go to ``--work`` (default ``outputs/check_onnx_export``).
 """

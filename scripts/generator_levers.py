@@ -1,10 +1,12 @@
 """One table of generator levers: each row samples with one trained diffusion checkpoint and sampler setting, then
 scores the samples with the LDM bundle's evaluate.json (FID, KID, frame intensity ratio, diversity, copies), all with
-the same autoencoder, sample count, seed and feature network. Real-image features are cached (in the run's quality stage folder) and shared by the rows.
+the same autoencoder, sample count, seed and feature network. Real-image features are cached (in the run's quality
+stage folder) and shared by the rows.
 
     python scripts/generator_levers.py --run outputs/busi-cpu --out docs/results/generator-levers \\
         --row "old: diffusion=outputs/gen-old/ldm_models/diffusion.pt, diffusion_weights=raw" \\
-        --row "old, DDIM 200: diffusion=outputs/gen-old/ldm_models/diffusion.pt, diffusion_weights=raw, num_inference_steps=200"
+        --row "old, DDIM 200: diffusion=outputs/gen-old/ldm_models/diffusion.pt, diffusion_weights=raw, \\
+            num_inference_steps=200"
 
 ``--run`` is a pipeline output folder (its `prepare/dataset` and the `ldm` overrides of its `autoencoder` stage are
 used); a row is ``name: key=value, ...`` where ``diffusion`` is the checkpoint and every other key is a bundle

@@ -1,6 +1,7 @@
 """Put a trained run's models into the project's own bundles: the release step (maintainers only).
 
-Copies the segmentation model of RUN/MODEL (a training stage folder, default `segmentation-mgcc-synthetic`) and RUN's generator
+Copies the segmentation model of RUN/MODEL (a training stage folder, default `segmentation-mgcc-synthetic`) and RUN's
+generator
 into `bundles/*/models/`, makes every bundle config's defaults the models' settings, and writes the release
 version, changelog entry and `eval_metrics` (the BUSI test split of RUN, and any external tests given) into both
 `metadata.json` files. Commit the weights once, after their numbers are measured (docs/results.md).

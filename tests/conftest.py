@@ -52,7 +52,8 @@ def busi_normal_checked(busi_cases):
 
 
 def _test_split(checked: list) -> list:
-    """The checked cases that `mgcc prepare` puts in the test split at seed 0, labeled fraction 1, near-copies grouped."""
+    """The checked cases that `mgcc prepare` puts in the test split at seed 0, labeled fraction 1, near-copies
+    grouped."""
     import numpy as np
 
     from mgcc.data.split import SplitItem, assign_splits, near_duplicate_groups

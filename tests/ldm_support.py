@@ -67,7 +67,8 @@ def parse_bundle(
     keys: tuple[str, ...] = ("inferer", "network", "prepare_batch", "dataset"),
     **overrides,
 ):
-    """The parsed components ``keys`` of a bundle config (nothing run): ``parse_bundle(...).parser.get_parsed_content(id)``."""
+    """The parsed components ``keys`` of a bundle config (nothing run):
+    ``parse_bundle(...).parser.get_parsed_content(id)``."""
     from monai.bundle import ConfigWorkflow
 
     cwd = os.getcwd()

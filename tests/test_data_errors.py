@@ -106,7 +106,8 @@ def test_a_relative_class_csv_is_read_from_the_current_folder(tmp_path, monkeypa
         prepare_dataset(source, tmp_path / "out", DataOptions(classes="classes.csv"))
     tried = tmp_path / "elsewhere" / "classes.csv"
     assert [str(problem) for problem in caught.value.problems] == [
-        f"{tried}: class CSV not found (a relative --classes is read from the current folder, {tmp_path / 'elsewhere'}); "
+        f"{tried}: class CSV not found (a relative --classes is read from the current folder, "
+        f"{tmp_path / 'elsewhere'}); "
         f"did you mean --classes {source / 'classes.csv'}?"
     ]
     assert len(str(caught.value).splitlines()) == 1 and not (tmp_path / "out").exists()
@@ -201,7 +202,8 @@ def test_an_image_smaller_than_32_pixels_on_a_side_is_refused(tmp_path, capsys):
     line = _cli_error(["prepare", str(source), str(tmp_path / "out")], capsys)
     assert (
         line
-        == f"error: {source / 'benign' / 'benign (6).png'}: image too small: 1x1 pixels (at least 32 on each side) (nothing was written)"
+        == f"error: {source / 'benign' / 'benign (6).png'}: image too small: 1x1 pixels (at least 32 on each side) "
+        "(nothing was written)"
     )
     assert not (tmp_path / "out").exists()
     _pair(source / "benign" / "benign (6).png", source / "benign" / "benign (6)_mask.png", 6, size=(31, 200))

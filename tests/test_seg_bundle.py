@@ -183,9 +183,11 @@ def test_inference_writes_binary_masks_at_the_original_size(trained, prepared_ph
 def test_bundle_checks_and_torchscript_export(trained, prepared_phantom, tmp_path):
     check = (
         "from monai.bundle import ConfigWorkflow\n"
-        f"w = ConfigWorkflow(config_file='configs/train.json', workflow_type='train', dataset_dir='{prepared_phantom}')\n"
+        "w = ConfigWorkflow(config_file='configs/train.json', workflow_type='train', "
+        f"dataset_dir='{prepared_phantom}')\n"
         "w.initialize(); assert w.check_properties() in (None, []), w.check_properties()\n"
-        f"w = ConfigWorkflow(config_file='configs/inference.json', workflow_type='infer', dataset_dir='{prepared_phantom}')\n"
+        "w = ConfigWorkflow(config_file='configs/inference.json', workflow_type='infer', "
+        f"dataset_dir='{prepared_phantom}')\n"
         "w.initialize(); assert w.check_properties() in (None, []), w.check_properties()\n"
         "print('properties ok')\n"
     )
@@ -308,7 +310,8 @@ def test_a_checkpoint_refuses_a_config_of_another_width_or_size(trained, prepare
 
 @pytest.mark.precision
 def test_score_config_ranks_images_by_decoder_disagreement_and_keeps_the_masks(trained, prepared_phantom, tmp_path):
-    """`inference.json` + `score.json`: the same masks (both float32), plus `disagreement.json` (one score per image, highest
+    """`inference.json` + `score.json`: the same masks (both float32), plus `disagreement.json` (one score per image,
+    highest
     first, the same on a rerun) and, on request, the per-pixel maps."""
     common = dict(
         dataset_dir=prepared_phantom, datalist=prepared_phantom / "datalist.json", ckpt_dir=trained / "models"

@@ -64,7 +64,8 @@ def test_resume_after_a_kill_reaches_the_same_result(prepared_phantom, tmp_path)
             {
                 "run": [
                     "$[h.attach(@train#trainer) for h in @train#resume_handlers]",
-                    "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=2), lambda e: os._exit(3))",
+                    "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=2), "
+                    "lambda e: os._exit(3))",
                     "$@train#trainer.run()",
                 ]
             }
@@ -241,7 +242,8 @@ def test_compiled_training_computes_what_eager_computes(prepared_phantom, tmp_pa
             {
                 "initialize": [
                     "$setattr(torch._inductor.config, 'fallback_random', True)",
-                    "$scripts.config.use_compile_cache(@compile_cache_dir) if scripts.config.flag(@compile, 'compile') else None",
+                    "$scripts.config.use_compile_cache(@compile_cache_dir) "
+                    "if scripts.config.flag(@compile, 'compile') else None",
                     "$monai.utils.set_determinism(seed=@seed)",
                 ]
             }

@@ -1,4 +1,5 @@
-"""One-off (2026-11-26): the share of images written by ae_lesion_ceiling_reconstruct.py in which a judge run's trained MGCC model
+"""One-off (2026-11-26): the share of images written by ae_lesion_ceiling_reconstruct.py in which a judge run's
+trained MGCC model
 finds one clear lesion (the rule of src/mgcc/lesions.py, the segmentation bundle's inference.json as in the
 pipeline's `lesions` stage). Writes <images_run>/diag/rates.json.
 

@@ -1,4 +1,5 @@
-"""One-off (2026-11-27): paired differences between two lever runs of diffusion_levers_lever.py (same seeds and masks, same judges):
+"""One-off (2026-11-27): paired differences between two lever runs of diffusion_levers_lever.py (same seeds and
+masks, same judges):
 lesion contrast, one clear lesion and mask Dice per judge; B - A with a bootstrap 95% interval over the samples.
 
     python scripts/experiments/diffusion_levers_paired.py outputs/dv-base outputs/dv-vpred > <out>.json

@@ -4,7 +4,8 @@ lesion in, for the same image sets, and paired differences between judges and be
 Reads the `<tag>_<set>_pred/*_seg.png` folders that scripts/experiments/ae_lesion_ceiling_rate.py wrote (moved
 next to its `diag/` folder, one tag per judge) and writes one JSON:
 
-    python scripts/experiments/judge_blur_judges.py outputs/judgecmp outputs/judgecmp2 docs/results/demo/judge_blur/judges.json
+    python scripts/experiments/judge_blur_judges.py outputs/judgecmp outputs/judgecmp2 \\
+        docs/results/demo/judge_blur/judges.json
 """
 
 import json

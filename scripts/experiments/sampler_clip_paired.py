@@ -36,6 +36,7 @@ for key in a:
     low, high = np.percentile(boot, [2.5, 97.5])
     result[key] = {"A": a[key].mean(), "B": b[key].mean(), "B - A": diff.mean(), "ci95": [low, high], "n": len(diff)}
     print(
-        f"{key}: A {a[key].mean():.3f}  B {b[key].mean():.3f}  B - A {diff.mean():+.3f} [{low:+.3f}, {high:+.3f}] (n={len(diff)})"
+        f"{key}: A {a[key].mean():.3f}  B {b[key].mean():.3f}  "
+        f"B - A {diff.mean():+.3f} [{low:+.3f}, {high:+.3f}] (n={len(diff)})"
     )
 print(json.dumps({"A": sys.argv[1], "B": sys.argv[2], **result}, default=float))

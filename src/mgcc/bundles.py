@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from collections.abc import Iterator
 
 
 def import_bundle_scripts(bundle: Path) -> ModuleType:

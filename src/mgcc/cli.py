@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 #: sub-command -> "module:function" (for `label`, a class whose methods are its sub-commands)
 COMMANDS = {

@@ -2,7 +2,8 @@
 
 `<out>/ultrasound_mgcc_segmentation/` is the segmentation bundle with the trained `models/model.pt` (its training
 size recorded in the weights), `models/model.ts` (scripted with the packaged configs embedded, as the Deploy app
-reads them), `models/model.onnx` (what the Deploy and MONAI Label apps run on CPU), configs whose defaults are the model's settings (width, input size, ...), `metadata.json`
+reads them), `models/model.onnx` (what the Deploy and MONAI Label apps run on CPU), configs whose defaults are the
+model's settings (width, input size, ...), `metadata.json`
 with the run's test metrics as `eval_metrics` and a changelog entry, and a `docs/README.md` that starts with the
 run's numbers, data and command. `<out>/ultrasound_ldm_generation/` is the generator bundle with the trained
 autoencoder and diffusion weights (the latent normalisation travels in `diffusion.pt`) and configs whose defaults

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 from mgcc import LDM_BUNDLE, SEG_BUNDLE
 from mgcc.errors import UsageError

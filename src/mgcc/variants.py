@@ -9,9 +9,9 @@ them (and rewrites the records that name them, so nothing trains again).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from collections.abc import Sequence
 
 from mgcc import SEG_BUNDLE
 from mgcc.errors import MgccError

@@ -5,9 +5,11 @@ This is MONAI Label's own ``monaibundle`` sample app (the one ``monailabel apps 
 copies), loaded from the installed ``monailabel`` package and used unchanged: it serves every bundle under
 ``<app>/model/<name>/`` named by ``--conf models <name>`` (inference through ``BundleInferTask``, training
 through ``BundleTrainTask``). Three additions: active learning by the MGCC decoders' disagreement (the scoring method
-and strategy ``mgcc_disagreement``, ``MGCCDisagreementScoring``); the bundle's ``postprocessing`` ends channel-first ``(1, W, H)`` (the
+and strategy ``mgcc_disagreement``, ``MGCCDisagreementScoring``); the bundle's ``postprocessing`` ends channel-first
+``(1, W, H)`` (the
 model-zoo convention, which MONAI Deploy needs), so the infer task squeezes the channel for MONAI Label's 2D writer
-(``ChannelFirstBundleInferTask``, which on CPU also runs the bundle's ONNX export when it has one); and an input check in front of ``/infer``: the model is a 2D
+(``ChannelFirstBundleInferTask``, which on CPU also runs the bundle's ONNX export when it has one); and an input
+check in front of ``/infer``: the model is a 2D
 grayscale network, and MONAI Label answers any exception with a bare ``500 Internal Server Error``, so a
 clinician uploading the wrong file would learn nothing. What an image may be is decided by the served bundle's
 image contract (``<bundle>/scripts/image_contract.py``, the rules of ``python -m monai.bundle run``, ``mgcc prepare``
@@ -148,7 +150,8 @@ class ChannelFirstBundleInferTask(BundleInferTask):
     becomes the ``(W, H)`` uint8 array MONAI Label's writer turns into a 2D label (before ``Restored``).
 
     On CPU it runs the bundle's ONNX export (``models/model.onnx``; ``/infer`` 1.85x faster than from the
-    checkpoint at full width, docs/results.md, "MONAI Label latency") through the bundle's own ``inference_onnx.json``, while the export is at least as new as ``models/model.pt``;
+    checkpoint at full width, docs/results.md, "MONAI Label latency") through the bundle's own
+    ``inference_onnx.json``, while the export is at least as new as ``models/model.pt``;
     once training has written newer weights it runs the checkpoint again, as MONAI Label does without an export."""
 
     def __init__(self, path: str, conf: dict, **kwargs):

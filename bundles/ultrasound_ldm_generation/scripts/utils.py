@@ -1,4 +1,5 @@
-"""Data lists, checkpoints and image files: the bundle's small helpers, each failing with a message that names the file."""
+"""Data lists, checkpoints and image files: the bundle's small helpers, each failing with a message that names the
+file."""
 
 from __future__ import annotations
 

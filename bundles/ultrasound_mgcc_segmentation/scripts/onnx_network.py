@@ -11,7 +11,8 @@ __all__ = ["OnnxRuntimeNetwork"]
 
 
 class OnnxRuntimeNetwork(torch.nn.Module):
-    """``forward(image)`` runs an ONNX model with ONNX Runtime on CPU and returns a float32 tensor on the input's device.
+    """``forward(image)`` runs an ONNX model with ONNX Runtime on CPU and returns a float32 tensor on the input's
+    device.
 
     Export the trained network first (``python -m monai.bundle onnx_export network_def ...``, see the bundle's
     README); ``configs/inference_onnx.json`` puts this module in place of ``network``.

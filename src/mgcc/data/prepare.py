@@ -164,7 +164,8 @@ def _pick_layout(source: Path, layout: str, folder_options: bool) -> str:
 
 
 def _class_columns(source: Path, data: DataOptions) -> ClassColumns:
-    """The class CSV's column names; naming a column without a CSV, or grouping by the id or class column, is refused."""
+    """The class CSV's column names; naming a column without a CSV, or grouping by the id or class column, is
+    refused."""
     columns = ClassColumns(data.id_column, data.class_column, data.group_column)
     if not data.classes:
         named = [
@@ -200,7 +201,8 @@ def _output_problems(out: Path, read_from: list[Path]) -> list[Problem]:
             problems.append(
                 Problem(
                     out,
-                    f"output folder holds files that are not a prepared dataset ({', '.join(foreign[:5])}); choose an empty folder",
+                    f"output folder holds files that are not a prepared dataset ({', '.join(foreign[:5])}); "
+                    "choose an empty folder",
                 )
             )
     elif out.exists():
@@ -500,7 +502,8 @@ def print_summary(summary: dict) -> None:
             + ", ".join(f"{count} {label} (use --include-normal)" for label, count in summary["excluded"].items())
         )
     print(
-        f"multi-mask images merged: {summary['multi_mask_images']}; duplicate groups kept together: {summary['duplicate_groups']}"
+        f"multi-mask images merged: {summary['multi_mask_images']}; "
+        f"duplicate groups kept together: {summary['duplicate_groups']}"
     )
     near = summary["near_duplicate_groups"]
     print(

@@ -36,7 +36,8 @@ from typing import Any
 from mgcc import REPO_ROOT, SEG_BUNDLE, shipped_folder
 from mgcc.errors import MgccError
 
-#: the MONAI Label app and its environment's set-up: `apps/monailabel` in a checkout, `mgcc/_monailabel_app` in the wheel
+#: the MONAI Label app and its environment's set-up: `apps/monailabel` in a checkout, `mgcc/_monailabel_app` in
+#: the wheel
 APP_DIR = shipped_folder("_monailabel_app", "apps/monailabel")
 SETUP_SCRIPT = APP_DIR / "setup_env.sh"
 APP_MAIN = APP_DIR / "app" / "main.py"
@@ -55,7 +56,8 @@ def label_overrides(studies: str | Path) -> dict[str, Any]:
     unlabeled set becomes every image of the studies folder, listed when training starts.
     """
     studies = str(Path(studies).resolve())
-    listing = f"$[{{'image': f}} for f in sorted(f for e in {UNLABELED_PATTERNS!r} for f in glob.glob(os.path.join({studies!r}, e)))]"
+    found = f"f for e in {UNLABELED_PATTERNS!r} for f in glob.glob(os.path.join({studies!r}, e))"
+    listing = f"$[{{'image': f}} for f in sorted({found})]"
     return {"train#unlabeled_dataset#data": listing, "show_progress": False}
 
 
