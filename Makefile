@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-other-precision venv label-env deploy-env clean
+.PHONY: demo lint test test-fast test-other-precision venv label-env deploy-env clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,10 +30,16 @@ label-env:
 deploy-env:
 	apps/deploy/setup_env.sh
 
+## The lint and format gate (ruff, pinned and configured in pyproject.toml); `make test` runs it first.
+## `ruff check --fix .` and `ruff format .` resolve most of what it reports.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 ## Default test suite, then the integration tests (marked `integration`), which use the two extra environments.
 ## They run one process per core (`-n 2`), a test file per worker (its module fixtures are built once); each
 ## test's own processes use one thread. Then the tests marked `precision` as on the other kind of CPU.
-test: $(STAMP) label-env deploy-env
+test: $(STAMP) lint label-env deploy-env
 	$(PY) -m pytest
 	$(PY) -m pytest -m integration -n 2 --dist loadfile
 	$(MAKE) test-other-precision
