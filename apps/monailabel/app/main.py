@@ -108,6 +108,13 @@ def check_image(path: str, contract: ModuleType, name: str | None = None) -> Non
     """Raise ``InputError`` (status and the contract's sentence, naming ``name``) unless ``path`` is an image the
     bundle's ``contract`` accepts and of a size this server takes."""
     name = name or os.path.basename(path)
+    if not contract.is_nifti(path):  # the size from the header first: an oversized image is refused undecoded
+        try:
+            size = contract.raster_size(path)
+        except Exception:  # a header that cannot be read: the contract below names the problem
+            size = None
+        if size:
+            _check_size(*size, name)
     try:
         contract.check_image(path)
     except contract.ImageRefused as refused:
