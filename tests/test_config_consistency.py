@@ -80,3 +80,13 @@ def test_the_bundle_default_segmentation_model_is_the_shipped_release_model():
         for key, values in model_settings_by_config("ultrasound_mgcc_segmentation").items()
     }
     assert {key: common[key] for key in defaults} == defaults
+
+
+@pytest.mark.parametrize("bundle", sorted(MODEL_KEYS))
+def test_metadata_uses_the_keys_current_monai_reads(bundle):
+    """A key MONAI renamed makes every `monai.bundle run` print "Detected deprecated name ..." and is mapped onto its
+    new name, replacing what that key held (the segmentation bundle's required packages were lost so)."""
+    from monai.bundle.utils import DEPRECATED_ID_MAPPING
+
+    meta = json.loads((BUNDLES_DIR / bundle / "configs" / "metadata.json").read_text())
+    assert not set(meta) & set(DEPRECATED_ID_MAPPING), sorted(set(meta) & set(DEPRECATED_ID_MAPPING))

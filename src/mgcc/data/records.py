@@ -51,7 +51,7 @@ def _summary_line(same: list[Problem]) -> str:
     if folder in paths:  # one file named several times
         folder = os.path.dirname(folder)
     names = [os.path.relpath(path, folder) if folder else path for path in paths[:EXAMPLES]]
-    names = [f"{name} {problem.detail}" if problem.detail else name for name, problem in zip(names, same, strict=True)]
+    names = [f"{name} {problem.detail}" if problem.detail else name for name, problem in zip(names, same, strict=False)]
     return f"{folder or '.'}: {same[0].reason}: {len(same)} files ({', '.join(names)}, ...)"
 
 
