@@ -36,7 +36,7 @@ def test_full_width_parameter_counts_match_the_reference_design():
     net = MGCCNet(base_channels=64)
     total = n_params(net)
     inference = total - n_params(net.aux_decoders)
-    # DESIGN.md section 3: inference path ~52M, training graph ~122M at full width
+    # the method at its reference width: inference path ~52M, training graph ~122M parameters
     assert 51e6 < inference < 53e6
     assert 121e6 < total < 123e6
     assert [m.out_channels for m in (b[0] for b in net.encoder)] == [64, 128, 256, 512, 1024]

@@ -1,6 +1,6 @@
 """Deterministic, class-stratified train/validation/test split that keeps exact duplicates and groups together.
 
-Protocol (DESIGN.md section 4):
+Protocol (the project's evaluation protocol, docs/data.md "Split protocol"):
 - images with the same pixels form one group, and so do near-copies (`near_duplicate_groups`: the same view
   saved twice, with other calipers or a slightly different crop) and images with the same group value (e.g.
   one patient, from a CSV column); groups that share an image are merged. A group's id is its smallest image id and its

@@ -1,5 +1,6 @@
-"""Issue 32, second round of bad input, the data rows: each test makes the input itself (tiny PNGs in tmp_path) and
-checks the one line a person can act on, or the dataset that is prepared instead."""
+"""Odd dataset layouts and sizes (class-folder spellings, masks beside images, tiny or normal-only datasets, a 3D NIfTI
+for inference): each test makes the input itself (tiny PNGs in tmp_path) and checks the one line a person can act
+on, or the dataset that is prepared instead."""
 
 import dataclasses
 import json
