@@ -33,9 +33,9 @@ import numpy as np
 
 from mgcc import SEG_BUNDLE
 from mgcc.figures import plt
-from mgcc.pipeline import EVALUATE_CONFIGS, Run
+from mgcc.pipeline import EVALUATE_CONFIGS
 from mgcc.presets import load_preset
-from mgcc.stages import run_bundle
+from mgcc.stages import Run, run_bundle
 
 DONE = "done.json"
 

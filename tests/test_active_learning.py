@@ -74,7 +74,7 @@ def test_table_has_one_row_per_round_with_the_random_mean(al):
 def test_strategies_run_at_once_give_the_same_simulation(al, tmp_path, monkeypatch):
     """`--jobs`: the strategies' chains of rounds run in threads; each still starts from round 0 and follows its
     own previous round, so the report is the one of running them one after another."""
-    from mgcc.pipeline import Run
+    from mgcc.stages import Run
 
     dataset = tmp_path / "run" / "prepare" / "dataset"
     (dataset / "labels").mkdir(parents=True)

@@ -15,8 +15,8 @@ from mgcc.compare import (
     seeds_table,
 )
 from mgcc.errors import UsageError
-from mgcc.pipeline import Run
 from mgcc.presets import load_preset
+from mgcc.stages import Run
 
 
 def write_scores(path, scores: dict[str, float]):
@@ -102,7 +102,9 @@ def test_every_variant_is_in_a_folder_named_after_it_and_the_runs_own_variant_is
     """With busi-cpu, `mgcc run` trains mgcc-synthetic: `mgcc compare` names its folders as every other variant's,
     and runs it with the very stage `mgcc run` runs (same fingerprint), so it is not trained twice."""
     from mgcc.compare import plan
-    from mgcc.pipeline import Run, fingerprint_parts, run_stages
+    from mgcc.pipeline import run_stages
+    from mgcc.stages import fingerprint_parts
+    from mgcc.variants import run_variant
 
     run = Run(load_preset("busi-cpu"), tmp_path)
     stages = {s.name: s for s in plan(run, ["supervised", "mgcc-real", "mgcc-synthetic"])}
@@ -114,7 +116,7 @@ def test_every_variant_is_in_a_folder_named_after_it_and_the_runs_own_variant_is
         "segmentation-mgcc-synthetic",
         "evaluate-mgcc-synthetic",
     ]
-    own = {s.name: s for s in run_stages(run.preset)}
+    own = {s.name: s for s in run_stages(run_variant(run.preset)).values()}
     for name in ("segmentation-mgcc-synthetic", "evaluate-mgcc-synthetic"):
         assert fingerprint_parts(run, stages[name]) == fingerprint_parts(run, own[name])
     assert fingerprint_parts(run, stages["segmentation-mgcc-real"]) != fingerprint_parts(

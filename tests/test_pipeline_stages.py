@@ -53,7 +53,7 @@ def test_presets_load_and_unknown_preset_is_named(tmp_path):
 
 
 def test_a_changed_preset_value_reruns_exactly_the_stages_that_depend_on_it(tmp_path, capsys):
-    from mgcc.pipeline import Run, Stage, execute_stages
+    from mgcc.stages import Run, Stage, execute_stages
 
     runs = []
 
@@ -97,10 +97,12 @@ def test_the_built_in_stages_keep_the_record_keys_of_existing_runs(tmp_path):
     """The part names are stored in every `stage.json`: a renamed part would rerun every stage of an existing run
     (the stage names that became variant names are rewritten by `adopt_legacy_folders`, see test_variants.py).
     The whole preset and the data folder are flags, not magic entries of `reads`."""
-    from mgcc.pipeline import Run, Stage, fingerprint_parts, run_stages
+    from mgcc.pipeline import run_stages
+    from mgcc.stages import Run, Stage, fingerprint_parts
+    from mgcc.variants import run_variant
 
     run = Run(load_preset("demo"), tmp_path, tmp_path, {"layout": "generic"})
-    keys = {stage.name: sorted(fingerprint_parts(run, stage)) for stage in run_stages(run.preset)}
+    keys = {stage.name: sorted(fingerprint_parts(run, stage)) for stage in run_stages(run_variant(run.preset)).values()}
     assert keys["prepare"] == ["preset data"]
     assert keys["report"] == ["preset (all)", "stage evaluate-mgcc-synthetic", "stage lesions", "stage quality"]
     assert keys["sample"] == [
@@ -127,7 +129,7 @@ def test_the_built_in_stages_keep_the_record_keys_of_existing_runs(tmp_path):
 def test_an_interrupted_stage_resumes_only_with_the_same_settings(tmp_path):
     """What an interrupted stage left (its checkpoints) stays for a rerun with the same settings; with other
     settings, or when a complete stage runs again, the earlier folder is kept aside as `<name>.stale-<k>`."""
-    from mgcc.pipeline import Run, Stage, execute_stages
+    from mgcc.stages import Run, Stage, execute_stages
 
     seen = []
 
@@ -162,7 +164,7 @@ def test_an_interrupted_stage_resumes_only_with_the_same_settings(tmp_path):
 def test_lost_outputs_and_cut_short_records_run_the_stage_again(tmp_path, capsys):
     """A deleted output (also one outside the stage folder), a truncated `stage.json` or output JSON and an empty
     `started.json` (a kill while writing) make the stage run again, the earlier folder kept aside; no traceback."""
-    from mgcc.pipeline import Run, Stage, execute_stages
+    from mgcc.stages import Run, Stage, execute_stages
 
     runs = []
 
@@ -193,7 +195,7 @@ def test_lost_outputs_and_cut_short_records_run_the_stage_again(tmp_path, capsys
 def test_a_rerun_sets_aside_the_resume_checkpoints_kept_outside_the_stage_folder(tmp_path):
     """The LDM stages keep their resume checkpoints in the shared `ldm_models/`: a stage that runs again with other
     settings must not resume from them (it would finish at once with the old model)."""
-    from mgcc.pipeline import Run, Stage, execute_stages
+    from mgcc.stages import Run, Stage, execute_stages
 
     seen = []
 
@@ -281,7 +283,7 @@ def test_data_in_each_form_runs_the_prepare_stage(tmp_path, capsys):
 
 
 def test_a_stage_fingerprint_reads_only_the_config_files_it_runs(tmp_path):
-    from mgcc.pipeline import Run, Stage, fingerprint_parts
+    from mgcc.stages import Run, Stage, fingerprint_parts
 
     bundle = tmp_path / "bundle"
     (bundle / "configs").mkdir(parents=True)
@@ -326,8 +328,8 @@ def test_a_misspelled_preset_entry_is_refused_before_anything_runs(tmp_path):
 def test_only_variants_that_train_on_synthetic_images_depend_on_the_generator(tmp_path):
     """Adding the generator's stages to a run later (`mgcc compare --variants mgcc-synthetic`) must not retrain the
     variants that never read its samples; the variant that does read them must notice a new sample."""
-    from mgcc.pipeline import Run, fingerprint_parts, segmentation_stage
-    from mgcc.stages import write_record
+    from mgcc.pipeline import segmentation_stage
+    from mgcc.stages import Run, fingerprint_parts, write_record
 
     run = Run(load_preset("busi-cpu"), tmp_path)
     from mgcc.variants import VARIANTS

@@ -5,9 +5,8 @@ import json
 import pytest
 
 from mgcc.errors import MgccError
-from mgcc.pipeline import Run, Stage, execute_stages
 from mgcc.presets import load_preset
-from mgcc.stages import StageResult, read_record
+from mgcc.stages import Run, Stage, StageResult, execute_stages, read_record
 from mgcc.variants import VariantError, adopt_legacy_folders, run_variant, variant_of
 
 

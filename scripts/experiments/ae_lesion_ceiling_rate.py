@@ -12,9 +12,9 @@ from pathlib import Path
 
 from mgcc import SEG_BUNDLE
 from mgcc.lesions import lesion_rate
-from mgcc.pipeline import LESIONS_CONFIGS, Run
+from mgcc.pipeline import LESIONS_CONFIGS, model_folder
 from mgcc.presets import load_preset
-from mgcc.stages import run_bundle
+from mgcc.stages import Run, run_bundle
 
 judge = Run(load_preset(sys.argv[1]), Path(sys.argv[2]).resolve())
 diag = Path(sys.argv[3]).resolve() / "diag"
@@ -29,7 +29,7 @@ for folder in sorted(p for p in diag.iterdir() if p.is_dir() and not p.name.ends
         {
             "input_dir": str(folder),
             "datalist": None,
-            "ckpt_dir": str(judge.model_folder / "models"),
+            "ckpt_dir": str(model_folder(judge) / "models"),
             "output_dir": str(out),
         },
         shared=judge.overrides("segmentation"),

@@ -29,9 +29,9 @@ from PIL import Image
 
 from mgcc import SEG_BUNDLE
 from mgcc.lesions import has_clear_lesion, mask_dice
-from mgcc.pipeline import LESIONS_CONFIGS, Run
+from mgcc.pipeline import LESIONS_CONFIGS, model_folder
 from mgcc.presets import load_preset
-from mgcc.stages import run_bundle
+from mgcc.stages import Run, run_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +65,7 @@ def judge(judge_run: Path, images: Path, out: Path) -> Path:
             {
                 "input_dir": str(images),
                 "datalist": None,
-                "ckpt_dir": str(run.model_folder / "models"),
+                "ckpt_dir": str(model_folder(run) / "models"),
                 "output_dir": str(pred),
             },
             shared=run.overrides("segmentation"),

@@ -20,11 +20,11 @@ import numpy as np
 
 from mgcc.errors import UsageError
 from mgcc.figures import plot_comparison
-from mgcc.pipeline import GENERATOR_STAGES, Run, Stage, evaluate_stage, execute_stages, make_run, segmentation_stage
+from mgcc.pipeline import GENERATOR_STAGES, evaluate_stage, make_run, segmentation_stage
 from mgcc.presets import load_preset
 from mgcc.report import METRICS, metrics_table
-from mgcc.stages import read_record
-from mgcc.variants import VARIANTS, adopt_legacy_folders, evaluation_folder, training_folder
+from mgcc.stages import Run, Stage, execute_stages, read_record
+from mgcc.variants import VARIANTS, adopt_legacy_folders, evaluation_folder, run_variant, training_folder
 
 ABLATION = "mgcc-labeled"  # the auxiliary decoders without unlabeled images
 
@@ -180,7 +180,7 @@ def compare(
     runs = {seed: seed_run(base, seed) for seed in chosen_seeds}
     for seed, run in runs.items():
         print(f"[mgcc] seed {seed} -> {run.out}", flush=True)
-        adopt_legacy_folders(run.out, base.variant)
+        adopt_legacy_folders(run.out, run_variant(base.preset))
         execute_stages(run, stages)
     tabulate(base, runs, names)
 
@@ -194,7 +194,7 @@ def plan(base: Run, names: list[str]) -> list[Stage]:
     for name in names:
         files, overrides = VARIANTS[name]
         variant_stages += [
-            segmentation_stage(name, files, {} if name == base.variant else overrides),
+            segmentation_stage(name, files, {} if name == run_variant(base.preset) else overrides),
             evaluate_stage(name),
         ]
     needs_samples = any("sample" in stage.reads_from(base) for stage in variant_stages)

@@ -19,9 +19,9 @@ from typing import Any
 from mgcc import SEG_BUNDLE
 from mgcc.data.datalist import SECTIONS, label_path
 from mgcc.errors import UsageError
-from mgcc.pipeline import GENERATOR_STAGES, Run, Stage, execute_stages, make_run
+from mgcc.pipeline import GENERATOR_STAGES, make_run
 from mgcc.report import detection_text
-from mgcc.stages import StageResult, run_bundle
+from mgcc.stages import Run, Stage, StageResult, execute_stages, run_bundle
 from mgcc.trained import model_settings, training_stage
 
 

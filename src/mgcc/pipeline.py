@@ -1,9 +1,9 @@
 """`mgcc run`: the two-stage MGCC method end to end, one resumable stage at a time.
 
-prepare -> autoencoder -> diffusion -> sample -> quality -> segmentation -> evaluate -> lesions -> report -> package
-
-Each stage writes `<out>/<stage>/`, except that the segmentation model's training and evaluation are named after the
-variant the preset trains (`segmentation-mgcc-synthetic/`, `evaluate-mgcc-synthetic/`; see `mgcc.variants`).
+`run_stages` is the stage graph, in order (`STAGE_NAMES`: prepare, the generator's stages, the segmentation model's
+training and evaluation, ...), and `mgcc.stages` runs it. Each stage writes `<out>/<stage>/`, except that the
+segmentation model's training and evaluation are named after the variant the preset trains
+(`segmentation-mgcc-synthetic/`, `evaluate-mgcc-synthetic/`; see `mgcc.variants`).
 
 Every bundle stage goes through the bundles' own configs via `python -m monai.bundle run`; this module only
 decides folders and overrides. A stage whose `stage.json` record and outputs exist is skipped, so a rerun after
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,98 +23,18 @@ from mgcc import LDM_BUNDLE, SEG_BUNDLE
 from mgcc.errors import UsageError
 from mgcc.presets import PresetError, load_preset
 from mgcc.stages import (
+    Run,
+    Stage,
     StageResult,
     bundle_settings,
-    fingerprint,
-    is_complete,
+    execute_stages,
     make_output_folder,
-    missing_outputs,
-    read_record,
-    read_started,
     run_bundle,
     run_python,
-    stage_dir,
-    write_record,
-    write_started,
 )
-from mgcc.variants import adopt_legacy_folders, evaluation_folder, run_variant, training_folder
+from mgcc.variants import VARIANTS, adopt_legacy_folders, evaluation_folder, run_variant, training_folder
 
 DEFAULT_OUT = Path("outputs")  # under the working folder
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One resumable step of a run, written under `<out>/<name>/`.
-
-    What a stage runs with is its fingerprint (see `fingerprint_parts`); each field below that says "reads" or
-    "runs" is part of it, so a change there reruns the stage (and the stages after it)."""
-
-    name: str
-    outputs: list[str]  # paths relative to the stage folder that must exist when the stage is complete
-    execute: Callable[[Run], StageResult]
-    reads: tuple[str, ...] = ()  # dotted preset entries it runs with, e.g. "ldm.common", "segmentation.train"
-    reads_whole_preset: bool = False  # it runs with every preset entry (the report)
-    reads_data_folder: bool = False  # it reads the data: the preset's `data` section, --data and the data options
-    after: tuple[str, ...] = ()  # stages of the same run whose results it always reads
-    after_depending_on_settings: Callable[[Run], tuple[str, ...]] | None = None  # more stages it reads, which
-    # depend on the run's settings (a segmentation variant reads the samples only when it trains on them)
-    bundle: Path | None = None  # the bundle it runs
-    configs: tuple[str, ...] = ()  # the bundle's config files it runs (their text is part of its fingerprint)
-    settings: dict[str, Any] = field(default_factory=dict)  # anything else it runs with (a variant's overrides)
-    checkpoints: tuple[str, ...] = ()  # its resume checkpoints outside its folder (globs under the run folder)
-
-    def __post_init__(self) -> None:
-        special = [key for key in self.reads if key in ("", "data")]
-        assert not special, f"stage '{self.name}': reads {special}: use reads_whole_preset / reads_data_folder"
-        assert isinstance(self.after, tuple), f"stage '{self.name}': `after` is a tuple of stage names"
-
-    def reads_from(self, run: Run) -> tuple[str, ...]:
-        """The stages whose results it reads in `run`."""
-        extra = self.after_depending_on_settings(run) if self.after_depending_on_settings else ()
-        return self.after + tuple(name for name in extra if name not in self.after)
-
-
-@dataclass
-class Run:
-    """One pipeline run: a preset, a data source and an output folder."""
-
-    preset: dict[str, Any]
-    out: Path
-    data: Path | None = None
-    data_options: dict[str, Any] = field(default_factory=dict)  # `mgcc prepare` options for a raw generic dataset
-
-    def folder(self, stage: str) -> Path:
-        return stage_dir(self.out, stage)
-
-    @property
-    def dataset(self) -> Path:
-        return self.folder("prepare") / "dataset"
-
-    @property
-    def samples(self) -> Path:
-        return self.folder("sample") / "images"
-
-    @property
-    def variant(self) -> str:
-        """The segmentation variant the preset trains (`mgcc-synthetic`, ...), which names its folders."""
-        return run_variant(self.preset)
-
-    @property
-    def model_folder(self) -> Path:
-        """The training folder of that variant: `segmentation-<variant>/`."""
-        return self.folder(training_folder(self.variant))
-
-    def overrides(self, bundle: str, *sections: str) -> dict[str, Any]:
-        """Bundle overrides from the preset: `<bundle>.common`, then each named section, on top of `dataset_dir`."""
-        spec = self.preset[bundle]
-        merged: dict[str, Any] = {"dataset_dir": str(self.dataset), **spec.get("common", {})}
-        for section in sections:
-            merged.update(spec.get(section, {}))
-        return merged
-
-    def section(self, bundle: str, name: str) -> dict[str, Any]:
-        """One section of the preset's entries for `bundle` (a stage's own settings)."""
-        return dict(self.preset[bundle].get(name, {}))
 
 
 # ----------------------------------------------------------------------------------------------- stages
@@ -307,7 +225,7 @@ def _lesions(run: Run) -> StageResult:
             run.out,
             SEG_BUNDLE,
             LESIONS_CONFIGS,
-            {**source, "ckpt_dir": str(run.model_folder / "models"), "output_dir": str(folder / name)},
+            {**source, "ckpt_dir": str(model_folder(run) / "models"), "output_dir": str(folder / name)},
             shared=run.overrides("segmentation"),
         )
         for name, source in sets.items()
@@ -333,7 +251,7 @@ def _package(run: Run) -> StageResult:
 
     def work(folder: Path) -> None:
         name = run.out.name
-        export_segmentation(run.model_folder, folder / SEG_BUNDLE.name, name)
+        export_segmentation(model_folder(run), folder / SEG_BUNDLE.name, name)
         export_generator(run.out, folder / LDM_BUNDLE.name, name)
 
     return run_python("package", run.out, work)
@@ -382,30 +300,18 @@ GENERATOR_STAGES: list[Stage] = [
         configs=QUALITY_CONFIGS,
     ),
 ]
-#: what `mgcc run --stage` takes: the stages by what they do (segmentation and evaluate: the preset's variant's)
-STAGE_NAMES = (
-    "prepare",
-    "autoencoder",
-    "diffusion",
-    "sample",
-    "quality",
-    "segmentation",
-    "evaluate",
-    "lesions",
-    "report",
-    "package",
-)
 
 
-def run_stages(preset: dict[str, Any]) -> list[Stage]:
-    """The stages of `mgcc run` with `preset`, in order; the segmentation model trained is the preset's variant."""
-    variant = run_variant(preset)
+def run_stages(variant: str) -> dict[str, Stage]:
+    """The stages of `mgcc run` that trains `variant` (the preset's, `run_variant`), in order, by what they do: the
+    names `--stage` takes. Each writes `<out>/<name>/`, but segmentation and evaluate, which are named after the
+    variant (`segmentation-<variant>/`, `evaluate-<variant>/`)."""
     trained, evaluated = training_folder(variant), evaluation_folder(variant)
-    return [
-        *GENERATOR_STAGES,
-        segmentation_stage(variant, ["train.json"], {}),
-        evaluate_stage(variant),
-        Stage(
+    return {
+        **{stage.name: stage for stage in GENERATOR_STAGES},
+        "segmentation": segmentation_stage(variant, ["train.json"], {}),
+        "evaluate": evaluate_stage(variant),
+        "lesions": Stage(
             name="lesions",
             outputs=["lesion_rate.json"],
             execute=_lesions,
@@ -414,14 +320,14 @@ def run_stages(preset: dict[str, Any]) -> list[Stage]:
             bundle=SEG_BUNDLE,
             configs=LESIONS_CONFIGS,
         ),
-        Stage(
+        "report": Stage(
             name="report",
             outputs=["report.md", "report.html", "summary.json"],
             execute=_report,
             reads_whole_preset=True,
             after=("quality", evaluated, "lesions"),
         ),
-        Stage(
+        "package": Stage(
             name="package",
             outputs=[
                 f"{SEG_BUNDLE.name}/models/model.ts",
@@ -431,92 +337,16 @@ def run_stages(preset: dict[str, Any]) -> list[Stage]:
             execute=_package,
             after=(trained, evaluated, "sample", "quality"),
         ),
-    ]
+    }
 
 
-def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
-    """What the stage runs with, each part hashed: its preset entries, the bundle config files it runs, its own
-    settings, and the fingerprints recorded by the stages it reads from. The part names are stored in each stage's
-    record (`stage.json`): renaming one would rerun every stage of existing runs."""
-    parts = {}
-    for key in stage.reads:
-        value: Any = run.preset
-        for step in key.split("."):
-            value = value.get(step, {}) if isinstance(value, dict) else {}
-        parts[f"preset {key}"] = fingerprint(value)
-    if stage.reads_data_folder:
-        parts["preset data"] = fingerprint(
-            {"preset": run.preset.get("data", {}), "folder": str(run.data) if run.data else None, **run.data_options}
-        )
-    if stage.reads_whole_preset:
-        parts["preset (all)"] = fingerprint(run.preset)
-    if stage.configs:
-        assert stage.bundle is not None, f"stage '{stage.name}' names configs but no bundle"
-        parts["bundle configs"] = fingerprint({c: (stage.bundle / "configs" / c).read_text() for c in stage.configs})
-    if stage.settings:
-        parts["settings"] = fingerprint(stage.settings)
-    for name in stage.reads_from(run):
-        record = read_record(run.out, name)
-        parts[f"stage {name}"] = (record or {}).get("fingerprint") or "absent"
-    return parts
+#: what `mgcc run --stage` takes, in the order the stages run (the same whichever variant the preset trains)
+STAGE_NAMES = tuple(run_stages(next(iter(VARIANTS))))
 
 
-def set_aside(folder: Path, current: str, checkpoints: list[Path] = ()) -> None:
-    """Before a stage runs, a folder of its earlier run is renamed `<name>.stale-<k>` (kept, not deleted) when that
-    run completed (the stage runs again: forced, or with other settings) or was interrupted with other settings,
-    with the stage's resume `checkpoints` kept elsewhere (moved into it); so a stage resumes only from checkpoints
-    of an interrupted run with the same settings, and never mixes files."""
-    started = read_started(folder)
-    if not (folder / "stage.json").is_file() and (started is None or started.get("fingerprint") == current):
-        return
-    k = 1
-    while folder.with_name(f"{folder.name}.stale-{k}").exists():
-        k += 1
-    stale = folder.with_name(f"{folder.name}.stale-{k}")
-    folder.rename(stale)
-    for path in checkpoints:
-        path.rename(stale / path.name)
-    print(f"[mgcc] the earlier run of this stage is kept as {stale.name}", flush=True)
-
-
-def execute_stages(run: Run, stages: list[Stage], force: bool = False) -> None:
-    """Run the stages in order, skipping complete ones whose fingerprint is unchanged (unless forced)."""
-    for stage in stages:
-        parts = fingerprint_parts(run, stage)
-        missing = missing_outputs(run.out, stage.name, stage.outputs)
-        if not force and missing and read_record(run.out, stage.name) is not None:
-            print(
-                f"[mgcc] stage '{stage.name}' completed earlier but {', '.join(missing)} is missing or unreadable: "
-                "running it again",
-                flush=True,
-            )
-        if not force and is_complete(run.out, stage.name, stage.outputs):
-            record = read_record(run.out, stage.name) or {}
-            if record.get("fingerprint") in (None, fingerprint(parts)):  # None: recorded before fingerprints
-                print(f"[mgcc] stage '{stage.name}' is complete: skipped ({run.folder(stage.name)})")
-                continue
-            changed = sorted(k for k in parts if record.get("inputs", {}).get(k) != parts[k])
-            print(
-                f"[mgcc] stage '{stage.name}' ran with other settings (changed: {', '.join(changed)}): "
-                "running it again",
-                flush=True,
-            )
-        set_aside(
-            run.folder(stage.name),
-            fingerprint(parts),
-            [p for pattern in stage.checkpoints for p in sorted(run.out.glob(pattern))],
-        )
-        write_started(run.out, stage.name, parts)
-        print(f"[mgcc] stage '{stage.name}' -> {run.folder(stage.name)}", flush=True)
-        result = stage.execute(run)
-        missing = [rel for rel in stage.outputs if not (run.folder(stage.name) / rel).exists()]
-        if missing:
-            raise RuntimeError(
-                f"stage '{stage.name}' finished without its outputs {missing} in {run.folder(stage.name)}"
-            )
-        result.inputs = parts
-        write_record(run.out, result)
-        print(f"[mgcc] stage '{stage.name}' done in {result.seconds:.1f} s, peak RSS {result.peak_rss_mb:.0f} MB")
+def model_folder(run: Run) -> Path:
+    """The training folder of the variant the run's preset trains: `segmentation-<variant>/`."""
+    return run.folder(training_folder(run_variant(run.preset)))
 
 
 def unknown_preset_entries(preset: dict[str, Any]) -> list[str]:
@@ -576,22 +406,19 @@ def run(
         data: the dataset: a BUSI-layout folder, a generic-layout folder (with the data options below) or a folder
             prepared by `mgcc prepare` (split again with the preset's seed); default: the preset's phantom data.
         out: output folder; default `outputs/<preset>`.
-        stage: run only this stage (forced, even if complete): one of prepare, autoencoder, diffusion, sample,
-            quality, segmentation, evaluate, lesions, report, package (segmentation and evaluate: the preset's
-            variant's, in `segmentation-<variant>/` and `evaluate-<variant>/`).
+        stage: run only this stage (forced, even if complete): one of `STAGE_NAMES` (segmentation and evaluate: the
+            preset's variant's, in `segmentation-<variant>/` and `evaluate-<variant>/`).
         data_options: `mgcc prepare`'s options for a generic-layout dataset: --layout, --images, --masks,
             --image-pattern, --mask-pattern, --classes, --id-column, --class-column, --group-column,
             --mask-threshold.
     """
     spec = preset if isinstance(preset, dict) else load_preset(preset)
-    stages = run_stages(spec)
     variant = run_variant(spec)
-    folder = {"segmentation": training_folder(variant), "evaluate": evaluation_folder(variant)}.get(stage, stage)
-    chosen = [s for s in stages if stage is None or s.name == folder]
-    if not chosen:
+    stages = run_stages(variant)
+    if stage is not None and stage not in stages:
         raise UsageError(f"--stage {stage}: unknown stage; stages: {', '.join(STAGE_NAMES)}")
     run_ = make_run(spec, data, out, data_options)
     adopt_legacy_folders(run_.out, variant)
-    execute_stages(run_, chosen, force=stage is not None)
+    execute_stages(run_, [stages[stage]] if stage else list(stages.values()), force=stage is not None)
     report = run_.folder("report") / "report.md"
     print(f"[mgcc] report: {report}" if report.exists() else f"[mgcc] outputs in {run_.out}")

@@ -1,6 +1,9 @@
-"""Pipeline stages: each one writes under `<out>/<stage>/` and leaves a `stage.json` record when complete.
+"""Stages and their runner: each stage writes under `<out>/<stage>/` and leaves a `stage.json` record when complete.
 
-A bundle stage runs `python -m monai.bundle run` as its own process from the bundle folder, with the overrides
+`Stage` says what a stage runs with and what it leaves; `execute_stages` runs a list of them for a `Run`, skipping
+each complete stage whose fingerprint (what it runs with) is unchanged, and writes each one's record: its
+fingerprint and what it measured (`StageResult`: wall time, peak memory, and the precision a segmentation bundle
+ran in). A bundle stage runs `python -m monai.bundle run` as its own process from the bundle folder, with the overrides
 written to `<out>/<stage>/args.json` (readable, and re-runnable by hand). Running each bundle in its own process
 keeps the two bundles' `scripts` packages apart and gives each stage its own peak-memory figure.
 """
@@ -141,6 +144,156 @@ def read_started(folder: Path) -> dict[str, Any] | None:
 
 def write_record(out: Path, result: StageResult) -> None:
     write_json_atomic(stage_dir(out, result.name) / RECORD, result.to_json())
+
+
+@dataclass
+class Run:
+    """One pipeline run: a preset, a data source and an output folder."""
+
+    preset: dict[str, Any]
+    out: Path
+    data: Path | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)  # `mgcc prepare` options for a raw generic dataset
+
+    def folder(self, stage: str) -> Path:
+        return stage_dir(self.out, stage)
+
+    @property
+    def dataset(self) -> Path:
+        return self.folder("prepare") / "dataset"
+
+    @property
+    def samples(self) -> Path:
+        return self.folder("sample") / "images"
+
+    def overrides(self, bundle: str, *sections: str) -> dict[str, Any]:
+        """Bundle overrides from the preset: `<bundle>.common`, then each named section, on top of `dataset_dir`."""
+        spec = self.preset[bundle]
+        merged: dict[str, Any] = {"dataset_dir": str(self.dataset), **spec.get("common", {})}
+        for section in sections:
+            merged.update(spec.get(section, {}))
+        return merged
+
+    def section(self, bundle: str, name: str) -> dict[str, Any]:
+        """One section of the preset's entries for `bundle` (a stage's own settings)."""
+        return dict(self.preset[bundle].get(name, {}))
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One resumable step of a run, written under `<out>/<name>/`.
+
+    What a stage runs with is its fingerprint (see `fingerprint_parts`); each field below that says "reads" or
+    "runs" is part of it, so a change there reruns the stage (and the stages after it)."""
+
+    name: str
+    outputs: list[str]  # paths relative to the stage folder that must exist when the stage is complete
+    execute: Callable[[Run], StageResult]
+    reads: tuple[str, ...] = ()  # dotted preset entries it runs with, e.g. "ldm.common", "segmentation.train"
+    reads_whole_preset: bool = False  # it runs with every preset entry (the report)
+    reads_data_folder: bool = False  # it reads the data: the preset's `data` section, --data and the data options
+    after: tuple[str, ...] = ()  # stages of the same run whose results it always reads
+    after_depending_on_settings: Callable[[Run], tuple[str, ...]] | None = None  # more stages it reads, which
+    # depend on the run's settings (a segmentation variant reads the samples only when it trains on them)
+    bundle: Path | None = None  # the bundle it runs
+    configs: tuple[str, ...] = ()  # the bundle's config files it runs (their text is part of its fingerprint)
+    settings: dict[str, Any] = field(default_factory=dict)  # anything else it runs with (a variant's overrides)
+    checkpoints: tuple[str, ...] = ()  # its resume checkpoints outside its folder (globs under the run folder)
+
+    def __post_init__(self) -> None:
+        special = [key for key in self.reads if key in ("", "data")]
+        assert not special, f"stage '{self.name}': reads {special}: use reads_whole_preset / reads_data_folder"
+        assert isinstance(self.after, tuple), f"stage '{self.name}': `after` is a tuple of stage names"
+
+    def reads_from(self, run: Run) -> tuple[str, ...]:
+        """The stages whose results it reads in `run`."""
+        extra = self.after_depending_on_settings(run) if self.after_depending_on_settings else ()
+        return self.after + tuple(name for name in extra if name not in self.after)
+
+
+def fingerprint_parts(run: Run, stage: Stage) -> dict[str, str]:
+    """What the stage runs with, each part hashed: its preset entries, the bundle config files it runs, its own
+    settings, and the fingerprints recorded by the stages it reads from. The part names are stored in each stage's
+    record (`stage.json`): renaming one would rerun every stage of existing runs."""
+    parts = {}
+    for key in stage.reads:
+        value: Any = run.preset
+        for step in key.split("."):
+            value = value.get(step, {}) if isinstance(value, dict) else {}
+        parts[f"preset {key}"] = fingerprint(value)
+    if stage.reads_data_folder:
+        parts["preset data"] = fingerprint(
+            {"preset": run.preset.get("data", {}), "folder": str(run.data) if run.data else None, **run.data_options}
+        )
+    if stage.reads_whole_preset:
+        parts["preset (all)"] = fingerprint(run.preset)
+    if stage.configs:
+        assert stage.bundle is not None, f"stage '{stage.name}' names configs but no bundle"
+        parts["bundle configs"] = fingerprint({c: (stage.bundle / "configs" / c).read_text() for c in stage.configs})
+    if stage.settings:
+        parts["settings"] = fingerprint(stage.settings)
+    for name in stage.reads_from(run):
+        record = read_record(run.out, name)
+        parts[f"stage {name}"] = (record or {}).get("fingerprint") or "absent"
+    return parts
+
+
+def set_aside(folder: Path, current: str, checkpoints: list[Path] = ()) -> None:
+    """Before a stage runs, a folder of its earlier run is renamed `<name>.stale-<k>` (kept, not deleted) when that
+    run completed (the stage runs again: forced, or with other settings) or was interrupted with other settings,
+    with the stage's resume `checkpoints` kept elsewhere (moved into it); so a stage resumes only from checkpoints
+    of an interrupted run with the same settings, and never mixes files."""
+    started = read_started(folder)
+    if not (folder / "stage.json").is_file() and (started is None or started.get("fingerprint") == current):
+        return
+    k = 1
+    while folder.with_name(f"{folder.name}.stale-{k}").exists():
+        k += 1
+    stale = folder.with_name(f"{folder.name}.stale-{k}")
+    folder.rename(stale)
+    for path in checkpoints:
+        path.rename(stale / path.name)
+    print(f"[mgcc] the earlier run of this stage is kept as {stale.name}", flush=True)
+
+
+def execute_stages(run: Run, stages: list[Stage], force: bool = False) -> None:
+    """Run the stages in order, skipping complete ones whose fingerprint is unchanged (unless forced)."""
+    for stage in stages:
+        parts = fingerprint_parts(run, stage)
+        missing = missing_outputs(run.out, stage.name, stage.outputs)
+        if not force and missing and read_record(run.out, stage.name) is not None:
+            print(
+                f"[mgcc] stage '{stage.name}' completed earlier but {', '.join(missing)} is missing or unreadable: "
+                "running it again",
+                flush=True,
+            )
+        if not force and is_complete(run.out, stage.name, stage.outputs):
+            record = read_record(run.out, stage.name) or {}
+            if record.get("fingerprint") in (None, fingerprint(parts)):  # None: recorded before fingerprints
+                print(f"[mgcc] stage '{stage.name}' is complete: skipped ({run.folder(stage.name)})")
+                continue
+            changed = sorted(k for k in parts if record.get("inputs", {}).get(k) != parts[k])
+            print(
+                f"[mgcc] stage '{stage.name}' ran with other settings (changed: {', '.join(changed)}): "
+                "running it again",
+                flush=True,
+            )
+        set_aside(
+            run.folder(stage.name),
+            fingerprint(parts),
+            [p for pattern in stage.checkpoints for p in sorted(run.out.glob(pattern))],
+        )
+        write_started(run.out, stage.name, parts)
+        print(f"[mgcc] stage '{stage.name}' -> {run.folder(stage.name)}", flush=True)
+        result = stage.execute(run)
+        missing = [rel for rel in stage.outputs if not (run.folder(stage.name) / rel).exists()]
+        if missing:
+            raise RuntimeError(
+                f"stage '{stage.name}' finished without its outputs {missing} in {run.folder(stage.name)}"
+            )
+        result.inputs = parts
+        write_record(run.out, result)
+        print(f"[mgcc] stage '{stage.name}' done in {result.seconds:.1f} s, peak RSS {result.peak_rss_mb:.0f} MB")
 
 
 def run_process(
