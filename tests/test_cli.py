@@ -213,3 +213,17 @@ def test_an_unknown_stage_or_variant_is_named_before_anything_is_written(tmp_pat
     )
     assert line.startswith("mgcc compare: error: --variants: unknown variant(s) ['mgcc-imaginary']")
     assert not out.exists()
+
+
+def test_the_stage_and_variant_help_is_written_from_the_stage_graph_and_the_variants(monkeypatch):
+    """`--stage` and `--variants` list what `mgcc.pipeline.STAGE_NAMES` and `mgcc.variants.VARIANTS` hold, so a
+    stage or variant added there is offered by the command line too."""
+    from mgcc import pipeline, variants
+
+    monkeypatch.setattr(pipeline, "STAGE_NAMES", ("prepare", "new-stage", "report"))
+    monkeypatch.setattr(variants, "VARIANTS", {"supervised": None, "new-variant": None})
+    cli.build_parser()
+    helps = {(name, a.dest): a.help for name, p in cli.PARSERS.items() for a in p._actions}
+    assert helps[("run", "stage")] == "run only this stage, even if complete: prepare, new-stage or report"
+    assert helps[("compare", "variants")].startswith("comma-separated subset of supervised, new-variant (default")
+    assert cli.PARSERS["run"].description.startswith("prepare -> new-stage -> report, each under OUT/<stage>/")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -140,6 +141,9 @@ def command(subparsers: Any, name: str, help: str, description: str = "", parent
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mgcc.pipeline import STAGE_NAMES  # the stage graph and the variants (no torch: cheap to import)
+    from mgcc.variants import VARIANTS
+
     parser = Parser(
         prog="mgcc",
         description="MGCC: semi-supervised ultrasound segmentation with diffusion-generated "
@@ -177,8 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "run",
         "run the MGCC pipeline (every stage resumes)",
-        "prepare -> autoencoder -> diffusion -> sample -> quality -> segmentation -> evaluate -> lesions ->\n"
-        "report -> package, each under OUT/<stage>/; a complete stage whose settings are unchanged is skipped.",
+        textwrap.fill(
+            " -> ".join(STAGE_NAMES) + ", each under OUT/<stage>/; a complete stage whose settings are unchanged is "
+            "skipped.",
+            width=102,
+            break_on_hyphens=False,
+        ),
     )
     option(p, "preset", "preset name in configs/ (demo, busi-cpu, busi-gpu, ...) or a preset JSON file (default demo)")
     option(
@@ -188,12 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         "folder prepared by `mgcc prepare`; default: the preset's phantom data",
     )
     option(p, "out", "output folder (default outputs/<preset>)")
-    option(
-        p,
-        "stage",
-        "run only this stage, even if complete: prepare, autoencoder, diffusion, sample, quality, "
-        "segmentation, evaluate, lesions, report or package",
-    )
+    option(p, "stage", f"run only this stage, even if complete: {', '.join(STAGE_NAMES[:-1])} or {STAGE_NAMES[-1]}")
     data_options(p)
 
     p = command(
@@ -208,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     option(
         p,
         "variants",
-        "comma-separated subset of supervised, mgcc-labeled, mgcc-real, mgcc-synthetic, mgcc-both, "
-        "mgcc-synthetic-pairs (default: all); the first is the baseline of the paired differences",
+        f"comma-separated subset of {', '.join(VARIANTS)} (default: all); the first is the baseline of the paired "
+        "differences",
     )
     option(p, "seeds", "comma-separated seeds, e.g. 0,1,2 (default: the preset's seed)")
     data_options(p)

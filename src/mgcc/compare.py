@@ -167,9 +167,8 @@ def compare(
         preset: preset name or path (see `mgcc run`).
         data: the dataset in any form `mgcc run` takes; default: the preset's built-in phantom data.
         out: output folder; default `outputs/<preset>`.
-        variants: comma-separated subset of supervised, mgcc-labeled, mgcc-real, mgcc-synthetic, mgcc-both,
-            mgcc-synthetic-pairs (a mask-conditioned generator's samples as labeled pairs); the
-            first is the baseline of the paired differences.
+        variants: comma-separated subset of `mgcc.variants.VARIANTS` (`mgcc-synthetic-pairs`: a mask-conditioned
+            generator's samples as labeled pairs); the first is the baseline of the paired differences.
         seeds: comma-separated seeds (e.g. 0,1,2); default: the preset's seed.
         data_options: `mgcc prepare`'s options for a generic-layout dataset (see `mgcc run`).
     """
