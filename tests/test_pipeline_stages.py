@@ -364,10 +364,34 @@ def test_a_malformed_preset_file_is_one_line_naming_it(tmp_path, capsys, text, m
     assert not (tmp_path / "out").exists()
 
 
-def test_the_stage_record_says_which_precision_the_bundle_ran_in(tmp_path):
-    line = "2026-12-04 16:00:00,000 - scripts.inferer - INFO - precision: bfloat16 autocast, channels-last"
-    result = run_process("train", [sys.executable, "-c", f"print({line!r})"], tmp_path, tmp_path / "train" / "log.txt")
-    write_record(tmp_path, result)
+def test_the_stage_record_says_which_precision_the_bundle_ran_in_as_the_bundles_own_code_resolves_it(
+    tmp_path, monkeypatch
+):
+    """A bundle stage's record holds what its forward passes ran in: asked of the segmentation bundle's own
+    `AutocastInferer` with the stage's settings, not read from a line of its log (which says nothing here)."""
+    import torch
+
+    from mgcc import LDM_BUNDLE, SEG_BUNDLE
+    from mgcc.bundles import workflow_precision
+    from mgcc.stages import run_bundle
+
+    nhwc = ", channels-last" if torch.cuda.is_available() else ""  # on CUDA `channels_last: auto` is on
+    assert workflow_precision(SEG_BUNDLE, ["train.json"], {"amp": False}) == "float32" + nhwc
+    assert workflow_precision(SEG_BUNDLE, ["train.json"], {"amp": True}) == "bfloat16 autocast, channels-last"
+    assert workflow_precision(SEG_BUNDLE, ["train.json", "evaluate.json"], {}) == "float32" + nhwc  # evaluate: amp off
+    assert workflow_precision(SEG_BUNDLE, ["inference.json"], {"amp": "true", "channels_last": False}) == (
+        "bfloat16 autocast"
+    )
+    assert workflow_precision(LDM_BUNDLE, ["train_autoencoder.json"], {}) is None
+
+    def quiet_process(name, command, cwd, log_file, env=None):
+        print("2026-12-04 16:00:00,000 - scripts.inferer - INFO - precision: float16 autocast")  # not believed
+        return StageResult(name, 1.0, 10.0, command)
+
+    monkeypatch.setattr("mgcc.stages.run_process", quiet_process)
+    write_record(tmp_path, run_bundle("train", tmp_path, SEG_BUNDLE, ["train.json"], {"amp": True}))
     assert read_record(tmp_path, "train")["precision"] == "bfloat16 autocast, channels-last"
-    quiet = run_process("other", [sys.executable, "-c", "print('no precision here')"], tmp_path, tmp_path / "log.txt")
-    assert quiet.precision is None and "precision" not in quiet.to_json()
+    write_record(tmp_path, run_bundle("autoencoder", tmp_path, LDM_BUNDLE, ["train_autoencoder.json"], {}))
+    assert "precision" not in read_record(tmp_path, "autoencoder")
+    with pytest.raises(StageError, match="stage 'train': config key 'amp' must be true, false or auto"):
+        run_bundle("train", tmp_path, SEG_BUNDLE, ["train.json"], {"amp": "maybe"})

@@ -155,3 +155,24 @@ def test_eval_metrics_carry_detection_numbers_only_where_the_test_set_has_them()
         "test_sensitivity": 0.875,
         "test_specificity": 0.5,
     }
+
+
+def test_the_stage_table_shows_what_each_record_measured_and_reads_records_from_before_a_measure(tmp_path):
+    """Each stage's row is what its `stage.json` says it measured; a record written before precision was measured
+    (none) still reads, with that cell blank and the key left out of `summary.json`."""
+    from mgcc.report import report_summary, stage_table
+
+    out = tmp_path / "run"
+    (out / "segmentation-mgcc-synthetic").mkdir(parents=True)
+    write_record(out, StageResult("segmentation-mgcc-synthetic", 12.345, 321.9, ["c"], precision="float32"))
+    _write(out / "prepare" / "stage.json", {"name": "prepare", "seconds": 3, "peak_rss_mb": 4.0, "command": []})
+    assert stage_table(out).splitlines() == [
+        "| stage | wall time (s) | peak RSS (MB) | precision |",
+        "|---|---|---|---|",
+        "| prepare | 3.0 | 4 |  |",
+        "| segmentation-mgcc-synthetic | 12.3 | 322 | float32 |",
+    ]
+    assert report_summary(out, {}, None, None)["stages"] == {
+        "prepare": {"seconds": 3, "peak_rss_mb": 4.0},
+        "segmentation-mgcc-synthetic": {"seconds": 12.35, "peak_rss_mb": 321.9, "precision": "float32"},
+    }

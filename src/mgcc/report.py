@@ -11,7 +11,7 @@ from typing import Any
 import markdown
 
 from mgcc.figures import image_grid, plot_history
-from mgcc.stages import read_record
+from mgcc.stages import MEASURED, read_records
 
 METRICS = ("dice", "iou", "hd95")
 
@@ -121,13 +121,8 @@ def report_summary(
 ) -> dict[str, Any]:
     """Every number of the report, for tools: `<out>/report/summary.json`."""
     result: dict[str, Any] = {"test": evaluations, "stages": {}}
-    for folder in sorted(p for p in out.iterdir() if (p / "stage.json").is_file()):
-        record = read_record(out, folder.name)
-        result["stages"][record["name"]] = {
-            "seconds": record["seconds"],
-            "peak_rss_mb": record["peak_rss_mb"],
-            **({"precision": record["precision"]} if "precision" in record else {}),
-        }
+    for record in read_records(out):
+        result["stages"][record["name"]] = {key: record[key] for key, _, _ in MEASURED if key in record}
     if quality is not None:
         result["generator"] = {
             key: quality[key]
@@ -152,13 +147,14 @@ def report_summary(
 
 
 def stage_table(out: Path) -> str:
-    lines = ["| stage | wall time (s) | peak RSS (MB) | precision |", "|---|---|---|---|"]
-    for folder in sorted(p for p in out.iterdir() if (p / "stage.json").is_file()):
-        record = read_record(out, folder.name)
-        lines.append(
-            f"| {record['name']} | {record['seconds']:.1f} | {record['peak_rss_mb']:.0f} | "
-            f"{record.get('precision', '')} |"
-        )
+    """One row per stage record: what it measured (`MEASURED`), blank where an older record lacks it."""
+    lines = [
+        "| stage | " + " | ".join(heading for _, heading, _ in MEASURED) + " |",
+        "|---" * (len(MEASURED) + 1) + "|",
+    ]
+    for record in read_records(out):
+        cells = [form.format(record[key]) if key in record else "" for key, _, form in MEASURED]
+        lines.append(f"| {record['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -22,12 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mgcc.bundles import workflow_precision
 from mgcc.errors import MgccError, UsageError
 
 RECORD = "stage.json"
-#: the line the segmentation bundle's `AutocastInferer` logs when built: `... - INFO - precision: float32`
-PRECISION_LINE = re.compile(r" - INFO - precision: (.+)$")
 STARTED = "started.json"
+#: what a stage's record says it measured, as the report's stage table shows it: (record key, heading, format)
+MEASURED = (
+    ("seconds", "wall time (s)", "{:.1f}"),
+    ("peak_rss_mb", "peak RSS (MB)", "{:.0f}"),
+    ("precision", "precision", "{}"),
+)
 
 
 class StageError(MgccError, RuntimeError):
@@ -41,7 +45,7 @@ class StageResult:
     peak_rss_mb: float
     command: list[str] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)  # the hashed parts of what the stage ran with
-    precision: str | None = None  # what the segmentation bundle's forward passes ran in (its log's `precision:` line)
+    precision: str | None = None  # what a segmentation bundle's forward passes ran in (`workflow_precision`)
 
     def to_json(self) -> dict[str, Any]:
         record = {
@@ -118,6 +122,13 @@ def read_record(out: Path, name: str) -> dict[str, Any] | None:
     """The stage's `stage.json`; None when missing or unreadable (the stage then counts as not complete)."""
     record = read_json_or_none(stage_dir(out, name) / RECORD)
     return record if isinstance(record, dict) else None
+
+
+def read_records(out: Path) -> list[dict[str, Any]]:
+    """The records of every folder of the run that has one, by folder name (a record holds `MEASURED`'s keys it
+    measured: one written before a key was measured lacks it)."""
+    records = (read_record(out, p.name) for p in sorted(Path(out).iterdir()) if (p / RECORD).is_file())
+    return [record for record in records if record is not None]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -299,10 +310,9 @@ def execute_stages(run: Run, stages: list[Stage], force: bool = False) -> None:
 def run_process(
     name: str, command: list[str], cwd: Path, log_file: Path, env: dict[str, str] | None = None
 ) -> StageResult:
-    """Run `command`, streaming its output to the console and `log_file`; measure wall time and peak RSS, and
-    note the precision the process says it ran in (a `precision: ...` log line)."""
+    """Run `command`, streaming its output to the console and `log_file`; measure wall time and peak RSS."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    start, precision = time.perf_counter(), None
+    start = time.perf_counter()
     with open(log_file, "ab") as log:
         log.write(f"$ (cd {cwd} && {' '.join(command)})\n".encode())
         proc = subprocess.Popen(
@@ -313,13 +323,11 @@ def run_process(
             sys.stdout.buffer.write(line)
             sys.stdout.flush()
             log.write(line)
-            found = PRECISION_LINE.search(line.decode(errors="replace"))
-            precision = found.group(1).strip() if found else precision
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise StageError(f"stage '{name}' failed with exit code {proc.returncode}; see {log_file}")
-    return StageResult(name, time.perf_counter() - start, usage.ru_maxrss / 1024.0, command, precision=precision)
+    return StageResult(name, time.perf_counter() - start, usage.ru_maxrss / 1024.0, command)
 
 
 def unknown_override_keys(config_paths: Sequence[Path], overrides: dict[str, Any]) -> list[str]:
@@ -344,7 +352,8 @@ def run_bundle(
 
     `overrides` are the stage's own settings: one that matches no config key is refused. `shared` are settings
     of other stages' preset sections that this workflow may also read (the sampler reads the diffusion model's
-    schedule, not its epochs): only those its configs know are passed."""
+    schedule, not its epochs): only those its configs know are passed. The result says what the workflow's forward
+    passes ran in (`workflow_precision`), found from the same settings before it runs."""
     configs = [bundle / "configs" / c for c in config_files]
     unknown = unknown_override_keys(configs, overrides)
     if unknown:
@@ -355,6 +364,10 @@ def run_bundle(
     if shared:
         ignored = set(unknown_override_keys(configs, shared))
         overrides = {**{k: v for k, v in shared.items() if k not in ignored}, **overrides}
+    try:
+        precision = workflow_precision(bundle, config_files, overrides)
+    except ValueError as err:  # a bad amp or channels_last, refused by the bundle's code
+        raise StageError(f"stage '{name}': {err}") from err
     folder = stage_dir(out, name)
     folder.mkdir(parents=True, exist_ok=True)
     args = {
@@ -367,7 +380,9 @@ def run_bundle(
     args_file = folder / "args.json"
     args_file.write_text(json.dumps(args, indent=2))
     command = [sys.executable, "-m", "monai.bundle", "run", "--args_file", str(args_file)]
-    return run_process(name, command, cwd=bundle, log_file=folder / "log.txt")
+    result = run_process(name, command, cwd=bundle, log_file=folder / "log.txt")
+    result.precision = precision
+    return result
 
 
 def run_python(name: str, out: Path, function: Callable[[Path], None]) -> StageResult:
