@@ -152,24 +152,16 @@ def test_the_generator_trains_only_for_variants_that_read_its_samples(tmp_path, 
     assert ("sample" in planned) == generator
 
 
-def test_the_concurrent_runner_keeps_the_generator_and_its_readers_in_one_job(tmp_path):
-    """`scripts/compare_concurrently.py`: the variants that read the samples run after the generator, in its job;
-    every other variant is a job of its own; prepare runs before any job."""
-    import importlib.util
-
-    from mgcc.compare import plan
+def test_the_jobs_keep_the_generator_and_its_readers_in_one_chain(tmp_path):
+    """`mgcc compare --jobs N`: the variants that read the samples run after the generator, in its chain; every
+    other variant is a chain of its own; prepare runs before any chain."""
+    from mgcc.compare import job_groups, plan
     from mgcc.pipeline import make_run
 
-    spec = importlib.util.spec_from_file_location(
-        "compare_concurrently", Path(__file__).resolve().parents[1] / "scripts" / "compare_concurrently.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     (tmp_path / "data").mkdir()
     base = make_run(load_preset("busi-cpu"), str(tmp_path / "data"), str(tmp_path / "out"), {})
     names = ["supervised", "mgcc-real", "mgcc-synthetic"]
-    stages = plan(base, names)
-    assert module.jobs(stages, names, base) == {
+    assert job_groups(base, plan(base, names), names) == {
         "generator": [
             "autoencoder",
             "diffusion",
@@ -181,11 +173,21 @@ def test_the_concurrent_runner_keeps_the_generator_and_its_readers_in_one_job(tm
         "supervised": ["segmentation-supervised", "evaluate-supervised"],
         "mgcc-real": ["segmentation-mgcc-real", "evaluate-mgcc-real"],
     }
-    stages = plan(base, ["supervised", "mgcc-labeled"])
-    assert module.jobs(stages, ["supervised", "mgcc-labeled"], base) == {
+    names = ["supervised", "mgcc-labeled"]
+    assert job_groups(base, plan(base, names), names) == {
         "supervised": ["segmentation-supervised", "evaluate-supervised"],
         "mgcc-labeled": ["segmentation-mgcc-labeled", "evaluate-mgcc-labeled"],
     }
+
+
+def test_jobs_below_one_are_refused_before_anything_is_written(tmp_path, capsys):
+    from mgcc.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["compare", "--preset", "demo", "--out", str(tmp_path / "out"), "--jobs", "0"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == "mgcc compare: error: --jobs 0: must be 1 or more"
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_comparison_figure_shows_every_seed_and_difference(tmp_path):
@@ -240,3 +242,26 @@ def test_the_table_also_measures_the_unlabeled_images_against_the_decoders_alone
     assert report["paired_dice_differences_to_ablation"]["mgcc-real"]["mean"] == pytest.approx(0.1)
     assert "## Against `mgcc-labeled`" in (base.folder("compare") / "compare.md").read_text()
     assert (base.folder("compare") / "compare.png").stat().st_size > 10_000
+
+
+def test_with_jobs_each_seed_is_prepared_first_then_its_chains_run_as_jobs(tmp_path, monkeypatch):
+    from mgcc import compare
+
+    calls = []
+    monkeypatch.setattr(
+        compare, "execute_stages", lambda run, stages: calls.append((run.out, [s.name for s in stages]))
+    )
+    monkeypatch.setattr(compare, "run_jobs", lambda jobs, plan, count, logs: calls.append((jobs, plan(), count, logs)))
+    monkeypatch.setattr(compare, "tabulate", lambda base, runs, names: calls.append("tabulate"))
+    out = tmp_path / "out"
+    compare.compare("busi-cpu", None, str(out), "supervised,mgcc-synthetic", "0,1", jobs=4)
+    assert calls[:2] == [(out, ["prepare"]), (out / "seed-1", ["prepare"])]
+    jobs, stages, count, logs = calls[2]
+    assert [(job.name, job.run.out, job.stages[-1]) for job in jobs] == [
+        ("seed-0-generator", out, "evaluate-mgcc-synthetic"),
+        ("seed-0-supervised", out, "evaluate-supervised"),
+        ("seed-1-generator", out / "seed-1", "evaluate-mgcc-synthetic"),
+        ("seed-1-supervised", out / "seed-1", "evaluate-supervised"),
+    ]
+    assert stages[0].name == "prepare" and (count, logs) == (4, out / "compare" / "jobs")
+    assert calls[3:] == ["tabulate"]

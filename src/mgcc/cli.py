@@ -215,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
         "differences",
     )
     option(p, "seeds", "comma-separated seeds, e.g. 0,1,2 (default: the preset's seed)")
+    option(
+        p,
+        "jobs",
+        "chains of stages run at once, each a process with its share of the CPU threads (per seed: the generator and "
+        "the variants that read its samples, and each other variant); logs in OUT/compare/jobs/ (default 1: one "
+        "stage after another)",
+        type=int,
+    )
     data_options(p)
 
     p = command(commands, "evaluate", "score a trained model on another dataset (an external test)")

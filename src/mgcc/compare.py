@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 
 from mgcc.errors import UsageError
 from mgcc.figures import plot_comparison
+from mgcc.jobs import Job, run_jobs
 from mgcc.pipeline import GENERATOR_STAGES, evaluate_stage, make_run, segmentation_stage
 from mgcc.presets import load_preset
 from mgcc.report import METRICS, metrics_table
@@ -159,6 +161,7 @@ def compare(
     out: str | None = None,
     variants: str | list[str] = tuple(VARIANTS),
     seeds: str | None = None,
+    jobs: int = 1,
     **data_options: Any,
 ) -> None:
     """Train and evaluate each variant at the same labeled fraction and budget, for each seed, then tabulate.
@@ -170,8 +173,13 @@ def compare(
         variants: comma-separated subset of `mgcc.variants.VARIANTS` (`mgcc-synthetic-pairs`: a mask-conditioned
             generator's samples as labeled pairs); the first is the baseline of the paired differences.
         seeds: comma-separated seeds (e.g. 0,1,2); default: the preset's seed.
+        jobs: how many chains of stages run at once (`job_groups`), each a process with its share of the CPU threads
+            and its output in `<out>/compare/jobs/seed-<seed>-<chain>.log`, once each seed's data is prepared;
+            default 1: every stage one after another, in this process.
         data_options: `mgcc prepare`'s options for a generic-layout dataset (see `mgcc run`).
     """
+    if jobs < 1:
+        raise UsageError(f"--jobs {jobs}: must be 1 or more")
     names = parse_variants(variants)
     base = make_run(load_preset(preset), data, out, data_options)
     chosen_seeds = parse_seeds(seeds, base.preset["data"]["seed"])
@@ -180,7 +188,11 @@ def compare(
     for seed, run in runs.items():
         print(f"[mgcc] seed {seed} -> {run.out}", flush=True)
         adopt_legacy_folders(run.out, run_variant(base.preset))
-        execute_stages(run, stages)
+        execute_stages(run, stages if jobs == 1 else [s for s in stages if s.name == "prepare"])
+    if jobs > 1:
+        chains = job_groups(base, stages, names)
+        work = [Job(f"seed-{seed}-{c}", run, tuple(chains[c])) for seed, run in runs.items() for c in chains]
+        run_jobs(work, functools.partial(plan, base, names), jobs, base.folder("compare") / "jobs")
     tabulate(base, runs, names)
 
 
@@ -198,6 +210,23 @@ def plan(base: Run, names: list[str]) -> list[Stage]:
         ]
     needs_samples = any("sample" in stage.reads_from(base) for stage in variant_stages)
     return [s for s in GENERATOR_STAGES if needs_samples or s.name == "prepare"] + variant_stages
+
+
+def job_groups(base: Run, stages: list[Stage], names: list[str]) -> dict[str, list[str]]:
+    """The stages after prepare as chains that may run at the same time (`--jobs`): the generator's stages with the
+    variants that read its samples after them (`generator`), and each other variant on its own (its training, then
+    its evaluation)."""
+    chains = {name: [training_folder(name), evaluation_folder(name)] for name in names}
+    in_chains = {stage for chain in chains.values() for stage in chain}
+    generator = [s.name for s in stages if s.name not in in_chains and s.name != "prepare"]
+    by_name = {s.name: s for s in stages}
+    groups = {"generator": generator} if generator else {}
+    for name, chain in chains.items():
+        if "sample" in by_name[chain[0]].reads_from(base):
+            groups["generator"] += chain
+        else:
+            groups[name] = chain
+    return groups
 
 
 def tabulate(base: Run, runs: dict[int, Run], names: list[str]) -> None:
