@@ -395,3 +395,71 @@ def test_the_stage_record_says_which_precision_the_bundle_ran_in_as_the_bundles_
     assert "precision" not in read_record(tmp_path, "autoencoder")
     with pytest.raises(StageError, match="stage 'train': config key 'amp' must be true, false or auto"):
         run_bundle("train", tmp_path, SEG_BUNDLE, ["train.json"], {"amp": "maybe"})
+
+
+#: the fingerprint of each built-in stage of a run of `BEFORE` (`mgcc run`'s, then `mgcc compare`'s other variants'),
+#: as the code before `Stage` and the runner moved into `mgcc.stages` (commit e67b0b0) wrote them into `stage.json`
+FINGERPRINTS_BEFORE = {
+    "prepare": "1ae2425e7eba33a2",
+    "autoencoder": "bcfa07fcbbc1cdb7",
+    "diffusion": "8f5e403ded06f16b",
+    "sample": "f61c3132f3082e00",
+    "quality": "e004c73f98dd78c5",
+    "segmentation-mgcc-synthetic": "7abb70d9a5161ff6",
+    "evaluate-mgcc-synthetic": "75c2c8af42adc97a",
+    "lesions": "987602bac9b6efc6",
+    "report": "dc82a114166eae31",
+    "package": "331c1cec824365b6",
+    "segmentation-supervised": "da41069abd3c12c8",
+    "evaluate-supervised": "fd74be6faab98b94",
+    "segmentation-mgcc-labeled": "5bb8af6933626937",
+    "evaluate-mgcc-labeled": "4be3b9870b99b37c",
+    "segmentation-mgcc-real": "adbe5a55a4a8b257",
+    "evaluate-mgcc-real": "3d0ce1feef467116",
+    "segmentation-mgcc-synthetic-pairs": "f382183b998cbda6",
+    "evaluate-mgcc-synthetic-pairs": "646e47c484f4672a",
+}
+BEFORE = {
+    "name": "before",
+    "data": {"labeled_fraction": 0.125, "seed": 0, "phantom": {"n": 8, "size": 32, "seed": 0}},
+    "ldm": {
+        "common": {"spatial_size": [32, 32]},
+        "autoencoder": {"max_epochs": 1},
+        "diffusion": {"max_epochs": 1},
+        "sample": {"num_samples": 4},
+    },
+    "segmentation": {
+        "common": {"base_channels": 8},
+        "train": {"unlabeled_source": "synthetic", "max_iterations": 2},
+        "evaluate": {"flip_tta": False},
+    },
+}
+
+
+def test_existing_runs_keep_their_fingerprints(tmp_path):
+    """Every built-in stage of `mgcc run` and `mgcc compare` fingerprints what it runs with as before, so the complete
+    stages of existing runs stay complete. Each bundle stage reads a stand-in bundle whose config texts are fixed
+    (the real ones change with the bundles, and their fingerprints rightly with them)."""
+    import dataclasses
+
+    from mgcc.compare import plan
+    from mgcc.pipeline import run_stages
+    from mgcc.stages import Run, fingerprint_parts
+    from mgcc.variants import run_variant
+
+    bundle, out = tmp_path / "bundle", tmp_path / "run"
+    (bundle / "configs").mkdir(parents=True)
+    run = Run(BEFORE, out)
+    stages = [*run_stages(run_variant(BEFORE)).values()]
+    stages += [
+        s for s in plan(run, ["supervised", "mgcc-labeled", "mgcc-real", "mgcc-synthetic-pairs"]) if "-" in s.name
+    ]
+    fingerprints = {}
+    for stage in stages:
+        for config in stage.configs:
+            (bundle / "configs" / config).write_text(json.dumps({"config": config}))
+        stage = dataclasses.replace(stage, bundle=bundle) if stage.bundle else stage
+        (out / stage.name).mkdir(parents=True)
+        write_record(out, StageResult(stage.name, 1.0, 1.0, inputs=fingerprint_parts(run, stage)))
+        fingerprints[stage.name] = read_record(out, stage.name)["fingerprint"]
+    assert fingerprints == FINGERPRINTS_BEFORE
