@@ -372,8 +372,7 @@ def test_the_stage_record_says_which_precision_the_bundle_ran_in_as_the_bundles_
     import torch
 
     from mgcc import LDM_BUNDLE, SEG_BUNDLE
-    from mgcc.bundles import workflow_precision
-    from mgcc.stages import run_bundle
+    from mgcc.stages import run_bundle, workflow_precision
 
     nhwc = ", channels-last" if torch.cuda.is_available() else ""  # on CUDA `channels_last: auto` is on
     assert workflow_precision(SEG_BUNDLE, ["train.json"], {"amp": False}) == "float32" + nhwc

@@ -16,16 +16,21 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mgcc.bundles import workflow_precision
+from mgcc.bundles import importable_as_scripts
 from mgcc.errors import MgccError, UsageError
 
 RECORD = "stage.json"
 STARTED = "started.json"
+#: where the segmentation bundle's configs build the `AutocastInferer` that runs every forward pass: training's
+#: (evaluate.json evaluates with it), else inference's; the generator's configs have none
+AUTOCAST_INFERERS = ("train#inferer", "inferer")
+AUTOCAST_TARGET = "scripts.inferer.AutocastInferer"
 #: what a stage's record says it measured, as the report's stage table shows it: (record key, heading, format)
 MEASURED = (
     ("seconds", "wall time (s)", "{:.1f}"),
@@ -338,6 +343,31 @@ def unknown_override_keys(config_paths: Sequence[Path], overrides: dict[str, Any
     parser = ConfigParser()
     parser.read_config([str(p) for p in config_paths])
     return sorted(key for key in overrides if key not in parser)
+
+
+def workflow_precision(bundle: Path, config_files: Sequence[str], overrides: dict[str, Any]) -> str | None:
+    """What the forward passes of a bundle workflow run in on this machine (`"float32"`, `"bfloat16 autocast,
+    channels-last"`, ...): the `precision` of the `AutocastInferer` its config files and `overrides` build, built here
+    by the bundle's own code as `monai.bundle run` builds it (from `amp`, `channels_last` and `device`); None for a
+    workflow without one. A bad `amp` raises the bundle's own `ValueError`."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(Path(bundle) / "configs" / c) for c in config_files])
+    parser.update(overrides)
+    found = [
+        i
+        for i in AUTOCAST_INFERERS
+        if i in parser and isinstance(parser[i], dict) and parser[i].get("_target_") == AUTOCAST_TARGET
+    ]
+    if not found:
+        return None
+    with importable_as_scripts(bundle), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what it warns of (amp on a slow CPU), the workflow's own log says
+        try:
+            return parser.get_parsed_content(found[0]).precision
+        except RuntimeError as err:  # MONAI's "failed to instantiate": what the bundle's code raised is its cause
+            raise (err.__cause__ or err) from None
 
 
 def run_bundle(
