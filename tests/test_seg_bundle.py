@@ -176,8 +176,10 @@ def test_inference_writes_binary_masks_at_the_original_size(trained, prepared_ph
         output_dir=tmp_path / "pred_folder",
         ckpt_dir=trained / "models",
     )
-    for name in ("wide", "colour", "slice"):
+    for name in ("wide", "colour"):
         assert Image.open(tmp_path / "pred_folder" / f"{name}_seg.png").size == (90, 50)
+    mask = nib.load(tmp_path / "pred_folder" / "slice_seg.nii.gz")  # NIfTI in, NIfTI out, on the input's grid
+    assert mask.shape[:2] == (90, 50) and np.array_equal(mask.affine, np.eye(4))
 
 
 def test_bundle_checks_and_torchscript_export(trained, prepared_phantom, tmp_path):
