@@ -194,6 +194,28 @@ def export_onnx(bundle: Path) -> None:
     )
 
 
+def test_nifti_in_gives_the_bundles_nifti_mask(deploy_python, bundle, images, tmp_path):
+    """A one-slice NIfTI gets a NIfTI mask, `masks/<stem>.nii.gz`, equal to the bundle's own `<stem>_seg.nii.gz`
+    (`monai.bundle run`): the input's voxel grid, affine and header, values 0/1."""
+    import nibabel as nib
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    gray = np.array(Image.open(sorted(images.glob("*.png"))[0]).convert("L"))
+    affine = np.diag([0.4, 0.3, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(gray.T[..., None].astype(np.uint8), affine), inputs / "scan.NII.GZ")
+    reference = tmp_path / "bundle_out"
+    cmd = ["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input_dir", inputs]
+    run([sys.executable, *cmd, "--output_dir", reference], cwd=bundle)
+    run_app(deploy_python, inputs, tmp_path / "out", bundle)
+    expected = nib.load(reference / "scan_seg.nii.gz")
+    got = nib.load(tmp_path / "out" / "masks" / "scan.nii.gz")
+    assert got.shape == expected.shape == (COLS, ROWS, 1) and np.allclose(got.affine, affine)  # float32 header
+    assert np.array_equal(np.asarray(got.dataobj), np.asarray(expected.dataobj)) and got.get_data_dtype() == np.uint8
+    [record] = json.loads((tmp_path / "out" / "predictions.json").read_text())["results"]
+    assert record["mask"].endswith("scan.nii.gz") and record["lesion"] == bool(np.asarray(got.dataobj).any())
+
+
 @pytest.mark.parametrize("model_form", ["bundle_folder", "torchscript", "onnx"])
 @pytest.mark.precision
 def test_png_folder_matches_bundle(deploy_python, bundle, images, bundle_masks, tmp_path, model_form):

@@ -169,10 +169,9 @@ def test_monai_label_and_deploy_apply_the_bundles_contract(tmp_path):
         else:
             status, message = label[name]
             assert 400 <= status < 500 and message == f"{name}: {line.split(': ', 1)[1]}", (name, label[name])
-    rasters = {name: path for name, path in files.items() if not contract.is_nifti(path)}  # Deploy: 2D files, DICOM
-    deploy = _run_json(deploy_python, DEPLOY_CHECK, SEG_BUNDLE, *rasters.values())
+    deploy = _run_json(deploy_python, DEPLOY_CHECK, SEG_BUNDLE, *files.values())  # NIfTI too
     load = scripts.transforms.LoadImageGrayscaled(keys="image", image_only=True)
-    for name, path in rasters.items():
+    for name, path in files.items():
         if lines[name]:
             assert deploy[name]["refused"] == f"1 input file(s) cannot be segmented: {lines[name]}", (
                 name,

@@ -5,7 +5,8 @@
 (or `HOLOSCAN_INPUT_PATH`, `HOLOSCAN_OUTPUT_PATH`, `HOLOSCAN_MODEL_PATH`, as in a MAP).
 
 Input, detected from the folder's content:
-* 2D images (PNG; also JPEG, BMP): one mask PNG each, `<output>/masks/<same relative path>.png`.
+* 2D images (PNG; also JPEG, BMP): one mask PNG each, `<output>/masks/<same relative path>.png`; a one-slice NIfTI
+  gives a NIfTI mask on its grid, with its affine and header, `<output>/masks/<same relative path>.nii.gz`.
 * ultrasound DICOM files (single-frame, Modality US): one mask PNG each, `<output>/masks/<SOPInstanceUID>.png`,
   and one DICOM Segmentation each in `<output>/dicom_seg/`, referencing the source instance and carrying its
   patient and study identifiers (the SDK's `DICOMSegmentationWriterOperator`, built on highdicom).

@@ -170,7 +170,7 @@ class BundleImageReader:
         from monai.data import MetaTensor
 
         try:
-            width, height = self.contract.raster_size(path)  # as viewers show it (EXIF orientation)
+            width, height = self.contract.image_size(path)  # as viewers show it (EXIF orientation)
             if isinstance(self.dict_keys, list) and self.dict_keys:
                 img = self.loader({self.key: str(path)})[self.key]
             else:
@@ -183,6 +183,8 @@ class BundleImageReader:
             raise InputError(f"{path}: the bundle loader returned {type(img).__name__}, expected a MetaTensor")
         meta = dict(img.meta)
         spatial = tuple(int(s) for s in np.asarray(meta.get("spatial_shape", ())).tolist())
+        while len(spatial) > 2 and spatial[-1] == 1:  # a one-slice NIfTI: (W, H, 1)
+            spatial = spatial[:-1]
         if spatial == (width, height):
             wh_order = True
         elif spatial == (height, width):

@@ -21,7 +21,7 @@ check() {
   "$VENV/bin/python" - <<'PY' 2>/dev/null
 import warnings
 warnings.simplefilter("ignore")
-import highdicom, holoscan, ignite, monai, onnxruntime, pydicom, torch  # noqa: F401
+import highdicom, holoscan, ignite, monai, nibabel, onnxruntime, pydicom, torch  # noqa: F401
 import monai.deploy.operators.monai_bundle_inference_operator  # noqa: F401
 assert int(pydicom.__version__.split(".")[0]) >= 3, pydicom.__version__
 PY

@@ -1,7 +1,7 @@
 """The app's inputs: sorting the input folder into image and DICOM files, checking them, and the source
 operators that feed them, one per tick, to the bundle operator.
 
-* `ImageFileSourceOperator`: emits one 2D image file (PNG, JPEG, BMP) per tick.
+* `ImageFileSourceOperator`: emits one 2D image file (PNG, JPEG, BMP, one-slice NIfTI) per tick.
 * `DICOMInstanceSourceOperator`: takes the SDK loader's studies and the selector's ultrasound series and
   emits one single-frame DICOM instance per tick, plus a one-instance `StudySelectedSeries` for the SDK's
   `DICOMSegmentationWriterOperator`.
@@ -26,8 +26,8 @@ from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, Stud
 from pydicom.misc import is_dicom
 from writers import RunManifest, read_timing
 
-#: File name suffixes read as 2D images (by the bundle's own reader; MONAI's PILReader takes these four).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+#: File name suffixes read as 2D images by the bundle's own reader (its image contract's); any case.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".nii", ".nii.gz")
 #: Ultrasound modality, as selected from DICOM input.
 US_SELECTION_RULES = json.dumps({"selections": [{"name": "Ultrasound", "conditions": {"Modality": "(?i)^US$"}}]})
 
@@ -54,7 +54,7 @@ def classify_inputs(
     for f in files:
         if f.name.startswith("."):
             skipped.append((f, "hidden file"))
-        elif f.suffix.lower() in IMAGE_SUFFIXES:
+        elif f.name.lower().endswith(IMAGE_SUFFIXES):
             images.append(f)
         elif f.suffix.lower() == ".dcm" or _is_dicom_file(f):
             dicoms.append(f)
@@ -82,6 +82,16 @@ def check_image_files(files: list[Path]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- image files
+
+
+def mask_file_name(relative: str, nifti: bool) -> str:
+    """The mask's path under `<output>/masks/`: the input's relative path with `.png`, or `.nii.gz` for NIfTI (the
+    mask keeps the input's voxel grid, affine and header)."""
+    path = Path(relative)
+    if not nifti:
+        return str(path.with_suffix(".png"))
+    stem = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+    return str(path.with_name(stem + ".nii.gz"))
 
 
 class ImageFileSourceOperator(Operator):
@@ -121,14 +131,15 @@ class ImageFileSourceOperator(Operator):
         start = time.perf_counter()
         array, meta, wh_order = self._reader(path)
         rel = path.name if self._root.is_file() else str(path.relative_to(self._root))
-        width, height = self._reader.contract.raster_size(path)  # as viewers show it: the mask overlays that
+        width, height = self._reader.contract.image_size(path)  # as viewers show it: the mask overlays that
+        nifti = self._reader.contract.is_nifti(path)
         record = {
             "source": str(path),
-            "name": str(Path(rel).with_suffix(".png")),
+            "name": mask_file_name(rel, nifti),
             "rows": height,
             "columns": width,
             "wh_order": wh_order,
-            "kind": "image",
+            "kind": "nifti" if nifti else "image",
             **read_timing(start),
         }
         op_output.emit(Image(array, metadata=meta), self.image_port)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bundle_access import bundle_image_contract
 from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ class RunManifest:
 
 class MaskWriterOperator(Operator):
     """Writes each predicted mask as `<output>/masks/<name>` (8-bit, 0 = background, 255 = lesion) at the
-    source image's size, and records it in `predictions.json`.
+    source image's size, a NIfTI input's as NIfTI (0/1, the input's grid, affine and header), and records it in
+    `predictions.json`.
 
     Named inputs:
         pred: the bundle operator's prediction `Image` (2D, values 0/1).
@@ -129,7 +131,12 @@ class MaskWriterOperator(Operator):
         binary = mask.astype(np.uint8)
         target = self._out / record["name"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        PILImage.fromarray(binary * 255).save(target)
+        if record["kind"] == "nifti":  # NIfTI in, NIfTI out: the input's grid (W, H), affine and header
+            import nibabel as nib
+
+            nib.save(bundle_image_contract().nifti_mask_like(record["source"], binary.T), target)
+        else:
+            PILImage.fromarray(binary * 255).save(target)
         record.pop("wh_order")
         seconds["write"] = round(time.perf_counter() - start, 4)
         record.update(mask=str(target), lesion=bool(binary.any()), lesion_pixels=int(binary.sum()), seconds=seconds)

@@ -42,6 +42,8 @@ __all__ = [
     "image_problem",
     "open_raster",
     "raster_size",
+    "image_size",
+    "nifti_mask_like",
     "channels",
     "grayscale8",
     "read_raster",
@@ -107,6 +109,16 @@ def raster_size(path: str | os.PathLike) -> tuple[int, int]:
     with Image.open(path) as image:
         width, height = image.size
         return (height, width) if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8) else (width, height)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an accepted image: a raster's as viewers show it, a NIfTI's first two voxel axes (i, j)."""
+    if is_nifti(path):
+        import nibabel as nib
+
+        shape = nib.load(str(path)).shape
+        return int(shape[0]), int(shape[1])
+    return raster_size(path)
 
 
 def channels(image: Image.Image, name: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
@@ -195,6 +207,25 @@ def check_gray_levels(img: torch.Tensor, name: str) -> None:
 def nifti_grid(shape: tuple[int, ...]) -> tuple[int, ...]:
     """The voxel grid of a NIfTI image's mask: its shape without a last dimension of 3 or 4 colour channels."""
     return shape[:-1] if len(shape) >= 4 and shape[-1] in (3, 4) else shape
+
+
+def nifti_mask_like(source: str | os.PathLike, mask: np.ndarray):
+    """A mask of the NIfTI image ``source`` (values > 0: lesion; any array of its grid's size in (W, H) order) as a
+    0/1 uint8 ``nibabel.Nifti1Image`` on ``source``'s voxel grid with its affine and header: NIfTI in, NIfTI out, so
+    the mask overlays the image in any NIfTI viewer."""
+    import nibabel as nib
+
+    image = nib.load(str(source))
+    grid = nifti_grid(tuple(int(n) for n in image.shape))
+    values = np.asarray(mask, dtype=np.float32)
+    if values.size != int(np.prod(grid)):
+        raise ValueError(f"{source}: mask of shape {values.shape} does not fit the image grid {grid}")
+    header = image.header.copy()
+    header.set_data_dtype(np.uint8)
+    out = nib.Nifti1Image((values.reshape(grid) > 0).astype(np.uint8), image.affine, header=header)
+    out.header.set_slope_inter(1.0, 0.0)
+    out.header["cal_min"], out.header["cal_max"] = 0, 1
+    return out
 
 
 def check_nifti(path: str | os.PathLike) -> None:

@@ -20,7 +20,7 @@ from .image_contract import (
     RASTER_SUFFIXES,
     check_gray_levels,
     is_nifti,
-    nifti_grid,
+    nifti_mask_like,
     nifti_problem,
     to_grayscale8,
 )
@@ -115,16 +115,7 @@ class SaveImageLikeInputd(SaveImaged):
         """Write ``mask`` (1, W, H), on ``source``'s grid, as NIfTI with ``source``'s affine and header."""
         import nibabel as nib
 
-        image = nib.load(source)
-        grid = nifti_grid(tuple(int(n) for n in image.shape))
-        values = np.asarray(torch.as_tensor(mask).detach().cpu(), dtype=np.float32)
-        if values.size != int(np.prod(grid)):
-            raise ValueError(f"{source}: mask of shape {values.shape} does not fit the image grid {grid}")
-        header = image.header.copy()
-        header.set_data_dtype(np.uint8)
-        out = nib.Nifti1Image((values.reshape(grid) > 0).astype(np.uint8), image.affine, header=header)
-        out.header.set_slope_inter(1.0, 0.0)
-        out.header["cal_min"], out.header["cal_max"] = 0, 1
+        out = nifti_mask_like(source, np.asarray(torch.as_tensor(mask).detach().cpu(), dtype=np.float32))
         os.makedirs(self.nifti_dir, exist_ok=True)
         path = os.path.join(self.nifti_dir, mask_name(source, self.nifti_suffix))
         nib.save(out, path)
