@@ -112,3 +112,17 @@ def prepared_phantom(phantom_raw, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantom_prepared")
     prepare_dataset(phantom_raw, out, labeled_fraction=0.25, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def bench():
+    """scripts/benchmark_serving_faults.py as a module: its helpers start and stop `mgcc label serve`, drive the
+    server and the Deploy app (the serving-fault and lesion-free-answer tests share them)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_serving_faults", REPO_ROOT / "scripts" / "benchmark_serving_faults.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

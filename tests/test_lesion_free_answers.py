@@ -7,7 +7,6 @@ assertion only, until release 2.0 ships weights that pass them and removes the m
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -36,17 +35,6 @@ def normal_image(busi_release_with_normal_test_split, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("normal")
     shutil.copy2(case.image, folder / f"{case.id}.png")
     return folder / f"{case.id}.png"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    """scripts/benchmark_serving_faults.py as a module: its helpers start and stop `mgcc label serve`."""
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_serving_faults", REPO / "scripts" / "benchmark_serving_faults.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.integration

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -26,16 +25,6 @@ from mgcc import SEG_BUNDLE
 from mgcc.bundles import import_bundle_scripts
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "benchmark_serving_faults.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    """scripts/benchmark_serving_faults.py as a module (its helpers drive the server and the app)."""
-    spec = importlib.util.spec_from_file_location("benchmark_serving_faults", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_atomic_checkpoint_saver_keeps_the_old_model_when_a_save_fails(tmp_path, monkeypatch):
