@@ -210,7 +210,8 @@ class MGCCDisagreementScoring(ScoringMethod):
             network = parser.get_parsed_content("network")
             inferer = parser.get_parsed_content("inferer")
             try:
-                weights = parser.get_parsed_content("handlers#0#load_path")  # checked against the config's width, size
+                # checked against the config's width and size
+                weights = parser.get_parsed_content("checkpoint_loader#load_path")
             except SystemExit as stop:
                 raise bundle_stop(stop) from None
             state = torch.load(weights, map_location=device, weights_only=True)
