@@ -141,6 +141,19 @@ def save_grid(rows: Sequence[Sequence[torch.Tensor | np.ndarray]], path: str, pa
     return path
 
 
+def load_network(
+    path: str,
+    module: torch.nn.Module,
+    padding_mode: str,
+    device: torch.device | str,
+    key: str | None = None,
+    what: str = "checkpoint",
+) -> torch.nn.Module:
+    """A trained network ready to use: its weights from ``path`` (see :func:`load_weights`), the padding it was
+    configured with, on ``device``, in eval mode."""
+    return set_padding_mode(load_weights(path, module, key=key, what=what), padding_mode).to(device).eval()
+
+
 def diffusion_key(weights: str) -> str:
     """Entry of the diffusion checkpoint to sample with: ``"ema"`` (the weights' moving average) or ``"raw"``."""
     keys = {"ema": "diffusion_ema", "raw": "diffusion"}
