@@ -90,3 +90,26 @@ def test_metadata_uses_the_keys_current_monai_reads(bundle):
 
     meta = json.loads((BUNDLES_DIR / bundle / "configs" / "metadata.json").read_text())
     assert not set(meta) & set(DEPRECATED_ID_MAPPING), sorted(set(meta) & set(DEPRECATED_ID_MAPPING))
+
+
+def _config_values(node, key=""):
+    """Every ``(id, value)`` leaf of a config, ids joined with ``#`` as MONAI writes them."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else None
+    if items is None:
+        yield key, node
+        return
+    for sub, value in items:
+        yield from _config_values(value, f"{key}#{sub}" if key else str(sub))
+
+
+CONFIGS = sorted(BUNDLES_DIR.glob("*/configs/*.json"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parents[1].name}/{p.name}")
+def test_configs_read_top_to_bottom(config):
+    """No ``$`` expression over 150 characters (longer ones become a named function in the bundle's scripts/), and
+    no entry addressed by list position (a handler is kept or dropped by its id)."""
+    for key, value in _config_values(json.loads(config.read_text())):
+        assert not (isinstance(value, str) and value.startswith("$") and len(value) > 150), f"{config}: {key}"
+    positional = [key for key in json.loads(config.read_text()) if any(part.isdigit() for part in key.split("#"))]
+    assert not positional, f"{config}: {positional}"
