@@ -35,6 +35,9 @@ eval mode, with ``--reference``); ``onnxruntime`` and ``openvino`` (the network 
 or OpenVINO's CPU plugin in float32 with its latency hint; OpenVINO is not a dependency of the project: install it
 to measure it).
 
+``--flip_tta`` times every inference mode but ``reference`` with the image and its mirror in one batch of two, as
+``inference.json --flip_tta true`` runs.
+
 Every mode's ``speedup_vs_reference`` (the authors' seconds over the mode's, same size and width, same run) is in
 the JSON when ``--reference`` is given.
 
@@ -239,7 +242,7 @@ def infer_case(case: dict) -> dict:
     if mode == "reference":
         net = load_reference(case["reference"], "network.MGCC").MGCC(img_ch=1, dim_mult=case["width"] // 16)
     else:
-        net = scripts.network.MGCCNet(base_channels=case["width"])
+        net = scripts.network.MGCCNet(base_channels=case["width"], flip_tta=case["flip_tta"])
     net = net.to(device).eval()
     x = torch.rand(1, 1, case["size"], case["size"], device=device)
     forward, precision = net, "float32"
@@ -377,6 +380,11 @@ def markdown(report: dict) -> str:
         "",
         "## Inference (main path, batch 1)",
         "",
+        *(
+            ["With flip_tta: the image and its mirror in one batch of two, their probabilities averaged.", ""]
+            if any(r.get("flip_tta") for r in report["inference"])
+            else []
+        ),
         "| size | width | mode | ms/image | speed-up vs reference |",
         "|---|---|---|---|---|",
     ]
@@ -407,6 +415,9 @@ def main() -> None:
     parser.add_argument("--no_inference", action="store_true", help="skip the inference cases")
     parser.add_argument("--no_training", action="store_true", help="skip the training cases")
     parser.add_argument("--infer_modes", nargs="+", default=list(INFER_MODES), choices=INFER_MODES)
+    parser.add_argument(
+        "--flip_tta", action="store_true", help="time inference with the mirror averaged in (bundle key flip_tta)"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=3, help="timed training iterations per case")
     parser.add_argument("--warmup", type=int, default=1)
@@ -481,6 +492,7 @@ def main() -> None:
                 "mode": mode,
                 "iterations": args.infer_iterations,
                 "warmup": 2,
+                "flip_tta": args.flip_tta,
                 **({"reference": str(Path(args.reference).resolve())} if mode == "reference" else {}),
             }
             report["inference"].append(run_case(case, args.threads, args.timeout))
