@@ -52,10 +52,15 @@ def history(root: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def best_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """The evaluator's "Key metric: ... best value: ... at epoch: ..." log lines, without their time stamps."""
+    return [line.split(" - ")[-1] for line in (proc.stdout + proc.stderr).splitlines() if "best value" in line]
+
+
 @pytest.mark.precision
 def test_resume_after_a_kill_reaches_the_same_result(prepared_phantom, tmp_path):
     schedule = ["--max_iterations", "12", "--val_interval", "4"]
-    run(train_cmd("configs/train.json", prepared_phantom, tmp_path / "straight", *schedule))
+    straight = run(train_cmd("configs/train.json", prepared_phantom, tmp_path / "straight", *schedule))
 
     # the same run, hard-killed (os._exit, no clean-up) right after the checkpoint of epoch 2 (iteration 8)
     kill = tmp_path / "kill.json"
@@ -74,9 +79,11 @@ def test_resume_after_a_kill_reaches_the_same_result(prepared_phantom, tmp_path)
     killed = tmp_path / "killed"
     run(train_cmd(configs("configs/train.json", str(kill)), prepared_phantom, killed, *schedule), expect=3)
     assert max(int(r["iteration"]) for r in history(killed)) == 8
-    run(train_cmd("configs/train.json", prepared_phantom, killed, *schedule, "--resume", "true"))
+    resumed = run(train_cmd("configs/train.json", prepared_phantom, killed, *schedule, "--resume", "true"))
 
     assert history(killed) == history(tmp_path / "straight")  # every loss, weight, lr and val Dice, bit for bit
+    # the log's best result is the whole run's, the validations before the kill included
+    assert best_lines(resumed)[-1] == best_lines(straight)[-1]
     for name in ("model.pt", "checkpoint_epoch=3.pt"):
         a = torch.load(tmp_path / "straight" / "models" / name, weights_only=True)
         b = torch.load(killed / "models" / name, weights_only=True)

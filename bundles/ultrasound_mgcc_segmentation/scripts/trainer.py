@@ -221,18 +221,29 @@ class RandomStates:
 
 
 class KeyMetricState:
-    """Checkpointable view of a ``monai.handlers.CheckpointSaver``'s best-key-metric record, so a resumed run
-    only replaces ``model.pt`` with a better model than the best one before the interruption (the saver itself
-    can restore this record, ``CheckpointSaver.load_state_dict``, but only exposes it through a private field)."""
+    """Checkpointable view of the best validation result: a ``monai.handlers.CheckpointSaver``'s best-key-metric
+    record, so a resumed run only replaces ``model.pt`` with a better model than the best one before the
+    interruption (the saver can restore this record, ``CheckpointSaver.load_state_dict``, but only exposes it
+    through a private field), and the evaluator's ``best_metric`` and ``best_metric_epoch``, so its log keeps
+    naming the best result of the whole run."""
 
-    def __init__(self, saver) -> None:
-        self.saver = saver
+    def __init__(self, saver, evaluator=None) -> None:
+        self.saver, self.evaluator = saver, evaluator
 
     def state_dict(self) -> dict:
-        return self.saver._key_metric_checkpoint.state_dict()
+        state = {"saver": self.saver._key_metric_checkpoint.state_dict()}
+        if self.evaluator is not None:
+            state |= {k: getattr(self.evaluator.state, k) for k in ("best_metric", "best_metric_epoch")}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.saver.load_state_dict(state)
+        if "saver" not in state:  # written before the evaluator's record was kept: the saver's alone
+            self.saver.load_state_dict(state)
+            return
+        self.saver.load_state_dict(state["saver"])
+        if self.evaluator is not None and "best_metric" in state:
+            self.evaluator.state.best_metric = state["best_metric"]
+            self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
 
 
 class _AtomicSave(BaseSaveHandler):
