@@ -108,6 +108,10 @@ def test_demo_killed_resumes_end_to_end_serves_and_rerun_skips(tiny_preset, tmp_
     for stage in STAGES:
         record = json.loads((out / stage / "stage.json").read_text())
         assert record["seconds"] > 0 and record["peak_rss_mb"] > 0
+        # every stage that runs the segmentation network says in what precision
+        assert ("precision" in record) == (
+            stage in ("segmentation-mgcc-synthetic", "evaluate-mgcc-synthetic", "lesions")
+        )
     samples = sorted((out / "sample" / "images").glob("*.png"))
     assert len(samples) == 6
     summary = json.loads((out / "evaluate-mgcc-synthetic" / "evaluation" / "summary.json").read_text())

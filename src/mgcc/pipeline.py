@@ -235,7 +235,13 @@ def _lesions(run: Run) -> StageResult:
     if agreement is not None:
         rates["synthetic"]["mask_dice"] = agreement
     (folder / "lesion_rate.json").write_text(json.dumps(rates, indent=2))
-    return StageResult("lesions", time.perf_counter() - start, max(r.peak_rss_mb for r in results), results[-1].command)
+    return StageResult(
+        "lesions",
+        time.perf_counter() - start,
+        max(r.peak_rss_mb for r in results),
+        results[-1].command,
+        precision=results[-1].precision,
+    )
 
 
 def _report(run: Run) -> StageResult:
