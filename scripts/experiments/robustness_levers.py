@@ -3,11 +3,12 @@ the check), normal images included.
 
 Training levers, each trained with the same budget and seeds (MGCC, the shipped generator's 400 synthetic images as
 the unlabeled set, BUSI's release split with its normal images as labeled images with empty masks):
-  current     train.json as it is;
+  current     the 1.x recipe: per-image Dice + BCE for every image (per_image_dice.json beside this file);
   batch_dice  the Dice term over the whole batch (`DiceCELoss(batch=True)`), so that a lesion drawn on a lesion-free
               image costs Dice (per image, an empty mask's Dice loss is flat: it teaches nothing about false positives);
-  scanner     + augmentations that mimic scanner differences (scanner_augment.json beside this file: affine zoom,
-              aspect and shift; gain and gamma; down-up resolution; blur; noise; shadow-like dark bands).
+  scanner     current + augmentations that mimic scanner differences (scanner_augment.json beside this file: affine
+              zoom, aspect and shift; gain and gamma; down-up resolution; blur; noise; shadow-like dark bands);
+  lesion_aware  train.json as it is since 1.5.0: per-image Dice on lesion images, S / (S + A) on lesion-free ones.
 Inference levers on every trained model, at the network's 128x128: flip test-time augmentation (left-right),
 averaging the main and auxiliary decoders, keeping the largest component, and "no lesion" when the predicted area is
 below a fraction of the image (the fraction chosen on validation).
@@ -48,9 +49,10 @@ STU_OPTIONS = [
     "mask_{id}.png",
 ]
 ROWS = {
-    "current": [],
+    "current": [str(Path(__file__).with_name("per_image_dice.json"))],
     "batch_dice": [str(Path(__file__).with_name("batch_dice.json"))],
-    "scanner": [str(Path(__file__).with_name("scanner_augment.json"))],
+    "scanner": [str(Path(__file__).with_name(name)) for name in ("per_image_dice.json", "scanner_augment.json")],
+    "lesion_aware": [],
 }
 AREA_GRID = [0.0, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1]
 
