@@ -31,14 +31,29 @@ SAMPLES = 16
 SAMPLED = "DDIM samples (the bundle's scheduler, 50 steps, no clip)"
 
 
-def spectrum(x: torch.Tensor) -> dict:
-    """`diag135` share and strongest peak (fy, fx) of the set's mean power spectrum, radius >= H/8."""
+def power_spectrum(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean power spectrum (centred) of a set of `(N, 1, H, W)` images, each with its mean removed and a Hann window
+    applied, and the frequency grids `fy`, `fx` (cycles per image)."""
     a = x[:, 0].double().numpy()
     a = a - a.mean(axis=(1, 2), keepdims=True)
     window = np.outer(np.hanning(a.shape[1]), np.hanning(a.shape[2]))
     power = (np.abs(np.fft.fftshift(np.fft.fft2(a * window), axes=(1, 2))) ** 2).mean(0)
     h, w = power.shape
     fy, fx = np.meshgrid(np.arange(h) - h // 2, np.arange(w) - w // 2, indexing="ij")
+    return power, fy, fx
+
+
+def hf_share(x: torch.Tensor, fraction: float = 0.25) -> float:
+    """Share of the set's power (`power_spectrum`) at radius >= `fraction` * H: how much fine texture (speckle) the
+    images keep."""
+    power, fy, fx = power_spectrum(x)
+    return float(power[np.hypot(fy, fx) >= power.shape[0] * fraction].sum() / power.sum())
+
+
+def spectrum(x: torch.Tensor) -> dict:
+    """`diag135` share and strongest peak (fy, fx) of the set's mean power spectrum, radius >= H/8."""
+    power, fy, fx = power_spectrum(x)
+    h = power.shape[0]
     ring = np.hypot(fy, fx) >= h / 8
     angle = np.degrees(np.arctan2(fy, fx)) % 180
     wedge = ring & (np.minimum(np.abs(angle - 135), 180 - np.abs(angle - 135)) < 15)

@@ -38,7 +38,8 @@ class FeaturePerceptualLoss(torch.nn.Module):
     MONAI's ``PerceptualLoss`` fetches its networks through torchvision, ``lpips`` or ``torch.hub`` (downloads); this
     loss takes any exported network instead (for example a RadImageNet or ImageNet ResNet-50 saved with
     ``torch.jit.save``). The network returns one feature map or a list/tuple of them; each map is normalised to
-    unit length over channels and the squared differences are averaged, then summed over maps.
+    unit length over channels and the squared differences are averaged, then summed over maps. The distance is
+    computed in float32 also when the network runs under autocast.
 
     Args:
         weights_path: TorchScript file of the feature network.
@@ -59,6 +60,7 @@ class FeaturePerceptualLoss(torch.nn.Module):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = input.new_zeros(())
         for f_in, f_tgt in zip(self._features(input.float()), self._features(target.float()), strict=True):
+            f_in, f_tgt = f_in.float(), f_tgt.float()
             f_in = f_in / (f_in.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             f_tgt = f_tgt / (f_tgt.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             loss = loss + (f_in - f_tgt).pow(2).sum(1).mean()

@@ -3,6 +3,7 @@ file."""
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import os
@@ -26,6 +27,46 @@ def flag(value: bool | str | int, name: str) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
         return value.strip().lower() in ("true", "1")
     raise ValueError(f"config key '{name}' must be true or false, got {value!r}")
+
+
+#: /proc/cpuinfo flags of x86 CPUs that run bfloat16 in hardware (AVX-512 BF16, AMX, AVX-NE-CONVERT)
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx_ne_convert")
+
+
+@functools.cache
+def cpu_has_native_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions fast on this CPU (elsewhere it emulates them, several times slower
+    than float32). ``MGCC_CPU_BFLOAT16=1`` or ``0`` in the environment overrides the check, as in the segmentation
+    bundle."""
+    forced = os.environ.get("MGCC_CPU_BFLOAT16", "").strip()
+    if forced:
+        return flag(forced, "MGCC_CPU_BFLOAT16")
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:  # not Linux: oneDNN's word
+        return True
+    return any(name in flags for name in BF16_CPU_FLAGS)
+
+
+def autocast_dtype(amp: bool | str, device: torch.device | str) -> torch.dtype | None:
+    """The ``torch.autocast`` dtype that config key ``amp`` asks for on ``device``, or ``None`` for float32.
+
+    ``false``: float32. ``true``: bfloat16. ``auto``: bfloat16 where it is fast (a CUDA GPU that supports it, a CPU
+    with bfloat16 in hardware), float32 elsewhere. float16 is never chosen (it would need gradient scaling)."""
+    auto = isinstance(amp, str) and amp.strip().lower() == "auto"
+    try:
+        if not auto and not flag(amp, "amp"):
+            return None
+    except ValueError:
+        raise ValueError(f"config key 'amp' must be true, false or auto, got {amp!r}") from None
+    if torch.device(device).type == "cuda":
+        fast = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        fast = cpu_has_native_bfloat16()
+    return torch.bfloat16 if fast or not auto else None
 
 
 def load_sections(datalist: str, sections: Sequence[str], labels_from: Sequence[str] = ()) -> list[dict]:
