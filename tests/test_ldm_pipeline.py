@@ -33,7 +33,7 @@ def _pixels(folder):
 @pytest.fixture(scope="module")
 def trained(prepared_phantom, tmp_path_factory):
     """Autoencoder (3 epochs, adversarial from epoch 2), unconditional (2 epochs), class-conditional (1 epoch) and
-    mask-conditional (1 epoch, v-prediction) diffusion."""
+    mask-conditional (1 epoch, v-prediction, min-SNR weighting) diffusion."""
     root = tmp_path_factory.mktemp("ldm")
     common = dict(dataset_dir=str(prepared_phantom), output_dir=str(root / "out"), ckpt_dir=str(root / "ckpt"), **TINY)
     run_bundle([AE], autoencoder_max_epochs=3, adv_warmup_epochs=1, val_interval=1, ae_lr=5e-4, **common)
@@ -48,6 +48,7 @@ def trained(prepared_phantom, tmp_path_factory):
         ckpt_dir=str(root / "ckpt_mask"),
         mask_conditional=True,
         prediction_type="v_prediction",
+        min_snr_gamma=5.0,
     )
     (root / "ckpt_mask").mkdir()
     shutil.copy(root / "ckpt" / "autoencoder.pt", root / "ckpt_mask" / "autoencoder.pt")

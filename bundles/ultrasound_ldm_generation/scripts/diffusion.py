@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from monai.engines.utils import DiffusionPrepareBatch
+from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import Scheduler
 from monai.utils import CommonKeys
 
@@ -217,6 +218,28 @@ def class_condition(classes: Sequence[str], class_names: Sequence[str], device: 
     return torch.nn.functional.one_hot(index, len(class_names)).float().unsqueeze(1)
 
 
+def min_snr_weight(scheduler: Scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample loss weight of min-SNR weighting (Hang et al., 2023) for the ``scheduler``'s ``prediction_type``:
+    ``min(SNR, gamma)`` divided by ``SNR`` (noise), ``SNR + 1`` (velocity) or 1 (clean latent), so that every target
+    weighs the clean latent's error by ``min(SNR, gamma)``, ``SNR(t) = alpha_bar_t / (1 - alpha_bar_t)``."""
+    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = snr.clamp(max=gamma)
+    prediction_type = getattr(scheduler, "prediction_type", "epsilon")
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped if prediction_type == "sample" else clipped / snr
+
+
+class WeightedDiffusionInferer(DiffusionInferer):
+    """MONAI's ``DiffusionInferer`` whose training prediction is multiplied by ``loss_weight`` when the batch brings
+    one, so that ``MSELoss`` on it and on the equally weighted target is the per-sample weighted loss."""
+
+    def __call__(self, *args, loss_weight: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        prediction = super().__call__(*args, **kwargs)
+        return prediction if loss_weight is None else prediction * loss_weight
+
+
 class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
     """Draw latents from a batch of ``encode_latents`` items, normalise them with the scale factor, and return
     ``(latents, target, (), {"noise", "timesteps"[, "condition", "mode"]})`` for ``DiffusionInferer``. The target
@@ -227,6 +250,9 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
     ``mask_conditional`` the items' lesion masks become an extra input channel (``mode="concat"``). Either
     condition is replaced by the "no condition" fill with probability ``uncond_prob`` (classifier-free guidance
     training); unlabeled images have no mask, so they always train the unconditioned model.
+
+    With ``min_snr_gamma`` (``None``: off) the target is multiplied by the square root of ``min_snr_weight``, and
+    that square root joins the inferer's arguments as ``loss_weight`` (for ``WeightedDiffusionInferer``).
     """
 
     def __init__(
@@ -237,6 +263,7 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         uncond_prob: float = 0.1,
         mask_conditional: bool = False,
         scheduler: Scheduler | None = None,
+        min_snr_gamma: float | None = None,
     ) -> None:
         if class_names and mask_conditional:
             raise ValueError(
@@ -250,6 +277,9 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         self.mask_conditional = mask_conditional
         self.uncond_prob = uncond_prob
         self.scheduler = scheduler
+        if min_snr_gamma is not None and (scheduler is None or float(min_snr_gamma) <= 0):
+            raise ValueError(f"config key 'min_snr_gamma' must be > 0 and needs the scheduler, got {min_snr_gamma!r}")
+        self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
 
     def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         prediction_type = getattr(self.scheduler, "prediction_type", "epsilon")
@@ -273,4 +303,9 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         images, target, args, infer_kwargs = super().__call__(batch, device, non_blocking, **kwargs)
         if self.mask_conditional:
             infer_kwargs["mode"] = "concat"
+        if self.min_snr_gamma is not None:
+            weight = min_snr_weight(self.scheduler, infer_kwargs["timesteps"], self.min_snr_gamma).sqrt()
+            weight = weight.view(-1, *([1] * (target.ndim - 1))).to(target)
+            target = target * weight
+            infer_kwargs["loss_weight"] = weight
         return images, target, args, infer_kwargs
