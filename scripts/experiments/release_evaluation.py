@@ -3,14 +3,16 @@ chosen on BUSI validation, then BUSI test (lesion and lesion-free images) and ST
 
     python scripts/experiments/release_evaluation.py --busi outputs/release-2.0-levers/busi \
         --stu outputs/release-2.0-levers/stu --model 1.x=outputs/release-2.0/shipped-1.x/models \
-        --model mgcc=outputs/release-2.0/mgcc-batch-dice-6000/models --baseline 1.x \
-        --out docs/results/release-2.0
+        --model mgcc=outputs/release-2.0/mgcc-lesion-aware-6000/models --baseline 1.x \
+        --out docs/results/release-2.0 --operating-points mgcc
 
 Every model is evaluated with `flip_tta` off and on and `min_lesion_fraction` 0 (`<work>/<model>/<set>-<tta>/`,
 reused when present). The evaluation runs at the network's 128x128, where the rule acts, so the rule's effect is
 computed from `per_image.csv` (`pred_pixels`): a prediction under the share t of the image becomes empty (Dice 1 on
 a lesion-free image, 0 on a lesion image). t is chosen per model and TTA setting on BUSI validation as the one with
 the best mean Dice over all images (lesion-free ones included; ties: the smaller t), then read on test and STU.
+`--operating-points NAME` adds, for NAME, what every share of the grid gives on each set (lesion-free images left
+empty, lesions found, Dice over all images), the trade a user picks `min_lesion_fraction` from.
 """
 
 from __future__ import annotations
@@ -159,6 +161,26 @@ def table(results: dict, baseline: str) -> list[str]:
     return lines
 
 
+def operating_points(rows: dict, name: str, tta: bool) -> list[str]:
+    """Markdown: for every share of the grid, what `min_lesion_fraction` at that share gives on each set (`name`,
+    flip TTA `tta`): the trade between lesion-free images left empty and lesions found that a user chooses from."""
+    lines = [
+        f"### Operating points of {name}, flip TTA {'on' if tta else 'off'}",
+        "",
+        "| min_lesion_fraction | " + " | ".join(f"{s}: left empty, found, Dice (all)" for s in SETS) + " |",
+        "|---|" + "---|" * len(SETS),
+    ]
+    for t in FRACTION_GRID:
+        cells = []
+        for s in SETS:
+            m = metrics(with_rule(rows[(name, tta, s)], t))
+            free = m["lesion_free_n"]
+            empty = f"{round(m['specificity'] * free)}/{free}" if free else "-"
+            cells.append(f"{empty}, {round(m['sensitivity'] * m['lesion_n'])}/{m['lesion_n']}, {m['dice']:.3f}")
+        lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--busi", type=Path, required=True, help="`mgcc prepare --include-normal` output")
@@ -169,6 +191,9 @@ def main() -> None:
     parser.add_argument("--baseline", required=True, help="the NAME the paired differences are taken against")
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "release-2.0" / "evaluation")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "release-2.0")
+    parser.add_argument(
+        "--operating-points", metavar="NAME", help="also tabulate every no-lesion share of the grid for NAME"
+    )
     opts = parser.parse_args()
     models = {name: Path(folder).resolve() for name, folder in (m.split("=", 1) for m in opts.model)}
     data = {"busi": opts.busi.resolve(), "stu": opts.stu.resolve()}
@@ -211,6 +236,8 @@ def main() -> None:
         "",
         *table(results, opts.baseline),
     ]
+    if opts.operating_points:
+        lines += [line for tta in (False, True) for line in operating_points(rows, opts.operating_points, tta)]
     Path(f"{opts.out}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
