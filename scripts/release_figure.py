@@ -1,7 +1,7 @@
 """The release model's figure: the first images (by name, not chosen) of each test set with the true lesion
 outline (green) and the model's (red), and each image's Dice; with `--mistakes`, two more rows per set: the
 lesion-free images where the model drew a lesion (false positives) and the lesion images where its mask misses the
-lesion (no overlap), the first of each by name, with their counts.
+lesion (no overlap), the first of each by name, with their counts (a kind with none is named in the set's title).
 
 Each set is a prepared dataset (`mgcc prepare`) and a folder of the model's `<id>_seg.png` masks for its images
 (the segmentation bundle's `inference.json` output).
@@ -81,12 +81,13 @@ def main() -> None:
             )
             for e in entries
         ]
-        rows.append((f"{name}: the first {min(args.count, len(cases))} images by name", cases[: args.count]))
-        if args.mistakes:
-            for kind, found in mistakes(cases).items():
-                rows.append(
-                    (f"{name}: {kind}, {len(found)} of {len(cases)} images (the first by name)", found[: args.count])
-                )
+        found = mistakes(cases) if args.mistakes else {}
+        none = "".join(f"; {kind}: none" for kind, cases_of_kind in found.items() if not cases_of_kind)
+        rows.append((f"{name}: the first {min(args.count, len(cases))} images by name{none}", cases[: args.count]))
+        for kind, cases_of_kind in found.items():
+            if cases_of_kind:
+                title = f"{name}: {kind}, {len(cases_of_kind)} of {len(cases)} images (the first by name)"
+                rows.append((title, cases_of_kind[: args.count]))
     rows = [(title, [_tile(*case) for case in cases]) for title, cases in rows]
     sheet = Image.new("RGB", (args.count * TILE, len(rows) * (TILE + 32)), "white")
     draw = ImageDraw.Draw(sheet)

@@ -72,13 +72,6 @@ def busi_release_with_normal_test_split(busi_checked, busi_normal_checked) -> li
 
 
 @pytest.fixture(scope="session")
-def busi_release_test_split(busi_checked) -> list:
-    """The checked cases of the release split's test section: seed 0, labeled fraction 1, near-copies grouped
-    (what `configs/busi-release.json` prepares)."""
-    return _test_split(busi_checked)
-
-
-@pytest.fixture(scope="session")
 def stu_root() -> Path:
     if not STU_ROOT.is_dir():
         pytest.skip(f"STU-Hospital not found at {STU_ROOT}")

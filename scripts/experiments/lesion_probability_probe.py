@@ -14,27 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "ultrasound_mgcc_segmentation"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from release_evaluation import network_and_dataset  # noqa: E402
+
 THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.1)
 
 
 def probe(models: Path, data: Path, section: str) -> list[dict]:
     """One row per image of `section`: lesion or not, max probability, and per-threshold pixels, Dice, found."""
-    sys.path.insert(0, str(BUNDLE))
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "evaluate.json")])
-    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(data), "ckpt_dir": str(models), "flip_tta": True})
-    parser.update(
-        {"num_workers": 0, "validate#dataset#data": f"$scripts.data.datalist_section(@datalist, {section!r})"}
-    )
-    network = parser.get_parsed_content("network")
-    network.load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True))
-    network.eval()
+    network, dataset = network_and_dataset(models, data, [section], flip_tta=True)
     rows = []
     with torch.no_grad():
-        for item in parser.get_parsed_content("validate#dataset"):
+        for item in dataset:
             prob = torch.sigmoid(network(item["image"][None].float()))[0, 0]
             truth = item["label"][0] > 0
             row = {"lesion": bool(truth.any()), "max_probability": float(prob.max())}

@@ -18,30 +18,19 @@ import sys
 from pathlib import Path
 
 import torch
-from monai.bundle import ConfigParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from release_evaluation import SEG_BUNDLE, SETS, metrics, paired  # noqa: E402
+from release_evaluation import SETS, metrics, network_and_dataset, paired  # noqa: E402
 
 RULES = ("area", "max_probability", "confidence", "mass")
 
 
 def scores(models: Path, data: Path, sections: list[str], flip_tta: bool) -> list[dict]:
     """Per image: the Dice counts of the 0.5 mask and the four presence scores (at the network's input size)."""
-    sys.path.insert(0, str(SEG_BUNDLE))
-    parser = ConfigParser()
-    parser.read_config([str(SEG_BUNDLE / "configs" / "train.json"), str(SEG_BUNDLE / "configs" / "evaluate.json")])
-    parser.update(
-        {"bundle_root": str(SEG_BUNDLE), "dataset_dir": str(data), "ckpt_dir": str(models), "flip_tta": flip_tta}
-    )
-    data_expr = f"$sum((scripts.data.datalist_section(@datalist, s) for s in {sections!r}), [])"
-    parser.update({"num_workers": 0, "validate#dataset#data": data_expr})
-    network = parser.get_parsed_content("network")
-    network.load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True))
-    network.eval()
+    network, dataset = network_and_dataset(models, data, sections, flip_tta)
     rows = []
     with torch.no_grad():
-        for item in parser.get_parsed_content("validate#dataset"):
+        for item in dataset:
             prob = torch.sigmoid(network(item["image"][None].float()))[0, 0]
             truth, mask = item["label"][0] > 0, prob >= 0.5
             pixels = int(mask.sum())

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+from monai.bundle import ConfigParser
 
 REPO = Path(__file__).resolve().parents[2]
 SEG_BUNDLE = REPO / "bundles" / "ultrasound_mgcc_segmentation"
@@ -38,12 +40,28 @@ SETS = {
 }
 
 
+def sections_expr(sections: list[str]) -> str:
+    """The bundle expression for the datalist entries of `sections`."""
+    return f"$sum((scripts.data.datalist_section(@datalist, s) for s in {sections!r}), [])"
+
+
+def network_and_dataset(models: Path, data: Path, sections: list[str], flip_tta: bool) -> tuple:
+    """The bundle's network (weights of `models`, eval mode) and its validation dataset on `sections` of `data`."""
+    sys.path.insert(0, str(SEG_BUNDLE))
+    parser = ConfigParser()
+    parser.read_config([str(SEG_BUNDLE / "configs" / "train.json"), str(SEG_BUNDLE / "configs" / "evaluate.json")])
+    parser.update({"bundle_root": str(SEG_BUNDLE), "dataset_dir": str(data), "ckpt_dir": str(models)})
+    parser.update({"flip_tta": flip_tta, "num_workers": 0, "validate#dataset#data": sections_expr(sections)})
+    network = parser.get_parsed_content("network")
+    network.load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True))
+    return network.eval(), parser.get_parsed_content("validate#dataset")
+
+
 def evaluate(models: Path, data: Path, sections: list[str], flip_tta: bool, out: Path) -> Path:
     """`per_image.csv` of the bundle's evaluate.json on `sections` of the prepared `data` (run unless present)."""
     result = out / "evaluation" / "per_image.csv"
     if result.is_file():
         return result
-    data_expr = f"$sum((scripts.data.datalist_section(@datalist, s) for s in {sections!r}), [])"
     cmd = [
         sys.executable,
         "-m",
@@ -62,7 +80,7 @@ def evaluate(models: Path, data: Path, sections: list[str], flip_tta: bool, out:
         "--min_lesion_fraction",
         "0",
         "--validate#dataset#data",
-        data_expr,
+        sections_expr(sections),
         "--num_workers",
         "0",
     ]
