@@ -192,12 +192,13 @@ def _bundle_run(*args) -> subprocess.CompletedProcess:
 @pytest.mark.integration
 def test_bundle_run_writes_nifti_for_nifti_and_overlays_exif_images_as_shown(tmp_path):
     """Before: `B.NII.GZ` gave `B_seg.png` (affine, spacing, header lost) and an EXIF 'rotate 90' JPEG a mask of
-    the stored pixels, turned against the image a viewer shows. The shipped weights on one BUSI crop saved three
-    ways: PNG, NIfTI (its transpose: NIfTI's i axis is the width) with an affine and a description, EXIF JPEG."""
+    the stored pixels, turned against the image a viewer shows. The shipped weights on one BUSI crop (with its
+    lesion) saved three ways: PNG, NIfTI (its transpose: NIfTI's i axis is the width) with an affine and a
+    description, EXIF JPEG."""
     busi = REPO.parent / "shared" / "data" / "Dataset_BUSI_with_GT" / "benign" / "benign (1).png"
     if not busi.is_file() or not (SEG_BUNDLE / "models" / "model.pt").is_file():
         pytest.skip("BUSI or the shipped weights are missing")
-    gray = np.asarray(Image.open(busi).convert("L"))[:200, :300]
+    gray = np.asarray(Image.open(busi).convert("L"))[50:250, 160:460]  # the lesion and the tissue around it
     folder = tmp_path / "in"
     folder.mkdir()
     Image.fromarray(gray).save(folder / "a.png")

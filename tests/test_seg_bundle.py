@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from PIL import Image
 
 from mgcc.bundles import import_bundle_scripts
@@ -228,7 +229,9 @@ def test_bundle_checks_and_torchscript_export(trained, prepared_phantom, tmp_pat
         "8",
     )
     scripted = torch.jit.load(str(ts))
-    net = import_bundle_scripts(BUNDLE).network.MGCCNet(base_channels=8)
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    net = import_bundle_scripts(BUNDLE).network.MGCCNet(base_channels=8, flip_tta=parser["flip_tta"])
     net.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
     net.eval()
     x = torch.rand(2, 1, 64, 64)

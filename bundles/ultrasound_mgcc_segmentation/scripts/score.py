@@ -43,9 +43,10 @@ def disagreement(outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch
 
 
 class DisagreementInferer(Inferer):
-    """Runs all four decoders (perturbations on, batch norm in eval mode) and returns the main decoder's logits, so
-    the bundle's postprocessing writes the usual masks; the batch's scores and maps are kept in ``last_scores`` and
-    ``last_maps`` for ``DisagreementWriter``.
+    """Runs all four decoders (perturbations on, batch norm in eval mode) for the scores and returns the network's
+    own logits (with ``flip_tta`` when the network has it on), so the bundle's postprocessing writes the masks
+    ``inference.json`` writes; the batch's scores and maps are kept in ``last_scores`` and ``last_maps`` for
+    ``DisagreementWriter``.
 
     Args:
         seed: with each image's content, seeds the perturbations (deterministic scores).
@@ -66,7 +67,7 @@ class DisagreementInferer(Inferer):
                 torch.manual_seed(self.seed * 1_000_003 + content)
                 outputs = network.all_decoders(image[None])
             score, pixel_map = disagreement(outputs)
-            mains.append(outputs[0])
+            mains.append(network(image[None]))
             scores.append(float(score[0]))
             maps.append(pixel_map)
         self.last_scores, self.last_maps = scores, torch.cat(maps)
