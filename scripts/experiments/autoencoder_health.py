@@ -31,6 +31,7 @@ import torch
 from generator_stripes import hf_share, spectrum
 from monai.bundle import ConfigParser
 from monai.metrics import PSNRMetric
+from PIL import Image
 
 from mgcc import LDM_BUNDLE
 from mgcc.bundles import importable_as_scripts
@@ -122,6 +123,8 @@ def measure(args: argparse.Namespace, parts: dict, train: torch.Tensor, real: to
         perturbed, train, real, extractor, subsets, size, args.seed, reconstructed=recon
     )
     sets = {"real validation": real, "reconstructions": recon, f"perturbed decodes (s={args.noise_scale})": perturbed}
+    if args.grid:
+        save_grid(args.grid, [real[:8], recon[:8], perturbed[:8]])
     return {
         "checkpoint": str(args.checkpoint),
         "configs": [str(c) for c in args.config],
@@ -139,6 +142,13 @@ def measure(args: argparse.Namespace, parts: dict, train: torch.Tensor, real: to
         "fid": {name: fid[key] for name, key in COMPARISONS.items()},
         "feature_network": kid["network"],
     }
+
+
+def save_grid(path: Path, rows: list[torch.Tensor]) -> None:
+    """One row per image set (`(N, 1, H, W)` in [0, 1]), the same images in each column, as an 8-bit PNG."""
+    tiles = torch.cat([torch.cat(list(row[:, 0].clamp(0, 1)), dim=1) for row in rows], dim=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((tiles * 255).round().byte().numpy()).save(path)
 
 
 def print_summary(result: dict) -> None:
@@ -179,6 +189,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path("outputs/generator-2.0-prep/feature_cache"))
     parser.add_argument("--real-only", action="store_true", help="only the real images: cache features, print floor")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", type=Path, help="PNG: 8 real images over their reconstructions and perturbed decodes")
     args = parser.parse_args()
     if not args.real_only and (args.checkpoint is None or args.out is None):
         parser.error("--checkpoint and --out are needed (except with --real-only)")
