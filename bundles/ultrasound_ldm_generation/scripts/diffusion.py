@@ -14,6 +14,8 @@ from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import Scheduler
 from monai.utils import CommonKeys
 
+from .utils import autocast_dtype
+
 #: fill value of the "no class" context and of the "no mask" channel, the value MONAI's
 #: ``DiffusionInferer.sample(cfg=...)`` uses for the unconditioned half
 UNCONDITIONAL_FILL = -1.0
@@ -233,10 +235,23 @@ def min_snr_weight(scheduler: Scheduler, timesteps: torch.Tensor, gamma: float) 
 
 class WeightedDiffusionInferer(DiffusionInferer):
     """MONAI's ``DiffusionInferer`` whose training prediction is multiplied by ``loss_weight`` when the batch brings
-    one, so that ``MSELoss`` on it and on the equally weighted target is the per-sample weighted loss."""
+    one, so that ``MSELoss`` on it and on the equally weighted target is the per-sample weighted loss.
+
+    ``amp`` (``false``, ``true`` or ``auto``, see ``utils.autocast_dtype``) runs the UNet under bfloat16 autocast on
+    ``device``; the prediction is returned in float32, so the loss is computed in float32."""
+
+    def __init__(self, scheduler: Scheduler, amp: bool | str = False, device: torch.device | str = "cpu") -> None:
+        super().__init__(scheduler)
+        self.device_type = torch.device(device).type
+        self.autocast_dtype = autocast_dtype(amp, device)
 
     def __call__(self, *args, loss_weight: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        prediction = super().__call__(*args, **kwargs)
+        if self.autocast_dtype is None:
+            prediction = super().__call__(*args, **kwargs)
+        else:
+            with torch.autocast(self.device_type, dtype=self.autocast_dtype):
+                prediction = super().__call__(*args, **kwargs)
+            prediction = prediction.float()
         return prediction if loss_weight is None else prediction * loss_weight
 
 
