@@ -69,7 +69,14 @@ def main() -> None:
                 rows.append({"variant": variant, "amp": amp, "repeat": repeat, "seconds_per_iteration": round(s, 3)})
                 print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "rows": rows}
+    with importable_as_scripts(LDM_BUNDLE):
+        from scripts.utils import cpu_has_native_bfloat16
+    report = {
+        "machine": platform.processor() or platform.machine(),
+        "cpu_native_bfloat16": cpu_has_native_bfloat16(),
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
 
