@@ -14,7 +14,7 @@ from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import Scheduler
 from monai.utils import CommonKeys
 
-from .utils import autocast_dtype
+from .utils import autocast, autocast_dtype
 
 #: fill value of the "no class" context and of the "no mask" channel, the value MONAI's
 #: ``DiffusionInferer.sample(cfg=...)`` uses for the unconditioned half
@@ -242,16 +242,13 @@ class WeightedDiffusionInferer(DiffusionInferer):
 
     def __init__(self, scheduler: Scheduler, amp: bool | str = False, device: torch.device | str = "cpu") -> None:
         super().__init__(scheduler)
-        self.device_type = torch.device(device).type
+        self.device = device
         self.autocast_dtype = autocast_dtype(amp, device)
 
     def __call__(self, *args, loss_weight: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        if self.autocast_dtype is None:
+        with autocast(self.autocast_dtype, self.device):
             prediction = super().__call__(*args, **kwargs)
-        else:
-            with torch.autocast(self.device_type, dtype=self.autocast_dtype):
-                prediction = super().__call__(*args, **kwargs)
-            prediction = prediction.float()
+        prediction = prediction.float()
         return prediction if loss_weight is None else prediction * loss_weight
 
 

@@ -14,7 +14,7 @@ from monai.utils import CommonKeys
 from torch.optim import Optimizer
 
 from .losses import kl_loss
-from .utils import autocast_dtype
+from .utils import autocast, autocast_dtype
 
 
 class VaeGanTrainer(Trainer):
@@ -79,14 +79,11 @@ class VaeGanTrainer(Trainer):
         if float(decoder_noise_scale) < 0:
             raise ValueError(f"config key 'decoder_noise_scale' must be >= 0, got {decoder_noise_scale!r}")
         self.decoder_noise_scale, self.decoder_noise_weight = float(decoder_noise_scale), float(decoder_noise_weight)
-        self.device_type = torch.device(device).type
         self.autocast_dtype = autocast_dtype(amp, device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """``torch.autocast`` with the ``amp`` dtype, or nothing (float32)."""
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+        return autocast(self.autocast_dtype, self.state.device)
 
     def decode_perturbed(self, z_mu: torch.Tensor) -> torch.Tensor:
         """Decode ``z_mu + decoder_noise_scale * std_c * eps``, ``std_c`` each channel's std over the batch (no

@@ -3,6 +3,7 @@ file."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import hashlib
@@ -67,6 +68,11 @@ def autocast_dtype(amp: bool | str, device: torch.device | str) -> torch.dtype |
     else:
         fast = cpu_has_native_bfloat16()
     return torch.bfloat16 if fast or not auto else None
+
+
+def autocast(dtype: torch.dtype | None, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on ``device``'s type with ``dtype`` (from :func:`autocast_dtype`), or nothing for ``None``."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def load_sections(datalist: str, sections: Sequence[str], labels_from: Sequence[str] = ()) -> list[dict]:
