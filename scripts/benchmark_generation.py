@@ -24,13 +24,11 @@ from mgcc.bundles import import_bundle_scripts, importable_as_scripts
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ultrasound_ldm_generation"
 
-#: overrides of the bundle configs: "quick" is the bundle default (CPU), "full" the paper-scale GPU setting, which is
-#: the busi-gpu preset's generator (one place: configs/busi-gpu.json)
+#: overrides of the bundle configs, each a preset's generator (one place: configs/<preset>.json): "quick" the CPU
+#: generator 1.x of busi-cpu, "full" the paper-scale GPU setting of busi-gpu
 PRESETS = {
-    "quick": {"spatial_size": [64, 64]},
-    "full": json.loads((Path(__file__).resolve().parents[1] / "configs" / "busi-gpu.json").read_text())["ldm"][
-        "common"
-    ],
+    name: json.loads((Path(__file__).resolve().parents[1] / "configs" / f"{preset}.json").read_text())["ldm"]["common"]
+    for name, preset in (("quick", "busi-cpu"), ("full", "busi-gpu"))
 }
 
 

@@ -33,8 +33,10 @@ TINY = {
     "dm_channels": [16, 32],
     "dm_attention_levels": [False, True],
     "dm_num_head_channels": [0, 16],
+    "dm_num_res_blocks": 1,
     "dm_norm_num_groups": 8,
     "batch_size": 4,
+    "amp": False,  # float32 on every CPU kind (tests/test_ldm_amp.py covers bfloat16)
 }
 
 

@@ -29,7 +29,7 @@ def test_overlay_builds_the_candidate_with_the_screening_recipe(candidate):
         assert list(network.encode_stage_2_inputs(torch.zeros(1, 1, 128, 128)).shape[1:]) == CANDIDATES[candidate]
     assert parser["spatial_size"] == [128, 128] and epochs == 20 and warmup >= epochs  # no adversarial terms
     assert parser["use_perceptual_loss"] and parser["perceptual_in_channels"] == 1
-    assert parser["perceptual_weights_path"] is None  # given on the command line
+    assert parser.get_parsed_content("perceptual_weights_path").endswith("models/perceptual_encoder.ts")  # shipped
     assert parser["decoder_noise_scale"] > 0
     assert parser["amp"] == "auto"
     assert parser["train#epoch_snapshots#n_saved"] is None and parser["train#epoch_snapshots#save_interval"] == 1

@@ -62,7 +62,7 @@ def test_perceptual_loss_needs_weights_and_uses_them(prepared_phantom, tmp_path)
 
     common = dict(dataset_dir=str(prepared_phantom), output_dir=str(tmp_path / "out"), ckpt_dir=str(tmp_path / "c"))
     with importable_as_scripts(BUNDLE):
-        workflow = _workflow([AE], "train", use_perceptual_loss=True, **common, **TINY)
+        workflow = _workflow([AE], "train", use_perceptual_loss=True, perceptual_weights_path=None, **common, **TINY)
         workflow.initialize()
         with pytest.raises(Exception) as err:
             workflow.parser.get_parsed_content("perceptual_loss")
@@ -87,7 +87,13 @@ def test_perceptual_loss_needs_weights_and_uses_them(prepared_phantom, tmp_path)
     weights = tmp_path / "features.ts"
     torch.jit.save(torch.jit.script(Features()), str(weights))
     run_bundle(
-        [AE], **common, **TINY, use_perceptual_loss=True, perceptual_weights_path=str(weights), autoencoder_max_epochs=1
+        [AE],
+        **common,
+        **TINY,
+        use_perceptual_loss=True,
+        perceptual_weights_path=str(weights),
+        perceptual_in_channels=3,
+        autoencoder_max_epochs=1,
     )
     with open(tmp_path / "out" / "autoencoder_history.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -32,12 +32,14 @@ def _pixels(folder):
 
 @pytest.fixture(scope="module")
 def trained(prepared_phantom, tmp_path_factory):
-    """Autoencoder (3 epochs, adversarial from epoch 2), unconditional (2 epochs), class-conditional (1 epoch) and
-    mask-conditional (1 epoch, v-prediction, min-SNR weighting) diffusion."""
+    """Autoencoder (3 epochs, adversarial from epoch 2), unconditional (2 epochs, noise prediction), class-conditional
+    (1 epoch) and mask-conditional (1 epoch, v-prediction, min-SNR weighting) diffusion."""
     root = tmp_path_factory.mktemp("ldm")
     common = dict(dataset_dir=str(prepared_phantom), output_dir=str(root / "out"), ckpt_dir=str(root / "ckpt"), **TINY)
-    run_bundle([AE], autoencoder_max_epochs=3, adv_warmup_epochs=1, val_interval=1, ae_lr=5e-4, **common)
-    run_bundle([AE, DIFF], diffusion_max_epochs=2, **common)
+    run_bundle(
+        [AE], autoencoder_max_epochs=3, adv_weight=0.01, adv_warmup_epochs=1, val_interval=1, ae_lr=5e-4, **common
+    )
+    run_bundle([AE, DIFF], diffusion_max_epochs=2, prediction_type="epsilon", min_snr_gamma=None, **common)
     cond = dict(common, output_dir=str(root / "out_cond"), ckpt_dir=str(root / "ckpt_cond"), class_conditional=True)
     (root / "ckpt_cond").mkdir()
     shutil.copy(root / "ckpt" / "autoencoder.pt", root / "ckpt_cond" / "autoencoder.pt")
@@ -375,7 +377,9 @@ def test_check_properties(trained, config_files, workflow_type):
     from monai.bundle import ConfigWorkflow
 
     with importable_as_scripts(LDM_BUNDLE):
-        workflow = ConfigWorkflow(config_file=config_files, workflow_type=workflow_type, **trained["common"])
+        workflow = ConfigWorkflow(
+            config_file=config_files, workflow_type=workflow_type, bundle_root=str(LDM_BUNDLE), **trained["common"]
+        )
         workflow.initialize()
         assert workflow.check_properties() == []
 

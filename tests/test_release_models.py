@@ -37,9 +37,10 @@ def _defaults(bundle: Path, config: str, *keys: str) -> dict:
     return {key: parser.get_parsed_content(key) for key in keys}
 
 
-@pytest.mark.parametrize(
-    "path", [SEG_WEIGHTS, LDM_BUNDLE / "models" / "autoencoder.pt", LDM_BUNDLE / "models" / "diffusion.pt"]
-)
+LDM_FILES = ("autoencoder.pt", "diffusion.pt", "diffusion_mask.pt", "perceptual_encoder.ts")
+
+
+@pytest.mark.parametrize("path", [SEG_WEIGHTS, *(LDM_BUNDLE / "models" / name for name in LDM_FILES)])
 def test_the_release_weights_are_shipped_and_small(path):
     assert path.is_file() and path.stat().st_size <= MAX_BYTES
 
@@ -81,6 +82,29 @@ def test_the_shipped_generator_samples_with_the_configs_defaults(tmp_path):
     images = [np.asarray(Image.open(path)) for path in sorted(tmp_path.glob("*.png"))]
     size = _defaults(LDM_BUNDLE, "inference.json", "spatial_size")["spatial_size"]
     assert len(images) == 2 and all(image.shape == tuple(size) and image.std() > 10 for image in images)
+
+
+@pytest.mark.integration  # a model-loading subprocess: ~15 s
+def test_the_shipped_mask_conditional_generator_writes_each_sample_with_its_mask(tmp_path):
+    masks, out = tmp_path / "masks", tmp_path / "out"
+    masks.mkdir()
+    yy, xx = np.mgrid[:200, :240]
+    for i, (cy, cx) in enumerate([(80, 100), (120, 150)]):  # two elliptic "lesions", not of any dataset
+        lesion = ((yy - cy) / 30.0) ** 2 + ((xx - cx) / 45.0) ** 2 <= 1
+        Image.fromarray((lesion * 255).astype(np.uint8)).save(masks / f"mask_{i}.png")
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    command += ["--mask_conditional", "true", "--mask_dir", str(masks), "--sample_dir", str(out)]
+    command += ["--num_samples", "2", "--num_inference_steps", "10"]
+    proc = subprocess.run(
+        command, cwd=LDM_BUNDLE, env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["diffusion"] == "diffusion_mask.pt" and manifest["settings"]["mask_conditional"]
+    size = tuple(_defaults(LDM_BUNDLE, "inference.json", "spatial_size")["spatial_size"])
+    for sample in manifest["samples"]:
+        image, mask = np.asarray(Image.open(out / sample["file"])), np.asarray(Image.open(out / sample["label"]))
+        assert image.shape == mask.shape == size and image.std() > 10 and 0 < (mask > 127).mean() < 0.5
 
 
 def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:

@@ -20,7 +20,8 @@ from .utils import autocast, autocast_dtype
 class VaeGanTrainer(Trainer):
     """One iteration: update the autoencoder on L1 + ``kl_weight`` * KL (+ ``perceptual_weight`` * perceptual) loss and,
     once ``adv_warmup_epochs`` epochs are done, + ``adv_weight`` * the patch-adversarial generator loss; then update
-    the ``PatchDiscriminator`` on real vs reconstructed images (least-squares patch loss).
+    the ``PatchDiscriminator`` on real vs reconstructed images (least-squares patch loss). ``adv_weight`` 0 leaves
+    the discriminator out altogether.
 
     With ``decoder_noise_scale`` s > 0 (noise-augmented decoding; 0, the default, is off) the decoder also decodes
     ``z_mu + s * std_c * eps`` (``std_c``: each latent channel's std over the batch, eps ~ N(0, 1)) and
@@ -95,7 +96,7 @@ class VaeGanTrainer(Trainer):
 
     def _iteration(self, engine: VaeGanTrainer, batchdata: dict) -> dict:
         images = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[0]
-        adversarial = engine.state.epoch > engine.adv_warmup_epochs
+        adversarial = engine.adv_weight > 0 and engine.state.epoch > engine.adv_warmup_epochs
         engine.g_network.train()
         engine.d_network.train()
 

@@ -130,8 +130,8 @@ def load_weights(
         module.load_state_dict(state)
     except RuntimeError as e:
         raise RuntimeError(
-            f"{path}: the {what} does not fit the configured network; were the same width/size/class_conditional "
-            f"overrides used when it was trained? ({str(e).splitlines()[0]})"
+            f"{path}: the {what} does not fit the configured network; were the same width/size/class_conditional/"
+            f"mask_conditional overrides used when it was trained? ({str(e).splitlines()[0]})"
         ) from e
     return module
 
@@ -199,6 +199,19 @@ def load_network(
     """A trained network ready to use: its weights from ``path`` (see :func:`load_weights`), the padding it was
     configured with, on ``device``, in eval mode."""
     return set_padding_mode(load_weights(path, module, key=key, what=what), padding_mode).to(device).eval()
+
+
+#: where a bundle keeps a mask-conditional diffusion model beside its unconditional ``diffusion.pt``
+MASK_DIFFUSION_FILE = "diffusion_mask.pt"
+
+
+def diffusion_checkpoint(ckpt_dir: str, mask_conditional: bool) -> str:
+    """The diffusion weights to sample with: ``diffusion_mask.pt`` for a mask-conditional run when the folder has one
+    (the released bundle ships both models), else ``diffusion.pt`` (what training writes, in either mode)."""
+    mask_model = os.path.join(ckpt_dir, MASK_DIFFUSION_FILE)
+    if mask_conditional and os.path.isfile(mask_model):
+        return mask_model
+    return os.path.join(ckpt_dir, "diffusion.pt")
 
 
 def diffusion_key(weights: str) -> str:
