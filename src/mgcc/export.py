@@ -6,8 +6,8 @@ reads them), `models/model.onnx` (what the Deploy and MONAI Label apps run on CP
 model's settings (width, input size, ...), `metadata.json`
 with the run's test metrics as `eval_metrics` and a changelog entry, and a `docs/README.md` that starts with the
 run's numbers, data and command. `<out>/ultrasound_ldm_generation/` is the generator bundle with the trained
-autoencoder and diffusion weights (the latent normalisation travels in `diffusion.pt`) and configs whose defaults
-are the run's generator and sampler settings. Either folder is what `python -m monai.bundle run`, MONAI Label
+autoencoder and diffusion weights (the latent normalisation travels in `diffusion.pt`), the bundle's perceptual
+network (`models/perceptual_encoder.ts`) and configs whose defaults are the run's generator and sampler settings. Either folder is what `python -m monai.bundle run`, MONAI Label
 (`mgcc label serve --bundle DIR`) and the Deploy app (`-m DIR`) take as it is.
 """
 
@@ -30,6 +30,10 @@ from mgcc.trained import model_settings, training_stage
 LEFT_OUT = shutil.ignore_patterns("models", "eval", "__pycache__", "*.pyc")
 #: written into every exported bundle: the mark that a later export may replace the folder
 EXPORT_RECORD = ".mgcc-export"
+#: what the diffusion UNet outputs, by the scheduler's prediction type
+PREDICTED = {"epsilon": "predicted noise", "v_prediction": "predicted velocity", "sample": "predicted latent"}
+#: shipped with the generator bundle and kept in every export: the default perceptual network of its autoencoder
+LDM_PACKAGED_MODELS = ("perceptual_encoder.ts",)
 #: run-specific LDM settings (paths, where the run wrote), not properties of the generator
 LDM_RUN_ONLY = (
     "config_file",
@@ -259,9 +263,9 @@ def export_segmentation(stage: Path, target: Path, run_name: str) -> Path:
     return target
 
 
-def _latent_data_format(configs: Path, mask: bool) -> None:
+def _latent_data_format(configs: Path, mask: bool, prediction_type: str) -> None:
     """`network_data_format` of the packaged generator's diffusion UNet: its latent shape at the packaged
-    settings, plus the lesion-mask input channel of a mask-conditioned model."""
+    settings, plus the lesion-mask input channel of a mask-conditioned model, and what it predicts."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser(ConfigParser.load_config_file(configs / "inference.json"))
@@ -272,15 +276,17 @@ def _latent_data_format(configs: Path, mask: bool) -> None:
     if mask:
         image["channel_def"][str(channels)] = "lesion mask at latent size (lesion fraction 0-1; -1: no mask)"
     image.update(num_channels=len(image["channel_def"]), spatial_shape=spatial)
-    pred.update(
-        num_channels=channels, spatial_shape=spatial, channel_def={str(i): "predicted noise" for i in range(channels)}
-    )
+    predicted = PREDICTED[prediction_type]
+    pred.update(num_channels=channels, spatial_shape=spatial, channel_def={str(i): predicted for i in range(channels)})
     _write_json(configs / "metadata.json", meta)
 
 
 def install_generator(run: Path, bundle: Path) -> dict[str, Any]:
     """The generator trained in `run` into `bundle`: `models/{autoencoder,diffusion}.pt` and config defaults equal
-    to the run's generator and sampler settings (returned); a mask-conditioned generator's masks travel along."""
+    to the run's generator and sampler settings (returned); a mask-conditioned generator's masks travel along, and
+    the bundle's perceptual network stays (its autoencoder config's default)."""
+    import torch
+
     settings: dict[str, Any] = {}
     for stage in ("autoencoder", "diffusion", "sample"):
         args = json.loads((run / stage / "args.json").read_text())
@@ -293,10 +299,14 @@ def install_generator(run: Path, bundle: Path) -> dict[str, Any]:
             shutil.copyfile(dataset / label, bundle / "masks" / f"{i:05d}_{Path(label).name}")
         settings["mask_dir"] = "$@bundle_root + '/masks'"
     set_defaults(bundle / "configs", settings)
-    _latent_data_format(bundle / "configs", mask=bool(settings.get("mask_conditional")))
     (bundle / "models").mkdir(exist_ok=True)
     for name in ("autoencoder.pt", "diffusion.pt"):
         shutil.copyfile(run / "ldm_models" / name, bundle / "models" / name)
+    for name in LDM_PACKAGED_MODELS:
+        shutil.copyfile(LDM_BUNDLE / "models" / name, bundle / "models" / name)
+    diffusion = torch.load(bundle / "models" / "diffusion.pt", map_location="cpu", weights_only=True)
+    trained_as = diffusion.get("settings", {}).get("prediction_type", "epsilon")  # the sampler's rule, as it reads it
+    _latent_data_format(bundle / "configs", mask=bool(settings.get("mask_conditional")), prediction_type=trained_as)
     return settings
 
 
