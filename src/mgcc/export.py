@@ -7,8 +7,9 @@ model's settings (width, input size, ...), `metadata.json`
 with the run's test metrics as `eval_metrics` and a changelog entry, and a `docs/README.md` that starts with the
 run's numbers, data and command. `<out>/ultrasound_ldm_generation/` is the generator bundle with the trained
 autoencoder and diffusion weights (the latent normalisation travels in `diffusion.pt`), the bundle's perceptual
-network (`models/perceptual_encoder.ts`) and configs whose defaults are the run's generator and sampler settings. Either folder is what `python -m monai.bundle run`, MONAI Label
-(`mgcc label serve --bundle DIR`) and the Deploy app (`-m DIR`) take as it is.
+network (`models/perceptual_encoder.ts`) and configs whose defaults are the run's generator and sampler settings.
+Either folder is what `python -m monai.bundle run`, MONAI Label (`mgcc label serve --bundle DIR`) and the Deploy app
+(`-m DIR`) take as it is.
 """
 
 from __future__ import annotations
