@@ -213,6 +213,7 @@ def main() -> None:
         "--operating-points", metavar="NAME", help="also tabulate every no-lesion share of the grid for NAME"
     )
     opts = parser.parse_args()
+    opts.work = opts.work.resolve()  # the evaluations run in the bundle folder
     models = {name: Path(folder).resolve() for name, folder in (m.split("=", 1) for m in opts.model)}
     data = {"busi": opts.busi.resolve(), "stu": opts.stu.resolve()}
     rows = {
